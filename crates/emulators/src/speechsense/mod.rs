@@ -1,0 +1,1 @@
+//! SpeechSense emulator (work in progress).
