@@ -1,1 +1,635 @@
-//! stub
+//! b24sense-store — b24sense's durable state on SQLite or PostgreSQL.
+//!
+//! It owns:
+//! - the **ledger**: one row per (portal, call `ID`) with its state (`pending` → `uploading` → `uploaded` |
+//!   `skipped` | `failed`), the stored call, and a *lease* with a *fence* so that only the worker holding the
+//!   current lease can commit an outcome (`shared/spec/mapping.md`, "Once and only once");
+//! - the listing **cursors** (keyset high-water marks per portal and filter);
+//! - the **runs** journal.
+//!
+//! Both backends share one API and the same SQL shape; the differences (clock expressions, row locking,
+//! column types) live in [`Dialect`]. Schema changes are embedded migrations (`migrations/sqlite`,
+//! `migrations/postgres`). Ledger rows are never deleted — the migrations even forbid it with a trigger.
+
+mod error;
+mod open;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use b24sense_core::{Call, LedgerState, Outcome};
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+
+pub use error::Error;
+pub use open::OpenOptions;
+
+/// The ledger store. Cheap to clone (it wraps a connection pool); share one per process.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A lease on one ledger row. Every fenced operation checks `fence`: once another worker claims the row
+/// (after this lease expired), the fence moves on and this claim can change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub portal: String,
+    pub call_id: u64,
+    pub owner: String,
+    pub fence: i64,
+    /// The row was `uploading` when claimed: an earlier upload may have stored the talk.
+    pub in_doubt: bool,
+    /// Finished attempts before this claim.
+    pub attempts: u32,
+    /// The row's state when it was claimed (claiming does not change it).
+    pub previous: LedgerState,
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub portal: String,
+    pub call_id: u64,
+    pub state: LedgerState,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub talk_id: Option<String>,
+    pub attempts: u32,
+    pub mono: bool,
+    pub reuploaded_after_crash: bool,
+    /// The call as last registered (`None` only for rows written by hand).
+    pub call: Option<Call>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How many calls are in one (state, reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCount {
+    pub state: LedgerState,
+    pub reason: Option<String>,
+    pub count: u64,
+}
+
+/// One run of the exporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub portal: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: Option<String>,
+    pub params: serde_json::Value,
+    pub summary: Option<serde_json::Value>,
+}
+
+/// The SQL that differs between the backends. Templates use `{now}` and `{lease_until}` (the latter reads
+/// the lease length in seconds from parameter `$1`).
+struct Dialect {
+    now: &'static str,
+    lease_until: &'static str,
+    /// Appended to row-picking subqueries so that replicas skip each other's rows instead of waiting.
+    skip_locked: &'static str,
+    /// SQLite: take the write lock up front so the busy timeout applies (a deferred transaction that
+    /// upgrades from read to write can fail with SQLITE_BUSY at once).
+    begin: &'static str,
+}
+
+impl Dialect {
+    const SQLITE: Dialect = Dialect {
+        now: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+        lease_until: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', $1))",
+        skip_locked: "",
+        begin: "BEGIN IMMEDIATE",
+    };
+    // PostgreSQL: the database's clock, so that replicas on several machines agree on lease expiry.
+    const POSTGRES: Dialect = Dialect {
+        now: "now()",
+        lease_until: "(now() + make_interval(secs => $1))",
+        skip_locked: "FOR UPDATE SKIP LOCKED",
+        begin: "BEGIN",
+    };
+
+    fn sql(&self, template: &str) -> String {
+        template
+            .replace("{now}", self.now)
+            .replace("{lease_until}", self.lease_until)
+            .replace("{skip_locked}", self.skip_locked)
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$d` to its dialect. The body is written once
+/// and compiled for each backend (no `dyn`, no `Any` driver).
+macro_rules! on_db {
+    ($self:expr, |$pool:ident, $d:ident| $body:expr) => {
+        match &$self.db {
+            Db::Sqlite($pool) => {
+                let $d = &Dialect::SQLITE;
+                $body
+            }
+            Db::Postgres($pool) => {
+                let $d = &Dialect::POSTGRES;
+                $body
+            }
+        }
+    };
+}
+
+const ENTRY_COLUMNS: &str = "portal, call_id, state, reason, detail, talk_id, attempts, mono, \
+     reuploaded_after_crash, call_json, lease_owner, lease_until, updated_at";
+
+/// Reads a [`LedgerEntry`] from a row of `SELECT {ENTRY_COLUMNS}` (a macro because the row types differ).
+macro_rules! entry_from_row {
+    ($row:expr) => {{
+        let row = &$row;
+        let call_json: Option<Json<serde_json::Value>> = row.try_get("call_json")?;
+        let call_id: i64 = row.try_get("call_id")?;
+        LedgerEntry {
+            portal: row.try_get("portal")?,
+            call_id: to_u64(call_id)?,
+            state: parse_state(row.try_get("state")?)?,
+            reason: row.try_get("reason")?,
+            detail: row.try_get("detail")?,
+            talk_id: row.try_get("talk_id")?,
+            attempts: to_u32(row.try_get("attempts")?)?,
+            mono: row.try_get("mono")?,
+            reuploaded_after_crash: row.try_get("reuploaded_after_crash")?,
+            call: match call_json {
+                Some(Json(v)) => Some(serde_json::from_value::<Call>(v).map_err(|e| {
+                    Error::Data(format!("stored call {call_id} cannot be read: {e}"))
+                })?),
+                None => None,
+            },
+            lease_owner: row.try_get("lease_owner")?,
+            lease_until: row.try_get("lease_until")?,
+            updated_at: row.try_get("updated_at")?,
+        }
+    }};
+}
+
+macro_rules! claim_from_row {
+    ($row:expr, $portal:expr, $call_id:expr, $owner:expr) => {{
+        let row = &$row;
+        let previous = parse_state(row.try_get("state")?)?;
+        Claim {
+            portal: $portal.to_owned(),
+            call_id: $call_id,
+            owner: $owner.to_owned(),
+            fence: row.try_get("fence")?,
+            in_doubt: previous == LedgerState::Uploading,
+            attempts: to_u32(row.try_get("attempts")?)?,
+            previous,
+        }
+    }};
+}
+
+/// Rows per multi-row statement in `register` (3 parameters each, far below both backends' limits).
+const REGISTER_CHUNK: usize = 500;
+
+impl Store {
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Inserts each call as `pending` unless its row exists; refreshes the stored call of existing rows that
+    /// are not `uploaded` (a recording may have appeared). One transaction. Returns the entries in input order.
+    pub async fn register(&self, portal: &str, calls: &[Call]) -> Result<Vec<LedgerEntry>, Error> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One row per ID (the last occurrence wins): an upsert may not touch the same row twice.
+        let mut position: HashMap<u64, usize> = HashMap::with_capacity(calls.len());
+        let mut unique: Vec<(i64, &Call)> = Vec::with_capacity(calls.len());
+        for call in calls {
+            let id = to_i64(call.id)?;
+            match position.get(&call.id) {
+                Some(&i) => unique[i].1 = call,
+                None => {
+                    position.insert(call.id, unique.len());
+                    unique.push((id, call));
+                }
+            }
+        }
+        let mut found: HashMap<u64, LedgerEntry> = HashMap::with_capacity(unique.len());
+        on_db!(self, |pool, d| {
+            let mut tx = pool.begin_with(d.begin).await?;
+            let upsert_tail = d.sql(
+                " ON CONFLICT (portal, call_id) DO UPDATE SET call_json = excluded.call_json, \
+                 updated_at = {now} WHERE ledger.state <> 'uploaded' \
+                 AND ledger.call_json IS DISTINCT FROM excluded.call_json",
+            );
+            for chunk in unique.chunks(REGISTER_CHUNK) {
+                let mut qb = QueryBuilder::new("INSERT INTO ledger (portal, call_id, call_json) ");
+                qb.push_values(chunk, |mut b, (id, call)| {
+                    b.push_bind(portal).push_bind(*id).push_bind(Json(*call));
+                });
+                qb.push(&upsert_tail);
+                qb.build().persistent(false).execute(&mut *tx).await?;
+            }
+            for chunk in unique.chunks(REGISTER_CHUNK) {
+                let mut qb = QueryBuilder::new(format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = "));
+                qb.push_bind(portal).push(" AND call_id IN (");
+                let mut ids = qb.separated(", ");
+                for (id, _) in chunk {
+                    ids.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().persistent(false).fetch_all(&mut *tx).await? {
+                    let entry = entry_from_row!(row);
+                    found.insert(entry.call_id, entry);
+                }
+            }
+            tx.commit().await?;
+        });
+        calls
+            .iter()
+            .map(|c| {
+                found
+                    .get(&c.id)
+                    .cloned()
+                    .ok_or_else(|| Error::Data(format!("call {} vanished while registering", c.id)))
+            })
+            .collect()
+    }
+
+    /// Takes the lease on one call for `owner` until now + `lease`, if the call is not `uploaded` and its lease
+    /// is free or expired. Bumps the fence. `None` when someone else holds it (or it is uploaded/unknown).
+    pub async fn claim(
+        &self,
+        portal: &str,
+        call_id: u64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, Error> {
+        let id = to_i64(call_id)?;
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "UPDATE ledger SET lease_owner = $4, lease_until = {lease_until}, fence = fence + 1, \
+                 updated_at = {now} \
+                 WHERE portal = $2 AND call_id = $3 AND state <> 'uploaded' \
+                 AND (lease_until IS NULL OR lease_until <= {now}) \
+                 RETURNING fence, state, attempts",
+            );
+            let row = sqlx::query(&sql)
+                .bind(lease.as_secs_f64())
+                .bind(portal)
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(pool)
+                .await?;
+            match row {
+                Some(row) => Ok(Some(claim_from_row!(row, portal, call_id, owner))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Claims up to `limit` calls of `portal` in `states` (never `uploaded`) whose lease is free or expired,
+    /// lowest call ID first. Replicas on PostgreSQL skip rows another replica is claiming at that moment.
+    pub async fn claim_next(
+        &self,
+        portal: &str,
+        states: &[LedgerState],
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<Claim>, Error> {
+        let states: Vec<LedgerState> =
+            states.iter().copied().filter(|s| *s != LedgerState::Uploaded).collect();
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut claims = on_db!(self, |pool, d| {
+            let sql = d.sql(&format!(
+                "WITH pick AS (SELECT call_id AS pick_id FROM ledger \
+                 WHERE portal = $2 AND state IN ({states}) AND (lease_until IS NULL OR lease_until <= {{now}}) \
+                 ORDER BY call_id LIMIT $4 {{skip_locked}}) \
+                 UPDATE ledger SET lease_owner = $3, lease_until = {{lease_until}}, fence = fence + 1, \
+                 updated_at = {{now}} \
+                 FROM pick WHERE portal = $2 AND call_id = pick.pick_id \
+                 RETURNING call_id, fence, state, attempts",
+                states = state_list(&states)
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(lease.as_secs_f64())
+                .bind(portal)
+                .bind(owner)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let mut claims = Vec::with_capacity(rows.len());
+            for row in rows {
+                let call_id = to_u64(row.try_get("call_id")?)?;
+                claims.push(claim_from_row!(row, portal, call_id, owner));
+            }
+            claims
+        });
+        claims.sort_by_key(|c| c.call_id);
+        Ok(claims)
+    }
+
+    /// Fenced: the row becomes `uploading` — written right before the upload starts. False when the claim is
+    /// stale (fence moved on, lease released or already expired).
+    pub async fn mark_uploading(&self, claim: &Claim) -> Result<bool, Error> {
+        self.fenced(
+            claim,
+            "UPDATE ledger SET state = 'uploading', updated_at = {now} \
+             WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4 \
+             AND state <> 'uploaded' AND lease_until > {now}",
+        )
+        .await
+    }
+
+    /// Fenced: extends the lease to now + `lease` during a long upload.
+    pub async fn renew(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
+        let id = to_i64(claim.call_id)?;
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "UPDATE ledger SET lease_until = {lease_until}, updated_at = {now} \
+                 WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
+                 AND state <> 'uploaded'",
+            );
+            let done = sqlx::query(&sql)
+                .bind(lease.as_secs_f64())
+                .bind(&claim.portal)
+                .bind(id)
+                .bind(claim.fence)
+                .bind(&claim.owner)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Fenced commit of the outcome; clears the lease and counts the attempt. False (and nothing changed) when
+    /// another worker took the lease since. An expired lease nobody took over still commits: the work is done.
+    pub async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Result<bool, Error> {
+        let id = to_i64(claim.call_id)?;
+        let (talk_id, mono, reuploaded, detail) = match outcome {
+            Outcome::Uploaded { talk_id, mono, reuploaded_after_crash } => {
+                (Some(talk_id.as_str()), *mono, *reuploaded_after_crash, None)
+            }
+            Outcome::Skipped { .. } => (None, false, false, None),
+            Outcome::Failed { detail, .. } => (None, false, false, Some(detail.as_str())),
+        };
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "UPDATE ledger SET state = $5, reason = $6, detail = $7, talk_id = COALESCE($8, talk_id), \
+                 mono = $9, reuploaded_after_crash = $10, attempts = attempts + 1, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+                 WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
+            );
+            let done = sqlx::query(&sql)
+                .bind(&claim.portal)
+                .bind(id)
+                .bind(claim.fence)
+                .bind(&claim.owner)
+                .bind(outcome.state().as_str())
+                .bind(outcome.reason())
+                .bind(detail)
+                .bind(talk_id)
+                .bind(mono)
+                .bind(reuploaded)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Fenced: gives the lease back without an outcome (shutdown before the upload began). The row becomes
+    /// `pending` again, except an `uploading` row, which stays in doubt.
+    pub async fn release(&self, claim: &Claim) -> Result<bool, Error> {
+        self.fenced(
+            claim,
+            "UPDATE ledger SET \
+             state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
+             reason = CASE WHEN state = 'uploading' THEN reason ELSE NULL END, \
+             detail = CASE WHEN state = 'uploading' THEN detail ELSE NULL END, \
+             lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+             WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
+        )
+        .await
+    }
+
+    /// A fenced statement with parameters `$1` portal, `$2` call ID, `$3` fence, `$4` owner.
+    async fn fenced(&self, claim: &Claim, template: &str) -> Result<bool, Error> {
+        let id = to_i64(claim.call_id)?;
+        on_db!(self, |pool, d| {
+            let done = sqlx::query(&d.sql(template))
+                .bind(&claim.portal)
+                .bind(id)
+                .bind(claim.fence)
+                .bind(&claim.owner)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    pub async fn entry(&self, portal: &str, call_id: u64) -> Result<Option<LedgerEntry>, Error> {
+        let id = to_i64(call_id)?;
+        on_db!(self, |pool, _d| {
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND call_id = $2");
+            let row = sqlx::query(&sql).bind(portal).bind(id).fetch_optional(pool).await?;
+            match row {
+                Some(row) => Ok(Some(entry_from_row!(row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Entries of `portal` in `states`, ascending call ID, at most `limit`.
+    pub async fn entries(
+        &self,
+        portal: &str,
+        states: &[LedgerState],
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, Error> {
+        if states.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        on_db!(self, |pool, _d| {
+            let sql = format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND state IN ({}) \
+                 ORDER BY call_id LIMIT $2",
+                state_list(states)
+            );
+            let rows = sqlx::query(&sql).bind(portal).bind(i64::from(limit)).fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(entry_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Counts by (state, reason), for one portal or all, ordered by state then reason.
+    pub async fn counts(&self, portal: Option<&str>) -> Result<Vec<StateCount>, Error> {
+        on_db!(self, |pool, _d| {
+            let rows = sqlx::query(
+                "SELECT state, reason, COUNT(*) AS n FROM ledger WHERE ($1 IS NULL OR portal = $1) \
+                 GROUP BY state, reason ORDER BY state, reason",
+            )
+            .bind(portal)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(StateCount {
+                    state: parse_state(row.try_get("state")?)?,
+                    reason: row.try_get("reason")?,
+                    count: to_u64(row.try_get("n")?)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Makes `failed` calls (of one portal or all; optionally only those with `reason`) `pending` again.
+    /// Returns how many. Attempts are kept.
+    pub async fn reset_failed(&self, portal: Option<&str>, reason: Option<&str>) -> Result<u64, Error> {
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "UPDATE ledger SET state = 'pending', reason = NULL, detail = NULL, updated_at = {now} \
+                 WHERE state = 'failed' AND ($1 IS NULL OR portal = $1) AND ($2 IS NULL OR reason = $2)",
+            );
+            let done = sqlx::query(&sql).bind(portal).bind(reason).execute(pool).await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// The keyset high-water mark of (portal, filter key).
+    pub async fn cursor(&self, portal: &str, key: &str) -> Result<Option<u64>, Error> {
+        on_db!(self, |pool, _d| {
+            let last: Option<i64> =
+                sqlx::query_scalar("SELECT last_id FROM cursors WHERE portal = $1 AND key = $2")
+                    .bind(portal)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?;
+            last.map(to_u64).transpose()
+        })
+    }
+
+    /// Moves the cursor forward to `last_id`; a lower value leaves it where it is.
+    pub async fn set_cursor(&self, portal: &str, key: &str, last_id: u64) -> Result<(), Error> {
+        let last = to_i64(last_id)?;
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "INSERT INTO cursors (portal, key, last_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (portal, key) DO UPDATE SET last_id = excluded.last_id, updated_at = {now} \
+                 WHERE excluded.last_id > cursors.last_id",
+            );
+            sqlx::query(&sql).bind(portal).bind(key).bind(last).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Records the start of a run; returns its ID.
+    pub async fn start_run(&self, portal: &str, params: &serde_json::Value) -> Result<i64, Error> {
+        on_db!(self, |pool, _d| {
+            let id: i64 = sqlx::query_scalar("INSERT INTO runs (portal, params) VALUES ($1, $2) RETURNING id")
+                .bind(portal)
+                .bind(Json(params))
+                .fetch_one(pool)
+                .await?;
+            Ok(id)
+        })
+    }
+
+    pub async fn finish_run(&self, run_id: i64, status: &str, summary: &serde_json::Value) -> Result<(), Error> {
+        on_db!(self, |pool, d| {
+            let sql = d.sql("UPDATE runs SET finished_at = {now}, status = $2, summary = $3 WHERE id = $1");
+            let done = sqlx::query(&sql)
+                .bind(run_id)
+                .bind(status)
+                .bind(Json(summary))
+                .execute(pool)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(Error::Data(format!("run {run_id} does not exist")));
+            }
+            Ok(())
+        })
+    }
+
+    /// The most recent run (of one portal or any).
+    pub async fn last_run(&self, portal: Option<&str>) -> Result<Option<RunRecord>, Error> {
+        on_db!(self, |pool, _d| {
+            let row = sqlx::query(
+                "SELECT id, portal, started_at, finished_at, status, params, summary FROM runs \
+                 WHERE ($1 IS NULL OR portal = $1) ORDER BY id DESC LIMIT 1",
+            )
+            .bind(portal)
+            .fetch_optional(pool)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let params: Json<serde_json::Value> = row.try_get("params")?;
+            let summary: Option<Json<serde_json::Value>> = row.try_get("summary")?;
+            Ok(Some(RunRecord {
+                id: row.try_get("id")?,
+                portal: row.try_get("portal")?,
+                started_at: row.try_get("started_at")?,
+                finished_at: row.try_get("finished_at")?,
+                status: row.try_get("status")?,
+                params: params.0,
+                summary: summary.map(|s| s.0),
+            }))
+        })
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend()).finish()
+    }
+}
+
+/// `'pending', 'failed'` — built from the enum's fixed names, never from input.
+fn state_list(states: &[LedgerState]) -> String {
+    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+}
+
+fn parse_state(s: String) -> Result<LedgerState, Error> {
+    s.parse().map_err(|e| Error::Data(format!("stored ledger state: {e}")))
+}
+
+fn to_i64(n: u64) -> Result<i64, Error> {
+    i64::try_from(n).map_err(|_| Error::Data(format!("ID {n} does not fit the ledger's 63-bit integers")))
+}
+
+fn to_u64(n: i64) -> Result<u64, Error> {
+    u64::try_from(n).map_err(|_| Error::Data(format!("negative stored value {n}")))
+}
+
+fn to_u32(n: i64) -> Result<u32, Error> {
+    u32::try_from(n).map_err(|_| Error::Data(format!("stored count {n} out of range")))
+}
