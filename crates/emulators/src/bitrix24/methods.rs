@@ -1,0 +1,471 @@
+//! REST methods of the emulated portal and `batch`.
+
+use std::cmp::Ordering;
+
+use serde_json::{json, Map, Value};
+
+use super::data::{CrmKind, FieldVal};
+use super::filter::{self, Cond};
+use super::params::{self, P};
+use super::{ApiError, Inner};
+
+/// Rows per list page (fixed on the portal).
+pub const PAGE: usize = 50;
+/// Commands per batch.
+pub const BATCH_MAX: usize = 50;
+
+/// Who is calling: the operating limiter's key and the download token to embed in `DOWNLOAD_URL`.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub cred: String,
+    pub user_id: u64,
+    pub webhook: bool,
+    /// The `auth` value of `DOWNLOAD_URL` (the caller's token). Never logged.
+    pub download_auth: String,
+}
+
+/// A successful method result with the list-paging extras.
+#[derive(Debug, Clone)]
+pub struct MethodOk {
+    pub result: Value,
+    pub total: Option<u64>,
+    pub next: Option<u64>,
+}
+
+impl MethodOk {
+    fn plain(result: Value) -> MethodOk {
+        MethodOk { result, total: None, next: None }
+    }
+}
+
+/// Runs one (non-batch) method.
+pub fn dispatch(inner: &Inner, ctx: &Ctx, method: &str, p: &P) -> Result<MethodOk, ApiError> {
+    match method {
+        "voximplant.statistic.get" => statistic_get(inner, p),
+        "user.get" => user_get(inner, p),
+        "user.current" => user_one(inner, ctx.user_id),
+        "user.admin" => Ok(MethodOk::plain(json!(true))),
+        "profile" => profile(inner, ctx),
+        "app.info" => Ok(MethodOk::plain(app_info(inner, ctx))),
+        "scope" => Ok(MethodOk::plain(json!(SCOPES))),
+        "disk.file.get" => disk_file_get(inner, ctx, p),
+        "server.time" => Ok(MethodOk::plain(json!(super::portal_now(inner).format("%Y-%m-%dT%H:%M:%S%:z").to_string()))),
+        m => {
+            if let Some((kind, op)) = crm_method(m) {
+                return match op {
+                    "list" => crm_list(inner, kind, p),
+                    _ => crm_get(inner, kind, p),
+                };
+            }
+            Err(ApiError::method_not_found())
+        }
+    }
+}
+
+pub const SCOPES: [&str; 6] = ["crm", "disk", "im", "imopenlines", "telephony", "user"];
+
+fn crm_method(m: &str) -> Option<(CrmKind, &'static str)> {
+    let rest = m.strip_prefix("crm.")?;
+    let (kind, op) = rest.split_once('.')?;
+    let kind = CrmKind::parse(kind)?;
+    match op {
+        "list" => Some((kind, "list")),
+        "get" => Some((kind, "get")),
+        _ => None,
+    }
+}
+
+/// `start`: 0, 50, … or −1 (no COUNT, no offset).
+fn start_param(p: &P) -> i64 {
+    p.get_ci("start").map_or(0, P::as_int)
+}
+
+/// Pages already-filtered, already-sorted indices: `(page, total, next)` by the portal's rules.
+fn page_of<T: Copy>(all: &[T], start: i64) -> (Vec<T>, Option<u64>, Option<u64>) {
+    if start < 0 {
+        return (all.iter().take(PAGE).copied().collect(), Some(0), None);
+    }
+    let start = start as usize;
+    let page: Vec<T> = all.iter().skip(start).take(PAGE).copied().collect();
+    let total = all.len();
+    let next = (start + PAGE < total).then_some((start + PAGE) as u64);
+    (page, Some(total as u64), next)
+}
+
+fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
+    let tz = inner.config.utc_offset;
+    let base = inner.base.as_str();
+    let calls = &inner.data.calls;
+    let conds = filter::parse(p.get_ci("FILTER"));
+    let start = start_param(p);
+    // SORT and ORDER must both be given, else no ordering is applied (natural order = ID ascending).
+    let sort = p.get_ci("SORT").and_then(P::as_text).map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty());
+    let order = p.get_ci("ORDER").and_then(P::as_text).map(|s| s.trim().to_uppercase());
+    let sort = match (sort, order) {
+        (Some(s), Some(o)) if s != "CALL_TYPE" && (o == "ASC" || o == "DESC") => {
+            if calls.first().is_some_and(|c| c.field(&s, base).is_none()) {
+                None
+            } else {
+                Some((s, o == "DESC"))
+            }
+        }
+        _ => None,
+    };
+    let eval = |i: usize| -> Result<bool, ApiError> {
+        let c = &calls[i];
+        filter::matches(&conds, tz, &|f| c.field(f, base), true)
+    };
+    // Keyset fast path: `>ID`/`>=ID` bounds let a scan start in the middle.
+    let mut lo = 0usize;
+    for c in &conds {
+        if c.field == "ID" && !c.list {
+            let v = c.values.first().map_or(0, P::as_int);
+            let bound = match c.op {
+                filter::Op::Gt => v.saturating_add(1),
+                filter::Op::Ge => v,
+                _ => continue,
+            };
+            let pp = calls.partition_point(|r| (r.id as i64) < bound);
+            lo = lo.max(pp);
+        }
+    }
+    let natural_asc = sort.as_ref().is_none_or(|(s, desc)| s == "ID" && !desc);
+    let want_all = start >= 0 || !natural_asc;
+    let mut idx: Vec<usize> = Vec::new();
+    if natural_asc {
+        for i in lo..calls.len() {
+            if eval(i)? {
+                idx.push(i);
+                if !want_all && idx.len() >= PAGE {
+                    break;
+                }
+            }
+        }
+    } else {
+        for i in lo..calls.len() {
+            if eval(i)? {
+                idx.push(i);
+            }
+        }
+        if let Some((s, desc)) = &sort {
+            idx.sort_by(|a, b| {
+                let o = filter::order(
+                    &calls[*a].field(s, base).unwrap_or(FieldVal::Null),
+                    &calls[*b].field(s, base).unwrap_or(FieldVal::Null),
+                )
+                .then(calls[*a].id.cmp(&calls[*b].id));
+                if *desc {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+        }
+    }
+    let (page, total, next) = page_of(&idx, start);
+    let rows: Vec<Value> = page.into_iter().map(|i| calls[i].to_json(base)).collect();
+    Ok(MethodOk { result: Value::Array(rows), total, next })
+}
+
+/// `order` as `{FIELD: ASC|DESC}` (crm, user) or `sort` + `order` strings (user.get).
+fn order_spec(p: &P) -> Option<(String, bool)> {
+    match p.get_ci("order") {
+        Some(P::Map(m)) => m.first().map(|(k, v)| {
+            (k.to_uppercase(), v.as_text().is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC")))
+        }),
+        other => {
+            let field = p.get_ci("sort").and_then(P::as_text)?;
+            let desc = other.and_then(P::as_text).is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC"));
+            Some((field.trim().to_uppercase(), desc))
+        }
+    }
+}
+
+fn sort_idx(idx: &mut [usize], spec: &Option<(String, bool)>, get: &dyn Fn(usize, &str) -> Option<FieldVal>) {
+    if let Some((f, desc)) = spec {
+        idx.sort_by(|a, b| {
+            let o: Ordering =
+                filter::order(&get(*a, f).unwrap_or(FieldVal::Null), &get(*b, f).unwrap_or(FieldVal::Null))
+                    .then(a.cmp(b));
+            if *desc {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+}
+
+const USER_PARAMS: [&str; 9] = ["sort", "order", "start", "admin_mode", "select", "filter", "auth", "access_token", "ADMIN_MODE"];
+
+fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
+    let tz = inner.config.utc_offset;
+    // `FILTER` or, in the legacy style (`user.get?ID=5`), the top-level fields themselves.
+    let legacy;
+    let filter_p = match p.get_ci("FILTER") {
+        Some(f) => Some(f),
+        None => {
+            let P::Map(m) = p else { return Err(ApiError::argument("FILTER")) };
+            legacy = P::Map(
+                m.iter().filter(|(k, _)| !USER_PARAMS.iter().any(|u| u.eq_ignore_ascii_case(k))).cloned().collect(),
+            );
+            Some(&legacy)
+        }
+    };
+    let mut conds: Vec<Cond> = filter::parse(filter_p);
+    for c in conds.iter_mut() {
+        if c.field == "ACTIVE" {
+            c.values = c.values.iter().map(|v| P::Str(if v.truthy() { "Y".into() } else { "N".into() })).collect();
+        }
+    }
+    let users = &inner.data.users;
+    let mut idx = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        if filter::matches(&conds, tz, &|f| u.field(f), false)? {
+            idx.push(i);
+        }
+    }
+    sort_idx(&mut idx, &order_spec(p), &|i, f| users[i].field(f));
+    let (page, total, next) = page_of(&idx, start_param(p));
+    Ok(MethodOk { result: Value::Array(page.into_iter().map(|i| users[i].to_json()).collect()), total, next })
+}
+
+fn user_one(inner: &Inner, id: u64) -> Result<MethodOk, ApiError> {
+    let u = inner.data.user_by_id(id).ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
+    Ok(MethodOk::plain(u.to_json()))
+}
+
+fn profile(inner: &Inner, ctx: &Ctx) -> Result<MethodOk, ApiError> {
+    let u = inner.data.user_by_id(ctx.user_id).ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
+    Ok(MethodOk::plain(json!({
+        "ID": u.id.to_string(), "ADMIN": true, "NAME": u.name, "LAST_NAME": u.last_name,
+        "PERSONAL_GENDER": if u.female { "F" } else { "M" }, "PERSONAL_PHOTO": null, "TIME_ZONE": "",
+        "TIME_ZONE_OFFSET": inner.config.utc_offset.local_minus_utc(),
+    })))
+}
+
+fn app_info(inner: &Inner, ctx: &Ctx) -> Value {
+    let ent = inner.config.rate.0 >= 250;
+    let license = if ent { "ru_ent250" } else { "ru_project" };
+    if ctx.webhook {
+        json!({"SCOPE": SCOPES, "LICENSE": license})
+    } else {
+        json!({"ID": "1", "CODE": "local.emulator.1", "VERSION": "1", "STATUS": "L", "INSTALLED": true,
+            "PAYMENT_EXPIRED": "N", "DAYS": null, "LANGUAGE_ID": "ru", "LICENSE": license,
+            "LICENSE_TYPE": if ent { "ent250" } else { "project" }, "LICENSE_FAMILY": if ent { "ent" } else { "project" }})
+    }
+}
+
+/// Multi-fields `.list` leaves out unless `select` names them.
+const MULTI: [&str; 4] = ["PHONE", "EMAIL", "WEB", "IM"];
+
+fn crm_list(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
+    let tz = inner.config.utc_offset;
+    let recs = inner.data.crm(kind);
+    let conds = filter::parse(p.get_ci("filter"));
+    let mut idx = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        if filter::matches(&conds, tz, &|f| r.field(f), false)? {
+            idx.push(i);
+        }
+    }
+    sort_idx(&mut idx, &order_spec(p), &|i, f| recs[i].field(f));
+    let select: Vec<String> = p
+        .get_ci("select")
+        .and_then(P::elements)
+        .map(|els| els.iter().filter_map(|e| e.as_text()).map(|s| s.trim().to_uppercase()).collect())
+        .unwrap_or_default();
+    let (page, total, next) = page_of(&idx, start_param(p));
+    let rows = page
+        .into_iter()
+        .map(|i| {
+            let Value::Object(all) = recs[i].to_json() else { return Value::Null };
+            let keep = |k: &str| {
+                if k == "ID" {
+                    return true;
+                }
+                let named = select.iter().any(|s| s == k);
+                if MULTI.contains(&k) {
+                    return named;
+                }
+                select.is_empty() || named || select.iter().any(|s| s == "*")
+            };
+            Value::Object(all.into_iter().filter(|(k, _)| keep(k)).collect::<Map<_, _>>())
+        })
+        .collect();
+    Ok(MethodOk { result: Value::Array(rows), total, next })
+}
+
+fn crm_get(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
+    let id = p.get_ci("id").map_or(0, P::as_int);
+    if id <= 0 {
+        return Err(ApiError::new(400, "", "ID is not defined or invalid."));
+    }
+    let rec = inner.data.crm_by_id(kind, id as u64).ok_or_else(|| ApiError::new(400, "", "Not found"))?;
+    Ok(MethodOk::plain(rec.to_json()))
+}
+
+fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> {
+    let raw = p.get_ci("id").map_or(0, P::as_int);
+    if raw <= 0 {
+        return Err(ApiError::new(400, "ERROR_ARGUMENT", "Could not find value for parameter {id}").with_argument("id"));
+    }
+    let id = raw as u64;
+    let call = inner
+        .data
+        .files
+        .get(&id)
+        .map(|i| &inner.data.calls[*i])
+        .ok_or_else(|| ApiError::new(404, "ERROR_NOT_FOUND", &format!("Could not find entity with id '{id}'.")))?;
+    let Some(rec) = &call.record else {
+        return Err(ApiError::new(404, "ERROR_NOT_FOUND", &format!("Could not find entity with id '{id}'.")));
+    };
+    let t = call.start.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
+    let name = format!(
+        "{}_{}.{}",
+        call.start.format("%Y-%m-%d_%H-%M-%S"),
+        call.phone.trim_start_matches('+'),
+        rec.container.ext()
+    );
+    let user = call.user.unwrap_or(1).to_string();
+    Ok(MethodOk::plain(json!({
+        "ID": id.to_string(), "NAME": name, "CODE": null, "STORAGE_ID": "1", "TYPE": "file",
+        "PARENT_ID": (100 + call.start.format("%m").to_string().parse::<u64>().unwrap_or(0)).to_string(),
+        "DELETED_TYPE": "0", "GLOBAL_CONTENT_VERSION": "1", "FILE_ID": (id + 50_000).to_string(),
+        "SIZE": rec.bytes.to_string(), "CREATE_TIME": t, "UPDATE_TIME": t, "DELETE_TIME": null,
+        "CREATED_BY": user, "UPDATED_BY": user, "DELETED_BY": "0",
+        "DOWNLOAD_URL": super::download_url(inner, &ctx.download_auth, id),
+        "DETAIL_URL": format!("{}docs/file/VI_CALLS/{}/{}", inner.base, call.start.format("%Y-%m"), id),
+    })))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// batch
+
+/// A PHP array → JSON: `[]` when empty, a list when keys are 0..n, otherwise an object.
+pub fn php_array(entries: Vec<(String, Value)>) -> Value {
+    if entries.is_empty() {
+        return json!([]);
+    }
+    if entries.iter().enumerate().all(|(i, (k, _))| *k == i.to_string()) {
+        return Value::Array(entries.into_iter().map(|(_, v)| v).collect());
+    }
+    Value::Object(entries.into_iter().collect())
+}
+
+/// Results accumulated while a batch runs (what `$result[...]` etc. refer to).
+#[derive(Default)]
+pub struct BatchAcc {
+    pub result: Vec<(String, Value)>,
+    pub error: Vec<(String, Value)>,
+    pub total: Vec<(String, Value)>,
+    pub next: Vec<(String, Value)>,
+    pub time: Vec<(String, Value)>,
+}
+
+impl BatchAcc {
+    fn lookup(&self, kind: &str, path: &[String]) -> Option<String> {
+        let list = match kind {
+            "result" => &self.result,
+            "error" => &self.error,
+            "total" => &self.total,
+            "next" => &self.next,
+            "time" => &self.time,
+            _ => return None,
+        };
+        let (first, rest) = path.split_first()?;
+        let mut v = &list.iter().find(|(k, _)| k == first)?.1;
+        for seg in rest {
+            v = match v {
+                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                Value::Object(o) => o.get(seg)?,
+                _ => return None,
+            };
+        }
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(if *b { "1".into() } else { String::new() }),
+            _ => None,
+        }
+    }
+
+    /// Replaces `$result[a][b]…` (and `$next`, `$total`, `$time`, `$error`) inside one parameter value.
+    /// A reference that does not resolve to a scalar stays as literal text, as on the portal.
+    pub fn substitute(&self, s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            let tail = &rest[pos + 1..];
+            let kind = ["result", "next", "total", "error", "time"]
+                .into_iter()
+                .find(|k| tail.starts_with(k) && tail[k.len()..].starts_with('['));
+            let Some(kind) = kind else {
+                out.push('$');
+                rest = tail;
+                continue;
+            };
+            let mut p = &tail[kind.len()..];
+            let mut path = Vec::new();
+            while let Some(r) = p.strip_prefix('[') {
+                let Some(close) = r.find(']') else { break };
+                if close == 0 {
+                    break;
+                }
+                path.push(r[..close].to_string());
+                p = &r[close + 1..];
+            }
+            let consumed = 1 + tail.len() - p.len();
+            let literal = &rest[pos..pos + consumed];
+            match (!path.is_empty()).then(|| self.lookup(kind, &path)).flatten() {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(literal),
+            }
+            rest = &rest[pos + consumed..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Splits a batch command `method?query` into the lower-cased method and its parameters (PHP form decoding).
+pub fn parse_command(cmd: &str) -> (String, P) {
+    let (m, q) = cmd.split_once('?').unwrap_or((cmd, ""));
+    (super::normalize_method(m), params::from_form(q))
+}
+
+/// The commands of a batch in map order; a list gives keys 0..n.
+pub fn commands(p: &P) -> Vec<(String, String)> {
+    match p.get_ci("cmd") {
+        Some(P::Map(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_text().unwrap_or_default())).collect(),
+        Some(P::List(l)) => l.iter().enumerate().map(|(i, v)| (i.to_string(), v.as_text().unwrap_or_default())).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let acc = BatchAcc {
+            result: vec![("c0".into(), json!([{"ID": "7"}, {"ID": "9"}]))],
+            next: vec![("c0".into(), json!(50))],
+            ..Default::default()
+        };
+        assert_eq!(acc.substitute("$result[c0][1][ID]"), "9");
+        assert_eq!(acc.substitute("x$next[c0]y"), "x50y");
+        assert_eq!(acc.substitute("$result[c0][49][ID]"), "$result[c0][49][ID]");
+        assert_eq!(acc.substitute("$result[c0]"), "$result[c0]", "arrays stay literal");
+        assert_eq!(acc.substitute("$5 and $resultx"), "$5 and $resultx");
+    }
+
+    #[test]
+    fn php_arrays() {
+        assert_eq!(php_array(vec![]), json!([]));
+        assert_eq!(php_array(vec![("0".into(), json!(1)), ("1".into(), json!(2))]), json!([1, 2]));
+        assert_eq!(php_array(vec![("a".into(), json!(1))]), json!({"a": 1}));
+    }
+}
