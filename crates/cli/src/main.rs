@@ -1,1 +1,303 @@
-fn main() {}
+//! `b24sense` — the command-line front end. It only parses flags, builds the clients, the ledger and the engine,
+//! and prints what happened; all the work lives in the library crates.
+
+mod args;
+mod demo;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use b24sense_bitrix24::{Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan};
+use b24sense_core::CallFilter;
+use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
+use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
+use b24sense_speechsense::{ClientConfig as SpeechSenseConfig, Credentials as SpeechSenseCredentials, SpeechSenseClient};
+use b24sense_store::Store;
+use clap::Parser;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Cli, Command, FilterArgs, RatePlanArg, RunArgs};
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Everything qualifying was exported (or skipped for a reason).
+    pub const OK: u8 = 0;
+    /// The run finished but some calls failed (see the summary / report).
+    pub const SOME_FAILED: u8 = 1;
+    /// Bad input: a flag, a setting or the ledger location is wrong.
+    pub const USAGE: u8 = 2;
+    /// Bitrix24 or SpeechSense refused the credentials or the connection.
+    pub const REFUSED: u8 = 3;
+    /// A service or the database could not be reached, or the run was stopped.
+    pub const UNAVAILABLE: u8 = 4;
+    /// Interrupted by a signal.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// An error that ends the command, with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Export(a) => {
+            let target = ExportTarget {
+                portal_key: a.run.portal_key.clone().unwrap_or_else(|| a.bitrix24_webhook.host().to_string()),
+                webhook: a.bitrix24_webhook,
+                endpoint: a.speechsense.speechsense_endpoint,
+                connection_id: a.speechsense.connection_id,
+                api_key: a.speechsense.api_key,
+            };
+            export_command(target, &a.filter, &a.run, None).await
+        }
+        Command::Check(a) => check_command(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::Emulate(e) => demo::emulate(e).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,b24sense=info",
+        _ => "debug,h2=info,hyper=info,tower=info,sqlx=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Where an export reads from and writes to.
+pub struct ExportTarget {
+    pub webhook: b24sense_bitrix24::WebhookUrl,
+    pub portal_key: String,
+    pub endpoint: String,
+    pub connection_id: String,
+    pub api_key: String,
+}
+
+pub fn call_filter(f: &FilterArgs) -> Result<CallFilter, Failure> {
+    let filter = CallFilter {
+        since: f.since,
+        until: f.until,
+        users: f.users.0.clone(),
+        min_duration: f.min_duration,
+        max_duration: f.max_duration,
+        call_types: f.direction.clone(),
+    };
+    filter.validate().map_err(|e| {
+        let flag = match e.field {
+            "max_duration" => "--max-duration",
+            "until" => "--until",
+            other => other,
+        };
+        Failure::new(exit::USAGE, format!("{flag}: {}", e.message))
+    })?;
+    Ok(filter)
+}
+
+pub fn default_database() -> Result<String, Failure> {
+    let dir = dirs::data_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/share")))
+        .ok_or_else(|| Failure::new(exit::USAGE, "--database: no data directory on this system; pass sqlite:PATH"))?;
+    Ok(format!("sqlite:{}", dir.join("b24sense").join("ledger.db").display()))
+}
+
+/// Shutdown on SIGINT/SIGTERM: the first signal stops taking new calls and lets in-flight uploads finish; a second
+/// one exits at once (the ledger stays consistent either way: it is written before and after each upload).
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut count = 0;
+        loop {
+            wait_for_signal().await;
+            count += 1;
+            if count == 1 {
+                eprintln!("stopping: finishing uploads in flight (press Ctrl-C again to quit at once)");
+                t.cancel();
+            } else {
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
+        }
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Extra numbers the demo prints (from its emulators).
+pub type DemoStats = Box<dyn FnOnce(&mut serde_json::Value) + Send>;
+
+/// The `export` command; the demo calls exactly this with its emulators' addresses.
+pub async fn export_command(
+    target: ExportTarget,
+    filter_args: &FilterArgs,
+    run: &RunArgs,
+    extra_stats: Option<DemoStats>,
+) -> Result<u8, Failure> {
+    let filter = call_filter(filter_args)?;
+    let database = match &run.database {
+        Some(d) => d.clone(),
+        None => default_database()?,
+    };
+    let store = Store::open(&database)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("--database: cannot open the ledger: {e}")))?;
+
+    let rate = match run.rate_plan {
+        RatePlanArg::Standard => RatePlan::STANDARD,
+        RatePlanArg::Enterprise => RatePlan::ENTERPRISE,
+    };
+    let bitrix = Bitrix24Client::new(
+        Bitrix24Credentials::Webhook(target.webhook),
+        Bitrix24Config { rate, ..Bitrix24Config::default() },
+    )
+    .map_err(|e| Failure::new(exit::USAGE, format!("--bitrix24-webhook: {e}")))?;
+    let speech = SpeechSenseClient::new(SpeechSenseConfig::new(
+        target.endpoint,
+        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key)),
+    ))
+    .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))?;
+
+    let mut config = ExportConfig::new(target.portal_key, target.connection_id);
+    config.filter = filter;
+    config.mono_policy = run.mono_policy.clone();
+    config.language = run.language.clone();
+    config.concurrency = run.concurrency;
+    config.dry_run = run.dry_run;
+
+    // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal.
+    if !run.dry_run {
+        preflight(&speech, &config.connection_id).await?;
+    }
+
+    let quiet = run.json;
+    let progress = progress::Progress::new(quiet);
+    let shutdown = shutdown_on_signals();
+    let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
+    let sink = Arc::new(SpeechSenseSink::new(speech, None));
+    let result = run_export(source, sink, store, config, progress.callback(quiet), shutdown.clone()).await;
+    progress.finish(quiet);
+
+    let (summary, fatal) = match result {
+        Ok(s) => (s, None),
+        Err(EngineError::Stopped { reason, summary }) => (*summary, Some(reason)),
+        Err(e @ EngineError::Config(_)) => return Err(Failure::new(exit::USAGE, e.to_string())),
+        Err(e) => return Err(Failure::new(exit::UNAVAILABLE, e.to_string())),
+    };
+    if let Some(path) = &run.report {
+        output::write_report(path, &summary)
+            .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("--report {}: {e}", path.display())))?;
+    }
+    let mut stats = output::stats_json(&summary, &bitrix.stats());
+    if let Some(extra) = extra_stats {
+        extra(&mut stats);
+    }
+    output::print_summary(&summary, &stats, run.json, run.dry_run);
+
+    Ok(exit_code(&summary, fatal.as_deref(), shutdown.is_cancelled()))
+        .and_then(|code| match fatal {
+            Some(reason) => Err(Failure::new(code, reason)),
+            None => Ok(code),
+        })
+}
+
+fn exit_code(summary: &Summary, fatal: Option<&str>, interrupted: bool) -> u8 {
+    match fatal {
+        Some(reason) if is_refusal(reason) => exit::REFUSED,
+        Some(_) => exit::UNAVAILABLE,
+        None if interrupted => exit::INTERRUPTED,
+        None if summary.failed_total() > 0 => exit::SOME_FAILED,
+        None => exit::OK,
+    }
+}
+
+/// Whether a fatal reason is a refusal of credentials or connection (rather than an outage).
+fn is_refusal(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    ["api key", "credentials", "access", "connection id", "not found", "permission", "unauthenticated"]
+        .iter()
+        .any(|k| r.contains(k))
+}
+
+async fn preflight(speech: &SpeechSenseClient, connection_id: &str) -> Result<(), Failure> {
+    let lang = b24sense_speechsense::Lang::En;
+    match tokio::time::timeout(Duration::from_secs(30), speech.check_connection(connection_id)).await {
+        Ok(Ok(b24sense_speechsense::ConnectionCheck::Ok)) => Ok(()),
+        Ok(Ok(refused)) => Err(Failure::new(exit::REFUSED, refused.message(lang))),
+        Ok(Err(e)) => Err(Failure::new(exit::UNAVAILABLE, unreachable_message(lang, &e.to_string()))),
+        Err(_) => Err(Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s")),
+    }
+}
+
+async fn check_command(a: args::CheckArgs) -> Result<u8, Failure> {
+    let client = SpeechSenseClient::new(SpeechSenseConfig::new(
+        a.speechsense.speechsense_endpoint,
+        SpeechSenseCredentials::ApiKey(SecretString::from(a.speechsense.api_key)),
+    ))
+    .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))?;
+    let lang = match a.lang {
+        args::Lang::Ru => b24sense_speechsense::Lang::Ru,
+        args::Lang::En => b24sense_speechsense::Lang::En,
+    };
+    let check = tokio::time::timeout(Duration::from_secs(30), client.check_connection(&a.speechsense.connection_id))
+        .await
+        .map_err(|_| Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s"))?;
+    match check {
+        Ok(result) => {
+            let ok = matches!(result, b24sense_speechsense::ConnectionCheck::Ok);
+            if ok {
+                println!("{}", result.message(lang));
+                Ok(exit::OK)
+            } else {
+                Err(Failure::new(exit::REFUSED, result.message(lang)))
+            }
+        }
+        Err(e) => Err(Failure::new(exit::UNAVAILABLE, unreachable_message(lang, &e.to_string()))),
+    }
+}
+
+fn unreachable_message(lang: b24sense_speechsense::Lang, detail: &str) -> String {
+    match lang {
+        b24sense_speechsense::Lang::Ru => format!("Не удалось связаться с SpeechSense: {detail}"),
+        b24sense_speechsense::Lang::En => format!("Could not reach SpeechSense: {detail}"),
+    }
+}

@@ -1,0 +1,305 @@
+//! Command-line interface: flags, environment variables and their validation.
+//!
+//! Every value is checked here, before anything runs, so bad input is refused with a message naming the flag and
+//! nothing is uploaded or written.
+
+use std::path::PathBuf;
+
+use b24sense_bitrix24::WebhookUrl;
+use b24sense_core::filter::parse_user_ids;
+use b24sense_core::{CallType, MonoPolicy, TimeBound};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_SPEECHSENSE_ENDPOINT: &str = "https://api.speechsense.yandexcloud.net:443";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "b24sense",
+    version,
+    about = "Export Bitrix24 calls (recordings + CRM metadata) into Yandex SpeechSense — once and only once.",
+    long_about = None,
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export qualifying calls from a Bitrix24 portal into a SpeechSense connection.
+    Export(ExportArgs),
+    /// Check a SpeechSense API key and connection ID without uploading anything.
+    Check(CheckArgs),
+    /// Run the whole export against built-in emulators of Bitrix24 and SpeechSense (nothing leaves this machine).
+    Demo(DemoArgs),
+    /// Serve an emulator on a local port until interrupted (for trying b24sense by hand).
+    #[command(subcommand)]
+    Emulate(EmulateCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SpeechSenseArgs {
+    /// SpeechSense gRPC endpoint; an http:// address is used without TLS (local emulator).
+    #[arg(long, env = "B24SENSE_SPEECHSENSE_ENDPOINT", default_value = DEFAULT_SPEECHSENSE_ENDPOINT, value_parser = parse_endpoint)]
+    pub speechsense_endpoint: String,
+    /// ID of the SpeechSense connection (two-channel audio) the talks go to.
+    #[arg(long, env = "B24SENSE_CONNECTION_ID", value_parser = parse_connection_id)]
+    pub connection_id: String,
+    /// Secret part of the service account's API key (scope yc.speech-sense.use).
+    #[arg(long, env = "B24SENSE_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
+    pub api_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Load calls since this date (YYYY-MM-DD, read in the portal's time zone, or RFC 3339). Empty = all calls.
+    #[arg(long, value_name = "DATE", value_parser = |s: &str| parse_bound("--since", s))]
+    pub since: Option<TimeBound>,
+    /// Load calls up to and including this date (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = |s: &str| parse_bound("--until", s))]
+    pub until: Option<TimeBound>,
+    /// Bitrix24 user IDs of the operators whose calls to load, e.g. 1,5,7. Empty = all users.
+    #[arg(long, value_name = "IDS", value_parser = |s: &str| parse_users("--users", s), default_value = "")]
+    pub users: UserList,
+    /// Minimal conversation length in seconds (30 or more recommended).
+    #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = |s: &str| parse_seconds("--min-duration", s), allow_hyphen_values = true)]
+    pub min_duration: u64,
+    /// Maximal conversation length in seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = |s: &str| parse_seconds("--max-duration", s), allow_hyphen_values = true)]
+    pub max_duration: Option<u64>,
+    /// Call directions to load (repeatable or comma-separated): outgoing, incoming, redirected, callback. Default: all.
+    #[arg(long, value_name = "DIRECTION", value_delimiter = ',', value_parser = parse_direction)]
+    pub direction: Vec<CallType>,
+}
+
+/// A parsed `--users` list (a newtype so clap does not treat it as repeated values).
+#[derive(Debug, Clone, Default)]
+pub struct UserList(pub Vec<u64>);
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Incoming webhook of a portal administrator: https://PORTAL/rest/USER_ID/SECRET/ (scopes telephony, crm, user, disk).
+    #[arg(long, env = "B24SENSE_BITRIX24_WEBHOOK", hide_env_values = true, value_parser = parse_webhook)]
+    pub bitrix24_webhook: WebhookUrl,
+    #[command(flatten)]
+    pub speechsense: SpeechSenseArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Ledger database: sqlite:PATH or postgres://… Default: a SQLite file in the user's data directory.
+    #[arg(long, env = "B24SENSE_DATABASE_URL", value_parser = parse_database)]
+    pub database: Option<String>,
+    /// Uploads in flight at once.
+    #[arg(long, default_value = "8", value_parser = parse_concurrency)]
+    pub concurrency: usize,
+    /// Recognition language sent with every talk.
+    #[arg(long, default_value = "ru-RU", value_parser = parse_language)]
+    pub language: String,
+    /// What to do with one-channel recordings: upload, skip, or route:<one-channel connection ID>.
+    #[arg(long, default_value = "upload", value_parser = parse_mono_policy)]
+    pub mono_policy: MonoPolicy,
+    /// Bitrix24 plan's REST limits: standard (2 req/s, burst 50) or enterprise (5 req/s, burst 250).
+    #[arg(long, value_enum, default_value = "standard")]
+    pub rate_plan: RatePlanArg,
+    /// List what would be exported (count, total minutes) and upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write one JSON line per call (call ID, outcome, reason, talk ID) to this file.
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// Ledger key of the portal (default: the webhook's host). Keep it when the portal is renamed.
+    #[arg(long)]
+    pub portal_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RatePlanArg {
+    Standard,
+    Enterprise,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum Lang {
+    #[default]
+    Ru,
+    En,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub speechsense: SpeechSenseArgs,
+    /// Language of the result message.
+    #[arg(long, value_enum, default_value = "ru")]
+    pub lang: Lang,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Calls in the emulated portal.
+    #[arg(long, default_value = "300", value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    pub calls: u32,
+    /// Operators (users) in the emulated portal.
+    #[arg(long, default_value = "12", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub users: u32,
+    /// Seed of the generated portal.
+    #[arg(long, default_value = "2026")]
+    pub seed: u64,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmulateCommand {
+    /// A Bitrix24 portal (REST API, webhook auth, recordings) on 127.0.0.1.
+    Bitrix24 {
+        #[arg(long, default_value = "8124")]
+        port: u16,
+        #[arg(long, default_value = "300")]
+        calls: usize,
+        #[arg(long, default_value = "12")]
+        users: usize,
+        #[arg(long, default_value = "2026")]
+        seed: u64,
+    },
+    /// Yandex SpeechSense's TalkService (gRPC, plaintext) on 127.0.0.1.
+    Speechsense {
+        #[arg(long, default_value = "8125")]
+        port: u16,
+        /// API key the emulator accepts.
+        #[arg(long, default_value = "test-api-key")]
+        api_key: String,
+    },
+}
+
+fn parse_bound(flag: &'static str, s: &str) -> Result<TimeBound, String> {
+    TimeBound::parse(flag, s).map_err(|e| e.message)
+}
+
+fn parse_users(flag: &'static str, s: &str) -> Result<UserList, String> {
+    parse_user_ids(flag, s).map(UserList).map_err(|e| e.message)
+}
+
+fn parse_seconds(_flag: &'static str, s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("{t:?} is negative; give a number of seconds ≥ 0"));
+    }
+    t.parse::<u64>().map_err(|_| format!("{t:?} is not a whole number of seconds"))
+}
+
+fn parse_direction(s: &str) -> Result<CallType, String> {
+    CallType::parse_name(s)
+        .ok_or_else(|| format!("{s:?} is not a call direction; use outgoing, incoming, redirected or callback"))
+}
+
+fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
+    WebhookUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s.trim())
+        .map_err(|e| format!("{s:?} is not a URL ({e}); expected e.g. {DEFAULT_SPEECHSENSE_ENDPOINT}"))?;
+    match url.scheme() {
+        "https" | "http" if url.host_str().is_some() => Ok(s.trim().to_string()),
+        other => Err(format!("scheme {other:?} is not supported; use https:// (or http:// for a local emulator)")),
+    }
+}
+
+fn parse_connection_id(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err("may contain only letters, digits, '-' and '_'".into());
+    }
+    Ok(t.to_string())
+}
+
+fn parse_api_key(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if t.chars().any(char::is_whitespace) {
+        // Never echo the value: it is a secret.
+        return Err("contains whitespace; paste only the secret part of the API key".into());
+    }
+    Ok(t.to_string())
+}
+
+fn parse_database(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.starts_with("sqlite:") || t.starts_with("postgres://") || t.starts_with("postgresql://") {
+        Ok(t.to_string())
+    } else {
+        Err("use sqlite:PATH or postgres://USER@HOST/DB".into())
+    }
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(format!("{s:?} is not between 1 and 256")),
+    }
+}
+
+fn parse_language(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let ok = !t.is_empty() && t.split(',').all(|tag| {
+        let tag = tag.trim();
+        let mut parts = tag.split('-');
+        let lang = parts.next().unwrap_or_default();
+        (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_alphabetic()) && parts.all(|p| {
+            (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
+        })
+    });
+    if ok {
+        Ok(t.to_string())
+    } else {
+        Err(format!("{t:?} is not a language tag such as ru-RU or \"ru-RU, kk-KZ\""))
+    }
+}
+
+fn parse_mono_policy(s: &str) -> Result<MonoPolicy, String> {
+    MonoPolicy::parse(s).ok_or_else(|| format!("{s:?}: use upload, skip or route:<connection ID>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn validators() {
+        assert!(parse_seconds("--min-duration", "-5").unwrap_err().contains("negative"));
+        assert_eq!(parse_seconds("--min-duration", "30"), Ok(30));
+        assert!(parse_language("ru-RU").is_ok());
+        assert!(parse_language("ru-RU, kk-KZ").is_ok());
+        assert!(parse_language("русский").is_err());
+        assert!(parse_api_key("a b").unwrap_err().contains("whitespace"));
+        assert!(!parse_api_key("se cret").unwrap_err().contains("se cret"));
+        assert!(parse_endpoint("ftp://x").is_err());
+        assert!(parse_database("mysql://x").is_err());
+        assert!(parse_connection_id("").is_err());
+    }
+}

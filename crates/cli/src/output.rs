@@ -1,0 +1,93 @@
+//! Printing a run's summary (text or JSON) and writing the per-call report file.
+
+use std::io::Write;
+use std::path::Path;
+
+use b24sense_bitrix24::ClientStats;
+use b24sense_engine::Summary;
+use serde_json::{json, Value};
+
+/// The summary as JSON, with the REST client's counters.
+pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
+    let mut v = serde_json::to_value(summary).unwrap_or_else(|_| json!({}));
+    v["rest"] = json!({
+        "requests": rest.requests,
+        "rate_limited": rest.rate_limited,
+        "retries": rest.retries,
+        "downloads": rest.downloads,
+        "download_bytes": rest.download_bytes,
+    });
+    v
+}
+
+/// One JSON object per call: call ID, outcome, reason, talk ID, seconds, bytes.
+pub fn write_report(path: &Path, summary: &Summary) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for line in &summary.calls {
+        serde_json::to_writer(&mut out, line)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
+pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(stats).unwrap_or_default());
+        return;
+    }
+    let secs = summary.wall_time.as_secs_f64();
+    if dry_run {
+        let w = summary.would_upload.clone().unwrap_or_default();
+        println!("dry run: {} qualifying calls found in {secs:.1} s", summary.found);
+        println!("  would upload      {:>7} calls, {} minutes of audio", w.calls, w.minutes);
+        println!("  already uploaded  {:>7}", w.already_uploaded);
+        println!("  no recording yet  {:>7}", w.without_recording);
+        println!("nothing was uploaded");
+        return;
+    }
+    println!("export finished in {secs:.1} s: {} qualifying calls", summary.found);
+    println!("  uploaded          {:>7}  ({} mono)", summary.uploaded, summary.uploaded_mono);
+    if summary.reuploaded_after_crash > 0 {
+        println!("  re-uploaded after crash {:>3}  (possible duplicates, see the report)", summary.reuploaded_after_crash);
+    }
+    for (reason, n) in &summary.skipped {
+        println!("  skipped           {n:>7}  {reason}");
+    }
+    for (reason, n) in &summary.failed {
+        println!("  failed            {n:>7}  {reason}");
+    }
+    if summary.bad_rows > 0 {
+        println!("  unreadable rows   {:>7}", summary.bad_rows);
+    }
+    println!(
+        "  audio             {} · {} minutes · {:.1} uploads/s",
+        mb(summary.bytes_uploaded),
+        summary.seconds_uploaded / 60,
+        summary.uploaded as f64 / secs.max(0.001)
+    );
+    let rest = &stats["rest"];
+    println!(
+        "  Bitrix24 REST     {} requests · {} rate-limit rejections · {} downloads",
+        rest["requests"], rest["rate_limited"], rest["downloads"]
+    );
+    if let Some(emu) = stats.get("emulators") {
+        println!(
+            "  emulated portal   {} HTTP requests · {} rejected by its rate limit · {} sent",
+            emu["portal_http_requests"],
+            emu["portal_rate_limited"],
+            mb(emu["portal_bytes_sent"].as_u64().unwrap_or(0))
+        );
+        println!("  SpeechSense       {} talks stored", emu["talks_stored"]);
+    }
+    if let Some(reason) = &summary.stopped {
+        println!("  stopped early: {reason}");
+    }
+    let failed = summary.failed_total();
+    if failed > 0 {
+        println!("{failed} calls failed; run again to retry them (uploaded calls are never sent twice)");
+    }
+}

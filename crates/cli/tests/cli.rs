@@ -1,0 +1,196 @@
+//! Black-box tests of the `b24sense` binary against the emulators: the CLI contract, messages and exit codes.
+
+use std::process::Output;
+
+use assert_cmd::Command;
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+
+struct Services {
+    portal: Bitrix24Emulator,
+    speech: SpeechSenseEmulator,
+    key: String,
+    connection: String,
+    dir: tempfile::TempDir,
+}
+
+async fn services(calls: usize) -> Services {
+    let portal = Bitrix24Emulator::start(PortalConfig { calls, ..PortalConfig::default() }).await.unwrap();
+    let config = SpeechSenseConfig::default();
+    let key = config.api_keys[0].clone();
+    let connection = config.connections[0].id.clone();
+    let speech = SpeechSenseEmulator::start(config).await.unwrap();
+    Services { portal, speech, key, connection, dir: tempfile::tempdir().unwrap() }
+}
+
+impl Services {
+    fn export(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::cargo_bin("b24sense").unwrap();
+        cmd.env_clear()
+            .env("HOME", self.dir.path())
+            .arg("export")
+            .args(["--bitrix24-webhook", &self.portal.webhook_url()])
+            .args(["--speechsense-endpoint", &self.speech.endpoint()])
+            .args(["--connection-id", &self.connection])
+            .args(["--api-key", &self.key])
+            .args(["--database", &format!("sqlite:{}", self.dir.path().join("ledger.db").display())])
+            .args(extra);
+        cmd
+    }
+}
+
+/// Runs a command off the async runtime (the emulators live on it).
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_rerun_uploads_nothing_twice() {
+    let s = services(80).await;
+    let first = run(s.export(&["--json"])).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
+    let uploaded = summary["uploaded"].as_u64().unwrap();
+    assert!(uploaded > 40, "{summary}");
+    assert_eq!(s.speech.talk_count() as u64, uploaded);
+    assert_eq!(summary["rest"]["rate_limited"], 0);
+
+    let second = run(s.export(&["--json"])).await;
+    assert_eq!(second.status.code(), Some(0));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&second)).unwrap();
+    assert_eq!(summary["uploaded"], 0);
+    assert_eq!(summary["skipped"]["already_uploaded"].as_u64(), Some(uploaded));
+    assert_eq!(s.speech.talk_count() as u64, uploaded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_file_and_dry_run() {
+    let s = services(40).await;
+    let dry = run(s.export(&["--dry-run"])).await;
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert!(stdout(&dry).contains("would upload"), "{}", stdout(&dry));
+    assert!(stdout(&dry).contains("minutes"));
+    assert_eq!(s.speech.talk_count(), 0, "a dry run uploads nothing");
+
+    let report = s.dir.path().join("report.jsonl");
+    let out = run(s.export(&["--report", report.to_str().unwrap()])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&report).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40, "one line per qualifying call");
+    let uploaded: Vec<_> = lines.iter().filter(|l| l["outcome"] == "uploaded").collect();
+    assert_eq!(uploaded.len(), s.speech.talk_count());
+    assert!(uploaded.iter().all(|l| l["talk_id"].as_str().is_some_and(|t| !t.is_empty())));
+    assert!(lines.iter().filter(|l| l["outcome"] == "skipped").all(|l| l["reason"].is_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_naming_the_flag_and_nothing_is_uploaded() {
+    let s = services(20).await;
+    let cases: &[(&[&str], &str)] = &[
+        (&["--since", "01.02.2025"], "--since"),
+        (&["--until", "tomorrow"], "--until"),
+        (&["--users", "1,abc"], "--users"),
+        (&["--min-duration", "-5"], "--min-duration"),
+        (&["--min-duration", "ten"], "--min-duration"),
+        (&["--concurrency", "0"], "--concurrency"),
+        (&["--direction", "sideways"], "--direction"),
+        (&["--language", "русский"], "--language"),
+        (&["--min-duration", "60", "--max-duration", "30"], "--max-duration"),
+    ];
+    for (args, flag) in cases {
+        let out = run(s.export(args)).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{args:?} must name {flag}: {}", stderr(&out));
+    }
+    for bad in ["ftp://portal/rest/1/x/", "https://portal.bitrix24.ru/rest/abc/secret/", "not a url", "https://portal.bitrix24.ru/"] {
+        let mut cmd = s.export(&[]);
+        cmd.args(["--bitrix24-webhook", bad]);
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--bitrix24-webhook"), "{bad}: {}", stderr(&out));
+    }
+    assert_eq!(s.speech.talk_count(), 0);
+    assert_eq!(s.portal.stats().http_requests, 0, "refused before any request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_what_is_wrong() {
+    let s = services(1).await;
+    let check = |key: &str, conn: &str, endpoint: &str, lang: &str| {
+        let mut cmd = Command::cargo_bin("b24sense").unwrap();
+        cmd.env_clear().args([
+            "check",
+            "--speechsense-endpoint",
+            endpoint,
+            "--connection-id",
+            conn,
+            "--api-key",
+            key,
+            "--lang",
+            lang,
+        ]);
+        cmd
+    };
+    let ok = run(check(&s.key, &s.connection, &s.speech.endpoint(), "ru")).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("Успешный запрос к SpeechSense"));
+
+    let bad_key = run(check("wrong-key", &s.connection, &s.speech.endpoint(), "en")).await;
+    assert_eq!(bad_key.status.code(), Some(3));
+    assert!(stderr(&bad_key).to_lowercase().contains("key"), "{}", stderr(&bad_key));
+    assert!(!stderr(&bad_key).contains("wrong-key"), "never echo the key");
+
+    let bad_conn = run(check(&s.key, "nosuchconnection", &s.speech.endpoint(), "en")).await;
+    assert_eq!(bad_conn.status.code(), Some(3));
+    assert!(stderr(&bad_conn).to_lowercase().contains("connection"), "{}", stderr(&bad_conn));
+
+    // Nothing listens on port 9 of loopback.
+    let unreachable = run(check(&s.key, &s.connection, "http://127.0.0.1:9", "en")).await;
+    assert_eq!(unreachable.status.code(), Some(4), "{}", stderr(&unreachable));
+    assert!(stderr(&unreachable).contains("reach"), "{}", stderr(&unreachable));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_with_wrong_key_exits_refused() {
+    let s = services(10).await;
+    let mut cmd = s.export(&[]);
+    cmd.args(["--api-key", "wrong-key"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).to_lowercase().contains("key"), "{}", stderr(&out));
+    assert_eq!(s.speech.talk_count(), 0);
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let out = Command::cargo_bin("b24sense").unwrap().args(["demo", "--calls", "120", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["found"], 120);
+    assert!(v["uploaded"].as_u64().unwrap() > 60, "{v}");
+    assert_eq!(v["emulators"]["talks_stored"], v["uploaded"]);
+    assert_eq!(v["emulators"]["portal_rate_limited"], 0);
+    assert!(v["rest"]["requests"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [&["--help"][..], &["export", "--help"], &["check", "--help"], &["demo", "--help"], &["emulate", "--help"]] {
+        let out = Command::cargo_bin("b24sense").unwrap().args(cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}");
+        assert!(stdout(&out).contains("Usage"), "{cmd:?}");
+    }
+    let out = Command::cargo_bin("b24sense").unwrap().args(["export", "--help"]).output().unwrap();
+    for flag in ["--bitrix24-webhook", "B24SENSE_BITRIX24_WEBHOOK", "--since", "--users", "--min-duration", "--dry-run", "--database"] {
+        assert!(stdout(&out).contains(flag), "export --help lacks {flag}");
+    }
+}

@@ -1,0 +1,670 @@
+//! One export run: list → register → enrich → resolve → download → probe → upload → commit.
+//!
+//! Three kinds of tasks, joined by channels, so that the slowest resource (usually the portal's 2 requests/s) stays
+//! busy and nothing waits on anything it does not need:
+//! - the **lister** pages through the call history (up to 2,500 calls per request), writes new calls to the ledger
+//!   as `pending` in one transaction per page, looks up operator and client names for the whole page in one batch,
+//!   and hands the calls on;
+//! - the **resolver** passes calls with a `CALL_RECORD_URL` straight through and gathers the others until it can
+//!   resolve 50 Disk files in one `disk.file.get` batch, just before they are downloaded; calls whose direct URL
+//!   turned out dead come back to it for the Disk route;
+//! - `concurrency` **workers** each claim a call in the ledger, stream its recording from the portal into
+//!   SpeechSense (never holding it whole), and commit the outcome.
+//!
+//! Delivery guarantee: a call is marked `uploading` before its first byte is sent and `uploaded` with its talk ID
+//! after; a call left `uploading` is *in doubt* and is resolved by a SpeechSense search when one is configured, or
+//! uploaded again and reported as `reuploaded_after_crash` — so a duplicate is never silent and a loss never happens.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use b24sense_core::audio::{self, ProbeError, MAX_PROBE_BYTES};
+use b24sense_core::mapping::talk_fields;
+use b24sense_core::{Call, CrmInfo, CrmRef, ErrorClass, FailReason, LedgerState, MonoPolicy, Outcome, SkipReason, UserInfo};
+use b24sense_store::{Claim, Store};
+use bytes::{Bytes, BytesMut};
+use futures::{stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::ExportConfig;
+use crate::ports::{CallSource, Classified, Names, TalkSink};
+use crate::report::{CallReport, DryRunTotals, ProgressEvent, ProgressFn, Summary};
+use crate::EngineError;
+
+/// `disk.file.get` commands per batch request (the portal's batch limit).
+const DISK_BATCH: usize = 50;
+
+/// A call on its way through the pipeline, with what was learned about it so far.
+#[derive(Debug, Clone)]
+struct WorkItem {
+    call: Call,
+    operator: Option<UserInfo>,
+    client: Option<CrmInfo>,
+    /// Where to download the recording from, once known.
+    url: Option<Url>,
+    /// The URL came from `disk.file.get`, so there is no other route left.
+    via_disk: bool,
+}
+
+/// What a worker tells the resolver after each item.
+enum Feedback {
+    Done,
+    /// The direct URL is dead; try the Disk route.
+    Fallback(Box<WorkItem>),
+}
+
+/// Why one attempt at a call did not produce an outcome.
+enum AttemptError {
+    /// Try again after a backoff; `reason` is reported if attempts run out.
+    Retry { reason: FailReason, after: Option<Duration>, detail: String },
+    /// The upload may have been stored.
+    InDoubt { detail: String },
+    /// The direct URL is dead; go through Disk.
+    Fallback,
+    /// This outcome is final.
+    Final(Outcome),
+    /// Nothing can succeed in this run.
+    Fatal(String),
+    /// Another worker owns the call now.
+    LostLease,
+}
+
+struct Run<S, K> {
+    source: Arc<S>,
+    sink: Arc<K>,
+    store: Store,
+    config: ExportConfig,
+    progress: ProgressFn,
+    /// Stops taking new calls: set on shutdown or on a fatal error.
+    stop: CancellationToken,
+    fatal: Mutex<Option<String>>,
+    summary: Mutex<Summary>,
+}
+
+/// Runs one export to completion (or until `shutdown` is cancelled, after which in-flight uploads finish).
+pub async fn run_export<S: CallSource, K: TalkSink>(
+    source: Arc<S>,
+    sink: Arc<K>,
+    store: Store,
+    config: ExportConfig,
+    progress: ProgressFn,
+    shutdown: CancellationToken,
+) -> Result<Summary, EngineError> {
+    config.filter.validate().map_err(|e| EngineError::Config(e.to_string()))?;
+    if config.connection_id.trim().is_empty() {
+        return Err(EngineError::Config("connection_id: must not be empty".into()));
+    }
+    let started = Instant::now();
+    let run = Arc::new(Run {
+        source,
+        sink,
+        store,
+        config,
+        progress,
+        stop: shutdown.child_token(),
+        fatal: Mutex::new(None),
+        summary: Mutex::new(Summary::default()),
+    });
+
+    if run.config.dry_run {
+        run.dry_run().await?;
+    } else {
+        run.clone().export().await?;
+    }
+
+    let mut summary = std::mem::take(&mut *run.summary.lock().unwrap());
+    summary.wall_time = started.elapsed();
+    if let Some(reason) = run.fatal.lock().unwrap().clone() {
+        summary.stopped = Some(reason.clone());
+        return Err(EngineError::Stopped { reason, summary: Box::new(summary) });
+    }
+    if shutdown.is_cancelled() {
+        summary.stopped = Some("shutdown requested".into());
+    }
+    Ok(summary)
+}
+
+impl<S: CallSource, K: TalkSink> Run<S, K> {
+    async fn export(self: Arc<Self>) -> Result<(), EngineError> {
+        let workers = self.config.concurrency.max(1);
+        let (input_tx, input_rx) = mpsc::channel::<WorkItem>(DISK_BATCH * 2);
+        let (work_tx, work_rx) = mpsc::channel::<WorkItem>(workers);
+        let (feedback_tx, feedback_rx) = mpsc::unbounded_channel::<Feedback>();
+        let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let run = self.clone();
+            let rx = work_rx.clone();
+            let fb = feedback_tx.clone();
+            tasks.spawn(async move { run.worker(rx, fb).await });
+        }
+        drop(feedback_tx);
+        let resolver = tokio::spawn(self.clone().resolver(input_rx, work_tx, feedback_rx));
+
+        let listed = self.lister(input_tx).await;
+        let resolved = resolver.await.map_err(|e| EngineError::Internal(e.to_string()))?;
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| EngineError::Internal(e.to_string()))?;
+        }
+        listed.and(resolved)
+    }
+
+    fn fail_run(&self, reason: String) {
+        let mut fatal = self.fatal.lock().unwrap();
+        if fatal.is_none() {
+            tracing::error!(%reason, "stopping the export");
+            *fatal = Some(reason);
+        }
+        self.stop.cancel();
+    }
+
+    fn report(&self, call: &Call, outcome: Outcome, bytes: u64) {
+        let report = CallReport { call_id: call.id, outcome, seconds: call.recording_seconds(), bytes };
+        self.summary.lock().unwrap().record(&report);
+        (self.progress)(&ProgressEvent::Settled(report));
+    }
+
+    /// Retries a portal operation that failed with a retryable error (the client already retried the HTTP layer).
+    async fn with_retry<T, E: Classified, F, Fut>(&self, what: &str, mut op: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => match e.class() {
+                    ErrorClass::Retryable { after } if attempt < self.config.max_attempts && !self.stop.is_cancelled() => {
+                        let delay = self.config.backoff.delay(attempt, after);
+                        tracing::warn!(error = %e, ?delay, attempt, "{what} failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.stop.cancelled() => return Err(e),
+                        }
+                        attempt += 1;
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- lister
+
+    async fn lister(&self, input: mpsc::Sender<WorkItem>) -> Result<(), EngineError> {
+        let portal = self.config.portal.clone();
+        let cursor_key = serde_json::to_string(&self.config.filter).unwrap_or_default();
+        let mut names = Names::default();
+        let mut after = 0u64;
+        let mut total = 0u64;
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let page = match self.with_retry("listing calls", || self.source.list_calls(&self.config.filter, after)).await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail_run(format!("listing calls from Bitrix24 failed: {e}"));
+                    break;
+                }
+            };
+            total += page.calls.len() as u64;
+            (self.progress)(&ProgressEvent::Found { n: page.calls.len() as u64 });
+            for detail in &page.bad_rows {
+                tracing::warn!(%detail, "unreadable call row");
+                self.summary.lock().unwrap().bad_rows += 1;
+                (self.progress)(&ProgressEvent::BadRow { detail: detail.clone() });
+            }
+            let entries = self.store.register(&portal, &page.calls).await?;
+            let mut todo = Vec::with_capacity(page.calls.len());
+            for (call, entry) in page.calls.into_iter().zip(entries) {
+                if entry.state == LedgerState::Uploaded {
+                    self.report(&call, Outcome::Skipped { reason: SkipReason::AlreadyUploaded }, 0);
+                } else {
+                    todo.push(call);
+                }
+            }
+            self.enrich(&mut names, &todo).await;
+            for call in todo {
+                let item = WorkItem {
+                    operator: call.portal_user_id.and_then(|id| names.users.get(&id).cloned()),
+                    client: call.crm_ref().and_then(|r| names.crm.get(&r).cloned()),
+                    call,
+                    url: None,
+                    via_disk: false,
+                };
+                tokio::select! {
+                    sent = input.send(item) => if sent.is_err() { return Ok(()) },
+                    _ = self.stop.cancelled() => break,
+                }
+            }
+            if let Some(last) = page.last_id {
+                self.store.set_cursor(&portal, &cursor_key, last).await?;
+                after = last;
+            }
+            if page.exhausted || page.last_id.is_none() {
+                break;
+            }
+        }
+        (self.progress)(&ProgressEvent::ListingDone { total });
+        self.summary.lock().unwrap().found = total;
+        Ok(())
+    }
+
+    /// Looks up the names this page needs and the per-run cache lacks, in as few requests as the portal allows.
+    async fn enrich(&self, names: &mut Names, calls: &[Call]) {
+        let users: Vec<u64> = unique(calls.iter().filter_map(|c| c.portal_user_id).filter(|u| !names.users.contains_key(u)));
+        let crm: Vec<CrmRef> = unique(calls.iter().filter_map(Call::crm_ref).filter(|r| !names.crm.contains_key(r)));
+        if users.is_empty() && crm.is_empty() {
+            return;
+        }
+        match self.with_retry("looking up names", || self.source.lookup(&users, &crm)).await {
+            Ok(found) => {
+                names.users.extend(found.users);
+                names.crm.extend(found.crm);
+            }
+            // Names are metadata, not the call: export with the mapping's fallbacks rather than not at all.
+            Err(e) => tracing::warn!(error = %e, "name lookup failed; using fallback names"),
+        }
+    }
+
+    // ---------------------------------------------------------------- resolver
+
+    async fn resolver(
+        self: Arc<Self>,
+        mut input: mpsc::Receiver<WorkItem>,
+        work: mpsc::Sender<WorkItem>,
+        mut feedback: mpsc::UnboundedReceiver<Feedback>,
+    ) -> Result<(), EngineError> {
+        let mut via_disk: Vec<WorkItem> = Vec::new();
+        let mut outstanding = 0usize;
+        let mut input_open = true;
+        loop {
+            let flush = via_disk.len() >= DISK_BATCH || (!via_disk.is_empty() && (!input_open || input.is_empty()));
+            if flush && !self.stop.is_cancelled() {
+                let batch: Vec<WorkItem> = via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
+                for item in self.resolve_disk(batch).await? {
+                    outstanding += 1;
+                    if work.send(item).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            if self.stop.is_cancelled() {
+                // Calls not yet handed to a worker stay `pending` in the ledger for the next run.
+                via_disk.clear();
+                input_open = false;
+            }
+            if !input_open && via_disk.is_empty() && outstanding == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                item = input.recv(), if input_open => match item {
+                    Some(item) => {
+                        if let Some(item) = self.route(item, &mut via_disk).await? {
+                            outstanding += 1;
+                            if work.send(item).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    None => input_open = false,
+                },
+                fb = feedback.recv() => match fb {
+                    Some(Feedback::Done) => outstanding -= 1,
+                    Some(Feedback::Fallback(item)) => {
+                        outstanding -= 1;
+                        via_disk.push(*item);
+                    }
+                    None => return Ok(()),
+                },
+                _ = self.stop.cancelled(), if input_open => {}
+            }
+        }
+    }
+
+    /// Sends a call with a direct URL on; keeps a Disk-only call for the next batch; settles a call with no recording.
+    async fn route(&self, mut item: WorkItem, via_disk: &mut Vec<WorkItem>) -> Result<Option<WorkItem>, EngineError> {
+        if let Some(url) = item.call.call_record_url.as_deref().and_then(|u| Url::parse(u).ok()) {
+            item.url = Some(url);
+            return Ok(Some(item));
+        }
+        if item.call.record_file_id.is_some() {
+            via_disk.push(item);
+            return Ok(None);
+        }
+        self.settle_directly(&item.call, Outcome::Skipped { reason: SkipReason::NoRecording }).await?;
+        Ok(None)
+    }
+
+    /// Resolves up to 50 Disk files in one request; returns the calls that now have a URL.
+    async fn resolve_disk(&self, batch: Vec<WorkItem>) -> Result<Vec<WorkItem>, EngineError> {
+        let ids: Vec<u64> = unique(batch.iter().filter_map(|i| i.call.record_file_id));
+        let resolved = match self.with_retry("resolving recordings", || self.source.resolve_files(&ids)).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.class() == ErrorClass::Fatal {
+                    self.fail_run(format!("Bitrix24 refused disk.file.get: {e}"));
+                    return Ok(Vec::new());
+                }
+                for item in &batch {
+                    let outcome = Outcome::Failed { reason: FailReason::PortalError, detail: e.to_string() };
+                    self.settle_directly(&item.call, outcome).await?;
+                }
+                return Ok(Vec::new());
+            }
+        };
+        let mut ready = Vec::with_capacity(batch.len());
+        for mut item in batch {
+            let file_id = item.call.record_file_id.unwrap_or_default();
+            match resolved.get(&file_id) {
+                Some(Ok(url)) => {
+                    item.url = Some(url.clone());
+                    item.via_disk = true;
+                    ready.push(item);
+                }
+                other => {
+                    let detail = match other {
+                        Some(Err(reason)) => format!("Disk file {file_id}: {reason}"),
+                        _ => format!("Disk file {file_id} was not returned by disk.file.get"),
+                    };
+                    let outcome = Outcome::Failed { reason: FailReason::RecordingUnavailable, detail };
+                    self.settle_directly(&item.call, outcome).await?;
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Records an outcome reached without any upload (claim, then commit).
+    async fn settle_directly(&self, call: &Call, outcome: Outcome) -> Result<(), EngineError> {
+        let claim = self.store.claim(&self.config.portal, call.id, &self.config.worker_id, self.config.lease).await?;
+        if let Some(claim) = claim {
+            self.store.finish(&claim, &outcome).await?;
+            self.report(call, outcome, 0);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- workers
+
+    async fn worker(
+        self: Arc<Self>,
+        work: Arc<tokio::sync::Mutex<mpsc::Receiver<WorkItem>>>,
+        feedback: mpsc::UnboundedSender<Feedback>,
+    ) {
+        loop {
+            let item = work.lock().await.recv().await;
+            let Some(item) = item else { return };
+            let fb = if self.stop.is_cancelled() {
+                Feedback::Done
+            } else {
+                match self.process(item).await {
+                    Ok(fb) => fb,
+                    Err(e) => {
+                        self.fail_run(format!("ledger error: {e}"));
+                        Feedback::Done
+                    }
+                }
+            };
+            if feedback.send(fb).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Claims one call and drives it to an outcome.
+    async fn process(&self, item: WorkItem) -> Result<Feedback, EngineError> {
+        let Some(claim) =
+            self.store.claim(&self.config.portal, item.call.id, &self.config.worker_id, self.config.lease).await?
+        else {
+            // Another worker (or replica) holds it; it will report it.
+            return Ok(Feedback::Done);
+        };
+        let mut reupload = false;
+        if claim.in_doubt {
+            match self.find_existing(item.call.id).await {
+                Some(Ok(talk_id)) => {
+                    let outcome = Outcome::Uploaded { talk_id, mono: false, reuploaded_after_crash: false };
+                    return self.commit(&claim, &item.call, outcome, 0).await;
+                }
+                Some(Err(())) => {}
+                None => reupload = true,
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(&item, &claim, reupload).await;
+            let (outcome, bytes) = match result {
+                Ok(done) => done,
+                Err(AttemptError::Final(outcome)) => (outcome, 0),
+                Err(AttemptError::LostLease) => return Ok(Feedback::Done),
+                Err(AttemptError::Fallback) => {
+                    self.store.release(&claim).await?;
+                    let mut item = item;
+                    item.url = None;
+                    item.via_disk = true;
+                    return Ok(Feedback::Fallback(Box::new(item)));
+                }
+                Err(AttemptError::Fatal(reason)) => {
+                    self.fail_run(reason.clone());
+                    (Outcome::Failed { reason: FailReason::Interrupted, detail: reason }, 0)
+                }
+                Err(AttemptError::InDoubt { detail }) => {
+                    tracing::warn!(call = item.call.id, %detail, "upload in doubt");
+                    match self.find_existing(item.call.id).await {
+                        Some(Ok(talk_id)) => {
+                            (Outcome::Uploaded { talk_id, mono: false, reuploaded_after_crash: reupload }, 0)
+                        }
+                        found => {
+                            reupload |= found.is_none();
+                            if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
+                                (Outcome::Failed { reason: FailReason::InDoubt, detail }, 0)
+                            } else {
+                                attempt += 1;
+                                self.pause(attempt - 1, None).await;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                Err(AttemptError::Retry { reason, after, detail }) => {
+                    if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
+                        (Outcome::Failed { reason, detail }, 0)
+                    } else {
+                        tracing::debug!(call = item.call.id, %detail, attempt, "retrying");
+                        self.pause(attempt, after).await;
+                        attempt += 1;
+                        continue;
+                    }
+                }
+            };
+            return self.commit(&claim, &item.call, outcome, bytes).await;
+        }
+    }
+
+    async fn pause(&self, attempt: u32, hint: Option<Duration>) {
+        let delay = self.config.backoff.delay(attempt, hint);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+
+    /// A talk already stored for this call: `Some(Ok(id))` found, `Some(Err(()))` searched and none found,
+    /// `None` no search possible (not configured, or it failed).
+    async fn find_existing(&self, call_id: u64) -> Option<Result<String, ()>> {
+        match self.sink.find_talks(&self.config.connection_id, call_id).await {
+            Ok(Some(ids)) => Some(ids.into_iter().next().ok_or(())),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(call = call_id, error = %e, "duplicate check failed");
+                None
+            }
+        }
+    }
+
+    async fn commit(&self, claim: &Claim, call: &Call, outcome: Outcome, bytes: u64) -> Result<Feedback, EngineError> {
+        if !self.store.finish(claim, &outcome).await? {
+            tracing::warn!(call = call.id, "lease was taken over before the commit; the other worker reports this call");
+            return Ok(Feedback::Done);
+        }
+        self.report(call, outcome, bytes);
+        Ok(Feedback::Done)
+    }
+
+    /// One try: download, probe, upload.
+    async fn attempt(&self, item: &WorkItem, claim: &Claim, reupload: bool) -> Result<(Outcome, u64), AttemptError> {
+        let call = &item.call;
+        let url = item.url.as_ref().ok_or(AttemptError::Final(Outcome::Skipped { reason: SkipReason::NoRecording }))?;
+        let recording = self.source.download(url).await.map_err(|e| match e.class() {
+            ErrorClass::Permanent if !item.via_disk && call.record_file_id.is_some() => AttemptError::Fallback,
+            ErrorClass::Permanent => AttemptError::Final(Outcome::Failed {
+                reason: FailReason::RecordingUnavailable,
+                detail: e.to_string(),
+            }),
+            ErrorClass::Fatal => AttemptError::Fatal(format!("Bitrix24: {e}")),
+            ErrorClass::Retryable { after } => {
+                AttemptError::Retry { reason: FailReason::DownloadFailed, after, detail: e.to_string() }
+            }
+            ErrorClass::InDoubt => AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail: e.to_string() },
+        })?;
+        let content_length = recording.content_length;
+        let mut body = recording.bytes;
+
+        // Read just enough of the head to know the container and channels.
+        let mut head = BytesMut::new();
+        let probe = loop {
+            match audio::probe(&head) {
+                Ok(p) => break p,
+                Err(ProbeError::NeedMore(_)) if head.len() < MAX_PROBE_BYTES => match body.next().await {
+                    Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        return Err(AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail: e })
+                    }
+                    None => {
+                        let detail = format!("recording ends after {} bytes, before a complete header", head.len());
+                        return Err(unsupported(detail));
+                    }
+                },
+                Err(ProbeError::NeedMore(_)) => return Err(unsupported("no audio header in the first 512 KiB".into())),
+                Err(ProbeError::Unsupported(why)) => return Err(unsupported(why)),
+            }
+        };
+        let seconds = probe.estimate_seconds(content_length).unwrap_or(0).max(call.recording_seconds());
+        if seconds > self.config.max_recording.as_secs() {
+            return Err(AttemptError::Final(Outcome::Skipped { reason: SkipReason::TooLong }));
+        }
+        let mono = probe.is_mono();
+        let connection_id = match (&self.config.mono_policy, mono) {
+            (MonoPolicy::Skip, true) => {
+                return Err(AttemptError::Final(Outcome::Skipped { reason: SkipReason::MonoRecording }))
+            }
+            (MonoPolicy::Route(id), true) => id.clone(),
+            _ => self.config.connection_id.clone(),
+        };
+        let fields = talk_fields(call, item.operator.as_ref(), item.client.as_ref(), &self.config.language);
+
+        match self.store.mark_uploading(claim).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AttemptError::LostLease),
+            Err(e) => return Err(AttemptError::Fatal(format!("ledger error: {e}"))),
+        }
+
+        let sent = Arc::new(AtomicU64::new(0));
+        let source_broke = Arc::new(AtomicBool::new(false));
+        let audio = {
+            let sent = sent.clone();
+            let broke = source_broke.clone();
+            stream::once(async move { Ok::<Bytes, String>(head.freeze()) })
+                .chain(body)
+                .inspect(move |r| match r {
+                    Ok(b) => {
+                        sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => broke.store(true, Ordering::Relaxed),
+                })
+                .boxed()
+        };
+        let container = probe.container;
+        match self.sink.upload_audio(&connection_id, &fields, container, audio).await {
+            Ok(talk_id) => Ok((
+                Outcome::Uploaded { talk_id, mono, reuploaded_after_crash: reupload },
+                sent.load(Ordering::Relaxed),
+            )),
+            Err(e) => {
+                let detail = e.to_string();
+                if source_broke.load(Ordering::Relaxed) {
+                    // The download broke mid-way and the upload was abandoned: nothing was stored.
+                    return Err(AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail });
+                }
+                Err(match e.class() {
+                    ErrorClass::Retryable { after } => AttemptError::Retry { reason: FailReason::UploadFailed, after, detail },
+                    ErrorClass::Permanent => {
+                        AttemptError::Final(Outcome::Failed { reason: FailReason::InvalidData, detail })
+                    }
+                    ErrorClass::InDoubt => AttemptError::InDoubt { detail },
+                    ErrorClass::Fatal => AttemptError::Fatal(format!("SpeechSense: {detail}")),
+                })
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- dry run
+
+    async fn dry_run(&self) -> Result<(), EngineError> {
+        let mut totals = DryRunTotals::default();
+        let mut after = 0u64;
+        let mut found = 0u64;
+        loop {
+            let page = match self.with_retry("listing calls", || self.source.list_calls(&self.config.filter, after)).await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail_run(format!("listing calls from Bitrix24 failed: {e}"));
+                    break;
+                }
+            };
+            found += page.calls.len() as u64;
+            (self.progress)(&ProgressEvent::Found { n: page.calls.len() as u64 });
+            for call in &page.calls {
+                let done = self.store.entry(&self.config.portal, call.id).await?;
+                if done.is_some_and(|e| e.state == LedgerState::Uploaded) {
+                    totals.already_uploaded += 1;
+                } else if !call.has_recording() {
+                    totals.without_recording += 1;
+                } else {
+                    totals.calls += 1;
+                    totals.minutes += call.recording_seconds();
+                }
+            }
+            match page.last_id {
+                Some(last) if !page.exhausted => after = last,
+                _ => break,
+            }
+        }
+        totals.minutes = totals.minutes.div_ceil(60);
+        (self.progress)(&ProgressEvent::ListingDone { total: found });
+        let mut summary = self.summary.lock().unwrap();
+        summary.found = found;
+        summary.would_upload = Some(totals);
+        Ok(())
+    }
+}
+
+fn unsupported(detail: String) -> AttemptError {
+    AttemptError::Final(Outcome::Failed { reason: FailReason::UnsupportedAudio, detail })
+}
+
+fn unique<T: std::hash::Hash + Eq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items.filter(|i| seen.insert(i.clone())).collect()
+}

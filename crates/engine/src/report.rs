@@ -1,0 +1,108 @@
+//! What a run tells its caller: progress events while it runs, a summary and per-call lines at the end.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use b24sense_core::Outcome;
+use serde::Serialize;
+
+/// One line of the per-call report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallReport {
+    pub call_id: u64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Recording duration in seconds as the portal states it.
+    pub seconds: u64,
+    /// Bytes streamed to SpeechSense for this call.
+    pub bytes: u64,
+}
+
+/// Events a front end (progress bar, web page, logs) can follow.
+#[derive(Debug, Clone)]
+pub enum ProgressEvent {
+    /// `n` more qualifying calls were listed.
+    Found { n: u64 },
+    /// Listing finished; `total` calls qualified.
+    ListingDone { total: u64 },
+    /// One call reached its outcome in this run.
+    Settled(CallReport),
+    /// A row the portal returned could not be read.
+    BadRow { detail: String },
+}
+
+/// Receives progress events; must be cheap (called from the pipeline's tasks).
+pub type ProgressFn = Arc<dyn Fn(&ProgressEvent) + Send + Sync>;
+
+/// No progress reporting.
+pub fn no_progress() -> ProgressFn {
+    Arc::new(|_| {})
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Calls that qualified (listed by the portal with the filters).
+    pub found: u64,
+    pub uploaded: u64,
+    /// Uploaded one-channel recordings (mono policy `upload`).
+    pub uploaded_mono: u64,
+    /// Uploaded again after an in-doubt upload, with no duplicate check available.
+    pub reuploaded_after_crash: u64,
+    /// Skipped, by reason (`already_uploaded`, `no_recording`, …).
+    pub skipped: BTreeMap<String, u64>,
+    /// Failed, by reason.
+    pub failed: BTreeMap<String, u64>,
+    /// Rows the portal returned that could not be read.
+    pub bad_rows: u64,
+    pub bytes_uploaded: u64,
+    pub seconds_uploaded: u64,
+    #[serde(serialize_with = "secs_f64")]
+    pub wall_time: Duration,
+    /// Set when the run stopped early (fatal error or shutdown), with the reason.
+    pub stopped: Option<String>,
+    /// Dry run: calls that would be uploaded and their total length.
+    pub would_upload: Option<DryRunTotals>,
+    #[serde(skip)]
+    pub calls: Vec<CallReport>,
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DryRunTotals {
+    pub calls: u64,
+    pub minutes: u64,
+    pub already_uploaded: u64,
+    pub without_recording: u64,
+}
+
+fn secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+impl Summary {
+    pub(crate) fn record(&mut self, report: &CallReport) {
+        match &report.outcome {
+            Outcome::Uploaded { mono, reuploaded_after_crash, .. } => {
+                self.uploaded += 1;
+                self.uploaded_mono += u64::from(*mono);
+                self.reuploaded_after_crash += u64::from(*reuploaded_after_crash);
+                self.bytes_uploaded += report.bytes;
+                self.seconds_uploaded += report.seconds;
+            }
+            Outcome::Skipped { reason } => *self.skipped.entry(reason.to_string()).or_default() += 1,
+            Outcome::Failed { reason, .. } => *self.failed.entry(reason.to_string()).or_default() += 1,
+        }
+        self.calls.push(report.clone());
+    }
+
+    /// Calls that reached an outcome.
+    pub fn settled(&self) -> u64 {
+        self.uploaded + self.skipped.values().sum::<u64>() + self.failed.values().sum::<u64>()
+    }
+
+    pub fn failed_total(&self) -> u64 {
+        self.failed.values().sum()
+    }
+}

@@ -1,0 +1,226 @@
+//! End to end over real sockets: the real Bitrix24 and SpeechSense clients, the engine and a ledger, against the
+//! two emulators.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use b24sense_bitrix24::{Bitrix24Client, ClientConfig, Credentials, WebhookUrl};
+use b24sense_core::{Call, CallFilter, CallType, TimeBound};
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
+use b24sense_engine::report::no_progress;
+use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
+use b24sense_speechsense::{ClientConfig as SsConfig, Credentials as SsCredentials, SpeechSenseClient};
+use b24sense_store::Store;
+use chrono::FixedOffset;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{postgres_store, sqlite_store};
+
+struct Env {
+    portal: Bitrix24Emulator,
+    speech: SpeechSenseEmulator,
+    bitrix: Bitrix24Client,
+    connection_id: String,
+    api_key: String,
+}
+
+impl Env {
+    async fn start(calls: usize) -> Env {
+        let portal = Bitrix24Emulator::start(PortalConfig { calls, seed: 7, ..PortalConfig::default() }).await.unwrap();
+        let ss_config = SpeechSenseConfig::default();
+        let connection_id = ss_config.connections[0].id.clone();
+        let api_key = ss_config.api_keys[0].clone();
+        let speech = SpeechSenseEmulator::start(ss_config).await.unwrap();
+        let webhook = WebhookUrl::parse(&portal.webhook_url()).unwrap();
+        let bitrix = Bitrix24Client::new(Credentials::Webhook(webhook), ClientConfig::default()).unwrap();
+        Env { portal, speech, bitrix, connection_id, api_key }
+    }
+
+    fn sink(&self, key: &str) -> Arc<SpeechSenseSink> {
+        let client = SpeechSenseClient::new(SsConfig::new(
+            self.speech.endpoint(),
+            SsCredentials::ApiKey(SecretString::from(key.to_string())),
+        ))
+        .unwrap();
+        Arc::new(SpeechSenseSink::new(client, None))
+    }
+
+    fn config(&self, filter: CallFilter) -> ExportConfig {
+        let mut c = ExportConfig::new("emulated.bitrix24.test", self.connection_id.clone());
+        c.filter = filter;
+        c
+    }
+
+    async fn export(&self, store: &Store, config: ExportConfig, key: &str) -> Result<Summary, EngineError> {
+        let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
+        run_export(source, self.sink(key), store.clone(), config, no_progress(), CancellationToken::new()).await
+    }
+
+    /// The portal's calls as the engine parses them.
+    fn calls(&self) -> Vec<Call> {
+        let msk = FixedOffset::east_opt(3 * 3600).unwrap();
+        self.portal.call_rows().iter().map(|r| Call::from_bitrix(r, msk).unwrap()).collect()
+    }
+
+    /// Call IDs that the filter selects and that have a recording.
+    fn expected(&self, filter: &CallFilter) -> BTreeSet<u64> {
+        self.calls().into_iter().filter(|c| filter.matches(c) && c.has_recording()).map(|c| c.id).collect()
+    }
+
+    fn uploaded_ids(&self) -> BTreeSet<u64> {
+        self.speech.talks().iter().map(|t| t.fields["id"].parse::<u64>().unwrap()).collect()
+    }
+}
+
+#[tokio::test]
+async fn full_export_is_exact_and_idempotent() {
+    let env = Env::start(200).await;
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+
+    let expected = env.expected(&CallFilter::default());
+    assert_eq!(s.found, 200);
+    assert_eq!(s.uploaded as usize, expected.len(), "summary: {s:?}");
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    let talks = env.speech.talks();
+    assert_eq!(talks.len(), expected.len(), "one talk per recorded call, no duplicates");
+    assert_eq!(env.uploaded_ids(), expected);
+
+    // Audio bytes arrive unchanged and the container is read from the bytes.
+    for t in &talks {
+        let id: u64 = t.fields["id"].parse().unwrap();
+        let rec = env.portal.recording(id).expect("recording info");
+        assert_eq!(t.audio_sha256, rec.sha256, "call {id}");
+        assert_eq!(t.audio_bytes, rec.bytes, "call {id}");
+        assert_eq!(format!("{:?}", t.container).to_lowercase().contains(&rec.container.to_lowercase()), true, "call {id}: {:?} vs {}", t.container, rec.container);
+    }
+    assert_eq!(env.portal.stats().rate_limited, 0, "no rate-limit rejections on the normal path");
+
+    // A second run uploads nothing.
+    let again = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    assert_eq!(again.uploaded, 0);
+    assert_eq!(again.skipped.get("already_uploaded").copied(), Some(expected.len() as u64));
+    assert_eq!(env.speech.talks().len(), expected.len());
+}
+
+#[tokio::test]
+async fn mapping_field_by_field() {
+    let env = Env::start(60).await;
+    let (store, _dir) = sqlite_store().await;
+    env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let rows: BTreeMap<u64, serde_json::Value> =
+        env.portal.call_rows().into_iter().map(|r| (r["ID"].as_str().unwrap().parse().unwrap(), r)).collect();
+    let talks = env.speech.talks();
+    assert!(!talks.is_empty());
+    for t in talks {
+        let f = &t.fields;
+        let id: u64 = f["id"].parse().unwrap();
+        let row = &rows[&id];
+        let text = |k: &str| match &row[k] {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(f["operator_id"], text("PORTAL_USER_ID"));
+        let uid: u64 = text("PORTAL_USER_ID").parse().unwrap();
+        let (first, last) = env.portal.user_name(uid).unwrap();
+        assert_eq!(f["operator_name"], format!("{first} {last}").trim());
+        let crm_type = text("CRM_ENTITY_TYPE");
+        if crm_type.is_empty() {
+            assert_eq!(f["client_id"], text("PHONE_NUMBER"));
+            assert_eq!(f["client_name"], text("PHONE_NUMBER"));
+        } else {
+            let crm_id: u64 = text("CRM_ENTITY_ID").parse().unwrap();
+            assert_eq!(f["client_id"], format!("{crm_type}_{crm_id}"));
+            let title = env.portal.crm_title(&crm_type, crm_id).unwrap();
+            assert_eq!(f["client_name"], title, "call {id}");
+        }
+        assert_eq!(f["date"], chrono::DateTime::parse_from_rfc3339(&text("CALL_START_DATE")).unwrap().to_rfc3339());
+        let outgoing = matches!(text("CALL_TYPE").as_str(), "1" | "4");
+        assert_eq!(f["direction_outgoing"], outgoing.to_string());
+        assert_eq!(f["language"], "ru-RU");
+        for key in ["PORTAL_NUMBER", "PHONE_NUMBER", "CALL_ID", "CALL_DURATION", "COST", "CALL_FAILED_CODE", "CALL_TYPE"] {
+            assert_eq!(f[&key.to_lowercase()], text(key), "call {id} key {key}");
+        }
+        assert_eq!(f["record_file_id"], text("RECORD_FILE_ID"));
+        assert_eq!(f.len(), 35);
+    }
+}
+
+#[tokio::test]
+async fn each_filter_alone_and_combined() {
+    let env = Env::start(240).await;
+    let calls = env.calls();
+    let mid = calls[calls.len() / 2].call_start_date;
+    let some_user = calls.iter().find_map(|c| c.portal_user_id).unwrap();
+    let filters = [
+        ("since", CallFilter { since: Some(TimeBound::Instant(mid)), ..Default::default() }),
+        ("since-date", CallFilter { since: Some(TimeBound::Date(mid.date_naive())), ..Default::default() }),
+        ("until", CallFilter { until: Some(TimeBound::Instant(mid)), ..Default::default() }),
+        ("users", CallFilter { users: vec![some_user], ..Default::default() }),
+        ("min-duration", CallFilter { min_duration: 120, ..Default::default() }),
+        ("direction", CallFilter { call_types: vec![CallType::Outgoing, CallType::Callback], ..Default::default() }),
+        (
+            "combined",
+            CallFilter {
+                since: Some(TimeBound::Date(calls[10].call_start_date.date_naive())),
+                users: vec![some_user, some_user + 1],
+                min_duration: 30,
+                call_types: vec![CallType::Incoming],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, filter) in filters {
+        let (store, _dir) = sqlite_store().await;
+        let before = env.uploaded_ids();
+        let s = env.export(&store, env.config(filter.clone()), &env.api_key).await.unwrap();
+        let expected = env.expected(&filter);
+        let listed = calls.iter().filter(|c| filter.matches(c)).count() as u64;
+        assert_eq!(s.found, listed, "{name}: the portal applied the filter");
+        assert!(listed < 240, "{name}: the filter must select a strict subset");
+        let newly: BTreeSet<u64> = env.uploaded_ids().difference(&before).copied().collect();
+        let uploaded_now: BTreeSet<u64> =
+            s.calls.iter().filter(|c| c.outcome.reason().is_none()).map(|c| c.call_id).collect();
+        assert_eq!(uploaded_now, expected, "{name}");
+        assert!(newly.is_subset(&expected), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_and_wrong_connection_stop_with_a_clear_error() {
+    let env = Env::start(20).await;
+    let (store, _dir) = sqlite_store().await;
+    let err = env.export(&store, env.config(CallFilter::default()), "not-the-key").await.unwrap_err();
+    let EngineError::Stopped { reason, summary } = err else { panic!("expected Stopped") };
+    assert!(reason.to_lowercase().contains("key"), "{reason}");
+    assert_eq!(summary.uploaded, 0);
+    assert!(!reason.contains("not-the-key"), "the key is never echoed");
+
+    let mut c = env.config(CallFilter::default());
+    c.connection_id = "no-such-connection".into();
+    let err = env.export(&store, c, &env.api_key).await.unwrap_err();
+    let EngineError::Stopped { reason, .. } = err else { panic!("expected Stopped") };
+    assert!(reason.to_lowercase().contains("connection"), "{reason}");
+    assert_eq!(env.speech.talks().len(), 0);
+
+    // Nothing was lost: the calls are still in the ledger, and a run with the right settings uploads them.
+    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    assert_eq!(s.uploaded as usize, env.expected(&CallFilter::default()).len());
+}
+
+#[tokio::test]
+async fn same_behaviour_on_postgresql() {
+    let env = Env::start(80).await;
+    let store = postgres_store().await;
+    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let expected = env.expected(&CallFilter::default());
+    assert_eq!(s.uploaded as usize, expected.len());
+    let again = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    assert_eq!(again.uploaded, 0);
+    assert_eq!(env.uploaded_ids(), expected);
+    assert_eq!(env.speech.talks().len(), expected.len());
+}

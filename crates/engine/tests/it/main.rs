@@ -1,0 +1,7 @@
+//! Engine tests: the pipeline against scriptable fakes (`pipeline`), and end to end against the emulators over
+//! real sockets (`e2e`). One test binary, so the 2-core CI links once.
+
+mod e2e;
+mod fakes;
+mod pipeline;
+mod support;
