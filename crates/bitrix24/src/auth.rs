@@ -20,7 +20,11 @@ pub(crate) struct Origin {
 
 impl Origin {
     pub fn of(url: &Url) -> Option<Origin> {
-        Some(Origin { scheme: url.scheme().to_string(), host: url.host_str()?.to_string(), port: url.port() })
+        Some(Origin {
+            scheme: url.scheme().to_string(),
+            host: url.host_str()?.to_string(),
+            port: url.port(),
+        })
     }
 
     /// `host` or `host:port` when the port is not the scheme's default.
@@ -59,6 +63,7 @@ fn is_loopback(url: &Url) -> bool {
 #[derive(Clone)]
 pub struct WebhookUrl {
     pub(crate) origin: Origin,
+    host_port: String,
     user_id: u64,
     secret: SecretString,
 }
@@ -72,7 +77,11 @@ impl WebhookUrl {
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&url) => {}
-            "http" => return Err(bad("must start with https:// (Bitrix24 refuses webhooks over plain http)")),
+            "http" => {
+                return Err(bad(
+                    "must start with https:// (Bitrix24 refuses webhooks over plain http)",
+                ))
+            }
             other => return Err(bad(&format!("scheme {other:?} is not https"))),
         }
         let origin = Origin::of(&url).ok_or_else(|| bad("has no host"))?;
@@ -84,24 +93,41 @@ impl WebhookUrl {
         if it.next() != Some("rest") {
             return Err(bad("path must be /rest/USER_ID/SECRET/"));
         }
-        let user = it.next().ok_or_else(|| bad("the user id after /rest/ is missing"))?;
+        let user = it
+            .next()
+            .ok_or_else(|| bad("the user id after /rest/ is missing"))?;
         let user_id = match user.parse::<u64>() {
             Ok(id) if id > 0 => id,
             _ => return Err(bad("the user id after /rest/ must be a positive number")),
         };
-        let secret = it.next().ok_or_else(|| bad("the secret is empty (expected /rest/USER_ID/SECRET/)"))?;
+        let secret = it
+            .next()
+            .ok_or_else(|| bad("the secret is empty (expected /rest/USER_ID/SECRET/)"))?;
         if it.next().is_some() {
-            return Err(bad("unexpected path after the secret: use just https://PORTAL/rest/USER_ID/SECRET/"));
+            return Err(bad(
+                "unexpected path after the secret: use just https://PORTAL/rest/USER_ID/SECRET/",
+            ));
         }
-        if !secret.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(bad("the secret contains characters a webhook secret never has"));
+        if !secret
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                "the secret contains characters a webhook secret never has",
+            ));
         }
-        Ok(WebhookUrl { origin, user_id, secret: SecretString::from(secret.to_string()) })
+        let host_port = origin.host_port();
+        Ok(WebhookUrl {
+            origin,
+            host_port,
+            user_id,
+            secret: SecretString::from(secret.to_string()),
+        })
     }
 
-    /// The portal host (`host:port` when a non-default port is given).
+    /// The portal host, with `:port` only when the URL names a non-default port (the local emulator).
     pub fn host(&self) -> &str {
-        &self.origin.host
+        &self.host_port
     }
 
     pub fn user_id(&self) -> u64 {
@@ -110,8 +136,16 @@ impl WebhookUrl {
 
     /// The method URL for the given origin (which may differ from the parsed one after a rename).
     pub(crate) fn method_url(&self, origin: &Origin, method: &str) -> Result<Url, Error> {
-        let s = format!("{}/rest/{}/{}/{}.json", origin.base(), self.user_id, self.secret.expose_secret(), method);
-        Url::parse(&s).map_err(|_| Error::InvalidArgument(format!("cannot build a URL for method {method:?}")))
+        let s = format!(
+            "{}/rest/{}/{}/{}.json",
+            origin.base(),
+            self.user_id,
+            self.secret.expose_secret(),
+            method
+        );
+        Url::parse(&s).map_err(|_| {
+            Error::InvalidArgument(format!("cannot build a URL for method {method:?}"))
+        })
     }
 }
 
@@ -176,7 +210,7 @@ mod tests {
         assert_eq!(w.to_string(), "https://acme.bitrix24.ru/rest/12/***/");
         assert!(!format!("{w:?}").contains("abc123xyz"));
         let w = WebhookUrl::parse("http://127.0.0.1:8080/rest/1/s3cr3t").unwrap();
-        assert_eq!(w.origin.host_port(), "127.0.0.1:8080");
+        assert_eq!(w.host(), "127.0.0.1:8080");
         assert!(WebhookUrl::parse("http://localhost/rest/1/s/").is_ok());
         assert!(WebhookUrl::parse("http://[::1]:9/rest/1/s/").is_ok());
     }

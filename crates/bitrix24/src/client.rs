@@ -67,6 +67,8 @@ pub struct ClientStats {
     pub retries: u64,
     /// Downloads whose body started.
     pub downloads: u64,
+    /// Download requests to the portal's own host that took a limiter token (`count_portal_downloads`).
+    pub portal_downloads: u64,
     pub download_bytes: u64,
     pub token_refreshes: u64,
     /// Portal renames followed (302).
@@ -80,6 +82,7 @@ struct Counters {
     operating_limited: AtomicU64,
     retries: AtomicU64,
     downloads: AtomicU64,
+    portal_downloads: AtomicU64,
     download_bytes: AtomicU64,
     token_refreshes: AtomicU64,
     redirects: AtomicU64,
@@ -112,7 +115,9 @@ pub struct Bitrix24Client {
 
 impl std::fmt::Debug for Bitrix24Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bitrix24Client").field("credentials", &self.inner.credentials).finish_non_exhaustive()
+        f.debug_struct("Bitrix24Client")
+            .field("credentials", &self.inner.credentials)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,16 +129,24 @@ pub struct Download {
 
 impl std::fmt::Debug for Download {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Download").field("content_length", &self.content_length).finish_non_exhaustive()
+        f.debug_struct("Download")
+            .field("content_length", &self.content_length)
+            .finish_non_exhaustive()
     }
 }
 
 fn valid_method(method: &str) -> Result<(), Error> {
-    if !method.is_empty() && method.len() <= 200 && method.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+    if !method.is_empty()
+        && method.len() <= 200
+        && method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
     {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("{method:?} is not a Bitrix24 method name")))
+        Err(Error::InvalidArgument(format!(
+            "{method:?} is not a Bitrix24 method name"
+        )))
     }
 }
 
@@ -160,7 +173,12 @@ impl Bitrix24Client {
                 .connect_timeout(config.request_timeout.min(Duration::from_secs(30)))
                 .read_timeout(config.request_timeout)
                 .build()
-                .map_err(|e| Error::InvalidArgument(format!("cannot build the HTTP client: {}", Error::transport(e))))
+                .map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "cannot build the HTTP client: {}",
+                        Error::transport(e)
+                    ))
+                })
         };
         // A renamed portal answers a POST with 302; following it could turn it into a GET without the body.
         let api_http = build(reqwest::redirect::Policy::none())?;
@@ -171,7 +189,9 @@ impl Bitrix24Client {
             Credentials::OAuth(_) => None,
         };
         if config.max_attempts == 0 {
-            return Err(Error::InvalidArgument("max_attempts must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_attempts must be at least 1".into(),
+            ));
         }
         Ok(Bitrix24Client {
             inner: Arc::new(Inner {
@@ -179,7 +199,10 @@ impl Bitrix24Client {
                 download_http,
                 credentials,
                 limiter: RequestLimiter::new(config.rate),
-                operating: OperatingTracker::new(config.operating_limit_secs, config.operating_threshold),
+                operating: OperatingTracker::new(
+                    config.operating_limit_secs,
+                    config.operating_threshold,
+                ),
                 config,
                 origin: RwLock::new(origin),
                 renamed: RwLock::new(None),
@@ -189,9 +212,12 @@ impl Bitrix24Client {
         })
     }
 
-    /// The portal's current host (changes after a 302 rename; empty for OAuth before the first call).
+    /// The portal's current host (changes after a 302 rename; empty for OAuth before the first call), with
+    /// `:port` only when a non-default port is used — the same spelling as [`WebhookUrl::host`](crate::WebhookUrl::host).
     pub fn portal_host(&self) -> String {
-        lock_read(&self.inner.origin).map(|o| o.host).unwrap_or_default()
+        lock_read(&self.inner.origin)
+            .map(|o| o.host_port())
+            .unwrap_or_default()
     }
 
     /// The portal's UTC offset, learned from `time.date_start` of any response.
@@ -208,6 +234,7 @@ impl Bitrix24Client {
             operating_limited: g(&c.operating_limited),
             retries: g(&c.retries),
             downloads: g(&c.downloads),
+            portal_downloads: g(&c.portal_downloads),
             download_bytes: g(&c.download_bytes),
             token_refreshes: g(&c.token_refreshes),
             redirects: g(&c.redirects),
@@ -217,26 +244,42 @@ impl Bitrix24Client {
     /// One REST call with a JSON body; retried per §2.4 (all b24sense calls are reads).
     pub async fn call(&self, method: &str, params: Value) -> Result<ApiResponse, Error> {
         valid_method(method)?;
-        let params = if params.is_null() { Value::Object(Default::default()) } else { params };
+        let params = if params.is_null() {
+            Value::Object(Default::default())
+        } else {
+            params
+        };
         if !params.is_object() {
-            return Err(Error::InvalidArgument("call parameters must be a JSON object".into()));
+            return Err(Error::InvalidArgument(
+                "call parameters must be a JSON object".into(),
+            ));
         }
-        let body = serde_json::to_vec(&params).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&params).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         self.execute(method, Bytes::from(body)).await
     }
 
     /// A `batch` of up to 50 commands `(name, "method?php-query")`, sent as ONE request, in the given order.
-    pub async fn batch(&self, commands: &[(String, String)], halt: bool) -> Result<BatchResponse, Error> {
+    pub async fn batch(
+        &self,
+        commands: &[(String, String)],
+        halt: bool,
+    ) -> Result<BatchResponse, Error> {
         if commands.is_empty() {
             return Ok(BatchResponse::default());
         }
         if commands.len() > 50 {
-            return Err(Error::InvalidArgument(format!("a batch holds at most 50 commands, got {}", commands.len())));
+            return Err(Error::InvalidArgument(format!(
+                "a batch holds at most 50 commands, got {}",
+                commands.len()
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         for (name, _) in commands {
             if name.is_empty() || !seen.insert(name.as_str()) {
-                return Err(Error::InvalidArgument(format!("batch command name {name:?} is empty or repeated")));
+                return Err(Error::InvalidArgument(format!(
+                    "batch command name {name:?} is empty or repeated"
+                )));
             }
         }
         // Built by hand so the commands keep their order (they run in body order and may reference earlier
@@ -246,7 +289,9 @@ impl Bitrix24Client {
             if i > 0 {
                 body.push(',');
             }
-            let enc = |s: &str| serde_json::to_string(s).map_err(|e| Error::InvalidArgument(e.to_string()));
+            let enc = |s: &str| {
+                serde_json::to_string(s).map_err(|e| Error::InvalidArgument(e.to_string()))
+            };
             body.push_str(&enc(name)?);
             body.push(':');
             body.push_str(&enc(cmd)?);
@@ -261,12 +306,16 @@ impl Bitrix24Client {
         if let Some(d) = t.date_start {
             lock_write(&self.inner.offset, Some(*d.offset()));
         }
-        self.inner.operating.record(method, t.operating, t.operating_reset_at);
+        self.inner
+            .operating
+            .record(method, t.operating, t.operating_reset_at);
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
         let c = &self.inner.config;
-        let exp = c.backoff_base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let exp = c
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
         let capped = exp.min(c.backoff_max);
         // "Equal jitter": between half and the full delay, so parallel clients spread out.
         capped.mul_f64(rand::rng().random_range(0.5..=1.0))
@@ -313,7 +362,11 @@ impl Bitrix24Client {
         loop {
             if let Some(wait) = inner.operating.delay_before(method) {
                 bump(&inner.counters.operating_limited);
-                tracing::info!(method, wait_secs = wait.as_secs_f64(), "operating time near the limit; holding calls");
+                tracing::info!(
+                    method,
+                    wait_secs = wait.as_secs_f64(),
+                    "operating time near the limit; holding calls"
+                );
                 tokio::time::sleep(wait).await;
             }
             let url = self.target(method, &mut token).await?;
@@ -329,7 +382,9 @@ impl Bitrix24Client {
             if let Some(t) = &token {
                 use secrecy::ExposeSecret;
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", t.token.expose_secret()))
-                    .map_err(|_| Error::Token("access token is not a valid header value".into()))?;
+                    .map_err(|_| {
+                    Error::Token("access token is not a valid header value".into())
+                })?;
                 v.set_sensitive(true);
                 req = req.header(AUTHORIZATION, v);
             }
@@ -356,10 +411,14 @@ impl Bitrix24Client {
                             Ok(Ok(r)) => return Ok(r),
                             Ok(Err(next)) => next,
                             Err(Error::Api(e))
-                                if matches!(e.kind(), ApiErrorKind::ExpiredToken | ApiErrorKind::InvalidToken)
-                                    && !refreshed =>
+                                if matches!(
+                                    e.kind(),
+                                    ApiErrorKind::ExpiredToken | ApiErrorKind::InvalidToken
+                                ) && !refreshed =>
                             {
-                                let (Credentials::OAuth(src), Some(stale)) = (&inner.credentials, token.take()) else {
+                                let (Credentials::OAuth(src), Some(stale)) =
+                                    (&inner.credentials, token.take())
+                                else {
                                     return Err(Error::Api(e));
                                 };
                                 refreshed = true;
@@ -395,7 +454,11 @@ impl Bitrix24Client {
         bytes: &[u8],
     ) -> Result<Result<ApiResponse, Next>, Error> {
         let code = status.as_u16();
-        let parsed = if html { None } else { serde_json::from_slice::<Value>(bytes).ok() };
+        let parsed = if html {
+            None
+        } else {
+            serde_json::from_slice::<Value>(bytes).ok()
+        };
         let Some(value) = parsed else {
             let detail = if html {
                 "an HTML page".to_string()
@@ -404,16 +467,26 @@ impl Bitrix24Client {
             } else {
                 format!("{} bytes that are not JSON (truncated?)", bytes.len())
             };
-            let e = Error::Http { status: code, detail };
+            let e = Error::Http {
+                status: code,
+                detail,
+            };
             // Proxies under load answer with HTML; a cut-off 200 is a broken transfer. Other 4xx are final.
-            return if status.is_success() || status.is_server_error() || code == 429 || (html && code == 404) {
+            return if status.is_success()
+                || status.is_server_error()
+                || code == 429
+                || (html && code == 404)
+            {
                 Ok(Err(Next::Retry(e, None)))
             } else {
                 Err(e)
             };
         };
         match parse_envelope(&value, code) {
-            None => Ok(Err(Next::Retry(Error::Malformed(format!("HTTP {code}: JSON is not a Bitrix24 envelope")), None))),
+            None => Ok(Err(Next::Retry(
+                Error::Malformed(format!("HTTP {code}: JSON is not a Bitrix24 envelope")),
+                None,
+            ))),
             Some(Envelope::Ok(r)) => {
                 self.learn_time(method, r.time.as_ref());
                 Ok(Ok(r))
@@ -444,14 +517,25 @@ impl Bitrix24Client {
         let loc = location
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Error::Redirect("redirect without a Location header".into()))?;
-        let target = from.join(loc).map_err(|_| Error::Redirect("Location is not a URL".into()))?;
-        let new = Origin::of(&target).ok_or_else(|| Error::Redirect("Location has no host".into()))?;
+        let target = from
+            .join(loc)
+            .map_err(|_| Error::Redirect("Location is not a URL".into()))?;
+        let new =
+            Origin::of(&target).ok_or_else(|| Error::Redirect("Location has no host".into()))?;
         let old = Origin::of(from);
         if old.as_ref() == Some(&new) {
-            return Err(Error::Redirect(format!("redirect to another page of {}", new.host)));
+            return Err(Error::Redirect(format!(
+                "redirect to another page of {}",
+                new.host
+            )));
         }
-        if !matches!(new.scheme.as_str(), "https" | "http") || (new.scheme == "http" && old.is_some_and(|o| o.scheme == "https")) {
-            return Err(Error::Redirect(format!("refusing to downgrade to {}://{}", new.scheme, new.host)));
+        if !matches!(new.scheme.as_str(), "https" | "http")
+            || (new.scheme == "http" && old.is_some_and(|o| o.scheme == "https"))
+        {
+            return Err(Error::Redirect(format!(
+                "refusing to downgrade to {}://{}",
+                new.scheme, new.host
+            )));
         }
         tracing::warn!(new_host = %new.host_port(), "portal answered 302: renamed; switching host");
         bump(&self.inner.counters.redirects);
@@ -465,16 +549,22 @@ impl Bitrix24Client {
         let inner = &self.inner;
         let cfg = &inner.config;
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(Error::InvalidArgument(format!("recording URL scheme {:?} is not http(s)", url.scheme())));
+            return Err(Error::InvalidArgument(format!(
+                "recording URL scheme {:?} is not http(s)",
+                url.scheme()
+            )));
         }
         let origin = lock_read(&inner.origin);
-        let on_portal = origin.as_ref().is_some_and(|o| Origin::of(url).is_some_and(|u| u.host == o.host && u.port == o.port));
+        let on_portal = origin
+            .as_ref()
+            .is_some_and(|o| Origin::of(url).is_some_and(|u| u.host == o.host && u.port == o.port));
         let referer = origin.as_ref().map(|o| format!("{}/", o.base()));
         let host = url.host_str().unwrap_or_default().to_string();
         let mut attempt = 0u32;
         loop {
             if on_portal && cfg.count_portal_downloads {
                 inner.limiter.acquire().await;
+                bump(&inner.counters.portal_downloads);
             }
             bump(&inner.counters.requests);
             let mut req = inner.download_http.get(url.clone()).header(ACCEPT, "*/*");
@@ -498,32 +588,46 @@ impl Bitrix24Client {
                             .bytes_stream()
                             .map(move |r| match r {
                                 Ok(b) => {
-                                    me.counters.download_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                                    me.counters
+                                        .download_bytes
+                                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                                     Ok(b)
                                 }
                                 Err(e) => Err(Error::transport(e)),
                             })
                             .boxed();
-                        return Ok(Download { content_length, stream });
+                        return Ok(Download {
+                            content_length,
+                            stream,
+                        });
                     }
                     let code = status.as_u16();
                     // The portal's download.json reports errors (dead token, deleted file) as a JSON envelope.
                     let body = resp.bytes().await.unwrap_or_default();
-                    let envelope = serde_json::from_slice::<Value>(&body).ok().and_then(|v| parse_envelope(&v, code));
+                    let envelope = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|v| parse_envelope(&v, code));
                     match envelope {
-                        Some(Envelope::Err(e, _)) if !e.kind().is_transient() => return Err(Error::Api(e)),
+                        Some(Envelope::Err(e, _)) if !e.kind().is_transient() => {
+                            return Err(Error::Api(e))
+                        }
                         Some(Envelope::Err(e, _)) => Error::Api(e),
                         Some(Envelope::Ok(_)) | None if status.is_success() => {
                             // A JSON recording is nonsense but not ours to judge: hand the bytes over.
                             bump(&inner.counters.downloads);
-                            inner.counters.download_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                            inner
+                                .counters
+                                .download_bytes
+                                .fetch_add(body.len() as u64, Ordering::Relaxed);
                             let len = body.len() as u64;
                             return Ok(Download {
                                 content_length: Some(len),
                                 stream: futures::stream::once(async move { Ok(body) }).boxed(),
                             });
                         }
-                        _ if code == 429 || status.is_server_error() => Error::Download { status: code },
+                        _ if code == 429 || status.is_server_error() => {
+                            Error::Download { status: code }
+                        }
                         _ => return Err(Error::Download { status: code }),
                     }
                 }

@@ -32,7 +32,8 @@ fn float(v: Option<&Value>) -> Option<f64> {
 }
 
 fn date(v: Option<&Value>) -> Option<DateTime<FixedOffset>> {
-    v.and_then(lenient::text).and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
+    v.and_then(lenient::text)
+        .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
 }
 
 impl ResponseTime {
@@ -72,8 +73,14 @@ pub(crate) fn parse_envelope(body: &Value, status: u16) -> Option<Envelope> {
     let time = o.get("time").and_then(ResponseTime::from_value);
     if let Some(code) = o.get("error") {
         let code = lenient::value_to_text(code).unwrap_or_default();
-        let description = o.get("error_description").and_then(lenient::value_to_text).unwrap_or_default();
-        return Some(Envelope::Err(ApiError::new(code, description, status), time));
+        let description = o
+            .get("error_description")
+            .and_then(lenient::value_to_text)
+            .unwrap_or_default();
+        return Some(Envelope::Err(
+            ApiError::new(code, description, status),
+            time,
+        ));
     }
     let result = o.get("result")?.clone();
     Some(Envelope::Ok(ApiResponse {
@@ -98,7 +105,11 @@ pub struct BatchResponse {
 fn as_map(v: Option<&Value>) -> Map<String, Value> {
     match v {
         Some(Value::Object(m)) => m.clone(),
-        Some(Value::Array(a)) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v.clone())).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v.clone()))
+            .collect(),
         _ => Map::new(),
     }
 }
@@ -107,18 +118,30 @@ impl BatchResponse {
     pub(crate) fn from_response(resp: ApiResponse) -> Result<BatchResponse, String> {
         let outer = match &resp.result {
             Value::Object(o) => o,
-            Value::Array(a) if a.is_empty() => return Ok(BatchResponse { time: resp.time, ..Default::default() }),
+            Value::Array(a) if a.is_empty() => {
+                return Ok(BatchResponse {
+                    time: resp.time,
+                    ..Default::default()
+                })
+            }
             _ => return Err("batch result is not an object".into()),
         };
-        let mut out = BatchResponse { time: resp.time.clone(), ..Default::default() };
+        let mut out = BatchResponse {
+            time: resp.time.clone(),
+            ..Default::default()
+        };
         for (k, v) in as_map(outer.get("result")) {
             out.results.insert(k, v);
         }
         for (k, v) in as_map(outer.get("result_error")) {
             let e = match &v {
                 Value::Object(o) => ApiError::new(
-                    o.get("error").and_then(lenient::value_to_text).unwrap_or_default(),
-                    o.get("error_description").and_then(lenient::value_to_text).unwrap_or_default(),
+                    o.get("error")
+                        .and_then(lenient::value_to_text)
+                        .unwrap_or_default(),
+                    o.get("error_description")
+                        .and_then(lenient::value_to_text)
+                        .unwrap_or_default(),
                     200,
                 ),
                 // Older portals put just the message string.
@@ -151,7 +174,9 @@ mod tests {
         let body = json!({"result": [1], "next": "50", "total": 137, "time": {"start": 1773141841.10,
             "finish": 1773141841.69, "duration": 0.59, "processing": "0.41", "date_start": "2026-03-10T14:24:01+03:00",
             "date_finish": "2026-03-10T14:24:01+03:00", "operating_reset_at": 1773142441, "operating": 3.31}});
-        let Some(Envelope::Ok(r)) = parse_envelope(&body, 200) else { panic!("not ok") };
+        let Some(Envelope::Ok(r)) = parse_envelope(&body, 200) else {
+            panic!("not ok")
+        };
         assert_eq!(r.next, Some(50));
         assert_eq!(r.total, Some(137));
         let t = r.time.unwrap();
@@ -163,7 +188,8 @@ mod tests {
 
     #[test]
     fn error_and_odd_bodies() {
-        let Some(Envelope::Err(e, _)) = parse_envelope(&json!({"error": "", "error_description": "Not found"}), 400)
+        let Some(Envelope::Err(e, _)) =
+            parse_envelope(&json!({"error": "", "error_description": "Not found"}), 400)
         else {
             panic!()
         };

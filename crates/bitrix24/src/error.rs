@@ -117,7 +117,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: impl Into<String>, description: impl Into<String>, status: u16) -> ApiError {
-        ApiError { code: code.into(), description: description.into(), status }
+        ApiError {
+            code: code.into(),
+            description: description.into(),
+            status,
+        }
     }
 
     pub fn kind(&self) -> ApiErrorKind {
@@ -131,12 +135,17 @@ impl ApiError {
             QueryLimitExceeded | InternalServerError | UnexpectedAnswer | ConnectionError => {
                 ErrorClass::Retryable { after: None }
             }
-            OperationTimeLimit => ErrorClass::Retryable { after: Some(Duration::from_secs(60)) },
+            OperationTimeLimit => ErrorClass::Retryable {
+                after: Some(Duration::from_secs(60)),
+            },
             // Nothing else can work on this portal with these credentials.
-            OverloadLimit | ExpiredToken | InvalidToken | NoAuthFound | InvalidCredentials | InvalidRequest
-            | InsufficientScope | UserAccessError | AuthorizationError | ApplicationNotFound | WrongAuthType
-            | MethodConfirmWaiting | MethodConfirmDenied | MethodNotFound | PortalDeleted => ErrorClass::Fatal,
-            AccessDenied if self.description.to_ascii_lowercase().contains("commercial") => ErrorClass::Fatal,
+            OverloadLimit | ExpiredToken | InvalidToken | NoAuthFound | InvalidCredentials
+            | InvalidRequest | InsufficientScope | UserAccessError | AuthorizationError
+            | ApplicationNotFound | WrongAuthType | MethodConfirmWaiting | MethodConfirmDenied
+            | MethodNotFound | PortalDeleted => ErrorClass::Fatal,
+            AccessDenied if self.description.to_ascii_lowercase().contains("commercial") => {
+                ErrorClass::Fatal
+            }
             _ => ErrorClass::Permanent,
         }
     }
@@ -144,8 +153,16 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let code = if self.code.is_empty() { "(no code)" } else { &self.code };
-        write!(f, "Bitrix24 error {code} (HTTP {}): {}", self.status, self.description)
+        let code = if self.code.is_empty() {
+            "(no code)"
+        } else {
+            &self.code
+        };
+        write!(
+            f,
+            "Bitrix24 error {code} (HTTP {}): {}",
+            self.status, self.description
+        )
     }
 }
 
@@ -222,7 +239,10 @@ impl Error {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        Error::Transport { message, timeout: e.is_timeout() }
+        Error::Transport {
+            message,
+            timeout: e.is_timeout(),
+        }
     }
 }
 
@@ -232,15 +252,44 @@ mod tests {
 
     #[test]
     fn classification_by_code_and_description() {
-        assert_eq!(ApiError::new("QUERY_LIMIT_EXCEEDED", "x", 503).kind(), ApiErrorKind::QueryLimitExceeded);
-        assert_eq!(ApiError::new("", "Not found", 400).kind(), ApiErrorKind::NotFound);
-        assert_eq!(ApiError::new("", "Access denied", 400).kind(), ApiErrorKind::AccessDenied);
-        assert_eq!(ApiError::new("expired_token", "", 401).kind(), ApiErrorKind::ExpiredToken);
-        assert_eq!(ApiError::new("FOO", "", 400).kind(), ApiErrorKind::Other("FOO".into()));
-        assert_eq!(ApiError::new("INVALID_CREDENTIALS", "", 401).class(), ErrorClass::Fatal);
-        assert_eq!(ApiError::new("ERROR_NOT_FOUND", "", 400).class(), ErrorClass::Permanent);
-        assert!(ApiError::new("INTERNAL_SERVER_ERROR", "", 500).class().is_retryable());
-        assert_eq!(Error::Download { status: 410 }.class(), ErrorClass::Permanent);
-        assert_eq!(Error::Api(ApiError::new("X", "", 400)).api_code(), Some("X"));
+        assert_eq!(
+            ApiError::new("QUERY_LIMIT_EXCEEDED", "x", 503).kind(),
+            ApiErrorKind::QueryLimitExceeded
+        );
+        assert_eq!(
+            ApiError::new("", "Not found", 400).kind(),
+            ApiErrorKind::NotFound
+        );
+        assert_eq!(
+            ApiError::new("", "Access denied", 400).kind(),
+            ApiErrorKind::AccessDenied
+        );
+        assert_eq!(
+            ApiError::new("expired_token", "", 401).kind(),
+            ApiErrorKind::ExpiredToken
+        );
+        assert_eq!(
+            ApiError::new("FOO", "", 400).kind(),
+            ApiErrorKind::Other("FOO".into())
+        );
+        assert_eq!(
+            ApiError::new("INVALID_CREDENTIALS", "", 401).class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            ApiError::new("ERROR_NOT_FOUND", "", 400).class(),
+            ErrorClass::Permanent
+        );
+        assert!(ApiError::new("INTERNAL_SERVER_ERROR", "", 500)
+            .class()
+            .is_retryable());
+        assert_eq!(
+            Error::Download { status: 410 }.class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            Error::Api(ApiError::new("X", "", 400)).api_code(),
+            Some("X")
+        );
     }
 }

@@ -22,9 +22,15 @@ pub struct RatePlan {
 
 impl RatePlan {
     /// Every plan except Enterprise: X = 50, Y = 2/s.
-    pub const STANDARD: RatePlan = RatePlan { capacity: 50, per_second: 2 };
+    pub const STANDARD: RatePlan = RatePlan {
+        capacity: 50,
+        per_second: 2,
+    };
     /// Enterprise (`LICENSE_FAMILY` `ent`): X = 250, Y = 5/s.
-    pub const ENTERPRISE: RatePlan = RatePlan { capacity: 250, per_second: 5 };
+    pub const ENTERPRISE: RatePlan = RatePlan {
+        capacity: 250,
+        per_second: 5,
+    };
 
     /// The burst we allow ourselves: 90 % of the portal's capacity, rounded up.
     pub fn local_capacity(self) -> u32 {
@@ -72,7 +78,8 @@ impl Clock for TokioClock {
     }
 }
 
-type Gcra = governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+type Gcra =
+    governor::RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
 
 /// The client's request-rate limiter: one per [`Bitrix24Client`](crate::Bitrix24Client), shared by all clones
 /// and tasks, taken once per HTTP request (a `batch` of 50 commands is one request, as on the server).
@@ -102,8 +109,14 @@ impl RequestLimiter {
         let per_second = NonZeroU32::new(plan.per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(per_second).allow_burst(burst_nz);
-        let clock = TokioClock { start: tokio::time::Instant::now() };
-        RequestLimiter { gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()), clock, burst }
+        let clock = TokioClock {
+            start: tokio::time::Instant::now(),
+        };
+        RequestLimiter {
+            gcra: governor::RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            burst,
+        }
     }
 
     /// The local burst size.
@@ -149,12 +162,19 @@ pub(crate) struct OperatingTracker {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl OperatingTracker {
     pub fn new(limit_secs: f64, threshold: f64) -> Self {
-        OperatingTracker { limit_secs, threshold, methods: Mutex::new(HashMap::new()) }
+        OperatingTracker {
+            limit_secs,
+            threshold,
+            methods: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn record(&self, method: &str, operating: Option<f64>, reset_at: Option<f64>) {
@@ -162,7 +182,10 @@ impl OperatingTracker {
             return;
         }
         let mut m = self.methods.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m.entry(method.to_ascii_lowercase()).or_insert(MethodTime { operating: 0.0, reset_at: None });
+        let e = m.entry(method.to_ascii_lowercase()).or_insert(MethodTime {
+            operating: 0.0,
+            reset_at: None,
+        });
         if let Some(o) = operating {
             e.operating = o;
         }
@@ -192,7 +215,8 @@ impl OperatingTracker {
     }
 
     fn until(reset_at: f64) -> Option<Duration> {
-        let wait = reset_at - unix_now();
+        // A small margin: the portal's clock and its whole-second `operating_reset_at` are not ours.
+        let wait = reset_at + 0.25 - unix_now();
         // A bucket expires at most 10 minutes after it started; clamp against clock skew.
         (wait > 0.0).then(|| Duration::from_secs_f64(wait.min(600.0)))
     }
@@ -206,7 +230,14 @@ mod tests {
     fn headroom() {
         assert_eq!(RatePlan::STANDARD.local_capacity(), 45);
         assert_eq!(RatePlan::ENTERPRISE.local_capacity(), 225);
-        assert_eq!(RatePlan { capacity: 7, per_second: 1 }.local_capacity(), 7);
+        assert_eq!(
+            RatePlan {
+                capacity: 7,
+                per_second: 1
+            }
+            .local_capacity(),
+            7
+        );
     }
 
     /// Burst of 45 at once, then one request every 500 ms (standard plan), on tokio's paused clock.
@@ -225,7 +256,10 @@ mod tests {
         }
         for (i, s) in stamps.iter().enumerate() {
             let expected = Duration::from_millis(500 * (i as u64 + 1));
-            assert!(*s >= expected && *s < expected + Duration::from_millis(5), "request {i} at {s:?}");
+            assert!(
+                *s >= expected && *s < expected + Duration::from_millis(5),
+                "request {i} at {s:?}"
+            );
         }
         // Idle for the whole refill time → a full burst again.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -245,7 +279,10 @@ mod tests {
         l.drain();
         let t0 = tokio::time::Instant::now();
         l.acquire().await;
-        assert!(t0.elapsed() >= Duration::from_millis(200), "next request waits one interval (1/5 s)");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(200),
+            "next request waits one interval (1/5 s)"
+        );
     }
 
     #[test]
@@ -254,12 +291,16 @@ mod tests {
         assert_eq!(t.delay_before("x"), None);
         let reset = unix_now() + 30.0;
         t.record("Voximplant.Statistic.Get", Some(100.0), Some(reset));
-        assert_eq!(t.delay_before("voximplant.statistic.get"), None, "under the threshold");
+        assert_eq!(
+            t.delay_before("voximplant.statistic.get"),
+            None,
+            "under the threshold"
+        );
         t.record("voximplant.statistic.get", Some(361.0), None);
         let d = t.delay_before("voximplant.statistic.get").unwrap();
-        assert!(d > Duration::from_secs(28) && d <= Duration::from_secs(30));
+        assert!(d > Duration::from_secs(28) && d <= Duration::from_millis(30_250));
         assert_eq!(t.delay_after_block("other"), Duration::from_secs(60));
-        t.record("old", Some(470.0), Some(unix_now() - 5.0));
+        t.record("old", Some(470.0), Some(unix_now() - 1.0));
         assert_eq!(t.delay_before("old"), None, "reset time already passed");
     }
 }

@@ -62,7 +62,12 @@ impl Bitrix24Client {
 
     /// [`list_calls`](Self::list_calls) with fewer chained pages per request (1..=50), for slow portals.
     /// Pages are named `p00`…`p49` so that their order survives any JSON map ordering.
-    pub async fn list_calls_pages(&self, filter: &CallFilter, after_id: u64, pages: usize) -> Result<CallChunk, Error> {
+    pub async fn list_calls_pages(
+        &self,
+        filter: &CallFilter,
+        after_id: u64,
+        pages: usize,
+    ) -> Result<CallChunk, Error> {
         let pages = pages.clamp(1, PAGE);
         let first = filter.to_bitrix_filter(after_id);
         let mut rest = first.clone();
@@ -71,16 +76,26 @@ impl Bitrix24Client {
         let mut cmds = Vec::with_capacity(pages);
         for i in 0..pages {
             let q = if i == 0 {
-                encode_php_query(&json!({"FILTER": first, "SORT": "ID", "ORDER": "ASC", "start": -1}))
+                encode_php_query(
+                    &json!({"FILTER": first, "SORT": "ID", "ORDER": "ASC", "start": -1}),
+                )
             } else {
                 // The reference is left literal: the portal substitutes it with page i-1's last ID before running.
-                let base = encode_php_query(&json!({"FILTER": rest, "SORT": "ID", "ORDER": "ASC", "start": -1}));
-                format!("{base}&FILTER[%3EID]=$result[{}][{}][ID]", name(i - 1), PAGE - 1)
+                let base = encode_php_query(
+                    &json!({"FILTER": rest, "SORT": "ID", "ORDER": "ASC", "start": -1}),
+                );
+                format!(
+                    "{base}&FILTER[%3EID]=$result[{}][{}][ID]",
+                    name(i - 1),
+                    PAGE - 1
+                )
             };
             cmds.push((name(i), format!("voximplant.statistic.get?{q}")));
         }
         let resp = self.batch(&cmds, false).await?;
-        let offset = self.portal_offset().unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+        let offset = self
+            .portal_offset()
+            .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
         let mut chunk = CallChunk::default();
         let mut prev_last = after_id;
         for i in 0..pages {
@@ -94,7 +109,9 @@ impl Bitrix24Client {
             }
             let Some(v) = resp.results.get(&n) else {
                 if i == 0 {
-                    return Err(Error::Malformed("batch answer has no first call-history page".into()));
+                    return Err(Error::Malformed(
+                        "batch answer has no first call-history page".into(),
+                    ));
                 }
                 break;
             };
@@ -102,7 +119,10 @@ impl Bitrix24Client {
             // Defence against a page the reference did not chain: its rows would not follow the previous page.
             let first_id = page.first().and_then(|r| r.get("ID")).and_then(lenient::id);
             if i > 0 && first_id.is_some_and(|id| id <= prev_last) {
-                tracing::warn!(page = i, "call-history page does not continue the previous one; ignoring it");
+                tracing::warn!(
+                    page = i,
+                    "call-history page does not continue the previous one; ignoring it"
+                );
                 break;
             }
             for row in &page {
@@ -146,7 +166,8 @@ impl Bitrix24Client {
     /// commands as needed packed 50 per batch request. IDs the portal does not return are absent.
     pub async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Lookup, Error> {
         let users: BTreeSet<u64> = users.iter().copied().filter(|u| *u > 0).collect();
-        let mut by_kind: std::collections::BTreeMap<CrmEntityType, BTreeSet<u64>> = Default::default();
+        let mut by_kind: std::collections::BTreeMap<CrmEntityType, BTreeSet<u64>> =
+            Default::default();
         for r in crm {
             if !matches!(r.kind, CrmEntityType::Other(_)) && r.id > 0 {
                 by_kind.entry(r.kind.clone()).or_default().insert(r.id);
@@ -170,7 +191,9 @@ impl Bitrix24Client {
             let ids: Vec<u64> = ids.iter().copied().collect();
             for (i, chunk) in ids.chunks(PAGE).enumerate() {
                 let name = format!("{}{i}", kind.as_str().to_ascii_lowercase());
-                let q = encode_php_query(&json!({"filter": {"ID": chunk}, "select": select, "start": -1}));
+                let q = encode_php_query(
+                    &json!({"filter": {"ID": chunk}, "select": select, "start": -1}),
+                );
                 cmds.push((name.clone(), format!("{method}?{q}")));
                 crm_cmds.insert(name, kind.clone());
             }
@@ -183,21 +206,40 @@ impl Bitrix24Client {
         for (name, v) in &resp.results {
             if let Some(kind) = crm_cmds.get(name) {
                 for row in rows(Some(v)) {
-                    let Some(id) = row.get("ID").and_then(lenient::id) else { continue };
+                    let Some(id) = row.get("ID").and_then(lenient::id) else {
+                        continue;
+                    };
                     if !by_kind.get(kind).is_some_and(|s| s.contains(&id)) {
                         continue;
                     }
-                    let entity = CrmRef { kind: kind.clone(), id };
+                    let entity = CrmRef {
+                        kind: kind.clone(),
+                        id,
+                    };
                     let text = |k: &str| row.get(k).and_then(lenient::text);
-                    let info = CrmInfo { entity: entity.clone(), title: text("TITLE"), name: text("NAME"), last_name: text("LAST_NAME") };
+                    let info = CrmInfo {
+                        entity: entity.clone(),
+                        title: text("TITLE"),
+                        name: text("NAME"),
+                        last_name: text("LAST_NAME"),
+                    };
                     out.crm.insert(entity, info);
                 }
             } else if name.starts_with('u') {
                 for row in rows(Some(v)) {
-                    let Some(id) = row.get("ID").and_then(lenient::id) else { continue };
+                    let Some(id) = row.get("ID").and_then(lenient::id) else {
+                        continue;
+                    };
                     if users.contains(&id) {
                         let text = |k: &str| row.get(k).and_then(lenient::text);
-                        out.users.insert(id, UserInfo { id, name: text("NAME"), last_name: text("LAST_NAME") });
+                        out.users.insert(
+                            id,
+                            UserInfo {
+                                id,
+                                name: text("NAME"),
+                                last_name: text("LAST_NAME"),
+                            },
+                        );
                     }
                 }
             }
@@ -207,9 +249,15 @@ impl Bitrix24Client {
 
     /// `disk.file.get` for each id, 50 commands per batch request. Per-file failures (`ERROR_NOT_FOUND`,
     /// `ACCESS_DENIED`, a file in the trash — `DELETED_TYPE` ≠ 0 — reported as `ERROR_NOT_FOUND`) go in the map.
-    pub async fn disk_download_urls(&self, file_ids: &[u64]) -> Result<HashMap<u64, Result<Url, ApiError>>, Error> {
+    pub async fn disk_download_urls(
+        &self,
+        file_ids: &[u64],
+    ) -> Result<HashMap<u64, Result<Url, ApiError>>, Error> {
         let ids: BTreeSet<u64> = file_ids.iter().copied().collect();
-        let cmds: Vec<(String, String)> = ids.iter().map(|id| (format!("d{id}"), format!("disk.file.get?id={id}"))).collect();
+        let cmds: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (format!("d{id}"), format!("disk.file.get?id={id}")))
+            .collect();
         let resp = self.batch_all(cmds).await?;
         let mut out = HashMap::new();
         for id in ids {
@@ -219,7 +267,11 @@ impl Bitrix24Client {
             } else if let Some(v) = resp.results.get(&name) {
                 file_url(id, v)
             } else {
-                Err(ApiError::new("ERROR_UNEXPECTED_ANSWER", format!("disk.file.get for file {id} returned nothing"), 200))
+                Err(ApiError::new(
+                    "ERROR_UNEXPECTED_ANSWER",
+                    format!("disk.file.get for file {id} returned nothing"),
+                    200,
+                ))
             };
             out.insert(id, r);
         }
@@ -230,7 +282,10 @@ impl Bitrix24Client {
     pub async fn profile(&self) -> Result<Profile, Error> {
         let r = self.call("profile", json!({})).await?;
         let o = &r.result;
-        let id = o.get("ID").and_then(lenient::id).ok_or_else(|| Error::Malformed("profile has no ID".into()))?;
+        let id = o
+            .get("ID")
+            .and_then(lenient::id)
+            .ok_or_else(|| Error::Malformed("profile has no ID".into()))?;
         Ok(Profile {
             id,
             admin: o.get("ADMIN").and_then(lenient::flag).unwrap_or(false),
@@ -243,12 +298,28 @@ impl Bitrix24Client {
 fn file_url(id: u64, v: &Value) -> Result<Url, ApiError> {
     let deleted = v.get("DELETED_TYPE").and_then(lenient::number).unwrap_or(0);
     if deleted != 0 {
-        return Err(ApiError::new("ERROR_NOT_FOUND", format!("file {id} is deleted (DELETED_TYPE {deleted})"), 200));
+        return Err(ApiError::new(
+            "ERROR_NOT_FOUND",
+            format!("file {id} is deleted (DELETED_TYPE {deleted})"),
+            200,
+        ));
     }
     let raw = v
         .get("DOWNLOAD_URL")
         .and_then(lenient::text)
-        .ok_or_else(|| ApiError::new("ERROR_UNEXPECTED_ANSWER", format!("file {id} has no DOWNLOAD_URL"), 200))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                "ERROR_UNEXPECTED_ANSWER",
+                format!("file {id} has no DOWNLOAD_URL"),
+                200,
+            )
+        })?;
     // Never echo the URL: it carries a token.
-    Url::parse(raw.trim()).map_err(|_| ApiError::new("ERROR_UNEXPECTED_ANSWER", format!("file {id}: DOWNLOAD_URL is not a URL"), 200))
+    Url::parse(raw.trim()).map_err(|_| {
+        ApiError::new(
+            "ERROR_UNEXPECTED_ANSWER",
+            format!("file {id}: DOWNLOAD_URL is not a URL"),
+            200,
+        )
+    })
 }
