@@ -137,16 +137,24 @@ impl Generator {
                 h.extend(b"data");
                 h.extend(data32.to_le_bytes());
                 // Whole-Hz tones repeat exactly every second; left/right differ so channels are distinguishable.
-                let f = [200 + (spec.seed % 300) as u32, 520 + (spec.seed / 300 % 300) as u32];
+                let f = [
+                    200 + (spec.seed % 300) as u32,
+                    520 + (spec.seed / 300 % 300) as u32,
+                ];
                 let mut pattern = Vec::with_capacity(WAV_RATE as usize * usize::from(ch) * 2);
                 for n in 0..WAV_RATE {
                     for c in 0..usize::from(ch) {
                         let t = f64::from(n) / f64::from(WAV_RATE);
-                        let v = (2.0 * std::f64::consts::PI * f64::from(f[c % 2]) * t).sin() * 6000.0;
+                        let v =
+                            (2.0 * std::f64::consts::PI * f64::from(f[c % 2]) * t).sin() * 6000.0;
                         pattern.extend((v as i16).to_le_bytes());
                     }
                 }
-                Generator { spec: spec.clone(), head: h, pattern }
+                Generator {
+                    spec: spec.clone(),
+                    head: h,
+                    pattern,
+                }
             }
             Container::Mp3 => {
                 let idx = MPEG2_KBPS.iter().position(|k| *k == spec.kbps).unwrap_or(8) as u8;
@@ -156,8 +164,12 @@ impl Generator {
                 f[1] = 0xE3; // sync, MPEG-2.5, layer III, no CRC
                 f[2] = (idx << 4) | (2 << 2); // bitrate, 8 kHz, no padding
                 f[3] = if spec.channels == 1 { 0xC4 } else { 0x04 }; // mono / stereo, original
-                // Side info (9 bytes mono, 17 stereo) stays zero: main_data_begin 0, part2_3_length 0 → silence.
-                Generator { spec: spec.clone(), head: f, pattern: Vec::new() }
+                                                                     // Side info (9 bytes mono, 17 stereo) stays zero: main_data_begin 0, part2_3_length 0 → silence.
+                Generator {
+                    spec: spec.clone(),
+                    head: f,
+                    pattern: Vec::new(),
+                }
             }
         }
     }
@@ -235,8 +247,18 @@ pub struct RecordingBody {
 }
 
 impl RecordingBody {
-    pub fn new(gen: Arc<Generator>, delay: Option<Duration>, sent: Arc<AtomicU64>) -> RecordingBody {
-        RecordingBody { gen, pos: 0, delay, sleep: None, sent }
+    pub fn new(
+        gen: Arc<Generator>,
+        delay: Option<Duration>,
+        sent: Arc<AtomicU64>,
+    ) -> RecordingBody {
+        RecordingBody {
+            gen,
+            pos: 0,
+            delay,
+            sleep: None,
+            sent,
+        }
     }
 }
 
@@ -253,7 +275,9 @@ impl http_body::Body for RecordingBody {
             return Poll::Ready(None);
         }
         if let Some(d) = this.delay {
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -281,12 +305,23 @@ mod tests {
     use super::*;
 
     fn spec(container: Container, channels: u16, bytes: u64) -> RecordingSpec {
-        RecordingSpec { file_id: 1, container, channels, bytes, disk_only: false, seed: 42, kbps: 64 }
+        RecordingSpec {
+            file_id: 1,
+            container,
+            channels,
+            bytes,
+            disk_only: false,
+            seed: 42,
+            kbps: 64,
+        }
     }
 
     #[test]
     fn ranges_agree_with_whole() {
-        for s in [spec(Container::Wav, 2, 100_044), spec(Container::Mp3, 1, 576 * 30 + 17)] {
+        for s in [
+            spec(Container::Wav, 2, 100_044),
+            spec(Container::Mp3, 1, 576 * 30 + 17),
+        ] {
             let g = Generator::new(&s);
             let mut whole = vec![0u8; s.bytes as usize];
             g.fill(0, &mut whole);
@@ -312,7 +347,10 @@ mod tests {
         assert_eq!(mp3_kbps(4000), 32);
         assert_eq!(Container::Mp3.natural_size(1, 2, 8000), 8064); // 14 frames of 576
         assert_eq!(Container::Wav.natural_size(1, 2, 8000), 44 + 32_000);
-        assert_eq!(Container::Wav.capped(1_000_000, 1000, 2, 8000), 44 + 956 / 4 * 4);
+        assert_eq!(
+            Container::Wav.capped(1_000_000, 1000, 2, 8000),
+            44 + 956 / 4 * 4
+        );
         assert_eq!(Container::Mp3.capped(1_000_000, 1000, 2, 8000), 576);
     }
 }

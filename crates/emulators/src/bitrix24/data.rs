@@ -119,9 +119,11 @@ pub const CALL_FIELDS: [&str; 29] = [
 impl CallRec {
     pub fn record_url(&self, base: &str) -> Value {
         match &self.record {
-            Some(r) if !r.disk_only => {
-                Value::String(format!("{base}records/{}.{}", self.call_id, r.container.ext()))
-            }
+            Some(r) if !r.disk_only => Value::String(format!(
+                "{base}records/{}.{}",
+                self.call_id,
+                r.container.ext()
+            )),
             Some(_) => Value::String(String::new()),
             None if self.empty_url_is_null => Value::Null,
             None => Value::String(String::new()),
@@ -156,7 +158,9 @@ impl CallRec {
             "COST_CURRENCY" => s("RUR"),
             "CALL_FAILED_CODE" => s(self.failed_code),
             "CALL_FAILED_REASON" => s(self.failed_reason),
-            "CRM_ENTITY_TYPE" | "CRM_BINDINGS.ENTITY_TYPE" => s(self.crm.map_or("", |(k, _)| k.as_str())),
+            "CRM_ENTITY_TYPE" | "CRM_BINDINGS.ENTITY_TYPE" => {
+                s(self.crm.map_or("", |(k, _)| k.as_str()))
+            }
             "CRM_ENTITY_ID" | "CRM_BINDINGS.ENTITY_ID" => match self.crm {
                 Some((_, id)) => FieldVal::Int(id as i64),
                 None if self.unbound_id_zero => FieldVal::Int(0),
@@ -198,7 +202,10 @@ impl CallRec {
         m.insert("COST_CURRENCY".into(), json!("RUR"));
         m.insert("CALL_FAILED_CODE".into(), json!(self.failed_code));
         m.insert("CALL_FAILED_REASON".into(), json!(self.failed_reason));
-        m.insert("CRM_ENTITY_TYPE".into(), json!(self.crm.map_or("", |(k, _)| k.as_str())));
+        m.insert(
+            "CRM_ENTITY_TYPE".into(),
+            json!(self.crm.map_or("", |(k, _)| k.as_str())),
+        );
         m.insert(
             "CRM_ENTITY_ID".into(),
             match self.crm {
@@ -208,7 +215,10 @@ impl CallRec {
             },
         );
         m.insert("CRM_ACTIVITY_ID".into(), str_opt(self.activity));
-        m.insert("REST_APP_ID".into(), str_opt(self.rest_app.map(|(id, _)| id)));
+        m.insert(
+            "REST_APP_ID".into(),
+            str_opt(self.rest_app.map(|(id, _)| id)),
+        );
         m.insert("REST_APP_NAME".into(), json!(self.rest_app.map(|(_, n)| n)));
         m.insert("TRANSCRIPT_ID".into(), Value::Null);
         m.insert("TRANSCRIPT_PENDING".into(), json!("N"));
@@ -217,7 +227,10 @@ impl CallRec {
         m.insert("COMMENT".into(), json!(self.comment));
         m.insert("RECORD_DURATION".into(), str_opt(self.record_duration));
         // The one real JSON number of the row.
-        m.insert("RECORD_FILE_ID".into(), json!(self.record.as_ref().map(|r| r.file_id)));
+        m.insert(
+            "RECORD_FILE_ID".into(),
+            json!(self.record.as_ref().map(|r| r.file_id)),
+        );
         m.insert("CALL_TYPE".into(), json!(self.call_type.to_string()));
         debug_assert_eq!(m.len(), CALL_FIELDS.len());
         Value::Object(m)
@@ -388,36 +401,107 @@ impl PortalData {
     /// Records are generated with IDs 1..=n, so lookups are by position.
     pub fn crm_by_id(&self, kind: CrmKind, id: u64) -> Option<&CrmRec> {
         let list = self.crm(kind);
-        usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).and_then(|i| list.get(i))
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| list.get(i))
     }
 
     pub fn user_by_id(&self, id: u64) -> Option<&UserRec> {
-        usize::try_from(id).ok().and_then(|i| i.checked_sub(1)).and_then(|i| self.users.get(i))
+        usize::try_from(id)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| self.users.get(i))
     }
 }
 
 const MALE_NAMES: &[&str] = &[
-    "Александр", "Дмитрий", "Максим", "Сергей", "Андрей", "Алексей", "Артём", "Илья", "Кирилл", "Михаил", "Никита",
-    "Иван", "Егор", "Павел", "Роман", "Олег",
+    "Александр",
+    "Дмитрий",
+    "Максим",
+    "Сергей",
+    "Андрей",
+    "Алексей",
+    "Артём",
+    "Илья",
+    "Кирилл",
+    "Михаил",
+    "Никита",
+    "Иван",
+    "Егор",
+    "Павел",
+    "Роман",
+    "Олег",
 ];
 const FEMALE_NAMES: &[&str] = &[
-    "Анна", "Мария", "Елена", "Ольга", "Татьяна", "Наталья", "Ирина", "Екатерина", "Светлана", "Юлия", "Дарья",
+    "Анна",
+    "Мария",
+    "Елена",
+    "Ольга",
+    "Татьяна",
+    "Наталья",
+    "Ирина",
+    "Екатерина",
+    "Светлана",
+    "Юлия",
+    "Дарья",
     "Ксения",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Иванов", "Смирнов", "Кузнецов", "Попов", "Васильев", "Петров", "Соколов", "Михайлов", "Новиков", "Фёдоров",
-    "Морозов", "Волков", "Алексеев", "Лебедев", "Семёнов", "Егоров", "Павлов", "Козлов", "Степанов", "Николаев",
+    "Иванов",
+    "Смирнов",
+    "Кузнецов",
+    "Попов",
+    "Васильев",
+    "Петров",
+    "Соколов",
+    "Михайлов",
+    "Новиков",
+    "Фёдоров",
+    "Морозов",
+    "Волков",
+    "Алексеев",
+    "Лебедев",
+    "Семёнов",
+    "Егоров",
+    "Павлов",
+    "Козлов",
+    "Степанов",
+    "Николаев",
 ];
-const PATRONYMICS: &[&str] = &["Александрович", "Сергеевич", "Игоревич", "Петрович", "Андреевич", "Олегович"];
+const PATRONYMICS: &[&str] = &[
+    "Александрович",
+    "Сергеевич",
+    "Игоревич",
+    "Петрович",
+    "Андреевич",
+    "Олегович",
+];
 const COMPANY_WORDS: &[&str] = &[
-    "Ромашка", "Вектор", "СтройИнвест", "Альфа-Трейд", "ТехноСервис", "Северный ветер", "Гранит", "Меридиан",
-    "Логистик Плюс", "Интерфарм", "Восход", "Промснаб",
+    "Ромашка",
+    "Вектор",
+    "СтройИнвест",
+    "Альфа-Трейд",
+    "ТехноСервис",
+    "Северный ветер",
+    "Гранит",
+    "Меридиан",
+    "Логистик Плюс",
+    "Интерфарм",
+    "Восход",
+    "Промснаб",
 ];
-const POSITIONS: &[&str] = &["Менеджер по продажам", "Старший менеджер", "Оператор колл-центра", "Руководитель отдела"];
+const POSITIONS: &[&str] = &[
+    "Менеджер по продажам",
+    "Старший менеджер",
+    "Оператор колл-центра",
+    "Руководитель отдела",
+];
 const REST_APPS: &[(u64, &str)] = &[(17, "Asterisk Connector"), (23, "Mango Office")];
 
 fn female_last(last: &str) -> String {
-    if last.ends_with("ов") || last.ends_with("ев") || last.ends_with("ёв") || last.ends_with("ин") {
+    if last.ends_with("ов") || last.ends_with("ев") || last.ends_with("ёв") || last.ends_with("ин")
+    {
         format!("{last}а")
     } else {
         last.to_string()
@@ -430,7 +514,9 @@ fn person(rng: &mut StdRng) -> (String, String, String, bool) {
     let patr = PATRONYMICS[rng.random_range(0..PATRONYMICS.len())];
     if female {
         let name = FEMALE_NAMES[rng.random_range(0..FEMALE_NAMES.len())];
-        let patr = patr.strip_suffix("ич").map_or(patr.to_string(), |p| format!("{p}на"));
+        let patr = patr
+            .strip_suffix("ич")
+            .map_or(patr.to_string(), |p| format!("{p}на"));
         (name.to_string(), female_last(last), patr, true)
     } else {
         let name = MALE_NAMES[rng.random_range(0..MALE_NAMES.len())];
@@ -443,7 +529,9 @@ fn phone(rng: &mut StdRng) -> String {
 }
 
 fn hex_upper(rng: &mut StdRng, n: usize) -> String {
-    (0..n).map(|_| format!("{:X}", rng.random_range(0..16u8))).collect()
+    (0..n)
+        .map(|_| format!("{:X}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 /// A log-normal-ish talk length: median ≈ 2 min, clamped to 10 s..40 min.
@@ -485,7 +573,10 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
         (1..=n as u64)
             .map(|id| {
                 let (name, last_name, second_name, _) = person(rng);
-                let company = format!("ООО «{}»", COMPANY_WORDS[rng.random_range(0..COMPANY_WORDS.len())]);
+                let company = format!(
+                    "ООО «{}»",
+                    COMPANY_WORDS[rng.random_range(0..COMPANY_WORDS.len())]
+                );
                 let title = match kind {
                     CrmKind::Contact => String::new(),
                     CrmKind::Company => company.clone(),
@@ -498,8 +589,16 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
                     kind,
                     id,
                     title,
-                    name: if kind == CrmKind::Company || kind == CrmKind::Deal { String::new() } else { name },
-                    last_name: if kind == CrmKind::Company || kind == CrmKind::Deal { String::new() } else { last_name },
+                    name: if kind == CrmKind::Company || kind == CrmKind::Deal {
+                        String::new()
+                    } else {
+                        name
+                    },
+                    last_name: if kind == CrmKind::Company || kind == CrmKind::Deal {
+                        String::new()
+                    } else {
+                        last_name
+                    },
                     second_name,
                     phone: phone(rng),
                     email: format!("client{id}@mail.example"),
@@ -559,7 +658,9 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
             93..=97 => 4,
             _ => 5,
         };
-        let rest_app = rng.random_bool(0.06).then(|| REST_APPS[rng.random_range(0..REST_APPS.len())]);
+        let rest_app = rng
+            .random_bool(0.06)
+            .then(|| REST_APPS[rng.random_range(0..REST_APPS.len())]);
         let mut start = cfg.start + ChronoDuration::seconds(off);
         if rest_app.is_some() && rng.random_bool(0.3) {
             // External PBXs report late and backdate: the row's ID is new, its start time older.
@@ -579,18 +680,29 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
         };
         let unix = start.timestamp();
         let call_id = if rest_app.is_some() {
-            format!("externalCall.{}.{unix}", hex_upper(&mut rng, 32).to_ascii_lowercase())
+            format!(
+                "externalCall.{}.{unix}",
+                hex_upper(&mut rng, 32).to_ascii_lowercase()
+            )
         } else {
-            format!("{}.{unix}.{}", hex_upper(&mut rng, 16), rng.random_range(10_000_000..99_999_999u64))
+            format!(
+                "{}.{unix}.{}",
+                hex_upper(&mut rng, 16),
+                rng.random_range(10_000_000..99_999_999u64)
+            )
         };
         let crm = match rng.random_range(0..100) {
-            0..=44 if !contacts.is_empty() => {
-                Some((CrmKind::Contact, rng.random_range(1..=contacts.len() as u64)))
+            0..=44 if !contacts.is_empty() => Some((
+                CrmKind::Contact,
+                rng.random_range(1..=contacts.len() as u64),
+            )),
+            45..=59 if !companies.is_empty() => Some((
+                CrmKind::Company,
+                rng.random_range(1..=companies.len() as u64),
+            )),
+            60..=79 if !leads.is_empty() => {
+                Some((CrmKind::Lead, rng.random_range(1..=leads.len() as u64)))
             }
-            45..=59 if !companies.is_empty() => {
-                Some((CrmKind::Company, rng.random_range(1..=companies.len() as u64)))
-            }
-            60..=79 if !leads.is_empty() => Some((CrmKind::Lead, rng.random_range(1..=leads.len() as u64))),
             _ => None,
         };
         let user = (call_type != 5).then(|| rng.random_range(1..=n_users));
@@ -598,9 +710,14 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
             None
         } else {
             let wav = rng.random_bool(cfg.wav_share.clamp(0.0, 1.0));
-            let channels = if rng.random_bool(cfg.stereo_share.clamp(0.0, 1.0)) { 2 } else { 1 };
+            let channels = if rng.random_bool(cfg.stereo_share.clamp(0.0, 1.0)) {
+                2
+            } else {
+                1
+            };
             let container = if wav { Container::Wav } else { Container::Mp3 };
-            let mut bytes = container.natural_size(duration, channels, cfg.recording_bytes_per_second);
+            let mut bytes =
+                container.natural_size(duration, channels, cfg.recording_bytes_per_second);
             if let Some(cap) = cfg.max_recording_bytes {
                 bytes = container.capped(bytes, cap, channels, cfg.recording_bytes_per_second);
             }
@@ -643,7 +760,11 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
             },
             external_call_id: rest_app.map(|_| format!("pbx-{}", 500_000 + id * 7)),
             call_log: rest_app.is_none().then(|| {
-                format!("https://storage-gw-ru-01.voximplant.com/voximplant-logs/2026/{}/{}.log", id % 28 + 1, call_id)
+                format!(
+                    "https://storage-gw-ru-01.voximplant.com/voximplant-logs/2026/{}/{}.log",
+                    id % 28 + 1,
+                    call_id
+                )
             }),
             call_id,
             duration,
@@ -666,13 +787,26 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
             unbound_id_zero: crm.is_none() && rng.random_bool(0.5),
             activity,
             rest_app,
-            session_id: rest_app.is_none().then(|| rng.random_range(1_000_000_000..4_000_000_000u64)),
+            session_id: rest_app
+                .is_none()
+                .then(|| rng.random_range(1_000_000_000..4_000_000_000u64)),
             redial: (call_type == 4).then(|| rng.random_range(1..3)),
-            comment: rng.random_bool(0.03).then(|| "Перезвонить после обеда".to_string()),
+            comment: rng
+                .random_bool(0.03)
+                .then(|| "Перезвонить после обеда".to_string()),
             record_duration: (has_record && rng.random_bool(0.5)).then_some(duration),
             record,
             call_type,
         });
     }
-    PortalData { calls, users, contacts, companies, leads, deals, files, by_call_id }
+    PortalData {
+        calls,
+        users,
+        contacts,
+        companies,
+        leads,
+        deals,
+        files,
+        by_call_id,
+    }
 }

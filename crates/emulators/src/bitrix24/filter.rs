@@ -56,7 +56,9 @@ const OPS: &[(&str, Op)] = &[
 
 /// Parses a FILTER map. Keys are upper-cased (the portal does that for the statistic).
 pub fn parse(filter: Option<&P>) -> Vec<Cond> {
-    let Some(P::Map(m)) = filter else { return Vec::new() };
+    let Some(P::Map(m)) = filter else {
+        return Vec::new();
+    };
     m.iter()
         .map(|(k, v)| {
             let key = k.trim().to_uppercase();
@@ -68,7 +70,12 @@ pub fn parse(filter: Option<&P>) -> Vec<Cond> {
                 Some(els) => (els.into_iter().cloned().collect(), true),
                 None => (vec![v.clone()], false),
             };
-            Cond { field, op, values, list }
+            Cond {
+                field,
+                op,
+                values,
+                list,
+            }
         })
         .collect()
 }
@@ -82,7 +89,12 @@ pub fn parse_date(s: &str, tz: FixedOffset) -> Option<DateTime<FixedOffset>> {
     if let Ok(d) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z") {
         return Some(d);
     }
-    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%d.%m.%Y %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%d.%m.%Y %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%.f",
+    ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
             return tz.from_local_datetime(&n).single();
         }
@@ -116,8 +128,12 @@ fn convert(field: &FieldVal, v: &P, tz: FixedOffset, name: &str) -> Result<Typed
                 Typed::Null
             } else {
                 Typed::Date(parse_date(&text, tz).ok_or_else(|| {
-                    ApiError::new(400, "ERROR_ARGUMENT", &format!("Invalid value of filter field {name}: {text:?}"))
-                        .with_argument("FILTER")
+                    ApiError::new(
+                        400,
+                        "ERROR_ARGUMENT",
+                        &format!("Invalid value of filter field {name}: {text:?}"),
+                    )
+                    .with_argument("FILTER")
                 })?)
             }
         }
@@ -158,11 +174,19 @@ pub fn matches(
     for c in conds {
         let Some(field) = get(&c.field) else {
             if strict_fields {
-                return Err(ApiError::new(400, "ERROR_CORE", &format!("Unknown field definition `{}`", c.field)));
+                return Err(ApiError::new(
+                    400,
+                    "ERROR_CORE",
+                    &format!("Unknown field definition `{}`", c.field),
+                ));
             }
             continue;
         };
-        let typed: Vec<Typed> = c.values.iter().map(|v| convert(&field, v, tz, &c.field)).collect::<Result<_, _>>()?;
+        let typed: Vec<Typed> = c
+            .values
+            .iter()
+            .map(|v| convert(&field, v, tz, &c.field))
+            .collect::<Result<_, _>>()?;
         let first = typed.first().cloned().unwrap_or(Typed::Null);
         let ok = match c.op {
             Op::Eq | Op::In => {
@@ -173,15 +197,29 @@ pub fn matches(
                 }
             }
             Op::Ne | Op::NotIn => !typed.iter().any(|v| equal(&field, v)),
-            Op::Gt => typed.iter().any(|v| compare(&field, v) == Some(Ordering::Greater)),
-            Op::Ge => typed.iter().any(|v| matches!(compare(&field, v), Some(Ordering::Greater | Ordering::Equal))),
-            Op::Lt => typed.iter().any(|v| compare(&field, v) == Some(Ordering::Less)),
-            Op::Le => typed.iter().any(|v| matches!(compare(&field, v), Some(Ordering::Less | Ordering::Equal))),
+            Op::Gt => typed
+                .iter()
+                .any(|v| compare(&field, v) == Some(Ordering::Greater)),
+            Op::Ge => typed.iter().any(|v| {
+                matches!(
+                    compare(&field, v),
+                    Some(Ordering::Greater | Ordering::Equal)
+                )
+            }),
+            Op::Lt => typed
+                .iter()
+                .any(|v| compare(&field, v) == Some(Ordering::Less)),
+            Op::Le => typed
+                .iter()
+                .any(|v| matches!(compare(&field, v), Some(Ordering::Less | Ordering::Equal))),
             Op::Between | Op::NotBetween => {
                 let lo = first.clone();
                 let hi = typed.get(1).cloned().unwrap_or(first);
-                let inside = matches!(compare(&field, &lo), Some(Ordering::Greater | Ordering::Equal))
-                    && matches!(compare(&field, &hi), Some(Ordering::Less | Ordering::Equal));
+                let inside =
+                    matches!(
+                        compare(&field, &lo),
+                        Some(Ordering::Greater | Ordering::Equal)
+                    ) && matches!(compare(&field, &hi), Some(Ordering::Less | Ordering::Equal));
                 (c.op == Op::Between) == inside
             }
             Op::Like | Op::NotLike => {
@@ -192,10 +230,15 @@ pub fn matches(
                     FieldVal::Null => String::new(),
                 };
                 let found = c.values.iter().any(|v| {
-                    let needle = v.as_text().unwrap_or_default().to_lowercase().replace('%', "");
+                    let needle = v
+                        .as_text()
+                        .unwrap_or_default()
+                        .to_lowercase()
+                        .replace('%', "");
                     hay.contains(&needle)
                 });
-                (c.op == Op::Like) == found && !(c.op == Op::Like && matches!(field, FieldVal::Null))
+                (c.op == Op::Like) == found
+                    && !(c.op == Op::Like && matches!(field, FieldVal::Null))
             }
         };
         if !ok {
@@ -231,7 +274,9 @@ mod tests {
 
     #[test]
     fn ops_and_types() {
-        let p = from_form("F[>=ID]=5&F[!type]=2&F[><DUR][]=10&F[><DUR][]=20&F[%NAME]=ван&F[U]=&F[>=D]=2026-03-10");
+        let p = from_form(
+            "F[%3E%3DID]=5&F[!type]=2&F[><DUR][]=10&F[><DUR][]=20&F[%25NAME]=ван&F[U]=&F[%3E%3DD]=2026-03-10",
+        );
         let conds = parse(p.get_ci("F"));
         let row = |id: i64, ty: i64, dur: i64, name: &str, d: &str| {
             let name = name.to_string();
@@ -246,13 +291,55 @@ mod tests {
                 _ => None,
             }
         };
-        assert!(matches(&conds, msk(), &row(5, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"), true).unwrap());
-        assert!(!matches(&conds, msk(), &row(4, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"), true).unwrap());
-        assert!(!matches(&conds, msk(), &row(5, 2, 15, "Иван", "2026-03-10T00:00:00+03:00"), true).unwrap());
-        assert!(!matches(&conds, msk(), &row(5, 1, 25, "Иван", "2026-03-10T00:00:00+03:00"), true).unwrap());
-        assert!(!matches(&conds, msk(), &row(5, 1, 15, "Пётр", "2026-03-10T00:00:00+03:00"), true).unwrap());
+        assert!(matches(
+            &conds,
+            msk(),
+            &row(5, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"),
+            true
+        )
+        .unwrap());
+        assert!(!matches(
+            &conds,
+            msk(),
+            &row(4, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"),
+            true
+        )
+        .unwrap());
+        assert!(!matches(
+            &conds,
+            msk(),
+            &row(5, 2, 15, "Иван", "2026-03-10T00:00:00+03:00"),
+            true
+        )
+        .unwrap());
+        assert!(!matches(
+            &conds,
+            msk(),
+            &row(5, 1, 25, "Иван", "2026-03-10T00:00:00+03:00"),
+            true
+        )
+        .unwrap());
+        assert!(!matches(
+            &conds,
+            msk(),
+            &row(5, 1, 15, "Пётр", "2026-03-10T00:00:00+03:00"),
+            true
+        )
+        .unwrap());
         // 23:59 UTC on the 9th is 02:59 on the 10th in Moscow.
-        assert!(matches(&conds, msk(), &row(5, 1, 15, "Иван", "2026-03-09T23:59:00+00:00"), true).unwrap());
-        assert!(!matches(&conds, msk(), &row(5, 1, 15, "Иван", "2026-03-09T20:59:59+00:00"), true).unwrap());
+        assert!(matches(
+            &conds,
+            msk(),
+            &row(5, 1, 15, "Иван", "2026-03-09T23:59:00+00:00"),
+            true
+        )
+        .unwrap());
+        assert!(!matches(
+            &conds,
+            msk(),
+            &row(5, 1, 15, "Иван", "2026-03-09T20:59:59+00:00"),
+            true
+        )
+        .unwrap());
     }
 }

@@ -14,7 +14,12 @@ pub struct LeakyBucket {
 
 impl LeakyBucket {
     pub fn new(capacity: u32, leak_per_sec: u32) -> LeakyBucket {
-        LeakyBucket { capacity: f64::from(capacity), leak: f64::from(leak_per_sec), level: 0.0, last: f64::MIN }
+        LeakyBucket {
+            capacity: f64::from(capacity),
+            leak: f64::from(leak_per_sec),
+            level: 0.0,
+            last: f64::MIN,
+        }
     }
 
     /// `now` in seconds on any monotonic scale. Returns whether the request is admitted.
@@ -55,14 +60,28 @@ impl Operating {
 
     fn state(q: &VecDeque<(i64, f64)>, now_unix: f64) -> OperatingState {
         let operating = q.iter().map(|(_, s)| s).sum();
-        let reset_at = q.front().map_or(now_unix as i64 + 600, |(m, _)| (m + 10) * 60);
-        OperatingState { operating, reset_at }
+        let reset_at = q
+            .front()
+            .map_or(now_unix as i64 + 600, |(m, _)| (m + 10) * 60);
+        OperatingState {
+            operating,
+            reset_at,
+        }
     }
 
     /// The check before a call: `Err(state)` when the method is blocked (sum already over the limit).
-    pub fn check(&mut self, cred: &str, method: &str, limit: f64, now_unix: f64) -> Result<(), OperatingState> {
+    pub fn check(
+        &mut self,
+        cred: &str,
+        method: &str,
+        limit: f64,
+        now_unix: f64,
+    ) -> Result<(), OperatingState> {
         let minute = (now_unix / 60.0).floor() as i64;
-        let q = self.buckets.entry((cred.to_string(), method.to_string())).or_default();
+        let q = self
+            .buckets
+            .entry((cred.to_string(), method.to_string()))
+            .or_default();
         Self::prune(q, minute);
         let st = Self::state(q, now_unix);
         if st.operating > limit {
@@ -75,7 +94,10 @@ impl Operating {
     /// Charges a finished call; the call that pushes the sum over the limit still completes.
     pub fn charge(&mut self, cred: &str, method: &str, cost: f64, now_unix: f64) -> OperatingState {
         let minute = (now_unix / 60.0).floor() as i64;
-        let q = self.buckets.entry((cred.to_string(), method.to_string())).or_default();
+        let q = self
+            .buckets
+            .entry((cred.to_string(), method.to_string()))
+            .or_default();
         Self::prune(q, minute);
         match q.back_mut() {
             Some((m, s)) if *m == minute => *s += cost,
@@ -111,7 +133,13 @@ mod tests {
         let st = o.check("w", "m", 10.0, t0 + 5.0).unwrap_err();
         assert_eq!(st.operating, 12.0);
         assert_eq!(st.reset_at, (1000 + 10) * 60);
-        assert!(o.check("w", "other", 10.0, t0 + 5.0).is_ok(), "other methods keep working");
-        assert!(o.check("w", "m", 10.0, t0 + 600.0).is_ok(), "the window slid past");
+        assert!(
+            o.check("w", "other", 10.0, t0 + 5.0).is_ok(),
+            "other methods keep working"
+        );
+        assert!(
+            o.check("w", "m", 10.0, t0 + 600.0).is_ok(),
+            "the window slid past"
+        );
     }
 }

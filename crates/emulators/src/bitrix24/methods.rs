@@ -34,7 +34,11 @@ pub struct MethodOk {
 
 impl MethodOk {
     fn plain(result: Value) -> MethodOk {
-        MethodOk { result, total: None, next: None }
+        MethodOk {
+            result,
+            total: None,
+            next: None,
+        }
     }
 }
 
@@ -49,7 +53,9 @@ pub fn dispatch(inner: &Inner, ctx: &Ctx, method: &str, p: &P) -> Result<MethodO
         "app.info" => Ok(MethodOk::plain(app_info(inner, ctx))),
         "scope" => Ok(MethodOk::plain(json!(SCOPES))),
         "disk.file.get" => disk_file_get(inner, ctx, p),
-        "server.time" => Ok(MethodOk::plain(json!(super::portal_now(inner).format("%Y-%m-%dT%H:%M:%S%:z").to_string()))),
+        "server.time" => Ok(MethodOk::plain(json!(super::portal_now(inner)
+            .format("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()))),
         m => {
             if let Some((kind, op)) = crm_method(m) {
                 return match op {
@@ -99,8 +105,15 @@ fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let conds = filter::parse(p.get_ci("FILTER"));
     let start = start_param(p);
     // SORT and ORDER must both be given, else no ordering is applied (natural order = ID ascending).
-    let sort = p.get_ci("SORT").and_then(P::as_text).map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty());
-    let order = p.get_ci("ORDER").and_then(P::as_text).map(|s| s.trim().to_uppercase());
+    let sort = p
+        .get_ci("SORT")
+        .and_then(P::as_text)
+        .map(|s| s.trim().to_uppercase())
+        .filter(|s| !s.is_empty());
+    let order = p
+        .get_ci("ORDER")
+        .and_then(P::as_text)
+        .map(|s| s.trim().to_uppercase());
     let sort = match (sort, order) {
         (Some(s), Some(o)) if s != "CALL_TYPE" && (o == "ASC" || o == "DESC") => {
             if calls.first().is_some_and(|c| c.field(&s, base).is_none()) {
@@ -164,29 +177,45 @@ fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     }
     let (page, total, next) = page_of(&idx, start);
     let rows: Vec<Value> = page.into_iter().map(|i| calls[i].to_json(base)).collect();
-    Ok(MethodOk { result: Value::Array(rows), total, next })
+    Ok(MethodOk {
+        result: Value::Array(rows),
+        total,
+        next,
+    })
 }
 
 /// `order` as `{FIELD: ASC|DESC}` (crm, user) or `sort` + `order` strings (user.get).
 fn order_spec(p: &P) -> Option<(String, bool)> {
     match p.get_ci("order") {
         Some(P::Map(m)) => m.first().map(|(k, v)| {
-            (k.to_uppercase(), v.as_text().is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC")))
+            (
+                k.to_uppercase(),
+                v.as_text()
+                    .is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC")),
+            )
         }),
         other => {
             let field = p.get_ci("sort").and_then(P::as_text)?;
-            let desc = other.and_then(P::as_text).is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC"));
+            let desc = other
+                .and_then(P::as_text)
+                .is_some_and(|d| d.trim().eq_ignore_ascii_case("DESC"));
             Some((field.trim().to_uppercase(), desc))
         }
     }
 }
 
-fn sort_idx(idx: &mut [usize], spec: &Option<(String, bool)>, get: &dyn Fn(usize, &str) -> Option<FieldVal>) {
+fn sort_idx(
+    idx: &mut [usize],
+    spec: &Option<(String, bool)>,
+    get: &dyn Fn(usize, &str) -> Option<FieldVal>,
+) {
     if let Some((f, desc)) = spec {
         idx.sort_by(|a, b| {
-            let o: Ordering =
-                filter::order(&get(*a, f).unwrap_or(FieldVal::Null), &get(*b, f).unwrap_or(FieldVal::Null))
-                    .then(a.cmp(b));
+            let o: Ordering = filter::order(
+                &get(*a, f).unwrap_or(FieldVal::Null),
+                &get(*b, f).unwrap_or(FieldVal::Null),
+            )
+            .then(a.cmp(b));
             if *desc {
                 o.reverse()
             } else {
@@ -196,7 +225,17 @@ fn sort_idx(idx: &mut [usize], spec: &Option<(String, bool)>, get: &dyn Fn(usize
     }
 }
 
-const USER_PARAMS: [&str; 9] = ["sort", "order", "start", "admin_mode", "select", "filter", "auth", "access_token", "ADMIN_MODE"];
+const USER_PARAMS: [&str; 9] = [
+    "sort",
+    "order",
+    "start",
+    "admin_mode",
+    "select",
+    "filter",
+    "auth",
+    "access_token",
+    "ADMIN_MODE",
+];
 
 fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
@@ -205,9 +244,14 @@ fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let filter_p = match p.get_ci("FILTER") {
         Some(f) => Some(f),
         None => {
-            let P::Map(m) = p else { return Err(ApiError::argument("FILTER")) };
+            let P::Map(m) = p else {
+                return Err(ApiError::argument("FILTER"));
+            };
             legacy = P::Map(
-                m.iter().filter(|(k, _)| !USER_PARAMS.iter().any(|u| u.eq_ignore_ascii_case(k))).cloned().collect(),
+                m.iter()
+                    .filter(|(k, _)| !USER_PARAMS.iter().any(|u| u.eq_ignore_ascii_case(k)))
+                    .cloned()
+                    .collect(),
             );
             Some(&legacy)
         }
@@ -215,7 +259,11 @@ fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let mut conds: Vec<Cond> = filter::parse(filter_p);
     for c in conds.iter_mut() {
         if c.field == "ACTIVE" {
-            c.values = c.values.iter().map(|v| P::Str(if v.truthy() { "Y".into() } else { "N".into() })).collect();
+            c.values = c
+                .values
+                .iter()
+                .map(|v| P::Str(if v.truthy() { "Y".into() } else { "N".into() }))
+                .collect();
         }
     }
     let users = &inner.data.users;
@@ -227,16 +275,26 @@ fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     }
     sort_idx(&mut idx, &order_spec(p), &|i, f| users[i].field(f));
     let (page, total, next) = page_of(&idx, start_param(p));
-    Ok(MethodOk { result: Value::Array(page.into_iter().map(|i| users[i].to_json()).collect()), total, next })
+    Ok(MethodOk {
+        result: Value::Array(page.into_iter().map(|i| users[i].to_json()).collect()),
+        total,
+        next,
+    })
 }
 
 fn user_one(inner: &Inner, id: u64) -> Result<MethodOk, ApiError> {
-    let u = inner.data.user_by_id(id).ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
+    let u = inner
+        .data
+        .user_by_id(id)
+        .ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
     Ok(MethodOk::plain(u.to_json()))
 }
 
 fn profile(inner: &Inner, ctx: &Ctx) -> Result<MethodOk, ApiError> {
-    let u = inner.data.user_by_id(ctx.user_id).ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
+    let u = inner
+        .data
+        .user_by_id(ctx.user_id)
+        .ok_or_else(|| ApiError::new(400, "ERROR_CORE", "User not found"))?;
     Ok(MethodOk::plain(json!({
         "ID": u.id.to_string(), "ADMIN": true, "NAME": u.name, "LAST_NAME": u.last_name,
         "PERSONAL_GENDER": if u.female { "F" } else { "M" }, "PERSONAL_PHOTO": null, "TIME_ZONE": "",
@@ -273,13 +331,20 @@ fn crm_list(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     let select: Vec<String> = p
         .get_ci("select")
         .and_then(P::elements)
-        .map(|els| els.iter().filter_map(|e| e.as_text()).map(|s| s.trim().to_uppercase()).collect())
+        .map(|els| {
+            els.iter()
+                .filter_map(|e| e.as_text())
+                .map(|s| s.trim().to_uppercase())
+                .collect()
+        })
         .unwrap_or_default();
     let (page, total, next) = page_of(&idx, start_param(p));
     let rows = page
         .into_iter()
         .map(|i| {
-            let Value::Object(all) = recs[i].to_json() else { return Value::Null };
+            let Value::Object(all) = recs[i].to_json() else {
+                return Value::Null;
+            };
             let keep = |k: &str| {
                 if k == "ID" {
                     return true;
@@ -290,10 +355,18 @@ fn crm_list(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
                 }
                 select.is_empty() || named || select.iter().any(|s| s == "*")
             };
-            Value::Object(all.into_iter().filter(|(k, _)| keep(k)).collect::<Map<_, _>>())
+            Value::Object(
+                all.into_iter()
+                    .filter(|(k, _)| keep(k))
+                    .collect::<Map<_, _>>(),
+            )
         })
         .collect();
-    Ok(MethodOk { result: Value::Array(rows), total, next })
+    Ok(MethodOk {
+        result: Value::Array(rows),
+        total,
+        next,
+    })
 }
 
 fn crm_get(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
@@ -301,14 +374,22 @@ fn crm_get(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     if id <= 0 {
         return Err(ApiError::new(400, "", "ID is not defined or invalid."));
     }
-    let rec = inner.data.crm_by_id(kind, id as u64).ok_or_else(|| ApiError::new(400, "", "Not found"))?;
+    let rec = inner
+        .data
+        .crm_by_id(kind, id as u64)
+        .ok_or_else(|| ApiError::new(400, "", "Not found"))?;
     Ok(MethodOk::plain(rec.to_json()))
 }
 
 fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> {
     let raw = p.get_ci("id").map_or(0, P::as_int);
     if raw <= 0 {
-        return Err(ApiError::new(400, "ERROR_ARGUMENT", "Could not find value for parameter {id}").with_argument("id"));
+        return Err(ApiError::new(
+            400,
+            "ERROR_ARGUMENT",
+            "Could not find value for parameter {id}",
+        )
+        .with_argument("id"));
     }
     let id = raw as u64;
     let call = inner
@@ -316,9 +397,19 @@ fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> 
         .files
         .get(&id)
         .map(|i| &inner.data.calls[*i])
-        .ok_or_else(|| ApiError::new(404, "ERROR_NOT_FOUND", &format!("Could not find entity with id '{id}'.")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                "ERROR_NOT_FOUND",
+                &format!("Could not find entity with id '{id}'."),
+            )
+        })?;
     let Some(rec) = &call.record else {
-        return Err(ApiError::new(404, "ERROR_NOT_FOUND", &format!("Could not find entity with id '{id}'.")));
+        return Err(ApiError::new(
+            404,
+            "ERROR_NOT_FOUND",
+            &format!("Could not find entity with id '{id}'."),
+        ));
     };
     let t = call.start.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
     let name = format!(
@@ -347,7 +438,11 @@ pub fn php_array(entries: Vec<(String, Value)>) -> Value {
     if entries.is_empty() {
         return json!([]);
     }
-    if entries.iter().enumerate().all(|(i, (k, _))| *k == i.to_string()) {
+    if entries
+        .iter()
+        .enumerate()
+        .all(|(i, (k, _))| *k == i.to_string())
+    {
         return Value::Array(entries.into_iter().map(|(_, v)| v).collect());
     }
     Value::Object(entries.into_iter().collect())
@@ -418,7 +513,10 @@ impl BatchAcc {
             }
             let consumed = 1 + tail.len() - p.len();
             let literal = &rest[pos..pos + consumed];
-            match (!path.is_empty()).then(|| self.lookup(kind, &path)).flatten() {
+            match (!path.is_empty())
+                .then(|| self.lookup(kind, &path))
+                .flatten()
+            {
                 Some(v) => out.push_str(&v),
                 None => out.push_str(literal),
             }
@@ -438,8 +536,15 @@ pub fn parse_command(cmd: &str) -> (String, P) {
 /// The commands of a batch in map order; a list gives keys 0..n.
 pub fn commands(p: &P) -> Vec<(String, String)> {
     match p.get_ci("cmd") {
-        Some(P::Map(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_text().unwrap_or_default())).collect(),
-        Some(P::List(l)) => l.iter().enumerate().map(|(i, v)| (i.to_string(), v.as_text().unwrap_or_default())).collect(),
+        Some(P::Map(m)) => m
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_text().unwrap_or_default()))
+            .collect(),
+        Some(P::List(l)) => l
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v.as_text().unwrap_or_default()))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -458,14 +563,21 @@ mod tests {
         assert_eq!(acc.substitute("$result[c0][1][ID]"), "9");
         assert_eq!(acc.substitute("x$next[c0]y"), "x50y");
         assert_eq!(acc.substitute("$result[c0][49][ID]"), "$result[c0][49][ID]");
-        assert_eq!(acc.substitute("$result[c0]"), "$result[c0]", "arrays stay literal");
+        assert_eq!(
+            acc.substitute("$result[c0]"),
+            "$result[c0]",
+            "arrays stay literal"
+        );
         assert_eq!(acc.substitute("$5 and $resultx"), "$5 and $resultx");
     }
 
     #[test]
     fn php_arrays() {
         assert_eq!(php_array(vec![]), json!([]));
-        assert_eq!(php_array(vec![("0".into(), json!(1)), ("1".into(), json!(2))]), json!([1, 2]));
+        assert_eq!(
+            php_array(vec![("0".into(), json!(1)), ("1".into(), json!(2))]),
+            json!([1, 2])
+        );
         assert_eq!(php_array(vec![("a".into(), json!(1))]), json!({"a": 1}));
     }
 }

@@ -91,7 +91,10 @@ impl std::fmt::Debug for PortalConfig {
             .field("days", &self.days)
             .field("webhook_user", &self.webhook_user)
             .field("webhook_secret", &"<redacted>")
-            .field("access_tokens", &format_args!("<{} redacted>", self.access_tokens.len()))
+            .field(
+                "access_tokens",
+                &format_args!("<{} redacted>", self.access_tokens.len()),
+            )
             .field("rate", &self.rate)
             .field("operating", &self.operating)
             .field("faults", &self.faults)
@@ -110,7 +113,10 @@ impl Default for PortalConfig {
             companies: 40,
             leads: 60,
             deals: 30,
-            start: msk.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).single().expect("valid date"),
+            start: msk
+                .with_ymd_and_hms(2026, 3, 1, 0, 0, 0)
+                .single()
+                .expect("valid date"),
             days: 30,
             utc_offset: msk,
             no_record_share: 0.15,
@@ -143,7 +149,10 @@ pub struct OperatingConfig {
 
 impl Default for OperatingConfig {
     fn default() -> Self {
-        OperatingConfig { limit_secs: 480.0, cost_per_call_secs: 0.5 }
+        OperatingConfig {
+            limit_secs: 480.0,
+            cost_per_call_secs: 0.5,
+        }
     }
 }
 
@@ -223,7 +232,12 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: &str, description: &str) -> ApiError {
-        ApiError { status, code: code.into(), description: description.into(), argument: None }
+        ApiError {
+            status,
+            code: code.into(),
+            description: description.into(),
+            argument: None,
+        }
     }
 
     pub fn with_argument(mut self, arg: &str) -> ApiError {
@@ -232,7 +246,12 @@ impl ApiError {
     }
 
     pub fn argument(arg: &str) -> ApiError {
-        ApiError::new(400, "ERROR_ARGUMENT", &format!("Invalid value of argument {arg}")).with_argument(arg)
+        ApiError::new(
+            400,
+            "ERROR_ARGUMENT",
+            &format!("Invalid value of argument {arg}"),
+        )
+        .with_argument(arg)
     }
 
     pub fn method_not_found() -> ApiError {
@@ -264,7 +283,9 @@ pub(crate) struct Inner {
 }
 
 fn now_unix() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn portal_now(inner: &Inner) -> DateTime<FixedOffset> {
@@ -285,12 +306,18 @@ fn unix_to_portal(inner: &Inner, t: f64) -> String {
 /// Method names are case-insensitive; `.json` is the default suffix.
 pub(crate) fn normalize_method(m: &str) -> String {
     let m = m.trim().trim_matches('/').to_ascii_lowercase();
-    m.strip_suffix(".json").or_else(|| m.strip_suffix(".xml")).unwrap_or(&m).to_string()
+    m.strip_suffix(".json")
+        .or_else(|| m.strip_suffix(".xml"))
+        .unwrap_or(&m)
+        .to_string()
 }
 
 /// The webhook's download token (the "auth" of its `DOWNLOAD_URL`): stable, derived from the secret.
 fn webhook_download_auth(cfg: &PortalConfig) -> String {
-    let h = Sha256::digest(format!("download-auth:{}:{}", cfg.webhook_user, cfg.webhook_secret));
+    let h = Sha256::digest(format!(
+        "download-auth:{}:{}",
+        cfg.webhook_user, cfg.webhook_secret
+    ));
     hex::encode(&h[..16])
 }
 
@@ -315,25 +342,50 @@ impl Inner {
 
     fn admit(&self) -> bool {
         let now = self.epoch.elapsed().as_secs_f64();
-        let ok = self.bucket.lock().unwrap_or_else(|e| e.into_inner()).admit(now);
+        let ok = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(now);
         if !ok {
-            self.stats.lock().unwrap_or_else(|e| e.into_inner()).rate_limited += 1;
+            self.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rate_limited += 1;
         }
         ok
     }
 
     fn operating_check(&self, cred: &str, method: &str) -> Result<(), ApiError> {
-        let Some(op) = &self.config.operating else { return Ok(()) };
-        let r = self.operating.lock().unwrap_or_else(|e| e.into_inner()).check(cred, method, op.limit_secs, now_unix());
+        let Some(op) = &self.config.operating else {
+            return Ok(());
+        };
+        let r = self
+            .operating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(cred, method, op.limit_secs, now_unix());
         r.map_err(|_| {
-            self.stats.lock().unwrap_or_else(|e| e.into_inner()).operating_limited += 1;
-            ApiError::new(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
+            self.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .operating_limited += 1;
+            ApiError::new(
+                429,
+                "OPERATION_TIME_LIMIT",
+                "Method is blocked due to operation time limit.",
+            )
         })
     }
 
     fn operating_charge(&self, cred: &str, method: &str, cost: f64) -> Option<OperatingState> {
         self.config.operating.as_ref()?;
-        Some(self.operating.lock().unwrap_or_else(|e| e.into_inner()).charge(cred, method, cost, now_unix()))
+        Some(
+            self.operating
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .charge(cred, method, cost, now_unix()),
+        )
     }
 
     fn time_obj(&self, start: f64, processing: f64, op: Option<OperatingState>) -> Value {
@@ -354,8 +406,19 @@ impl Inner {
         let started = now_unix();
         let t0 = std::time::Instant::now();
         self.operating_check(&ctx.cred, method)?;
-        let res = if method == "batch" { self.batch(ctx, p) } else { methods::dispatch(self, ctx, method, p)? };
-        let cost = if method == "batch" { 0.0 } else { self.config.operating.as_ref().map_or(0.0, |o| o.cost_per_call_secs) };
+        let res = if method == "batch" {
+            self.batch(ctx, p)
+        } else {
+            methods::dispatch(self, ctx, method, p)?
+        };
+        let cost = if method == "batch" {
+            0.0
+        } else {
+            self.config
+                .operating
+                .as_ref()
+                .map_or(0.0, |o| o.cost_per_call_secs)
+        };
         let op = self.operating_charge(&ctx.cred, method, cost);
         let time = self.time_obj(started, t0.elapsed().as_secs_f64(), op);
         Ok((res, time))
@@ -375,7 +438,11 @@ impl Inner {
             let (method, mut sub) = methods::parse_command(&cmd);
             sub.map_strings(&mut |s| acc.substitute(s));
             let outcome = if matches!(method.as_str(), "batch" | "download" | "upload") {
-                Err(ApiError::new(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"))
+                Err(ApiError::new(
+                    405,
+                    "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                    "Method is not allowed for batch usage",
+                ))
             } else {
                 self.bump_method(&method);
                 self.call_method(ctx, &method, &sub)
@@ -421,12 +488,20 @@ impl Inner {
         let call = self.data.calls.get(idx)?;
         let spec = call.record.as_ref()?;
         let sha = {
-            let cached = self.sha_cache.lock().unwrap_or_else(|e| e.into_inner()).get(&call.id).cloned();
+            let cached = self
+                .sha_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&call.id)
+                .cloned();
             match cached {
                 Some(s) => s,
                 None => {
                     let s = Generator::new(spec).sha256_hex();
-                    self.sha_cache.lock().unwrap_or_else(|e| e.into_inner()).insert(call.id, s.clone());
+                    self.sha_cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(call.id, s.clone());
                     s
                 }
             }
@@ -438,7 +513,11 @@ impl Inner {
             sha256: sha,
             via_disk_only: spec.disk_only,
             file_id: spec.file_id,
-            record_url: call.record_url(&self.base).as_str().filter(|s| !s.is_empty()).map(String::from),
+            record_url: call
+                .record_url(&self.base)
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(String::from),
         })
     }
 
@@ -459,7 +538,9 @@ pub struct Bitrix24Emulator {
 
 impl std::fmt::Debug for Bitrix24Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bitrix24Emulator").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Bitrix24Emulator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -469,7 +550,10 @@ impl Bitrix24Emulator {
         Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    pub async fn start_on(config: PortalConfig, addr: SocketAddr) -> std::io::Result<Bitrix24Emulator> {
+    pub async fn start_on(
+        config: PortalConfig,
+        addr: SocketAddr,
+    ) -> std::io::Result<Bitrix24Emulator> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let base = format!("http://{addr}/");
@@ -492,8 +576,18 @@ impl Bitrix24Emulator {
             base,
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, router(inner.clone()), inner.clone(), stop_rx));
-        Ok(Bitrix24Emulator { inner, addr, stop, task })
+        let task = tokio::spawn(accept_loop(
+            listener,
+            router(inner.clone()),
+            inner.clone(),
+            stop_rx,
+        ));
+        Ok(Bitrix24Emulator {
+            inner,
+            addr,
+            stop,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -507,7 +601,10 @@ impl Bitrix24Emulator {
 
     /// `http://127.0.0.1:PORT/rest/{user}/{secret}/` — contains the secret: do not log it.
     pub fn webhook_url(&self) -> String {
-        format!("{}rest/{}/{}/", self.inner.base, self.inner.config.webhook_user, self.inner.config.webhook_secret)
+        format!(
+            "{}rest/{}/{}/",
+            self.inner.base, self.inner.config.webhook_user, self.inner.config.webhook_secret
+        )
     }
 
     pub fn config(&self) -> &PortalConfig {
@@ -531,18 +628,31 @@ impl Bitrix24Emulator {
 
     /// Every call exactly as `voximplant.statistic.get` returns it, ascending ID.
     pub fn call_rows(&self) -> Vec<Value> {
-        self.inner.data.calls.iter().map(|c| c.to_json(&self.inner.base)).collect()
+        self.inner
+            .data
+            .calls
+            .iter()
+            .map(|c| c.to_json(&self.inner.base))
+            .collect()
     }
 
     /// The recording of the call with this statistic `ID` (computes its SHA-256 on first use).
     pub fn recording(&self, call_stat_id: u64) -> Option<RecordingInfo> {
-        let idx = self.inner.data.calls.binary_search_by_key(&call_stat_id, |c| c.id).ok()?;
+        let idx = self
+            .inner
+            .data
+            .calls
+            .binary_search_by_key(&call_stat_id, |c| c.id)
+            .ok()?;
         self.inner.recording_info(idx)
     }
 
     /// `(NAME, LAST_NAME)` of a user.
     pub fn user_name(&self, id: u64) -> Option<(String, String)> {
-        self.inner.data.user_by_id(id).map(|u| (u.name.clone(), u.last_name.clone()))
+        self.inner
+            .data
+            .user_by_id(id)
+            .map(|u| (u.name.clone(), u.last_name.clone()))
     }
 
     /// `TITLE` of a company/lead/deal, or `NAME LAST_NAME` of a contact. `kind`: CONTACT, COMPANY, LEAD, DEAL.
@@ -640,10 +750,21 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     if !req.uri().path().starts_with("/_emulator/") {
-        inner.stats.lock().unwrap_or_else(|e| e.into_inner()).http_requests += 1;
+        inner
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .http_requests += 1;
         let n = inner.fault_counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let faults = inner.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if faults.drop_connection_every.is_some_and(|k| k > 0 && n % k == 0) {
+        let faults = inner
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if faults
+            .drop_connection_every
+            .is_some_and(|k| k > 0 && n % k == 0)
+        {
             return Err(DropConnection);
         }
         if faults.html_502_every.is_some_and(|k| k > 0 && n % k == 0) {
@@ -665,7 +786,10 @@ async fn handle(
 fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/rest/download.json", get(download))
-        .route("/rest/{uid}/{secret}/{method}", get(rest_webhook).post(rest_webhook))
+        .route(
+            "/rest/{uid}/{secret}/{method}",
+            get(rest_webhook).post(rest_webhook),
+        )
         .route("/rest/{method}", get(rest_token).post(rest_token))
         .route("/records/{file}", get(record_file))
         .route("/_emulator/stats", get(stats_route))
@@ -675,7 +799,9 @@ fn router(inner: Arc<Inner>) -> Router {
 
 fn json_response(inner: &Inner, status: u16, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    inner.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    inner
+        .bytes_sent
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
@@ -693,7 +819,11 @@ fn read_params(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> P {
     if body.is_empty() {
         return p;
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let body_p = if ct.starts_with("application/json") {
         params::from_json(body).unwrap_or_else(P::empty_map)
     } else if ct.starts_with("multipart/") {
@@ -712,7 +842,9 @@ async fn rest_webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response<Body> {
-    let auth = if uid.parse::<u64>().ok() == Some(inner.config.webhook_user) && secret == inner.config.webhook_secret {
+    let auth = if uid.parse::<u64>().ok() == Some(inner.config.webhook_user)
+        && secret == inner.config.webhook_secret
+    {
         Ok(Ctx {
             cred: format!("webhook:{uid}"),
             user_id: inner.config.webhook_user,
@@ -720,7 +852,11 @@ async fn rest_webhook(
             download_auth: webhook_download_auth(&inner.config),
         })
     } else {
-        Err(ApiError::new(401, "INVALID_CREDENTIALS", "Invalid request credentials"))
+        Err(ApiError::new(
+            401,
+            "INVALID_CREDENTIALS",
+            "Invalid request credentials",
+        ))
     };
     rest(inner, auth, &method, query.as_deref(), &headers, &body).await
 }
@@ -736,21 +872,38 @@ async fn rest_token(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|s| s.trim().to_string());
-    let token = p.get_ci("auth").or_else(|| p.get_ci("access_token")).and_then(P::as_text).or(bearer);
+    let token = p
+        .get_ci("auth")
+        .or_else(|| p.get_ci("access_token"))
+        .and_then(P::as_text)
+        .or(bearer);
     let auth = match token.filter(|t| !t.is_empty()) {
-        _ if inner.config.access_tokens.is_empty() => {
-            Err(ApiError::new(401, "NO_AUTH_FOUND", "Wrong authorization data"))
-        }
-        None => Err(ApiError::new(401, "NO_AUTH_FOUND", "Wrong authorization data")),
+        _ if inner.config.access_tokens.is_empty() => Err(ApiError::new(
+            401,
+            "NO_AUTH_FOUND",
+            "Wrong authorization data",
+        )),
+        None => Err(ApiError::new(
+            401,
+            "NO_AUTH_FOUND",
+            "Wrong authorization data",
+        )),
         Some(t) if inner.config.access_tokens.iter().any(|a| *a == t) => Ok(Ctx {
             cred: format!("token:{}", hex::encode(&Sha256::digest(t.as_bytes())[..6])),
             user_id: inner.config.webhook_user,
             webhook: false,
             download_auth: t,
         }),
-        Some(_) => Err(ApiError::new(401, "invalid_token", "The access token provided is invalid.")),
+        Some(_) => Err(ApiError::new(
+            401,
+            "invalid_token",
+            "The access token provided is invalid.",
+        )),
     };
     rest(inner, auth, &method, query.as_deref(), &headers, &body).await
 }
@@ -779,7 +932,10 @@ fn rest_inner(
     body: &[u8],
 ) -> Response<Body> {
     if !inner.admit() {
-        return error_response(inner, &ApiError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"));
+        return error_response(
+            inner,
+            &ApiError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
+        );
     }
     let ctx = match auth {
         Ok(c) => c,
@@ -806,54 +962,107 @@ fn rest_inner(
 
 fn recording_response(inner: &Inner, idx: usize, filename: &str) -> Response<Body> {
     let Some(gen) = inner.recording_generator(idx) else {
-        return error_response(inner, &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"));
+        return error_response(
+            inner,
+            &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"),
+        );
     };
-    let container = inner.data.calls[idx].record.as_ref().map_or("mp3", |r| r.container.ext());
-    let mime = if container == "wav" { "audio/x-wav" } else { "audio/mpeg" };
-    inner.stats.lock().unwrap_or_else(|e| e.into_inner()).downloads += 1;
-    let delay = inner.faults.lock().unwrap_or_else(|e| e.into_inner()).slow_download;
+    let container = inner.data.calls[idx]
+        .record
+        .as_ref()
+        .map_or("mp3", |r| r.container.ext());
+    let mime = if container == "wav" {
+        "audio/x-wav"
+    } else {
+        "audio/mpeg"
+    };
+    inner
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .downloads += 1;
+    let delay = inner
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .slow_download;
     let len = gen.len();
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, mime)
         .header(header::CONTENT_LENGTH, len)
-        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))
-        .body(Body::new(RecordingBody::new(gen, delay, inner.bytes_sent.clone())))
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{filename}\""),
+        )
+        .body(Body::new(RecordingBody::new(
+            gen,
+            delay,
+            inner.bytes_sent.clone(),
+        )))
         .unwrap_or_default()
 }
 
 async fn download(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) -> Response<Body> {
     if inner.config.count_downloads && !inner.admit() {
-        return error_response(&inner, &ApiError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"));
+        return error_response(
+            &inner,
+            &ApiError::new(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
+        );
     }
-    let p = query.as_deref().map_or_else(P::empty_map, params::from_form);
+    let p = query
+        .as_deref()
+        .map_or_else(P::empty_map, params::from_form);
     let auth = p.get_ci("auth").and_then(P::as_text).unwrap_or_default();
     let auth_ok = !auth.is_empty()
-        && (auth == webhook_download_auth(&inner.config) || inner.config.access_tokens.iter().any(|t| *t == auth));
+        && (auth == webhook_download_auth(&inner.config)
+            || inner.config.access_tokens.iter().any(|t| *t == auth));
     if !auth_ok {
-        return error_response(&inner, &ApiError::new(401, "NO_AUTH_FOUND", "Wrong authorization data"));
+        return error_response(
+            &inner,
+            &ApiError::new(401, "NO_AUTH_FOUND", "Wrong authorization data"),
+        );
     }
     let token = p.get_ci("token").and_then(P::as_text).unwrap_or_default();
     let mut parts = token.split('|');
-    let file = match (parts.next(), parts.next().and_then(|s| s.parse::<u64>().ok()), parts.next()) {
-        (Some("disk"), Some(id), Some(sig)) if sig == file_sig(&inner.config, id) => inner.data.files.get(&id).copied(),
+    let file = match (
+        parts.next(),
+        parts.next().and_then(|s| s.parse::<u64>().ok()),
+        parts.next(),
+    ) {
+        (Some("disk"), Some(id), Some(sig)) if sig == file_sig(&inner.config, id) => {
+            inner.data.files.get(&id).copied()
+        }
         _ => None,
     };
     let Some(idx) = file else {
-        return error_response(&inner, &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"));
+        return error_response(
+            &inner,
+            &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"),
+        );
     };
     let call = &inner.data.calls[idx];
     let ext = call.record.as_ref().map_or("mp3", |r| r.container.ext());
-    let name = format!("{}_{}.{ext}", call.start.format("%Y-%m-%d_%H-%M-%S"), call.phone.trim_start_matches('+'));
+    let name = format!(
+        "{}_{}.{ext}",
+        call.start.format("%Y-%m-%d_%H-%M-%S"),
+        call.phone.trim_start_matches('+')
+    );
     recording_response(&inner, idx, &name)
 }
 
 async fn record_file(State(inner): State<Arc<Inner>>, Path(file): Path<String>) -> Response<Body> {
     let not_found = || (StatusCode::NOT_FOUND, "Not Found").into_response();
-    let Some((call_id, ext)) = file.rsplit_once('.') else { return not_found() };
-    let Some(&idx) = inner.data.by_call_id.get(call_id) else { return not_found() };
+    let Some((call_id, ext)) = file.rsplit_once('.') else {
+        return not_found();
+    };
+    let Some(&idx) = inner.data.by_call_id.get(call_id) else {
+        return not_found();
+    };
     match &inner.data.calls[idx].record {
-        Some(r) if !r.disk_only && r.container.ext() == ext => recording_response(&inner, idx, &file),
+        Some(r) if !r.disk_only && r.container.ext() == ext => {
+            recording_response(&inner, idx, &file)
+        }
         _ => not_found(),
     }
 }

@@ -4,7 +4,6 @@
 //! Order matters (batch commands run in map order), so this is not `serde_json::Value` (whose map is sorted).
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
 
 /// One parameter value. PHP arrays are ordered maps; JSON arrays stay lists.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +24,10 @@ impl P {
     /// Case-insensitive lookup of a key in a map (top-level parameter names are case-insensitive on the portal).
     pub fn get_ci(&self, key: &str) -> Option<&P> {
         match self {
-            P::Map(m) => m.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v),
+            P::Map(m) => m
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -44,7 +46,10 @@ impl P {
     /// PHP `intval`: leading optional sign and digits, anything else → 0.
     pub fn as_int(&self) -> i64 {
         match self {
-            P::Num(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).unwrap_or(0),
+            P::Num(n) => n
+                .as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .unwrap_or(0),
             P::Bool(b) => i64::from(*b),
             P::Str(s) => php_intval(s),
             _ => 0,
@@ -57,6 +62,16 @@ impl P {
             P::List(l) => Some(l.iter().collect()),
             P::Map(m) => Some(m.iter().map(|(_, v)| v).collect()),
             _ => None,
+        }
+    }
+
+    /// Truthiness for flags like `halt`, `ADMIN_MODE`: `1`, `Y`, `true`.
+    pub fn truthy(&self) -> bool {
+        match self {
+            P::Bool(b) => *b,
+            P::Num(n) => n.as_f64().is_some_and(|f| f != 0.0),
+            P::Str(s) => matches!(s.trim().to_ascii_uppercase().as_str(), "1" | "Y" | "TRUE"),
+            _ => false,
         }
     }
 
@@ -99,7 +114,10 @@ pub fn php_intval(s: &str) -> i64 {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let end = digits.bytes().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
     let n: i64 = digits[..end].parse().unwrap_or(0);
     if neg {
         -n
@@ -180,7 +198,10 @@ pub fn from_form(s: &str) -> P {
         if head.is_empty() {
             continue;
         }
-        let head: String = head.chars().map(|c| if c == '.' || c == ' ' { '_' } else { c }).collect();
+        let head: String = head
+            .chars()
+            .map(|c| if c == '.' || c == ' ' { '_' } else { c })
+            .collect();
         let mut segs = vec![Some(head)];
         segs.extend(path);
         insert_path(&mut root, &segs, P::Str(value));
@@ -195,8 +216,10 @@ fn form_urlencoded_pairs(s: &str) -> Vec<(String, String)> {
             .filter(|p| !p.is_empty())
             .filter_map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                let k = serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("{k}=")).ok()?;
-                let v = serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("x={v}")).ok()?;
+                let k =
+                    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("{k}=")).ok()?;
+                let v =
+                    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("x={v}")).ok()?;
                 Some((k.first()?.0.clone(), v.first()?.1.clone()))
             })
             .collect()
@@ -205,14 +228,20 @@ fn form_urlencoded_pairs(s: &str) -> Vec<(String, String)> {
 
 /// `a[b][]` → ("a", [Some("b"), None]). Unbalanced brackets: PHP keeps the rest as part of the name.
 fn split_key(key: &str) -> (&str, Vec<Option<String>>) {
-    let Some(open) = key.find('[') else { return (key, Vec::new()) };
+    let Some(open) = key.find('[') else {
+        return (key, Vec::new());
+    };
     let head = &key[..open];
     let mut segs = Vec::new();
     let mut rest = &key[open..];
     while let Some(r) = rest.strip_prefix('[') {
         let Some(close) = r.find(']') else { break };
         let seg = &r[..close];
-        segs.push(if seg.is_empty() { None } else { Some(seg.to_string()) });
+        segs.push(if seg.is_empty() {
+            None
+        } else {
+            Some(seg.to_string())
+        });
         rest = &r[close + 1..];
     }
     if segs.is_empty() {
@@ -230,7 +259,11 @@ fn insert_path(node: &mut P, segs: &[Option<String>], value: P) {
         Some(k) => k.clone(),
         None => {
             // `[]`: next integer key, like PHP.
-            let next = m.iter().filter_map(|(k, _)| k.parse::<i64>().ok()).max().map_or(0, |n| n + 1);
+            let next = m
+                .iter()
+                .filter_map(|(k, _)| k.parse::<i64>().ok())
+                .max()
+                .map_or(0, |n| n + 1);
             next.to_string()
         }
     };
@@ -262,11 +295,20 @@ mod tests {
             "FILTER%5B%3E%3DCALL_START_DATE%5D=2025-01-01T00%3A00%3A00%2B03%3A00&FILTER[PORTAL_USER_ID][0]=5&FILTER[PORTAL_USER_ID][1]=7&a[]=x&a[]=y&start=-1&x.y=1",
         );
         let f = p.get_ci("filter").unwrap();
-        assert_eq!(f.get_ci(">=CALL_START_DATE"), Some(&P::Str("2025-01-01T00:00:00+03:00".into())));
+        assert_eq!(
+            f.get_ci(">=CALL_START_DATE"),
+            Some(&P::Str("2025-01-01T00:00:00+03:00".into()))
+        );
         let users: Vec<_> = f.get_ci("PORTAL_USER_ID").unwrap().elements().unwrap();
         assert_eq!(users.len(), 2);
         let a = p.get_ci("a").unwrap();
-        assert_eq!(a, &P::Map(vec![("0".into(), P::Str("x".into())), ("1".into(), P::Str("y".into()))]));
+        assert_eq!(
+            a,
+            &P::Map(vec![
+                ("0".into(), P::Str("x".into())),
+                ("1".into(), P::Str("y".into()))
+            ])
+        );
         assert_eq!(p.get_ci("start").unwrap().as_int(), -1);
         assert!(p.get_ci("x_y").is_some());
     }
@@ -274,7 +316,9 @@ mod tests {
     #[test]
     fn json_keeps_order() {
         let p = from_json(br#"{"cmd":{"c10":"a","c2":"b","c1":"c"}}"#).unwrap();
-        let P::Map(m) = p.get_ci("cmd").unwrap() else { panic!() };
+        let P::Map(m) = p.get_ci("cmd").unwrap() else {
+            panic!()
+        };
         let keys: Vec<_> = m.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["c10", "c2", "c1"]);
     }
