@@ -56,8 +56,10 @@ pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
             if let Ok(n) = code.parse::<i64>() {
                 return matches!(n & 0xff, 5 | 6);
             }
-            matches!(&*code, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300")
-                || code.starts_with("08")
+            matches!(
+                &*code,
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+            ) || code.starts_with("08")
         }
         _ => false,
     }

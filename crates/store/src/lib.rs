@@ -159,8 +159,13 @@ const ENTRY_COLUMNS: &str = "portal, call_id, state, reason, detail, talk_id, at
 macro_rules! entry_from_row {
     ($row:expr) => {{
         let row = &$row;
-        let call_json: Option<Json<serde_json::Value>> = row.try_get("call_json")?;
         let call_id: i64 = row.try_get("call_id")?;
+        let call_json: Option<Json<Call>> = row.try_get("call_json").map_err(|e| match e {
+            sqlx::Error::ColumnDecode { .. } => {
+                Error::Data(format!("stored call {call_id} cannot be read: {e}"))
+            }
+            other => Error::Database(other),
+        })?;
         LedgerEntry {
             portal: row.try_get("portal")?,
             call_id: to_u64(call_id)?,
@@ -171,12 +176,7 @@ macro_rules! entry_from_row {
             attempts: to_u32(row.try_get("attempts")?)?,
             mono: row.try_get("mono")?,
             reuploaded_after_crash: row.try_get("reuploaded_after_crash")?,
-            call: match call_json {
-                Some(Json(v)) => Some(serde_json::from_value::<Call>(v).map_err(|e| {
-                    Error::Data(format!("stored call {call_id} cannot be read: {e}"))
-                })?),
-                None => None,
-            },
+            call: call_json.map(|j| j.0),
             lease_owner: row.try_get("lease_owner")?,
             lease_until: row.try_get("lease_until")?,
             updated_at: row.try_get("updated_at")?,
@@ -255,7 +255,13 @@ impl Store {
                 qb.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in unique.chunks(REGISTER_CHUNK) {
-                let mut qb = QueryBuilder::new(format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = "));
+                // Only uploaded rows may hold another call than the one just written: skip decoding the rest.
+                let columns = ENTRY_COLUMNS.replace(
+                    "call_json",
+                    "CASE WHEN state = 'uploaded' THEN call_json ELSE NULL END AS call_json",
+                );
+                let mut qb =
+                    QueryBuilder::new(format!("SELECT {columns} FROM ledger WHERE portal = "));
                 qb.push_bind(portal).push(" AND call_id IN (");
                 let mut ids = qb.separated(", ");
                 for (id, _) in chunk {
@@ -263,7 +269,10 @@ impl Store {
                 }
                 qb.push(")");
                 for row in qb.build().persistent(false).fetch_all(&mut *tx).await? {
-                    let entry = entry_from_row!(row);
+                    let mut entry = entry_from_row!(row);
+                    if entry.state != LedgerState::Uploaded {
+                        entry.call = position.get(&entry.call_id).map(|&i| unique[i].1.clone());
+                    }
                     found.insert(entry.call_id, entry);
                 }
             }
@@ -322,8 +331,11 @@ impl Store {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<Claim>, Error> {
-        let states: Vec<LedgerState> =
-            states.iter().copied().filter(|s| *s != LedgerState::Uploaded).collect();
+        let states: Vec<LedgerState> = states
+            .iter()
+            .copied()
+            .filter(|s| *s != LedgerState::Uploaded)
+            .collect();
         if states.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -394,9 +406,11 @@ impl Store {
     pub async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Result<bool, Error> {
         let id = to_i64(claim.call_id)?;
         let (talk_id, mono, reuploaded, detail) = match outcome {
-            Outcome::Uploaded { talk_id, mono, reuploaded_after_crash } => {
-                (Some(talk_id.as_str()), *mono, *reuploaded_after_crash, None)
-            }
+            Outcome::Uploaded {
+                talk_id,
+                mono,
+                reuploaded_after_crash,
+            } => (Some(talk_id.as_str()), *mono, *reuploaded_after_crash, None),
             Outcome::Skipped { .. } => (None, false, false, None),
             Outcome::Failed { detail, .. } => (None, false, false, Some(detail.as_str())),
         };
@@ -457,8 +471,13 @@ impl Store {
     pub async fn entry(&self, portal: &str, call_id: u64) -> Result<Option<LedgerEntry>, Error> {
         let id = to_i64(call_id)?;
         on_db!(self, |pool, _d| {
-            let sql = format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND call_id = $2");
-            let row = sqlx::query(&sql).bind(portal).bind(id).fetch_optional(pool).await?;
+            let sql =
+                format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND call_id = $2");
+            let row = sqlx::query(&sql)
+                .bind(portal)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
             match row {
                 Some(row) => Ok(Some(entry_from_row!(row))),
                 None => Ok(None),
@@ -482,7 +501,11 @@ impl Store {
                  ORDER BY call_id LIMIT $2",
                 state_list(states)
             );
-            let rows = sqlx::query(&sql).bind(portal).bind(i64::from(limit)).fetch_all(pool).await?;
+            let rows = sqlx::query(&sql)
+                .bind(portal)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(entry_from_row!(row));
@@ -491,12 +514,12 @@ impl Store {
         })
     }
 
-    /// Counts by (state, reason), for one portal or all, ordered by state then reason.
+    /// Counts by (state, reason), for one portal or all, ordered by state name then reason (none first).
     pub async fn counts(&self, portal: Option<&str>) -> Result<Vec<StateCount>, Error> {
         on_db!(self, |pool, _d| {
             let rows = sqlx::query(
                 "SELECT state, reason, COUNT(*) AS n FROM ledger WHERE ($1 IS NULL OR portal = $1) \
-                 GROUP BY state, reason ORDER BY state, reason",
+                 GROUP BY state, reason",
             )
             .bind(portal)
             .fetch_all(pool)
@@ -509,19 +532,29 @@ impl Store {
                     count: to_u64(row.try_get("n")?)?,
                 });
             }
+            // Sorted here: NULL placement and text collation differ between the backends.
+            out.sort_by(|a, b| (a.state.as_str(), &a.reason).cmp(&(b.state.as_str(), &b.reason)));
             Ok(out)
         })
     }
 
     /// Makes `failed` calls (of one portal or all; optionally only those with `reason`) `pending` again.
     /// Returns how many. Attempts are kept.
-    pub async fn reset_failed(&self, portal: Option<&str>, reason: Option<&str>) -> Result<u64, Error> {
+    pub async fn reset_failed(
+        &self,
+        portal: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<u64, Error> {
         on_db!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE ledger SET state = 'pending', reason = NULL, detail = NULL, updated_at = {now} \
                  WHERE state = 'failed' AND ($1 IS NULL OR portal = $1) AND ($2 IS NULL OR reason = $2)",
             );
-            let done = sqlx::query(&sql).bind(portal).bind(reason).execute(pool).await?;
+            let done = sqlx::query(&sql)
+                .bind(portal)
+                .bind(reason)
+                .execute(pool)
+                .await?;
             Ok(done.rows_affected())
         })
     }
@@ -548,7 +581,12 @@ impl Store {
                  ON CONFLICT (portal, key) DO UPDATE SET last_id = excluded.last_id, updated_at = {now} \
                  WHERE excluded.last_id > cursors.last_id",
             );
-            sqlx::query(&sql).bind(portal).bind(key).bind(last).execute(pool).await?;
+            sqlx::query(&sql)
+                .bind(portal)
+                .bind(key)
+                .bind(last)
+                .execute(pool)
+                .await?;
             Ok(())
         })
     }
@@ -556,18 +594,27 @@ impl Store {
     /// Records the start of a run; returns its ID.
     pub async fn start_run(&self, portal: &str, params: &serde_json::Value) -> Result<i64, Error> {
         on_db!(self, |pool, _d| {
-            let id: i64 = sqlx::query_scalar("INSERT INTO runs (portal, params) VALUES ($1, $2) RETURNING id")
-                .bind(portal)
-                .bind(Json(params))
-                .fetch_one(pool)
-                .await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO runs (portal, params) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(portal)
+            .bind(Json(params))
+            .fetch_one(pool)
+            .await?;
             Ok(id)
         })
     }
 
-    pub async fn finish_run(&self, run_id: i64, status: &str, summary: &serde_json::Value) -> Result<(), Error> {
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), Error> {
         on_db!(self, |pool, d| {
-            let sql = d.sql("UPDATE runs SET finished_at = {now}, status = $2, summary = $3 WHERE id = $1");
+            let sql = d.sql(
+                "UPDATE runs SET finished_at = {now}, status = $2, summary = $3 WHERE id = $1",
+            );
             let done = sqlx::query(&sql)
                 .bind(run_id)
                 .bind(status)
@@ -609,21 +656,29 @@ impl Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend()).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
     }
 }
 
 /// `'pending', 'failed'` — built from the enum's fixed names, never from input.
 fn state_list(states: &[LedgerState]) -> String {
-    states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ")
+    states
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_state(s: String) -> Result<LedgerState, Error> {
-    s.parse().map_err(|e| Error::Data(format!("stored ledger state: {e}")))
+    s.parse()
+        .map_err(|e| Error::Data(format!("stored ledger state: {e}")))
 }
 
 fn to_i64(n: u64) -> Result<i64, Error> {
-    i64::try_from(n).map_err(|_| Error::Data(format!("ID {n} does not fit the ledger's 63-bit integers")))
+    i64::try_from(n)
+        .map_err(|_| Error::Data(format!("ID {n} does not fit the ledger's 63-bit integers")))
 }
 
 fn to_u64(n: i64) -> Result<u64, Error> {

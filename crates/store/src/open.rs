@@ -50,14 +50,19 @@ impl Store {
     /// PostgreSQL with every table inside `schema` (created if missing; every connection's `search_path`
     /// is set to it). For tests' isolation and for operators who share one database.
     pub async fn open_postgres_schema(url: &str, schema: &str) -> Result<Store, Error> {
-        let options = OpenOptions { schema: Some(schema.to_owned()), ..OpenOptions::default() };
+        let options = OpenOptions {
+            schema: Some(schema.to_owned()),
+            ..OpenOptions::default()
+        };
         Store::open_with(url, options).await
     }
 
     pub async fn open_with(url: &str, options: OpenOptions) -> Result<Store, Error> {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             if options.schema.is_some() {
-                return Err(Error::InvalidUrl("a schema applies to PostgreSQL only".into()));
+                return Err(Error::InvalidUrl(
+                    "a schema applies to PostgreSQL only".into(),
+                ));
             }
             let path = rest.strip_prefix("//").unwrap_or(rest);
             open_sqlite(path, &options).await
@@ -77,7 +82,9 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         return Err(Error::InvalidUrl("sqlite: URL without a file path".into()));
     }
     if path.contains('?') {
-        return Err(Error::InvalidUrl("sqlite: URL parameters are not supported; give a plain file path".into()));
+        return Err(Error::InvalidUrl(
+            "sqlite: URL parameters are not supported; give a plain file path".into(),
+        ));
     }
     let memory = path == ":memory:";
     let file = PathBuf::from(path);
@@ -101,7 +108,11 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
             .synchronous(SqliteSynchronous::Normal);
     }
     let pool = SqlitePoolOptions::new()
-        .max_connections(if memory { 1 } else { options.max_connections.max(1) })
+        .max_connections(if memory {
+            1
+        } else {
+            options.max_connections.max(1)
+        })
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)
         .await
@@ -118,7 +129,9 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         });
     }
     tracing::debug!(path = %file.display(), "opened SQLite ledger");
-    Ok(Store { db: Db::Sqlite(pool) })
+    Ok(Store {
+        db: Db::Sqlite(pool),
+    })
 }
 
 fn sqlite_open_error(e: sqlx::Error, file: &Path) -> Error {
@@ -126,10 +139,15 @@ fn sqlite_open_error(e: sqlx::Error, file: &Path) -> Error {
         return corrupt(file, &e);
     }
     match e {
-        sqlx::Error::Database(db) => {
-            Error::Unreachable(format!("cannot open SQLite database {}: {}", file.display(), db.message()))
-        }
-        sqlx::Error::Io(io) => Error::Unreachable(format!("cannot open SQLite database {}: {io}", file.display())),
+        sqlx::Error::Database(db) => Error::Unreachable(format!(
+            "cannot open SQLite database {}: {}",
+            file.display(),
+            db.message()
+        )),
+        sqlx::Error::Io(io) => Error::Unreachable(format!(
+            "cannot open SQLite database {}: {io}",
+            file.display()
+        )),
         other => Error::Database(other),
     }
 }
@@ -139,7 +157,10 @@ fn corrupt(file: &Path, e: &sqlx::Error) -> Error {
         sqlx::Error::Database(db) => db.message().to_owned(),
         other => other.to_string(),
     };
-    Error::Corrupt { path: file.to_path_buf(), reason }
+    Error::Corrupt {
+        path: file.to_path_buf(),
+        reason,
+    }
 }
 
 async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error> {
@@ -162,10 +183,13 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
         Ok(Ok(conn)) => conn,
     };
     if let Some(schema) = &options.schema {
-        let created = conn.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str()).await;
+        let created = conn
+            .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+            .await;
         if let Err(e) = created {
             // Another process creating the same schema at the same moment is fine.
-            let race = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
+            let race =
+                matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
             if !race {
                 return Err(Error::Database(e));
             }
@@ -184,7 +208,9 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
         return Err(migrate_error(e, &POSTGRES_MIGRATIONS));
     }
     tracing::debug!(url = %shown, schema = ?options.schema, "opened PostgreSQL ledger");
-    Ok(Store { db: Db::Postgres(pool) })
+    Ok(Store {
+        db: Db::Postgres(pool),
+    })
 }
 
 fn pg_connect_error(e: sqlx::Error, shown: &str) -> Error {
@@ -208,7 +234,9 @@ fn migrate_error(e: MigrateError, migrator: &Migrator) -> Error {
 /// `CREATE SCHEMA` and the `search_path` option in agreement and free of injection.
 fn validate_schema(schema: &str) -> Result<(), Error> {
     let mut chars = schema.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if first_ok && rest_ok && schema.len() <= 63 {
         Ok(())
@@ -234,7 +262,10 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// Removes the password (if any) of `url` from `text`.
 fn redact_text(text: &str, url: &str) -> String {
-    match url::Url::parse(url).ok().and_then(|u| u.password().map(str::to_owned)) {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    {
         Some(pw) if !pw.is_empty() => text.replace(&pw, "REDACTED"),
         _ => text.to_owned(),
     }
@@ -246,9 +277,15 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:s3cret@h:5432/db"), "postgres://u:REDACTED@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:REDACTED@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_text("bad s3cret here", "postgres://u:s3cret@h/db"), "bad REDACTED here");
+        assert_eq!(
+            redact_text("bad s3cret here", "postgres://u:s3cret@h/db"),
+            "bad REDACTED here"
+        );
     }
 
     #[test]

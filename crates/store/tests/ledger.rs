@@ -1,0 +1,912 @@
+//! The ledger suite, written once and run against SQLite (a temp file) and PostgreSQL (a random schema in
+//! postgres://postgres@127.0.0.1:5432/test, dropped afterwards).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use b24sense_core::{Call, FailReason, LedgerState, Outcome, SkipReason};
+use b24sense_store::{Backend, Claim, Error, OpenOptions, StateCount, Store};
+use chrono::FixedOffset;
+use serde_json::json;
+use sqlx::{Connection, Executor};
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const LEASE: Duration = Duration::from_secs(1);
+const P: &str = "acme.bitrix24.ru";
+
+/// Where one test's database lives; dropping it removes the PostgreSQL schema (also when the test panics).
+enum Fx {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    },
+    Pg {
+        schema: String,
+    },
+}
+
+impl Fx {
+    fn sqlite() -> Fx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A nested path: open must create the parent directories.
+        let path = dir.path().join("nested/dir/ledger.db");
+        Fx::Sqlite { _dir: dir, path }
+    }
+
+    fn pg() -> Fx {
+        Fx::Pg {
+            schema: format!("t_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        match self {
+            Fx::Sqlite { .. } => Backend::Sqlite,
+            Fx::Pg { .. } => Backend::Postgres,
+        }
+    }
+
+    async fn open(&self) -> Result<Store, Error> {
+        match self {
+            Fx::Sqlite { path, .. } => Store::open(&format!("sqlite:{}", path.display())).await,
+            Fx::Pg { schema } => Store::open_postgres_schema(PG_URL, schema).await,
+        }
+    }
+
+    async fn store(&self) -> Store {
+        let store = self.open().await.expect("open store");
+        assert_eq!(store.backend(), self.backend());
+        store
+    }
+
+    /// Runs one statement on a separate raw connection (what an operator or another program would do).
+    async fn raw(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Fx::Sqlite { path, .. } => {
+                let mut c =
+                    sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display())).await?;
+                Ok(c.execute(sql).await?.rows_affected())
+            }
+            Fx::Pg { schema } => {
+                let mut c = sqlx::PgConnection::connect(PG_URL).await?;
+                c.execute(format!("SET search_path TO {schema}").as_str())
+                    .await?;
+                Ok(c.execute(sql).await?.rows_affected())
+            }
+        }
+    }
+
+    async fn raw_count(&self, sql: &str) -> i64 {
+        match self {
+            Fx::Sqlite { path, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Fx::Pg { schema } => {
+                let mut c = sqlx::PgConnection::connect(PG_URL).await.unwrap();
+                c.execute(format!("SET search_path TO {schema}").as_str())
+                    .await
+                    .unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+}
+
+impl Drop for Fx {
+    fn drop(&mut self) {
+        if let Fx::Pg { schema } = self {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            // Drop may run inside the test's runtime: do the async cleanup on a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(PG_URL).await {
+                        let _ = c.execute(sql.as_str()).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn call(id: u64, record_url: Option<&str>) -> Call {
+    let row = json!({
+        "ID": id.to_string(), "CALL_ID": format!("call-{id}"), "CALL_DURATION": "60", "CALL_TYPE": "1",
+        "CALL_START_DATE": "2026-03-10T11:19:38+03:00", "CALL_RECORD_URL": record_url.unwrap_or(""),
+        "PORTAL_USER_ID": "12", "PHONE_NUMBER": "+79001234567",
+    });
+    Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
+}
+
+fn uploaded(talk: &str) -> Outcome {
+    Outcome::Uploaded {
+        talk_id: talk.into(),
+        mono: false,
+        reuploaded_after_crash: false,
+    }
+}
+
+fn failed(reason: FailReason) -> Outcome {
+    Outcome::Failed {
+        reason,
+        detail: format!("detail of {reason}"),
+    }
+}
+
+/// Retries `claim` until the current lease has expired (bounded: 5 s).
+async fn claim_after_expiry(store: &Store, id: u64, owner: &str) -> Claim {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(c) = store.claim(P, id, owner, LEASE).await.unwrap() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "lease on {id} never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Claim, finish with `outcome`.
+async fn settle(store: &Store, portal: &str, id: u64, outcome: Outcome) {
+    let c = store
+        .claim(portal, id, "settler", LEASE)
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert!(store.finish(&c, &outcome).await.unwrap());
+}
+
+async fn register_is_idempotent_and_refreshes_calls(fx: &Fx) {
+    let store = fx.store().await;
+    let first = store
+        .register(P, &[call(3, None), call(1, None), call(2, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.call_id).collect::<Vec<_>>(),
+        [3, 1, 2],
+        "input order"
+    );
+    for e in &first {
+        assert_eq!(
+            (e.state, e.attempts, e.portal.as_str()),
+            (LedgerState::Pending, 0, P)
+        );
+        assert_eq!(e.call.as_ref().unwrap(), &call(e.call_id, None));
+        assert!(e.lease_owner.is_none() && e.lease_until.is_none() && e.talk_id.is_none());
+    }
+    settle(&store, P, 1, uploaded("talk-1")).await;
+    settle(
+        &store,
+        P,
+        3,
+        Outcome::Skipped {
+            reason: SkipReason::NoRecording,
+        },
+    )
+    .await;
+
+    // Again, with recordings that appeared meanwhile, a duplicate ID and a new call.
+    let rec = Some("https://acme.bitrix24.ru/rec.mp3");
+    let again = store
+        .register(
+            P,
+            &[
+                call(1, rec),
+                call(2, rec),
+                call(3, rec),
+                call(4, None),
+                call(2, rec),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|e| e.call_id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 2]
+    );
+    assert_eq!(again[0].state, LedgerState::Uploaded);
+    assert_eq!(again[0].talk_id.as_deref(), Some("talk-1"));
+    assert_eq!(
+        again[0].call.as_ref().unwrap(),
+        &call(1, None),
+        "uploaded rows keep their call"
+    );
+    assert_eq!(
+        again[1].call.as_ref().unwrap(),
+        &call(2, rec),
+        "pending rows are refreshed"
+    );
+    assert_eq!(
+        again[2].state,
+        LedgerState::Skipped,
+        "register never changes a state"
+    );
+    assert_eq!(again[2].reason.as_deref(), Some("no_recording"));
+    assert_eq!(
+        again[2].call.as_ref().unwrap(),
+        &call(3, rec),
+        "skipped rows are refreshed"
+    );
+    assert_eq!(again[3].state, LedgerState::Pending);
+    assert_eq!(again[4], again[1]);
+
+    // Same input once more: nothing changes, not even updated_at.
+    let same = store.register(P, &[call(2, rec)]).await.unwrap();
+    assert_eq!(same[0], again[1]);
+    // Another portal's call 1 is another row.
+    let other = store
+        .register("other.bitrix24.ru", &[call(1, None)])
+        .await
+        .unwrap();
+    assert_eq!(other[0].state, LedgerState::Pending);
+    assert!(store.register(P, &[]).await.unwrap().is_empty());
+    assert!(store.entry(P, 99).await.unwrap().is_none());
+}
+
+async fn register_a_large_page_in_one_transaction(fx: &Fx) {
+    let store = fx.store().await;
+    let calls: Vec<Call> = (1..=2500).map(|i| call(i, None)).collect();
+    let started = Instant::now();
+    let entries = store.register(P, &calls).await.unwrap();
+    eprintln!(
+        "{:?}: register 2500 new calls took {:?}",
+        fx.backend(),
+        started.elapsed()
+    );
+    assert_eq!(entries.len(), 2500);
+    assert!(entries
+        .iter()
+        .zip(1..)
+        .all(|(e, id)| e.call_id == id && e.state == LedgerState::Pending));
+    let started = Instant::now();
+    store.register(P, &calls).await.unwrap();
+    eprintln!(
+        "{:?}: register 2500 known calls took {:?}",
+        fx.backend(),
+        started.elapsed()
+    );
+    let counts = store.counts(Some(P)).await.unwrap();
+    assert_eq!(
+        counts,
+        [StateCount {
+            state: LedgerState::Pending,
+            reason: None,
+            count: 2500
+        }]
+    );
+}
+
+async fn ids_beyond_63_bits_are_refused(fx: &Fx) {
+    let store = fx.store().await;
+    let mut c = call(1, None);
+    c.id = u64::MAX;
+    assert!(matches!(store.register(P, &[c]).await, Err(Error::Data(_))));
+    assert!(matches!(
+        store.claim(P, u64::MAX, "a", LEASE).await,
+        Err(Error::Data(_))
+    ));
+}
+
+async fn claim_holds_until_the_lease_expires(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(7, None)]).await.unwrap();
+    assert!(
+        store.claim(P, 8, "a", LEASE).await.unwrap().is_none(),
+        "unknown call"
+    );
+
+    let a = store
+        .claim(P, 7, "a", LEASE)
+        .await
+        .unwrap()
+        .expect("free row");
+    assert_eq!((a.call_id, a.owner.as_str(), a.fence), (7, "a", 1));
+    assert_eq!(
+        (a.in_doubt, a.attempts, a.previous),
+        (false, 0, LedgerState::Pending)
+    );
+    let e = store.entry(P, 7).await.unwrap().unwrap();
+    assert_eq!(e.lease_owner.as_deref(), Some("a"));
+    let until = e.lease_until.expect("lease time");
+    let ahead = until - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::zero() && ahead <= chrono::Duration::seconds(2),
+        "{ahead}"
+    );
+
+    assert!(
+        store.claim(P, 7, "b", LEASE).await.unwrap().is_none(),
+        "held by a"
+    );
+    assert!(
+        store.claim(P, 7, "a", LEASE).await.unwrap().is_none(),
+        "not even a may claim twice"
+    );
+
+    let b = claim_after_expiry(&store, 7, "b").await;
+    assert_eq!(
+        (b.fence, b.previous, b.in_doubt),
+        (2, LedgerState::Pending, false)
+    );
+
+    // Renewing keeps b's lease alive past the original expiry.
+    assert!(store.renew(&b, Duration::from_secs(30)).await.unwrap());
+    tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
+    assert!(
+        store.claim(P, 7, "c", LEASE).await.unwrap().is_none(),
+        "renewed lease still held"
+    );
+}
+
+async fn fencing_stops_a_worker_whose_lease_was_taken_over(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(5, None)]).await.unwrap();
+    let a = store.claim(P, 5, "worker-a", LEASE).await.unwrap().unwrap();
+    let b = claim_after_expiry(&store, 5, "worker-b").await;
+    assert!(b.fence > a.fence);
+    let before = store.entry(P, 5).await.unwrap().unwrap();
+
+    assert!(!store.finish(&a, &uploaded("talk-from-a")).await.unwrap());
+    assert!(!store.mark_uploading(&a).await.unwrap());
+    assert!(!store.renew(&a, LEASE).await.unwrap());
+    assert!(!store.release(&a).await.unwrap());
+    assert_eq!(
+        store.entry(P, 5).await.unwrap().unwrap(),
+        before,
+        "a's calls changed nothing"
+    );
+
+    assert!(store.mark_uploading(&b).await.unwrap());
+    let done = Outcome::Uploaded {
+        talk_id: "talk-from-b".into(),
+        mono: true,
+        reuploaded_after_crash: false,
+    };
+    assert!(store.finish(&b, &done).await.unwrap());
+    let e = store.entry(P, 5).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.talk_id.as_deref(), e.attempts, e.mono),
+        (LedgerState::Uploaded, Some("talk-from-b"), 1, true)
+    );
+    assert!(e.lease_owner.is_none() && e.lease_until.is_none());
+    assert!(
+        !store.finish(&b, &uploaded("again")).await.unwrap(),
+        "a finished claim is spent"
+    );
+    assert!(
+        store.claim(P, 5, "c", LEASE).await.unwrap().is_none(),
+        "uploaded calls are never claimed"
+    );
+}
+
+async fn an_expired_upload_is_in_doubt(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(9, None)]).await.unwrap();
+    let a = store.claim(P, 9, "a", LEASE).await.unwrap().unwrap();
+    assert!(store.mark_uploading(&a).await.unwrap());
+    assert_eq!(
+        store.entry(P, 9).await.unwrap().unwrap().state,
+        LedgerState::Uploading
+    );
+    // a "crashes"; b finds the upload in doubt.
+    let b = claim_after_expiry(&store, 9, "b").await;
+    assert!(b.in_doubt);
+    assert_eq!(b.previous, LedgerState::Uploading);
+    let done = Outcome::Uploaded {
+        talk_id: "t9".into(),
+        mono: false,
+        reuploaded_after_crash: true,
+    };
+    assert!(store.finish(&b, &done).await.unwrap());
+    let e = store.entry(P, 9).await.unwrap().unwrap();
+    assert!(e.reuploaded_after_crash && !e.mono);
+    assert_eq!((e.state, e.attempts), (LedgerState::Uploaded, 1));
+}
+
+async fn an_expired_lease_nobody_took_still_commits(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(11, None)]).await.unwrap();
+    let a = store
+        .claim(P, 11, "a", Duration::from_millis(200))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.mark_uploading(&a).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The fence has not moved: the finished upload must be recorded, not lost.
+    assert!(store.finish(&a, &uploaded("t11")).await.unwrap());
+    assert_eq!(
+        store.entry(P, 11).await.unwrap().unwrap().state,
+        LedgerState::Uploaded
+    );
+}
+
+async fn concurrent_claims_have_one_winner(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(42, None)]).await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .claim(P, 42, &format!("w{i}"), Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Some(c) = t.await.unwrap() {
+            winners.push(c);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let e = store.entry(P, 42).await.unwrap().unwrap();
+    assert_eq!(e.lease_owner.as_deref(), Some(winners[0].owner.as_str()));
+}
+
+async fn claim_next_hands_out_disjoint_rows(fx: &Fx) {
+    let store = fx.store().await;
+    let calls: Vec<Call> = (1..=20).map(|i| call(i, None)).collect();
+    store.register(P, &calls).await.unwrap();
+    settle(&store, P, 1, uploaded("t1")).await;
+    settle(&store, P, 2, failed(FailReason::DownloadFailed)).await;
+
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_next(
+                        P,
+                        &[LedgerState::Pending],
+                        &format!("w{i}"),
+                        Duration::from_secs(30),
+                        5,
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for t in tasks {
+        let claims = t.await.unwrap();
+        assert!(
+            claims.windows(2).all(|w| w[0].call_id < w[1].call_id),
+            "ascending"
+        );
+        for c in claims {
+            assert!(
+                seen.insert(c.call_id),
+                "call {} handed out twice",
+                c.call_id
+            );
+            assert_eq!((c.fence, c.previous), (1, LedgerState::Pending));
+        }
+    }
+    let rest = store
+        .claim_next(P, &[LedgerState::Pending], "late", LEASE, 100)
+        .await
+        .unwrap();
+    seen.extend(rest.iter().map(|c| c.call_id));
+    assert_eq!(
+        seen,
+        (3..=20).collect::<HashSet<u64>>(),
+        "every pending row exactly once, none uploaded/failed"
+    );
+    // Failed rows are picked only when asked for; uploaded never.
+    let retry = store
+        .claim_next(
+            P,
+            &[LedgerState::Failed, LedgerState::Uploaded],
+            "r",
+            LEASE,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        retry
+            .iter()
+            .map(|c| (c.call_id, c.previous))
+            .collect::<Vec<_>>(),
+        [(2, LedgerState::Failed)]
+    );
+    assert!(store
+        .claim_next(P, &[LedgerState::Uploaded], "r", LEASE, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn release_gives_the_row_back(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register(P, &[call(1, None), call(2, None), call(3, None)])
+        .await
+        .unwrap();
+
+    // Released before the upload began: pending again, immediately claimable.
+    let a = store
+        .claim(P, 1, "a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.release(&a).await.unwrap());
+    let e = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.lease_owner, e.lease_until, e.attempts),
+        (LedgerState::Pending, None, None, 0)
+    );
+    assert!(!store.release(&a).await.unwrap(), "released twice");
+    assert!(
+        !store.finish(&a, &uploaded("late")).await.unwrap(),
+        "a released claim cannot commit"
+    );
+    assert!(store.claim(P, 1, "b", LEASE).await.unwrap().is_some());
+
+    // Released after the upload began: stays uploading (in doubt).
+    let a = store
+        .claim(P, 2, "a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.mark_uploading(&a).await.unwrap());
+    assert!(store.release(&a).await.unwrap());
+    let e = store.entry(P, 2).await.unwrap().unwrap();
+    assert_eq!((e.state, e.lease_owner), (LedgerState::Uploading, None));
+    let b = store.claim(P, 2, "b", LEASE).await.unwrap().unwrap();
+    assert!(b.in_doubt);
+
+    // A failed row claimed for a retry and released: pending, without the old reason.
+    settle(&store, P, 3, failed(FailReason::PortalError)).await;
+    let c = store.claim(P, 3, "c", LEASE).await.unwrap().unwrap();
+    assert_eq!((c.previous, c.attempts), (LedgerState::Failed, 1));
+    assert!(store.release(&c).await.unwrap());
+    let e = store.entry(P, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.reason, e.attempts),
+        (LedgerState::Pending, None, 1)
+    );
+}
+
+async fn counts_entries_and_reset_failed(fx: &Fx) {
+    let store = fx.store().await;
+    let q = "other.bitrix24.ru";
+    store
+        .register(P, &(1..=7).map(|i| call(i, None)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    store.register(q, &[call(1, None)]).await.unwrap();
+    settle(&store, P, 1, uploaded("t1")).await;
+    settle(
+        &store,
+        P,
+        2,
+        Outcome::Skipped {
+            reason: SkipReason::NoRecording,
+        },
+    )
+    .await;
+    settle(&store, P, 3, failed(FailReason::DownloadFailed)).await;
+    settle(&store, P, 4, failed(FailReason::DownloadFailed)).await;
+    settle(&store, P, 5, failed(FailReason::InvalidData)).await;
+    settle(
+        &store,
+        P,
+        6,
+        Outcome::Skipped {
+            reason: SkipReason::AlreadyUploaded,
+        },
+    )
+    .await;
+    settle(&store, q, 1, failed(FailReason::DownloadFailed)).await;
+
+    let sc = |state, reason: Option<&str>, count| StateCount {
+        state,
+        reason: reason.map(Into::into),
+        count,
+    };
+    assert_eq!(
+        store.counts(Some(P)).await.unwrap(),
+        [
+            sc(LedgerState::Failed, Some("download_failed"), 2),
+            sc(LedgerState::Failed, Some("invalid_data"), 1),
+            sc(LedgerState::Pending, None, 1),
+            sc(LedgerState::Skipped, Some("no_recording"), 1),
+            sc(LedgerState::Uploaded, None, 1),
+            sc(LedgerState::Uploaded, Some("already_uploaded"), 1),
+        ]
+    );
+    let all = store.counts(None).await.unwrap();
+    assert_eq!(all[0], sc(LedgerState::Failed, Some("download_failed"), 3));
+
+    let failed_rows = store.entries(P, &[LedgerState::Failed], 10).await.unwrap();
+    assert_eq!(
+        failed_rows.iter().map(|e| e.call_id).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    assert_eq!(
+        failed_rows[0].detail.as_deref(),
+        Some("detail of download_failed")
+    );
+    assert_eq!(failed_rows[0].call.as_ref().unwrap(), &call(3, None));
+    let two = store
+        .entries(P, &[LedgerState::Pending, LedgerState::Skipped], 2)
+        .await
+        .unwrap();
+    assert_eq!(two.iter().map(|e| e.call_id).collect::<Vec<_>>(), [2, 7]);
+    assert!(store.entries(P, &[], 10).await.unwrap().is_empty());
+
+    assert_eq!(
+        store
+            .reset_failed(Some(P), Some("download_failed"))
+            .await
+            .unwrap(),
+        2
+    );
+    let e = store.entry(P, 3).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.reason, e.detail, e.attempts),
+        (LedgerState::Pending, None, None, 1)
+    );
+    assert_eq!(
+        store.entry(q, 1).await.unwrap().unwrap().state,
+        LedgerState::Failed,
+        "other portal untouched"
+    );
+    assert_eq!(
+        store.entry(P, 5).await.unwrap().unwrap().state,
+        LedgerState::Failed,
+        "other reason untouched"
+    );
+    assert_eq!(store.reset_failed(None, None).await.unwrap(), 2);
+    assert_eq!(store.reset_failed(None, None).await.unwrap(), 0);
+    assert_eq!(
+        store.counts(Some(q)).await.unwrap(),
+        [sc(LedgerState::Pending, None, 1)]
+    );
+}
+
+async fn cursor_only_moves_forward(fx: &Fx) {
+    let store = fx.store().await;
+    assert_eq!(store.cursor(P, "f1").await.unwrap(), None);
+    store.set_cursor(P, "f1", 10).await.unwrap();
+    assert_eq!(store.cursor(P, "f1").await.unwrap(), Some(10));
+    store.set_cursor(P, "f1", 5).await.unwrap();
+    assert_eq!(store.cursor(P, "f1").await.unwrap(), Some(10));
+    store.set_cursor(P, "f1", 25).await.unwrap();
+    assert_eq!(store.cursor(P, "f1").await.unwrap(), Some(25));
+    store.set_cursor(P, "f2", 3).await.unwrap();
+    store.set_cursor("other", "f1", 1).await.unwrap();
+    assert_eq!(store.cursor(P, "f2").await.unwrap(), Some(3));
+    assert_eq!(store.cursor("other", "f1").await.unwrap(), Some(1));
+    assert_eq!(store.cursor(P, "f1").await.unwrap(), Some(25));
+}
+
+async fn runs_are_journaled(fx: &Fx) {
+    let store = fx.store().await;
+    assert!(store.last_run(None).await.unwrap().is_none());
+    let params = json!({"from": "2026-03-01", "filter": {"min_duration": 10}});
+    let r1 = store.start_run(P, &params).await.unwrap();
+    let run = store.last_run(Some(P)).await.unwrap().unwrap();
+    assert_eq!((run.id, run.portal.as_str(), &run.params), (r1, P, &params));
+    assert!(run.finished_at.is_none() && run.status.is_none() && run.summary.is_none());
+    let summary = json!({"uploaded": 3, "failed": {"download_failed": 1}});
+    store.finish_run(r1, "completed", &summary).await.unwrap();
+    let run = store.last_run(None).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_deref(), run.summary.as_ref()),
+        (Some("completed"), Some(&summary))
+    );
+    assert!(run.finished_at.unwrap() >= run.started_at);
+
+    let r2 = store.start_run("other", &json!({})).await.unwrap();
+    assert!(r2 > r1);
+    assert_eq!(store.last_run(None).await.unwrap().unwrap().id, r2);
+    assert_eq!(store.last_run(Some(P)).await.unwrap().unwrap().id, r1);
+    assert!(store.last_run(Some("nobody")).await.unwrap().is_none());
+    assert!(matches!(
+        store.finish_run(r2 + 100, "x", &json!(null)).await,
+        Err(Error::Data(_))
+    ));
+}
+
+async fn reopening_keeps_everything_and_rows_cannot_be_deleted(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register(P, &[call(1, None), call(2, None)])
+        .await
+        .unwrap();
+    settle(&store, P, 1, uploaded("t1")).await;
+    store.set_cursor(P, "k", 2).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let store = fx.store().await;
+    let e = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.talk_id.as_deref()),
+        (LedgerState::Uploaded, Some("t1"))
+    );
+    assert_eq!(store.cursor(P, "k").await.unwrap(), Some(2));
+    let refused = fx.raw("DELETE FROM ledger").await;
+    assert!(refused.is_err(), "the trigger refuses deletes: {refused:?}");
+    assert_eq!(fx.raw_count("SELECT COUNT(*) FROM ledger").await, 2);
+}
+
+async fn a_ledger_from_a_newer_version_is_refused(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(1, None)]).await.unwrap();
+    store.close().await;
+    drop(store);
+    let checksum = match fx.backend() {
+        Backend::Sqlite => "X'00'",
+        Backend::Postgres => "'\\x00'::bytea",
+    };
+    fx.raw(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', true, {checksum}, 0)"
+    ))
+    .await
+    .unwrap();
+    match fx.open().await {
+        Err(Error::TooNew { found, known }) => {
+            assert_eq!(found, 99990101000000);
+            assert!(known < found);
+        }
+        other => panic!("expected TooNew, got {other:?}"),
+    }
+    let err = fx.open().await.unwrap_err();
+    assert!(err.to_string().contains("newer b24sense"), "{err}");
+    assert_eq!(err.class(), b24sense_core::ErrorClass::Fatal);
+    assert_eq!(
+        fx.raw_count("SELECT COUNT(*) FROM ledger").await,
+        1,
+        "rows untouched"
+    );
+    assert_eq!(
+        fx.raw_count("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 99990101000000")
+            .await,
+        1
+    );
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Fx::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(&super::Fx::pg()).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    register_is_idempotent_and_refreshes_calls,
+    register_a_large_page_in_one_transaction,
+    ids_beyond_63_bits_are_refused,
+    claim_holds_until_the_lease_expires,
+    fencing_stops_a_worker_whose_lease_was_taken_over,
+    an_expired_upload_is_in_doubt,
+    an_expired_lease_nobody_took_still_commits,
+    concurrent_claims_have_one_winner,
+    claim_next_hands_out_disjoint_rows,
+    release_gives_the_row_back,
+    counts_entries_and_reset_failed,
+    cursor_only_moves_forward,
+    runs_are_journaled,
+    reopening_keeps_everything_and_rows_cannot_be_deleted,
+    a_ledger_from_a_newer_version_is_refused,
+);
+
+// Backend-specific failures.
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_reported_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let garbage: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &garbage).unwrap();
+    let err = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Corrupt { path: p, reason } => {
+            assert_eq!(p, &path);
+            assert!(reason.contains("not a database"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "file bytes unchanged"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_fails_fast() {
+    let started = Instant::now();
+    let options = OpenOptions {
+        connect_timeout: Duration::from_secs(2),
+        ..OpenOptions::default()
+    };
+    let err = Store::open_with("postgres://postgres:hunter2@127.0.0.1:1/test", options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreachable(_)), "{err:?}");
+    assert!(err.class().is_retryable());
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "password leaked: {shown}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn bad_urls_and_schema_names_are_refused() {
+    for url in [
+        "mysql://x/y",
+        "ledger.db",
+        "sqlite:",
+        "sqlite://a.db?mode=ro",
+    ] {
+        assert!(
+            matches!(Store::open(url).await, Err(Error::InvalidUrl(_))),
+            "{url}"
+        );
+    }
+    assert!(matches!(
+        Store::open_postgres_schema(PG_URL, "Bad; drop").await,
+        Err(Error::InvalidUrl(_))
+    ));
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_works() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    store.register(P, &[call(1, None)]).await.unwrap();
+    assert!(store.claim(P, 1, "a", LEASE).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn schemas_isolate_stores_in_one_database() {
+    let (a, b) = (Fx::pg(), Fx::pg());
+    let (sa, sb) = (a.store().await, b.store().await);
+    sa.register(P, &[call(1, None)]).await.unwrap();
+    assert!(sb.entry(P, 1).await.unwrap().is_none());
+    assert!(sa.entry(P, 1).await.unwrap().is_some());
+}
