@@ -471,12 +471,9 @@ impl Bitrix24Client {
                 status: code,
                 detail,
             };
-            // Proxies under load answer with HTML; a cut-off 200 is a broken transfer. Other 4xx are final.
-            return if status.is_success()
-                || status.is_server_error()
-                || code == 429
-                || (html && code == 404)
-            {
+            // Proxies under load answer with HTML 5xx; a cut-off 200 is a broken transfer. A non-JSON 4xx means
+            // the URL is not a Bitrix24 REST endpoint: final.
+            return if status.is_success() || status.is_server_error() || code == 429 {
                 Ok(Err(Next::Retry(e, None)))
             } else {
                 Err(e)

@@ -281,6 +281,13 @@ async fn html_502_and_truncated_json_are_retried() {
             json!([1, 2, 3])
         );
         assert_eq!(c.stats().retries, 2);
+
+        // An HTML 404 is not a Bitrix24 endpoint at all: no retry, the run stops.
+        mock.push(Reply::Raw(404, "text/html", b"<html>nginx</html>".to_vec()));
+        let e = c.call("scope", json!({})).await.unwrap_err();
+        assert!(matches!(e, Error::Http { status: 404, .. }), "{e:?}");
+        assert_eq!(e.class(), ErrorClass::Fatal);
+        assert_eq!(c.stats().requests, 4);
     })
     .await
 }
