@@ -171,7 +171,7 @@ pub struct AccessToken {
 
 /// Supplies OAuth access tokens (the store/engine owns refresh tokens and their rotation).
 pub trait TokenSource: Send + Sync {
-    /// Current access token and the portal's REST base (client_endpoint, e.g. https://acme.bitrix24.ru/rest/).
+    /// Current access token and the portal's REST base (`client_endpoint`, e.g. `https://acme.bitrix24.ru/rest/`).
     fn access_token(&self) -> BoxFuture<'_, Result<AccessToken, Error>>;
     /// Called after `expired_token`/`invalid_token`; must refresh once (single-flight is the implementor's job)
     /// and return the new token.

@@ -52,9 +52,9 @@ fn rows(v: Option<&Value>) -> Vec<&Value> {
 }
 
 impl Bitrix24Client {
-    /// One HTTP request: a `batch` of up to 50 chained keyset pages of voximplant.statistic.get
-    /// (SORT=ID, ORDER=ASC, start=-1, FILTER = filter.to_bitrix_filter(after_id) for page 0 and
-    /// FILTER[>ID]=$result[p{i-1}][49][ID] after). Stops at the first page with < 50 rows and ignores later pages
+    /// One HTTP request: a `batch` of up to 50 chained keyset pages of `voximplant.statistic.get`
+    /// (`SORT=ID`, `ORDER=ASC`, `start=-1`, `FILTER` = `filter.to_bitrix_filter(after_id)` for page 0 and
+    /// `FILTER[>ID]=$result[p{i-1}][49][ID]` after). Stops at the first page with < 50 rows and ignores later pages
     /// (their unresolved `$result[...]` makes the portal return odd rows).
     pub async fn list_calls(&self, filter: &CallFilter, after_id: u64) -> Result<CallChunk, Error> {
         self.list_calls_pages(filter, after_id, PAGE).await
@@ -161,7 +161,7 @@ impl Bitrix24Client {
         Ok(all)
     }
 
-    /// Names for the mapping: `user.get` (FILTER[ID] = up to 50 ids per command, ADMIN_MODE so dismissed users
+    /// Names for the mapping: `user.get` (`FILTER[ID]` = up to 50 ids per command, `ADMIN_MODE` so dismissed users
     /// are included) and `crm.{contact,company,lead,deal}.list` (filter by ID list, narrow select), as many
     /// commands as needed packed 50 per batch request. IDs the portal does not return are absent.
     pub async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Lookup, Error> {
