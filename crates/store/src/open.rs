@@ -165,7 +165,7 @@ fn corrupt(file: &Path, e: &sqlx::Error) -> Error {
 
 async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error> {
     let shown = redact(url);
-    let mut connect = PgConnectOptions::from_str(url)
+    let connect = PgConnectOptions::from_str(url)
         .map_err(|e| Error::InvalidUrl(format!("{shown}: {}", redact_text(&e.to_string(), url))))?;
     if let Some(schema) = &options.schema {
         validate_schema(schema)?;
@@ -194,10 +194,24 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
                 return Err(Error::Database(e));
             }
         }
-        connect = connect.options([("search_path", schema.as_str())]);
     }
     let _ = conn.close().await;
+    // `SET` on every new connection rather than a startup option: connection poolers (PgBouncer) reject
+    // unknown startup parameters.
+    let set_path = options
+        .schema
+        .as_ref()
+        .map(|s| format!("SET search_path TO \"{s}\""));
     let pool = PgPoolOptions::new()
+        .after_connect(move |conn, _meta| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                if let Some(sql) = set_path {
+                    conn.execute(sql.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)

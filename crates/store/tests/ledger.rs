@@ -785,6 +785,84 @@ async fn a_ledger_from_a_newer_version_is_refused(fx: &Fx) {
     );
 }
 
+async fn one_replica_holds_a_portal(fx: &Fx) {
+    let store = fx.store().await;
+    let a = store
+        .claim_portal(P, "replica-a", LEASE)
+        .await
+        .unwrap()
+        .expect("free portal");
+    assert_eq!(
+        (a.portal.as_str(), a.owner.as_str(), a.fence),
+        (P, "replica-a", 1)
+    );
+    assert!(
+        store
+            .claim_portal(P, "replica-b", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "held by a"
+    );
+    assert!(
+        store
+            .claim_portal("other", "replica-b", LEASE)
+            .await
+            .unwrap()
+            .is_some(),
+        "portals are independent"
+    );
+    let a = store
+        .claim_portal(P, "replica-a", LEASE)
+        .await
+        .unwrap()
+        .expect("a may re-take its own lease");
+    assert_eq!(a.fence, 2);
+    assert!(store.renew_portal(&a, LEASE).await.unwrap());
+    assert!(store.release_portal(&a).await.unwrap());
+    let b = store
+        .claim_portal(P, "replica-b", LEASE)
+        .await
+        .unwrap()
+        .expect("released");
+    assert_eq!(b.fence, 3);
+    assert!(
+        !store.renew_portal(&a, LEASE).await.unwrap(),
+        "a was taken over"
+    );
+    assert!(!store.release_portal(&a).await.unwrap());
+
+    // b stops renewing: after expiry a takes over and b's renewals fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let a = loop {
+        if let Some(l) = store.claim_portal(P, "replica-a", LEASE).await.unwrap() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "portal lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.fence, 4);
+    assert!(!store.renew_portal(&b, LEASE).await.unwrap());
+
+    // Eight replicas race for a fresh portal: one wins.
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_portal("race", &format!("r{i}"), Duration::from_secs(30))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(winners, 1);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -822,6 +900,7 @@ suite!(
     runs_are_journaled,
     reopening_keeps_everything_and_rows_cannot_be_deleted,
     a_ledger_from_a_newer_version_is_refused,
+    one_replica_holds_a_portal,
 );
 
 // Backend-specific failures.
