@@ -725,3 +725,32 @@ async fn clones_share_the_limiter_and_stats() {
     })
     .await
 }
+
+#[tokio::test]
+async fn renamed_portal_redirect_in_oauth_mode_overrides_client_endpoint() {
+    bounded(async {
+        let (old, old_addr) = spawn_mock().await;
+        let (new, new_addr) = spawn_mock().await;
+        let tokens = Arc::new(FakeTokens {
+            endpoint: format!("http://{old_addr}/rest/").parse().unwrap(),
+            refreshes: AtomicU32::new(0),
+        });
+        let c = Bitrix24Client::new(Credentials::OAuth(tokens), fast_config()).unwrap();
+        old.push(Reply::Redirect(format!(
+            "http://localhost:{}/rest/profile.json",
+            new_addr.port()
+        )));
+        new.ok(json!({"ID": "1", "ADMIN": "Y"}));
+        new.ok(json!({"ID": "1", "ADMIN": "Y"}));
+        assert!(c.profile().await.unwrap().admin);
+        // The token source still says the old host; the client keeps using the new one.
+        assert!(c.profile().await.unwrap().admin);
+        assert_eq!(c.portal_host(), format!("localhost:{}", new_addr.port()));
+        assert_eq!(old.seen().len(), 1);
+        let n = new.seen();
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[1].path, "/rest/profile.json");
+        assert_eq!(n[1].header("authorization"), "Bearer old-token");
+    })
+    .await
+}
