@@ -785,6 +785,33 @@ async fn a_ledger_from_a_newer_version_is_refused(fx: &Fx) {
     );
 }
 
+async fn a_failed_migration_leaves_the_data_as_it_was(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(1, None)]).await.unwrap();
+    let lease = store.claim_portal(P, "a", LEASE).await.unwrap().unwrap();
+    store.close().await;
+    drop(store);
+    // Pretend migration 2 never ran although its table exists: re-running it must fail, atomically.
+    fx.raw("DELETE FROM _sqlx_migrations WHERE version = 2")
+        .await
+        .unwrap();
+    match fx.open().await {
+        Err(Error::Migration(e)) => assert!(e.to_string().contains("portal_leases"), "{e}"),
+        other => panic!("expected a migration error, got {other:?}"),
+    }
+    assert_eq!(fx.raw_count("SELECT COUNT(*) FROM ledger").await, 1);
+    assert_eq!(
+        fx.raw_count("SELECT COUNT(*) FROM portal_leases").await,
+        1,
+        "{lease:?} kept"
+    );
+    assert_eq!(
+        fx.raw_count("SELECT COUNT(*) FROM _sqlx_migrations WHERE version = 2")
+            .await,
+        0
+    );
+}
+
 async fn one_replica_holds_a_portal(fx: &Fx) {
     let store = fx.store().await;
     let a = store
@@ -901,6 +928,7 @@ suite!(
     reopening_keeps_everything_and_rows_cannot_be_deleted,
     a_ledger_from_a_newer_version_is_refused,
     one_replica_holds_a_portal,
+    a_failed_migration_leaves_the_data_as_it_was,
 );
 
 // Backend-specific failures.
