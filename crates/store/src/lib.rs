@@ -5,7 +5,8 @@
 //!   `skipped` | `failed`), the stored call, and a *lease* with a *fence* so that only the worker holding the
 //!   current lease can commit an outcome (`shared/spec/mapping.md`, "Once and only once");
 //! - the listing **cursors** (keyset high-water marks per portal and filter);
-//! - the **runs** journal.
+//! - the **runs** journal;
+//! - **portal leases**, so that with several replicas on one PostgreSQL only one calls a given portal.
 //!
 //! Both backends share one API and the same SQL shape; the differences (clock expressions, row locking,
 //! column types) live in [`Dialect`]. Schema changes are embedded migrations (`migrations/sqlite`,
