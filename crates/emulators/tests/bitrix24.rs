@@ -148,7 +148,7 @@ async fn keyset_all(
 ) -> Vec<Value> {
     let mut out = Vec::new();
     let mut last = 0u64;
-    for _ in 0..100 {
+    for _ in 0..3000 {
         filter.insert(">ID".into(), json!(last));
         let (st, v) = call_json(
             e,
@@ -802,4 +802,63 @@ async fn faults_html_502_dropped_connections_and_latency() {
     assert!(!err.is_status(), "{err}");
     e.set_faults(FaultConfig::none());
     assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+}
+
+/// Size smoke test (run with `--ignored --nocapture`, ideally `--release`): a 100,000-call portal and a
+/// 200 MB recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn large_portal_smoke() {
+    let t = std::time::Instant::now();
+    let e = emu(PortalConfig {
+        calls: 100_000,
+        users: 200,
+        contacts: 20_000,
+        companies: 5_000,
+        leads: 10_000,
+        deals: 3_000,
+        days: 365,
+        big_recording: Some(200 * 1024 * 1024),
+        ..roomy()
+    })
+    .await;
+    println!("generated 100k calls in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let mut filter = serde_json::Map::new();
+    filter.insert(">=CALL_DURATION".into(), json!(30));
+    let rows = keyset_all(&e, filter).await;
+    println!("keyset-paged {} rows in {:?}", rows.len(), t.elapsed());
+    let t = std::time::Instant::now();
+    let (_, v) = call_json(&e, "voximplant.statistic.get", json!({"start": 99_950})).await;
+    println!(
+        "offset page at 99950 in {:?} (total {})",
+        t.elapsed(),
+        v["total"]
+    );
+    let first = e
+        .call_rows()
+        .iter()
+        .find(|r| r["RECORD_FILE_ID"].is_u64())
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let t = std::time::Instant::now();
+    let _ = e.recording(first).unwrap();
+    println!("sha of 200 MB computed in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let info = e.recording(first).unwrap();
+    let (_, v) = call_json(&e, "disk.file.get", json!({"id": info.file_id})).await;
+    let mut r = client()
+        .get(v["result"]["DOWNLOAD_URL"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut n = 0u64;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        n += chunk.len() as u64;
+    }
+    assert_eq!(n, 200 * 1024 * 1024);
+    println!("streamed 200 MB in {:?}", t.elapsed());
 }

@@ -27,7 +27,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
@@ -37,8 +37,6 @@ use data::PortalData;
 use limits::{LeakyBucket, Operating, OperatingState};
 use methods::{BatchAcc, Ctx, MethodOk};
 use params::P;
-
-pub use audio::Container as RecordingContainer;
 
 /// The portal to generate and how it behaves.
 #[derive(Clone)]
@@ -157,8 +155,9 @@ impl Default for OperatingConfig {
 }
 
 /// Injected faults. Counters run over every request except `/_emulator/*`.
+/// Construct with `FaultConfig { html_502_every: Some(5), ..Default::default() }` or the `with_*` builders;
+/// new kinds of faults are added as new fields that default to off.
 #[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
 pub struct FaultConfig {
     /// Every n-th request gets the proxy's HTML 502 page.
     pub html_502_every: Option<u64>,
@@ -190,7 +189,7 @@ impl FaultConfig {
 }
 
 /// Counters, also served as JSON at `GET /_emulator/stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PortalStats {
     /// Every request except `/_emulator/*`.
     pub http_requests: u64,
@@ -763,11 +762,14 @@ async fn handle(
             .clone();
         if faults
             .drop_connection_every
-            .is_some_and(|k| k > 0 && n % k == 0)
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
         {
             return Err(DropConnection);
         }
-        if faults.html_502_every.is_some_and(|k| k > 0 && n % k == 0) {
+        if faults
+            .html_502_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
+        {
             let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
             return Ok(Response::builder()
                 .status(StatusCode::BAD_GATEWAY)
@@ -893,7 +895,7 @@ async fn rest_token(
             "NO_AUTH_FOUND",
             "Wrong authorization data",
         )),
-        Some(t) if inner.config.access_tokens.iter().any(|a| *a == t) => Ok(Ctx {
+        Some(t) if inner.config.access_tokens.contains(&t) => Ok(Ctx {
             cred: format!("token:{}", hex::encode(&Sha256::digest(t.as_bytes())[..6])),
             user_id: inner.config.webhook_user,
             webhook: false,
@@ -967,15 +969,10 @@ fn recording_response(inner: &Inner, idx: usize, filename: &str) -> Response<Bod
             &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"),
         );
     };
-    let container = inner.data.calls[idx]
+    let mime = inner.data.calls[idx]
         .record
         .as_ref()
-        .map_or("mp3", |r| r.container.ext());
-    let mime = if container == "wav" {
-        "audio/x-wav"
-    } else {
-        "audio/mpeg"
-    };
+        .map_or("audio/mpeg", |r| r.container.mime());
     inner
         .stats
         .lock()
@@ -1016,7 +1013,7 @@ async fn download(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) ->
     let auth = p.get_ci("auth").and_then(P::as_text).unwrap_or_default();
     let auth_ok = !auth.is_empty()
         && (auth == webhook_download_auth(&inner.config)
-            || inner.config.access_tokens.iter().any(|t| *t == auth));
+            || inner.config.access_tokens.contains(&auth));
     if !auth_ok {
         return error_response(
             &inner,
