@@ -74,10 +74,22 @@ mod tests {
 
     #[test]
     fn wording() {
-        assert_eq!(ConnectionCheck::Ok.message(Lang::Ru), "Успешный запрос к SpeechSense");
-        assert_eq!(ConnectionCheck::Ok.message(Lang::En), "Successful request to SpeechSense");
-        assert!(ConnectionCheck::BadKey(String::new()).message(Lang::Ru).contains("API-ключ"));
-        assert!(ConnectionCheck::UnknownConnection("x".into()).message(Lang::En).ends_with("(x)"));
-        assert!(ConnectionCheck::NoAccess(String::new()).message(Lang::En).contains("no access"));
+        assert_eq!(
+            ConnectionCheck::Ok.message(Lang::Ru),
+            "Успешный запрос к SpeechSense"
+        );
+        assert_eq!(
+            ConnectionCheck::Ok.message(Lang::En),
+            "Successful request to SpeechSense"
+        );
+        assert!(ConnectionCheck::BadKey(String::new())
+            .message(Lang::Ru)
+            .contains("API-ключ"));
+        assert!(ConnectionCheck::UnknownConnection("x".into())
+            .message(Lang::En)
+            .ends_with("(x)"));
+        assert!(ConnectionCheck::NoAccess(String::new())
+            .message(Lang::En)
+            .contains("no access"));
     }
 }

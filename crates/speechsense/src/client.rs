@@ -19,9 +19,9 @@ use crate::config::{ClientConfig, Credentials};
 use crate::error::{scrub, Error};
 use crate::proto::talk_service_client::TalkServiceClient;
 use crate::proto::{
-    audio_metadata, audio_streaming_request, filter, message, stream_talk_request, AnyMatchFilter, AudioMetadata,
-    AudioStreamingRequest, ContainerAudio, Filter, Message, SearchTalkRequest, StreamTalkRequest, TalkMetadata,
-    TextContent, TextPayload, UploadTextRequest,
+    audio_metadata, audio_streaming_request, filter, message, stream_talk_request, AnyMatchFilter,
+    AudioMetadata, AudioStreamingRequest, ContainerAudio, Filter, Message, SearchTalkRequest,
+    StreamTalkRequest, TalkMetadata, TextContent, TextPayload, UploadTextRequest,
 };
 use crate::tracking::{SendProgress, Tracked};
 use crate::upload::{AudioStream, SourceError, MAX_MESSAGE_SIZE};
@@ -64,7 +64,9 @@ struct Inner {
 
 impl fmt::Debug for SpeechSenseClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpeechSenseClient").field("endpoint", &self.inner.config.endpoint).finish_non_exhaustive()
+        f.debug_struct("SpeechSenseClient")
+            .field("endpoint", &self.inner.config.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,7 +83,9 @@ impl SpeechSenseClient {
             Some("http") => false,
             _ => return Err(invalid()),
         };
-        if uri.host().is_none_or(str::is_empty) || uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        if uri.host().is_none_or(str::is_empty)
+            || uri.path_and_query().is_some_and(|p| p.as_str() != "/")
+        {
             return Err(invalid());
         }
         let mut endpoint = Endpoint::from_shared(raw.clone())
@@ -93,10 +97,20 @@ impl SpeechSenseClient {
             .keep_alive_timeout(Duration::from_secs(20));
         if tls {
             endpoint = endpoint
-                .tls_config(ClientTlsConfig::new().with_webpki_roots().with_native_roots())
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .with_webpki_roots()
+                        .with_native_roots(),
+                )
                 .map_err(|_| invalid())?;
         }
-        Ok(SpeechSenseClient { inner: Arc::new(Inner { config, endpoint, channel: OnceLock::new() }) })
+        Ok(SpeechSenseClient {
+            inner: Arc::new(Inner {
+                config,
+                endpoint,
+                channel: OnceLock::new(),
+            }),
+        })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -104,7 +118,11 @@ impl SpeechSenseClient {
     }
 
     fn grpc(&self) -> Grpc {
-        let channel = self.inner.channel.get_or_init(|| self.inner.endpoint.connect_lazy()).clone();
+        let channel = self
+            .inner
+            .channel
+            .get_or_init(|| self.inner.endpoint.connect_lazy())
+            .clone();
         TalkServiceClient::new(Tracked::new(channel))
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -124,7 +142,9 @@ impl SpeechSenseClient {
             .credentials
             .header_value()
             .parse()
-            .map_err(|_| Error::BadKey("the API key contains characters not allowed in a header".into()))?;
+            .map_err(|_| {
+                Error::BadKey("the API key contains characters not allowed in a header".into())
+            })?;
         auth.set_sensitive(true);
         let request_id = uuid::Uuid::new_v4().to_string();
         let mut req = Request::new(message);
@@ -161,17 +181,24 @@ impl SpeechSenseClient {
             metadata_message(connection_id, fields),
             StreamTalkRequest {
                 event: Some(stream_talk_request::Event::Audio(AudioStreamingRequest {
-                    audio_event: Some(audio_streaming_request::AudioEvent::AudioMetadata(AudioMetadata {
-                        audio_format: Some(audio_metadata::AudioFormat::ContainerAudio(ContainerAudio {
-                            container_audio_type: container_to_proto(container) as i32,
-                        })),
-                    })),
+                    audio_event: Some(audio_streaming_request::AudioEvent::AudioMetadata(
+                        AudioMetadata {
+                            audio_format: Some(audio_metadata::AudioFormat::ContainerAudio(
+                                ContainerAudio {
+                                    container_audio_type: container_to_proto(container) as i32,
+                                },
+                            )),
+                        },
+                    )),
                 })),
             },
         ];
         let (fail_tx, mut fail_rx) = oneshot::channel();
         let progress = SendProgress::default();
-        let req = self.request(AudioStream::new(head, audio, fail_tx), &progress)?;
+        let req = self.request(
+            AudioStream::new(head, audio, fail_tx, progress.clone()),
+            &progress,
+        )?;
         let mut grpc = self.grpc();
         let call = grpc.upload_as_stream(req);
         tokio::pin!(call);
@@ -182,7 +209,7 @@ impl SpeechSenseClient {
             tokio::select! {
                 biased;
                 failed = &mut fail_rx, if watching_source => match failed {
-                    // Returning drops `call`: hyper resets the HTTP/2 stream, the server sees no end of stream.
+                    // The body has failed (RST_STREAM INTERNAL_ERROR); returning also drops `call`.
                     Ok(message) => return Err(Error::SourceFailed(scrub(&message, self.secret()))),
                     Err(_) => watching_source = false,
                 },
@@ -200,7 +227,10 @@ impl SpeechSenseClient {
                 log_ids(resp.metadata(), "UploadAsStream");
                 let talk_id = resp.into_inner().talk_id;
                 if talk_id.is_empty() {
-                    return Err(Error::InDoubt { code: None, message: "OK answer without a talk id".into() });
+                    return Err(Error::InDoubt {
+                        code: None,
+                        message: "OK answer without a talk id".into(),
+                    });
                 }
                 Ok(talk_id)
             }
@@ -226,7 +256,9 @@ impl SpeechSenseClient {
                             seconds: m.timestamp.timestamp(),
                             nanos: m.timestamp.timestamp_subsec_nanos() as i32,
                         }),
-                        payload: Some(message::Payload::Text(TextPayload { text: m.text.clone() })),
+                        payload: Some(message::Payload::Text(TextPayload {
+                            text: m.text.clone(),
+                        })),
                     })
                     .collect(),
             }),
@@ -237,13 +269,21 @@ impl SpeechSenseClient {
         let timeout = self.inner.config.unary_timeout;
         let mut grpc = self.grpc();
         match tokio::time::timeout(timeout, grpc.upload_text(req)).await {
-            Err(_) => Err(Error::timeout("UploadText", timeout, true, progress.is_sent())),
+            Err(_) => Err(Error::timeout(
+                "UploadText",
+                timeout,
+                true,
+                progress.is_sent(),
+            )),
             Ok(Err(status)) => Err(self.classify(&status, true, &progress)),
             Ok(Ok(resp)) => {
                 log_ids(resp.metadata(), "UploadText");
                 let talk_id = resp.into_inner().talk_id;
                 if talk_id.is_empty() {
-                    return Err(Error::InDoubt { code: None, message: "OK answer without a talk id".into() });
+                    return Err(Error::InDoubt {
+                        code: None,
+                        message: "OK answer without a talk id".into(),
+                    });
                 }
                 Ok(talk_id)
             }
@@ -252,12 +292,18 @@ impl SpeechSenseClient {
 
     /// `Search` with one `any_match` filter per `(key, values)` (keys like `userMeta.id`), following
     /// `next_page_token` for at most [`SEARCH_MAX_PAGES`] pages. Returns talk ids in server order.
-    pub async fn search(&self, scope: &SearchScope, any_match: &[(String, Vec<String>)]) -> Result<Vec<String>, Error> {
+    pub async fn search(
+        &self,
+        scope: &SearchScope,
+        any_match: &[(String, Vec<String>)],
+    ) -> Result<Vec<String>, Error> {
         let filters: Vec<Filter> = any_match
             .iter()
             .map(|(key, values)| Filter {
                 key: key.clone(),
-                filter: Some(filter::Filter::AnyMatch(AnyMatchFilter { values: values.clone() })),
+                filter: Some(filter::Filter::AnyMatch(AnyMatchFilter {
+                    values: values.clone(),
+                })),
                 ..Default::default()
             })
             .collect();
@@ -290,7 +336,12 @@ impl SpeechSenseClient {
                 return Ok(ids);
             }
             if page + 1 == SEARCH_MAX_PAGES {
-                warn!(pages = SEARCH_MAX_PAGES, found = ids.len(), total = resp.talks_count, "search truncated");
+                warn!(
+                    pages = SEARCH_MAX_PAGES,
+                    found = ids.len(),
+                    total = resp.talks_count,
+                    "search truncated"
+                );
             }
             page_token = resp.next_page_token;
         }
@@ -303,7 +354,9 @@ impl SpeechSenseClient {
     pub async fn check_connection(&self, connection_id: &str) -> Result<ConnectionCheck, Error> {
         // An empty id would be refused as INVALID_ARGUMENT and so look like success.
         if connection_id.trim().is_empty() {
-            return Ok(ConnectionCheck::UnknownConnection("the connection id is empty".into()));
+            return Ok(ConnectionCheck::UnknownConnection(
+                "the connection id is empty".into(),
+            ));
         }
         if self.secret().trim().is_empty() {
             return Ok(ConnectionCheck::BadKey("the API key is empty".into()));
@@ -315,7 +368,12 @@ impl SpeechSenseClient {
         let timeout = self.inner.config.check_timeout;
         let mut grpc = self.grpc();
         match tokio::time::timeout(timeout, grpc.upload_as_stream(req)).await {
-            Err(_) => Err(Error::timeout("the connection check", timeout, false, false)),
+            Err(_) => Err(Error::timeout(
+                "the connection check",
+                timeout,
+                false,
+                false,
+            )),
             Ok(Ok(resp)) => {
                 log_ids(resp.metadata(), "check");
                 warn!(talk_id = %resp.get_ref().talk_id, "connection check unexpectedly created an empty talk");
@@ -345,16 +403,30 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 fn talk_metadata(connection_id: &str, fields: &BTreeMap<String, String>) -> TalkMetadata {
-    TalkMetadata { connection_id: connection_id.to_string(), fields: fields.clone(), users: Vec::new() }
+    TalkMetadata {
+        connection_id: connection_id.to_string(),
+        fields: fields.clone(),
+        users: Vec::new(),
+    }
 }
 
 fn metadata_message(connection_id: &str, fields: &BTreeMap<String, String>) -> StreamTalkRequest {
-    StreamTalkRequest { event: Some(stream_talk_request::Event::Metadata(talk_metadata(connection_id, fields))) }
+    StreamTalkRequest {
+        event: Some(stream_talk_request::Event::Metadata(talk_metadata(
+            connection_id,
+            fields,
+        ))),
+    }
 }
 
 /// Server-side request ids, for support tickets.
 fn log_ids(md: &MetadataMap, what: &str) {
-    let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let get = |k: &str| {
+        md.get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
     let (request_id, trace_id) = (get("x-request-id"), get("x-server-trace-id"));
     if !request_id.is_empty() || !trace_id.is_empty() {
         debug!(call = what, x_request_id = %request_id, x_server_trace_id = %trace_id, "SpeechSense response ids");

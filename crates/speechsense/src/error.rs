@@ -23,7 +23,11 @@ pub enum Error {
     InvalidData { code: Code, message: String },
     /// Nothing was stored; the same request may succeed later. `after` is the server's hint, if any.
     #[error("SpeechSense request failed before anything was stored ({}): {message}", code_name(*code))]
-    Retryable { code: Option<Code>, message: String, after: Option<Duration> },
+    Retryable {
+        code: Option<Code>,
+        message: String,
+        after: Option<Duration>,
+    },
     /// The request was fully sent and the answer was lost or was a server fault: the talk may exist.
     #[error("SpeechSense upload outcome unknown, the talk may have been stored ({}): {message}", code_name(*code))]
     InDoubt { code: Option<Code>, message: String },
@@ -46,9 +50,10 @@ impl Error {
     /// The retry class the engine acts on.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::BadKey(_) | Error::NoAccess(_) | Error::UnknownConnection(_) | Error::InvalidEndpoint(_) => {
-                ErrorClass::Fatal
-            }
+            Error::BadKey(_)
+            | Error::NoAccess(_)
+            | Error::UnknownConnection(_)
+            | Error::InvalidEndpoint(_) => ErrorClass::Fatal,
             Error::InvalidData { .. } | Error::Rejected { .. } => ErrorClass::Permanent,
             Error::Retryable { after, .. } => ErrorClass::Retryable { after: *after },
             Error::InDoubt { .. } => ErrorClass::InDoubt,
@@ -74,7 +79,12 @@ impl Error {
     /// `creates`: the call could create a talk (uploads). `fully_sent`: the request body had been handed to the
     /// connection completely (stream half-closed) before the error — then a lost answer may hide a stored talk.
     /// `secret` is scrubbed from the message in case a server ever echoes it.
-    pub(crate) fn from_status(status: &Status, creates: bool, fully_sent: bool, secret: &str) -> Error {
+    pub(crate) fn from_status(
+        status: &Status,
+        creates: bool,
+        fully_sent: bool,
+        secret: &str,
+    ) -> Error {
         let message = scrub(status.message(), secret);
         let code = status.code();
         let in_doubt = creates && fully_sent;
@@ -86,9 +96,11 @@ impl Error {
                 Error::InvalidData { code, message }
             }
             // The server refused to do the work at all: quota, conflict.
-            Code::ResourceExhausted | Code::Aborted => {
-                Error::Retryable { code: Some(code), message, after: retry_after(status) }
-            }
+            Code::ResourceExhausted | Code::Aborted => Error::Retryable {
+                code: Some(code),
+                message,
+                after: retry_after(status),
+            },
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Internal
@@ -96,12 +108,21 @@ impl Error {
             | Code::Cancelled
             | Code::DataLoss => {
                 if in_doubt {
-                    Error::InDoubt { code: Some(code), message }
+                    Error::InDoubt {
+                        code: Some(code),
+                        message,
+                    }
                 } else {
-                    Error::Retryable { code: Some(code), message, after: retry_after(status) }
+                    Error::Retryable {
+                        code: Some(code),
+                        message,
+                        after: retry_after(status),
+                    }
                 }
             }
-            Code::Ok | Code::Unimplemented | Code::AlreadyExists => Error::Rejected { code, message },
+            Code::Ok | Code::Unimplemented | Code::AlreadyExists => {
+                Error::Rejected { code, message }
+            }
         }
     }
 
@@ -109,9 +130,16 @@ impl Error {
     pub(crate) fn timeout(what: &str, after: Duration, creates: bool, fully_sent: bool) -> Error {
         let message = format!("no answer to {what} within {after:?}");
         if creates && fully_sent {
-            Error::InDoubt { code: Some(Code::DeadlineExceeded), message }
+            Error::InDoubt {
+                code: Some(Code::DeadlineExceeded),
+                message,
+            }
         } else {
-            Error::Retryable { code: Some(Code::DeadlineExceeded), message, after: None }
+            Error::Retryable {
+                code: Some(Code::DeadlineExceeded),
+                message,
+                after: None,
+            }
         }
     }
 }
@@ -137,30 +165,78 @@ mod tests {
     #[test]
     fn classification_follows_spec() {
         let s = |c| Status::new(c, "m");
-        assert_eq!(Error::from_status(&s(Code::Unauthenticated), true, false, "").class(), ErrorClass::Fatal);
-        assert_eq!(Error::from_status(&s(Code::PermissionDenied), true, true, "").class(), ErrorClass::Fatal);
-        assert_eq!(Error::from_status(&s(Code::NotFound), true, true, "").class(), ErrorClass::Fatal);
-        assert_eq!(Error::from_status(&s(Code::InvalidArgument), true, true, "").class(), ErrorClass::Permanent);
-        assert_eq!(Error::from_status(&s(Code::FailedPrecondition), true, false, "").class(), ErrorClass::Permanent);
-        assert!(Error::from_status(&s(Code::ResourceExhausted), true, true, "").class().is_retryable());
-        assert!(Error::from_status(&s(Code::Aborted), true, true, "").class().is_retryable());
-        assert!(Error::from_status(&s(Code::Unavailable), true, false, "").class().is_retryable());
-        assert_eq!(Error::from_status(&s(Code::Unavailable), true, true, "").class(), ErrorClass::InDoubt);
-        assert_eq!(Error::from_status(&s(Code::DeadlineExceeded), true, true, "").class(), ErrorClass::InDoubt);
-        assert_eq!(Error::from_status(&s(Code::Internal), true, true, "").class(), ErrorClass::InDoubt);
-        assert_eq!(Error::from_status(&s(Code::Unknown), true, true, "").class(), ErrorClass::InDoubt);
-        assert!(Error::from_status(&s(Code::Internal), true, false, "").class().is_retryable());
+        assert_eq!(
+            Error::from_status(&s(Code::Unauthenticated), true, false, "").class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::PermissionDenied), true, true, "").class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::NotFound), true, true, "").class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::InvalidArgument), true, true, "").class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::FailedPrecondition), true, false, "").class(),
+            ErrorClass::Permanent
+        );
+        assert!(
+            Error::from_status(&s(Code::ResourceExhausted), true, true, "")
+                .class()
+                .is_retryable()
+        );
+        assert!(Error::from_status(&s(Code::Aborted), true, true, "")
+            .class()
+            .is_retryable());
+        assert!(Error::from_status(&s(Code::Unavailable), true, false, "")
+            .class()
+            .is_retryable());
+        assert_eq!(
+            Error::from_status(&s(Code::Unavailable), true, true, "").class(),
+            ErrorClass::InDoubt
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::DeadlineExceeded), true, true, "").class(),
+            ErrorClass::InDoubt
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::Internal), true, true, "").class(),
+            ErrorClass::InDoubt
+        );
+        assert_eq!(
+            Error::from_status(&s(Code::Unknown), true, true, "").class(),
+            ErrorClass::InDoubt
+        );
+        assert!(Error::from_status(&s(Code::Internal), true, false, "")
+            .class()
+            .is_retryable());
         // Searches never create anything, so they are never in doubt.
-        assert!(Error::from_status(&s(Code::Internal), false, true, "").class().is_retryable());
-        assert_eq!(Error::from_status(&s(Code::Unimplemented), true, true, "").class(), ErrorClass::Permanent);
+        assert!(Error::from_status(&s(Code::Internal), false, true, "")
+            .class()
+            .is_retryable());
+        assert_eq!(
+            Error::from_status(&s(Code::Unimplemented), true, true, "").class(),
+            ErrorClass::Permanent
+        );
     }
 
     #[test]
     fn retry_after_and_scrub() {
         let mut st = Status::new(Code::ResourceExhausted, "quota for AQVNsecretsecret");
-        st.metadata_mut().insert("retry-after", "7".parse().unwrap());
+        st.metadata_mut()
+            .insert("retry-after", "7".parse().unwrap());
         let e = Error::from_status(&st, true, false, "AQVNsecretsecret");
-        assert_eq!(e.class(), ErrorClass::Retryable { after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            e.class(),
+            ErrorClass::Retryable {
+                after: Some(Duration::from_secs(7))
+            }
+        );
         assert!(!e.to_string().contains("AQVNsecretsecret"));
         assert_eq!(e.grpc_code(), Some(Code::ResourceExhausted));
     }

@@ -14,6 +14,7 @@ mod check;
 mod client;
 mod config;
 mod error;
+pub mod server;
 mod tracking;
 mod upload;
 
@@ -42,7 +43,9 @@ pub fn container_to_proto(container: Container) -> proto::container_audio::Conta
 }
 
 /// Maps the wire enum back onto the core container (`None` for UNSPECIFIED).
-pub fn container_from_proto(value: proto::container_audio::ContainerAudioType) -> Option<Container> {
+pub fn container_from_proto(
+    value: proto::container_audio::ContainerAudioType,
+) -> Option<Container> {
     use proto::container_audio::ContainerAudioType as T;
     match value {
         T::Wav => Some(Container::Wav),

@@ -22,10 +22,23 @@ pub(crate) struct SendProgress(Arc<Inner>);
 #[derive(Default)]
 struct Inner {
     sent: AtomicBool,
+    aborted: AtomicBool,
     notify: Notify,
 }
 
 impl SendProgress {
+    /// The body must not end: its next poll fails, so hyper resets the stream with INTERNAL_ERROR.
+    ///
+    /// Why not just drop the call: hyper then resets with CANCEL, and tonic servers read a CANCEL at a message
+    /// boundary as a clean end of the request stream — the server would store a truncated talk.
+    pub(crate) fn abort(&self) {
+        self.0.aborted.store(true, Ordering::SeqCst);
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.0.aborted.load(Ordering::SeqCst)
+    }
+
     fn mark_sent(&self) {
         if !self.0.sent.swap(true, Ordering::SeqCst) {
             // notify_one keeps a permit if nobody waits yet, so `sent()` cannot miss it.
@@ -71,7 +84,9 @@ where
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let req = match req.extensions().get::<SendProgress>().cloned() {
-            Some(progress) => req.map(|inner| tonic::body::Body::new(TrackedBody { inner, progress })),
+            Some(progress) => {
+                req.map(|inner| tonic::body::Body::new(TrackedBody { inner, progress }))
+            }
             None => req,
         };
         self.inner.call(req)
@@ -87,15 +102,33 @@ impl Body for TrackedBody {
     type Data = Bytes;
     type Error = Status;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.progress.is_aborted() {
+            return Poll::Ready(Some(Err(Status::cancelled(
+                "the audio source failed; upload aborted",
+            ))));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.progress.mark_sent();
+        match polled {
+            Poll::Ready(None) => self.progress.mark_sent(),
+            // The source failed during this very poll (the stream stalls instead of ending).
+            Poll::Pending if self.progress.is_aborted() => {
+                return Poll::Ready(Some(Err(Status::cancelled(
+                    "the audio source failed; upload aborted",
+                ))));
+            }
+            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.progress.is_aborted() {
+            return false;
+        }
         // hyper asks this right after a data frame to send it with END_STREAM.
         let end = self.inner.is_end_stream();
         if end {

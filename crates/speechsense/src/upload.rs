@@ -9,7 +9,11 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::oneshot;
 
-use crate::proto::{audio_streaming_request, stream_talk_request, AudioChunk, AudioStreamingRequest, StreamTalkRequest};
+use crate::proto::{
+    audio_streaming_request, stream_talk_request, AudioChunk, AudioStreamingRequest,
+    StreamTalkRequest,
+};
+use crate::tracking::SendProgress;
 
 /// Audio chunk size on the wire: 1 MiB, as the official uploader.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -30,16 +34,19 @@ pub(crate) struct AudioStream {
     /// A chunk being assembled from small source items (never more than CHUNK_SIZE).
     buf: BytesMut,
     on_failure: Option<oneshot::Sender<String>>,
+    progress: SendProgress,
     failed: bool,
 }
 
 impl AudioStream {
-    /// `on_failure` receives the source's error; from then on the stream never ends, so the caller must drop the
-    /// call (h2 then sends RST_STREAM) — ending it would half-close and let the server store a truncated talk.
+    /// `on_failure` receives the source's error; from then on the stream never ends (ending it would half-close
+    /// and let the server store a truncated talk) and `progress` is aborted, so the request body fails and hyper
+    /// resets the HTTP/2 stream.
     pub(crate) fn new(
         head: Vec<StreamTalkRequest>,
         source: BoxStream<'static, Result<Bytes, SourceError>>,
         on_failure: oneshot::Sender<String>,
+        progress: SendProgress,
     ) -> Self {
         AudioStream {
             head: head.into(),
@@ -47,6 +54,7 @@ impl AudioStream {
             pending: Bytes::new(),
             buf: BytesMut::new(),
             on_failure: Some(on_failure),
+            progress,
             failed: false,
         }
     }
@@ -55,7 +63,9 @@ impl AudioStream {
 fn chunk(data: Bytes) -> StreamTalkRequest {
     StreamTalkRequest {
         event: Some(stream_talk_request::Event::Audio(AudioStreamingRequest {
-            audio_event: Some(audio_streaming_request::AudioEvent::Chunk(AudioChunk { data })),
+            audio_event: Some(audio_streaming_request::AudioEvent::Chunk(AudioChunk {
+                data,
+            })),
         })),
     }
 }
@@ -95,6 +105,7 @@ impl Stream for AudioStream {
                 Some(Err(e)) => {
                     this.failed = true;
                     this.source = None;
+                    this.progress.abort();
                     if let Some(tx) = this.on_failure.take() {
                         let _ = tx.send(e.0);
                     }
@@ -118,9 +129,17 @@ mod tests {
     use futures::stream;
 
     fn sizes(inputs: Vec<usize>) -> Vec<usize> {
-        let items: Vec<Result<Bytes, SourceError>> = inputs.into_iter().map(|n| Ok(Bytes::from(vec![7u8; n]))).collect();
+        let items: Vec<Result<Bytes, SourceError>> = inputs
+            .into_iter()
+            .map(|n| Ok(Bytes::from(vec![7u8; n])))
+            .collect();
         let (tx, _rx) = oneshot::channel();
-        let s = AudioStream::new(vec![], stream::iter(items).boxed(), tx);
+        let s = AudioStream::new(
+            vec![],
+            stream::iter(items).boxed(),
+            tx,
+            SendProgress::default(),
+        );
         futures::executor::block_on(s.collect::<Vec<_>>())
             .into_iter()
             .map(|m| match m.event {
@@ -140,6 +159,6 @@ mod tests {
         assert_eq!(sizes(vec![M]), vec![M]);
         assert_eq!(sizes(vec![3 * M + 5]), vec![M, M, M, 5]);
         assert_eq!(sizes(vec![M - 1, 2, M - 1]), vec![M, M]);
-        assert_eq!(sizes(vec![700_000; 5]), vec![M, M, 3_500_000 - 2 * M]);
+        assert_eq!(sizes(vec![700_000; 5]), vec![M, M, M, 3_500_000 - 3 * M]);
     }
 }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use b24sense_speechsense::proto::talk_service_server::TalkServiceServer;
+use b24sense_speechsense::server::ResetAware;
 use b24sense_speechsense::{Container, MAX_MESSAGE_SIZE};
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
@@ -29,11 +30,24 @@ pub const DEFAULT_API_KEY: &str = "test-api-key";
 pub const DEFAULT_BEARER_TOKEN: &str = "test-iam-token";
 
 /// Default required keys of a two-channel audio connection (incl. `language`, mandatory since 2025-03).
-pub const TWO_CHANNEL_REQUIRED: [&str; 7] =
-    ["operator_name", "operator_id", "client_name", "client_id", "date", "direction_outgoing", "language"];
+pub const TWO_CHANNEL_REQUIRED: [&str; 7] = [
+    "operator_name",
+    "operator_id",
+    "client_name",
+    "client_id",
+    "date",
+    "direction_outgoing",
+    "language",
+];
 /// Default required keys of a one-channel audio connection.
-pub const ONE_CHANNEL_REQUIRED: [&str; 6] =
-    ["operator_name", "operator_id", "client_name", "client_id", "date", "language"];
+pub const ONE_CHANNEL_REQUIRED: [&str; 6] = [
+    "operator_name",
+    "operator_id",
+    "client_name",
+    "client_id",
+    "date",
+    "language",
+];
 /// Default required keys of a chat connection (bot keys are declared but optional: not every dialog has a bot).
 pub const CHAT_REQUIRED: [&str; 7] = TWO_CHANNEL_REQUIRED;
 
@@ -100,7 +114,10 @@ pub struct ConnectionConfig {
 impl ConnectionConfig {
     fn with(id: &str, kind: ConnectionKind, required: &[&str]) -> Self {
         let mut declared: Vec<String> = required.iter().map(|s| s.to_string()).collect();
-        for k in ["direction_outgoing", "ticket_id"].into_iter().chain(BITRIX24_CALL_KEYS) {
+        for k in ["direction_outgoing", "ticket_id"]
+            .into_iter()
+            .chain(BITRIX24_CALL_KEYS)
+        {
             if !declared.iter().any(|d| d == k) {
                 declared.push(k.to_string());
             }
@@ -240,7 +257,10 @@ pub struct SpeechSenseStats {
 
 impl SpeechSenseStats {
     pub fn rejected(&self, code: Code) -> u64 {
-        self.uploads_rejected.get(&format!("{code:?}")).copied().unwrap_or(0)
+        self.uploads_rejected
+            .get(&format!("{code:?}"))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -265,7 +285,10 @@ impl State {
             after_store: config.faults.after_store.iter().copied().collect(),
             ..Mutable::default()
         };
-        State { config, inner: Mutex::new(inner) }
+        State {
+            config,
+            inner: Mutex::new(inner),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Mutable> {
@@ -308,11 +331,19 @@ impl SpeechSenseEmulator {
         let router = tonic::transport::Server::builder().add_service(server(state.clone()));
         let task = tokio::spawn(async move {
             let incoming = TcpListenerStream::new(listener);
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, async { rx.await.unwrap_or(()) }).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async { rx.await.unwrap_or(()) })
+                .await
+            {
                 tracing::warn!(error = %e, "SpeechSense emulator stopped");
             }
         });
-        Ok(SpeechSenseEmulator { addr, state, shutdown: Some(tx), task })
+        Ok(SpeechSenseEmulator {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task,
+        })
     }
 
     /// `http://127.0.0.1:PORT` — plaintext h2c.
@@ -370,10 +401,13 @@ impl Drop for SpeechSenseEmulator {
     }
 }
 
-fn server(state: Arc<State>) -> TalkServiceServer<service::TalkServiceImpl> {
-    TalkServiceServer::new(service::TalkServiceImpl::new(state))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+fn server(state: Arc<State>) -> ResetAware<TalkServiceServer<service::TalkServiceImpl>> {
+    // ResetAware: a client's RST_STREAM(CANCEL) must abort the upload, not end it cleanly (tonic's default).
+    ResetAware::new(
+        TalkServiceServer::new(service::TalkServiceImpl::new(state))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    )
 }
 
 /// Serves until the process ends (for `b24sense emulate speechsense`).

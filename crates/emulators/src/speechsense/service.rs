@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use b24sense_speechsense::proto::talk_service_server::TalkService;
 use b24sense_speechsense::proto::{
-    audio_metadata, audio_streaming_request, container_audio, filter, message, raw_audio, stream_talk_request,
-    AudioMetadata, AudioStreamingRequest, Field, FieldType, Filter, GetTalkRequest, GetTalkResponse, ProcessingState,
-    SearchTalkRequest, SearchTalkResponse, StreamTalkRequest, Talk, TalkState, UploadTalkRequest, UploadTalkResponse,
-    UploadTextRequest, UploadTextResponse,
+    audio_metadata, audio_streaming_request, container_audio, filter, message, raw_audio,
+    stream_talk_request, AudioMetadata, AudioStreamingRequest, Field, FieldType, Filter,
+    GetTalkRequest, GetTalkResponse, ProcessingState, SearchTalkRequest, SearchTalkResponse,
+    StreamTalkRequest, Talk, TalkState, UploadTalkRequest, UploadTalkResponse, UploadTextRequest,
+    UploadTextResponse,
 };
 use b24sense_speechsense::{container_from_proto, Container};
 use chrono::{DateTime, Utc};
@@ -37,6 +38,21 @@ enum Failure {
     Aborted(Status),
 }
 
+/// Counts an upload stream that broke before the client half-closed. hyper drops the handler when the client
+/// resets the stream, so the count happens on drop unless the handler finished.
+struct AbortWatch<'a> {
+    state: &'a State,
+    done: bool,
+}
+
+impl Drop for AbortWatch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.lock().stats.streams_aborted += 1;
+        }
+    }
+}
+
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
         Failure::Refused(s)
@@ -48,19 +64,25 @@ fn invalid(msg: impl Into<String>) -> Failure {
 }
 
 fn client_request_id(md: &MetadataMap) -> Option<String> {
-    md.get("x-client-request-id").and_then(|v| v.to_str().ok()).map(str::to_string)
+    md.get("x-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn random_id(prefix: &str) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let tail: String = (0..17).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let tail: String = (0..17)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("{prefix}{tail}")
 }
 
 fn random_hex(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..len).map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0')).collect()
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// Yandex Cloud answers carry these; the client logs them.
@@ -74,7 +96,10 @@ fn add_ids(md: &mut MetadataMap) {
 }
 
 fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
@@ -97,11 +122,21 @@ fn audio_format(meta: &AudioMetadata) -> Result<(Option<Container>, Option<RawPc
                 return Err(invalid("raw_audio.audio_encoding must be LINEAR16_PCM"));
             }
             if !(8000..=48000).contains(&r.sample_rate_hertz) || r.audio_channel_count < 1 {
-                return Err(invalid("raw_audio needs sample_rate_hertz 8000..48000 and audio_channel_count >= 1"));
+                return Err(invalid(
+                    "raw_audio needs sample_rate_hertz 8000..48000 and audio_channel_count >= 1",
+                ));
             }
-            Ok((None, Some(RawPcm { sample_rate_hertz: r.sample_rate_hertz, channels: r.audio_channel_count })))
+            Ok((
+                None,
+                Some(RawPcm {
+                    sample_rate_hertz: r.sample_rate_hertz,
+                    channels: r.audio_channel_count,
+                }),
+            ))
         }
-        None => Err(invalid("audio_metadata must declare container_audio or raw_audio")),
+        None => Err(invalid(
+            "audio_metadata must declare container_audio or raw_audio",
+        )),
     }
 }
 
@@ -109,7 +144,10 @@ fn require_audio_connection(conn: &ConnectionConfig) -> Result<(), Failure> {
     if conn.kind.is_audio() {
         Ok(())
     } else {
-        Err(invalid(format!("connection {} is a chat connection: use UploadText", conn.id)))
+        Err(invalid(format!(
+            "connection {} is a chat connection: use UploadText",
+            conn.id
+        )))
     }
 }
 
@@ -127,16 +165,22 @@ impl TalkServiceImpl {
     fn auth_and_fault(&self, md: &MetadataMap) -> Result<String, Failure> {
         let principal = validate::auth(md, &self.state.config)?;
         if let Some(code) = take_fault(&mut self.state.lock().before_store) {
-            return Err(Failure::Refused(Status::new(code, "injected fault (nothing stored)")));
+            return Err(Failure::Refused(Status::new(
+                code,
+                "injected fault (nothing stored)",
+            )));
         }
         Ok(principal)
     }
 
-    async fn next(&self, stream: &mut Streaming<StreamTalkRequest>) -> Result<Option<StreamTalkRequest>, Failure> {
+    async fn next(
+        &self,
+        stream: &mut Streaming<StreamTalkRequest>,
+    ) -> Result<Option<StreamTalkRequest>, Failure> {
         stream.message().await.map_err(Failure::Aborted)
     }
 
-    /// Stores a new talk, then applies after-store faults and the configured latency.
+    /// Stores a new talk, then applies after-store faults.
     async fn store(
         &self,
         prefix: &str,
@@ -167,25 +211,43 @@ impl TalkServiceImpl {
         };
         tracing::debug!(talk_id = %id, connection_id, "SpeechSense emulator stored a talk");
         if let Some(code) = fault {
-            return Err(Failure::Refused(Status::new(code, "injected fault after the talk was stored")));
-        }
-        let latency = self.state.config.upload_latency;
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+            return Err(Failure::Refused(Status::new(
+                code,
+                "injected fault after the talk was stored",
+            )));
         }
         Ok(id)
     }
 
+    /// The configured delay before a successful upload's answer.
+    async fn latency(&self, result: &Result<String, Failure>) {
+        let latency = self.state.config.upload_latency;
+        if result.is_ok() && !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
     /// Metadata update: the talk must exist in the same connection; all fields are replaced.
-    fn update(&self, connection_id: &str, talk_id: &str, fields: BTreeMap<String, String>) -> Result<String, Failure> {
+    fn update(
+        &self,
+        connection_id: &str,
+        talk_id: &str,
+        fields: BTreeMap<String, String>,
+    ) -> Result<String, Failure> {
         let mut inner = self.state.lock();
-        match inner.talks.iter_mut().find(|t| t.id == talk_id && t.connection_id == connection_id) {
+        match inner
+            .talks
+            .iter_mut()
+            .find(|t| t.id == talk_id && t.connection_id == connection_id)
+        {
             Some(talk) => {
                 talk.fields = fields;
                 talk.modified_at = Utc::now();
                 Ok(talk.id.clone())
             }
-            None => Err(Failure::Refused(Status::not_found(format!("talk {talk_id} not found")))),
+            None => Err(Failure::Refused(Status::not_found(format!(
+                "talk {talk_id} not found"
+            )))),
         }
     }
 
@@ -197,10 +259,14 @@ impl TalkServiceImpl {
         let principal = self.auth_and_fault(request.metadata())?;
         let mut stream = request.into_inner();
         let Some(first) = self.next(&mut stream).await? else {
-            return Err(invalid("empty stream: the first message must carry the talk metadata"));
+            return Err(invalid(
+                "empty stream: the first message must carry the talk metadata",
+            ));
         };
         let Some(stream_talk_request::Event::Metadata(metadata)) = first.event else {
-            return Err(invalid("stream order: the first message must carry the talk metadata"));
+            return Err(invalid(
+                "stream order: the first message must carry the talk metadata",
+            ));
         };
         let conn = validate::connection(&self.state.config, &principal, &metadata.connection_id)?;
         require_audio_connection(conn)?;
@@ -209,11 +275,14 @@ impl TalkServiceImpl {
         let Some(StreamTalkRequest {
             event:
                 Some(stream_talk_request::Event::Audio(AudioStreamingRequest {
-                    audio_event: Some(audio_streaming_request::AudioEvent::AudioMetadata(audio_meta)),
+                    audio_event:
+                        Some(audio_streaming_request::AudioEvent::AudioMetadata(audio_meta)),
                 })),
         }) = second
         else {
-            return Err(invalid("stream order: the second message must carry the audio metadata"));
+            return Err(invalid(
+                "stream order: the second message must carry the audio metadata",
+            ));
         };
         let (container, raw_audio) = audio_format(&audio_meta)?;
         let mut hasher = Sha256::new();
@@ -233,7 +302,11 @@ impl TalkServiceImpl {
                     total += chunk.data.len() as u64;
                     self.state.lock().stats.bytes_received += chunk.data.len() as u64;
                 }
-                Some(_) => return Err(invalid("stream order: only audio chunks may follow the audio metadata")),
+                Some(_) => {
+                    return Err(invalid(
+                        "stream order: only audio chunks may follow the audio metadata",
+                    ))
+                }
             }
         }
         if total == 0 {
@@ -247,13 +320,20 @@ impl TalkServiceImpl {
             chunk_sizes,
             messages: Vec::new(),
         };
-        self.store("aud", &conn.id, metadata.fields, payload, crid).await
+        self.store("aud", &conn.id, metadata.fields, payload, crid)
+            .await
     }
 
-    async fn unary_upload(&self, request: Request<UploadTalkRequest>, crid: Option<String>) -> Result<String, Failure> {
+    async fn unary_upload(
+        &self,
+        request: Request<UploadTalkRequest>,
+        crid: Option<String>,
+    ) -> Result<String, Failure> {
         let principal = self.auth_and_fault(request.metadata())?;
         let req = request.into_inner();
-        let metadata = req.metadata.ok_or_else(|| invalid("metadata is required"))?;
+        let metadata = req
+            .metadata
+            .ok_or_else(|| invalid("metadata is required"))?;
         let conn = validate::connection(&self.state.config, &principal, &metadata.connection_id)?;
         require_audio_connection(conn)?;
         validate::fields(conn, &metadata.fields)?;
@@ -264,7 +344,9 @@ impl TalkServiceImpl {
             return self.update(&conn.id, &req.talk_id, metadata.fields);
         }
         let audio = req.audio.ok_or_else(|| invalid("audio is required"))?;
-        let audio_meta = audio.audio_metadata.ok_or_else(|| invalid("audio.audio_metadata is required"))?;
+        let audio_meta = audio
+            .audio_metadata
+            .ok_or_else(|| invalid("audio.audio_metadata is required"))?;
         let (container, raw_audio) = audio_format(&audio_meta)?;
         let data = audio.audio_data.map(|c| c.data).unwrap_or_default();
         self.state.lock().stats.bytes_received += data.len() as u64;
@@ -279,16 +361,26 @@ impl TalkServiceImpl {
             chunk_sizes: vec![data.len()],
             messages: Vec::new(),
         };
-        self.store("aud", &conn.id, metadata.fields, payload, crid).await
+        self.store("aud", &conn.id, metadata.fields, payload, crid)
+            .await
     }
 
-    async fn text_upload(&self, request: Request<UploadTextRequest>, crid: Option<String>) -> Result<String, Failure> {
+    async fn text_upload(
+        &self,
+        request: Request<UploadTextRequest>,
+        crid: Option<String>,
+    ) -> Result<String, Failure> {
         let principal = self.auth_and_fault(request.metadata())?;
         let req = request.into_inner();
-        let metadata = req.metadata.ok_or_else(|| invalid("metadata is required"))?;
+        let metadata = req
+            .metadata
+            .ok_or_else(|| invalid("metadata is required"))?;
         let conn = validate::connection(&self.state.config, &principal, &metadata.connection_id)?;
         if conn.kind.is_audio() {
-            return Err(invalid(format!("connection {} is an audio connection: use Upload or UploadAsStream", conn.id)));
+            return Err(invalid(format!(
+                "connection {} is an audio connection: use Upload or UploadAsStream",
+                conn.id
+            )));
         }
         validate::fields(conn, &metadata.fields)?;
         if !req.talk_id.is_empty() {
@@ -331,7 +423,8 @@ impl TalkServiceImpl {
             chunk_sizes: Vec::new(),
             messages: stored,
         };
-        self.store("txt", &conn.id, metadata.fields, payload, crid).await
+        self.store("txt", &conn.id, metadata.fields, payload, crid)
+            .await
     }
 
     /// Records the call and turns the result into the gRPC answer.
@@ -345,7 +438,11 @@ impl TalkServiceImpl {
         match result {
             Ok(talk_id) => {
                 inner.stats.uploads_ok += 1;
-                inner.calls.push(RecordedCall { method, client_request_id: crid, code: Code::Ok });
+                inner.calls.push(RecordedCall {
+                    method,
+                    client_request_id: crid,
+                    code: Code::Ok,
+                });
                 let mut resp = Response::new(UploadTalkResponse { talk_id });
                 add_ids(resp.metadata_mut());
                 Ok(resp)
@@ -353,15 +450,21 @@ impl TalkServiceImpl {
             Err(failure) => {
                 let mut status = match failure {
                     Failure::Refused(s) => {
-                        *inner.stats.uploads_rejected.entry(format!("{:?}", s.code())).or_default() += 1;
+                        *inner
+                            .stats
+                            .uploads_rejected
+                            .entry(format!("{:?}", s.code()))
+                            .or_default() += 1;
                         s
                     }
-                    Failure::Aborted(s) => {
-                        inner.stats.streams_aborted += 1;
-                        s
-                    }
+                    // Counted by the `AbortWatch`.
+                    Failure::Aborted(s) => s,
                 };
-                inner.calls.push(RecordedCall { method, client_request_id: crid, code: status.code() });
+                inner.calls.push(RecordedCall {
+                    method,
+                    client_request_id: crid,
+                    code: status.code(),
+                });
                 add_ids(status.metadata_mut());
                 Err(status)
             }
@@ -369,10 +472,17 @@ impl TalkServiceImpl {
     }
 
     fn record(&self, method: &'static str, crid: Option<String>, code: Code) {
-        self.state.lock().calls.push(RecordedCall { method, client_request_id: crid, code });
+        self.state.lock().calls.push(RecordedCall {
+            method,
+            client_request_id: crid,
+            code,
+        });
     }
 
-    fn search_inner(&self, request: Request<SearchTalkRequest>) -> Result<SearchTalkResponse, Status> {
+    fn search_inner(
+        &self,
+        request: Request<SearchTalkRequest>,
+    ) -> Result<SearchTalkResponse, Status> {
         let principal = validate::auth(request.metadata(), &self.state.config)?;
         let req = request.into_inner();
         if req.project_id.is_empty() {
@@ -387,7 +497,11 @@ impl TalkServiceImpl {
                 .map(|c| c.id.as_str())
                 .collect()
         } else {
-            vec![validate::connection(config, &principal, &req.connection_id)?.id.as_str()]
+            vec![
+                validate::connection(config, &principal, &req.connection_id)?
+                    .id
+                    .as_str(),
+            ]
         };
         let page_size = match req.page_size {
             0 => 100,
@@ -397,7 +511,9 @@ impl TalkServiceImpl {
         let offset: usize = if req.page_token.is_empty() {
             0
         } else {
-            req.page_token.parse().map_err(|_| Status::invalid_argument("invalid page_token"))?
+            req.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("invalid page_token"))?
         };
         for f in &req.filters {
             check_filter(f)?;
@@ -411,12 +527,21 @@ impl TalkServiceImpl {
             .filter(|t| req.filters.iter().all(|f| matches(f, t)))
             .collect();
         let total = matching.len();
-        let talk_ids: Vec<String> = matching.iter().skip(offset).take(page_size).map(|t| t.id.clone()).collect();
+        let talk_ids: Vec<String> = matching
+            .iter()
+            .skip(offset)
+            .take(page_size)
+            .map(|t| t.id.clone())
+            .collect();
         let next = offset + page_size;
         Ok(SearchTalkResponse {
             talk_ids,
             talks_count: total as i64,
-            next_page_token: if next < total { next.to_string() } else { String::new() },
+            next_page_token: if next < total {
+                next.to_string()
+            } else {
+                String::new()
+            },
         })
     }
 
@@ -431,14 +556,21 @@ impl TalkServiceImpl {
             .iter()
             .filter(|t| req.talk_ids.contains(&t.id))
             .filter(|t| {
-                config.connections.iter().any(|c| c.id == t.connection_id && validate::allowed(c, &principal).is_ok())
+                config
+                    .connections
+                    .iter()
+                    .any(|c| c.id == t.connection_id && validate::allowed(c, &principal).is_ok())
             })
             .map(|t| Talk {
                 id: t.id.clone(),
                 organization_id: req.organization_id.clone(),
                 space_id: req.space_id.clone(),
                 connection_id: t.connection_id.clone(),
-                project_ids: if req.project_id.is_empty() { vec![] } else { vec![req.project_id.clone()] },
+                project_ids: if req.project_id.is_empty() {
+                    vec![]
+                } else {
+                    vec![req.project_id.clone()]
+                },
                 created_at: Some(timestamp(t.created_at)),
                 modified_at: Some(timestamp(t.modified_at)),
                 talk_fields: t
@@ -471,11 +603,20 @@ fn field_type(name: &str) -> FieldType {
 
 fn check_filter(f: &Filter) -> Result<(), Status> {
     if !f.key.starts_with("userMeta.") {
-        return Err(Status::invalid_argument(format!("the emulator supports only userMeta.* filters, got {}", f.key)));
+        return Err(Status::invalid_argument(format!(
+            "the emulator supports only userMeta.* filters, got {}",
+            f.key
+        )));
     }
     match f.filter {
-        Some(filter::Filter::AnyMatch(_) | filter::Filter::BooleanMatch(_) | filter::Filter::DateRange(_)) => Ok(()),
-        _ => Err(Status::invalid_argument("the emulator supports any_match, boolean_match and date_range filters")),
+        Some(
+            filter::Filter::AnyMatch(_)
+            | filter::Filter::BooleanMatch(_)
+            | filter::Filter::DateRange(_),
+        ) => Ok(()),
+        _ => Err(Status::invalid_argument(
+            "the emulator supports any_match, boolean_match and date_range filters",
+        )),
     }
 }
 
@@ -485,18 +626,27 @@ fn matches(f: &Filter, talk: &StoredTalk) -> bool {
     let hit = match (&f.filter, value) {
         (_, None) => false,
         (Some(filter::Filter::AnyMatch(m)), Some(v)) => m.values.iter().any(|x| x == v),
-        (Some(filter::Filter::BooleanMatch(b)), Some(v)) => v.parse::<bool>().is_ok_and(|x| x == b.value),
+        (Some(filter::Filter::BooleanMatch(b)), Some(v)) => {
+            v.parse::<bool>().is_ok_and(|x| x == b.value)
+        }
         (Some(filter::Filter::DateRange(r)), Some(v)) => {
-            let Some(d) = validate::parse_date(v) else { return f.inverse };
-            let (from_incl, to_incl) = r.bounds_inclusive.as_ref().map_or((true, true), |b| (b.from_inclusive, b.to_inclusive));
-            let after_from = r.from_value.as_ref().and_then(from_timestamp).is_none_or(|from| {
-                if from_incl {
-                    d >= from
-                } else {
-                    d > from
-                }
-            });
-            let before_to = r.to_value.as_ref().and_then(from_timestamp).is_none_or(|to| if to_incl { d <= to } else { d < to });
+            let Some(d) = validate::parse_date(v) else {
+                return f.inverse;
+            };
+            let (from_incl, to_incl) = r
+                .bounds_inclusive
+                .as_ref()
+                .map_or((true, true), |b| (b.from_inclusive, b.to_inclusive));
+            let after_from = r
+                .from_value
+                .as_ref()
+                .and_then(from_timestamp)
+                .is_none_or(|from| if from_incl { d >= from } else { d > from });
+            let before_to = r
+                .to_value
+                .as_ref()
+                .and_then(from_timestamp)
+                .is_none_or(|to| if to_incl { d <= to } else { d < to });
             after_from && before_to
         }
         _ => false,
@@ -511,38 +661,73 @@ impl TalkService for TalkServiceImpl {
         request: Request<Streaming<StreamTalkRequest>>,
     ) -> Result<Response<UploadTalkResponse>, Status> {
         let crid = client_request_id(request.metadata());
+        let mut watch = AbortWatch {
+            state: &self.state,
+            done: false,
+        };
         let result = self.stream_upload(request, crid.clone()).await;
+        watch.done = !matches!(result, Err(Failure::Aborted(_)));
+        drop(watch);
+        self.latency(&result).await;
         self.finish_upload("UploadAsStream", crid, result)
     }
 
-    async fn upload(&self, request: Request<UploadTalkRequest>) -> Result<Response<UploadTalkResponse>, Status> {
+    async fn upload(
+        &self,
+        request: Request<UploadTalkRequest>,
+    ) -> Result<Response<UploadTalkResponse>, Status> {
         let crid = client_request_id(request.metadata());
         let result = self.unary_upload(request, crid.clone()).await;
+        self.latency(&result).await;
         self.finish_upload("Upload", crid, result)
     }
 
-    async fn upload_text(&self, request: Request<UploadTextRequest>) -> Result<Response<UploadTextResponse>, Status> {
+    async fn upload_text(
+        &self,
+        request: Request<UploadTextRequest>,
+    ) -> Result<Response<UploadTextResponse>, Status> {
         let crid = client_request_id(request.metadata());
         let result = self.text_upload(request, crid.clone()).await;
+        self.latency(&result).await;
         self.finish_upload("UploadText", crid, result).map(|resp| {
             let (md, body, ext) = resp.into_parts();
-            Response::from_parts(md, UploadTextResponse { talk_id: body.talk_id }, ext)
+            Response::from_parts(
+                md,
+                UploadTextResponse {
+                    talk_id: body.talk_id,
+                },
+                ext,
+            )
         })
     }
 
-    async fn search(&self, request: Request<SearchTalkRequest>) -> Result<Response<SearchTalkResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<SearchTalkRequest>,
+    ) -> Result<Response<SearchTalkResponse>, Status> {
         let crid = client_request_id(request.metadata());
         let result = self.search_inner(request);
-        self.record("Search", crid, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        self.record(
+            "Search",
+            crid,
+            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
         let mut resp = Response::new(result?);
         add_ids(resp.metadata_mut());
         Ok(resp)
     }
 
-    async fn get(&self, request: Request<GetTalkRequest>) -> Result<Response<GetTalkResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<GetTalkRequest>,
+    ) -> Result<Response<GetTalkResponse>, Status> {
         let crid = client_request_id(request.metadata());
         let result = self.get_inner(request);
-        self.record("Get", crid, result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+        self.record(
+            "Get",
+            crid,
+            result.as_ref().map_or_else(Status::code, |_| Code::Ok),
+        );
         let mut resp = Response::new(result?);
         add_ids(resp.metadata_mut());
         Ok(resp)
