@@ -862,3 +862,55 @@ async fn large_portal_smoke() {
     assert_eq!(n, 200 * 1024 * 1024);
     println!("streamed 200 MB in {:?}", t.elapsed());
 }
+
+#[tokio::test]
+async fn deterministic_from_the_seed() {
+    let cfg = PortalConfig {
+        calls: 60,
+        ..roomy()
+    };
+    let (a, b) = (emu(cfg.clone()).await, emu(cfg.clone()).await);
+    let strip = |e: &Bitrix24Emulator| -> String {
+        serde_json::to_string(&e.call_rows())
+            .unwrap()
+            .replace(e.base_url().as_str(), "BASE/")
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(
+        a.recording(5).map(|r| r.sha256),
+        b.recording(5).map(|r| r.sha256)
+    );
+    assert_eq!(a.user_name(2), b.user_name(2));
+    let c = emu(PortalConfig { seed: 2, ..cfg }).await;
+    assert_ne!(strip(&a), strip(&c));
+}
+
+#[tokio::test]
+async fn slow_downloads_and_uncounted_record_urls() {
+    let e = emu(PortalConfig {
+        calls: 40,
+        rate: (1, 1),
+        ..Default::default()
+    })
+    .await;
+    let (id, info) = e
+        .call_rows()
+        .iter()
+        .filter_map(|r| {
+            let id: u64 = r["ID"].as_str().unwrap().parse().unwrap();
+            e.recording(id).map(|i| (id, i))
+        })
+        .find(|(_, i)| i.record_url.is_some() && i.bytes > 3 * 64 * 1024)
+        .unwrap();
+    e.set_faults(FaultConfig::none().with_slow_download(Duration::from_millis(30)));
+    let t = std::time::Instant::now();
+    let url = info.record_url.clone().unwrap();
+    for _ in 0..3 {
+        // The bucket holds one request, yet `/records/*` is never counted.
+        let (_, body) = fetch(&url).await;
+        assert_eq!(body.len() as u64, info.bytes, "call {id}");
+    }
+    assert!(t.elapsed() >= Duration::from_millis(3 * 3 * 30));
+    assert_eq!(e.stats().rate_limited, 0);
+    assert_eq!(e.stats().downloads, 3);
+}

@@ -555,7 +555,13 @@ impl Bitrix24Emulator {
     ) -> std::io::Result<Bitrix24Emulator> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let base = format!("http://{addr}/");
+        // Bound to 0.0.0.0/[::]: advertise loopback, which always reaches it from this host.
+        let shown = if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let base = format!("http://{shown}/");
         // Generating 100,000 calls takes a moment: keep it off the async workers.
         let cfg = config.clone();
         let data = tokio::task::spawn_blocking(move || data::generate(&cfg))
@@ -654,12 +660,16 @@ impl Bitrix24Emulator {
             .map(|u| (u.name.clone(), u.last_name.clone()))
     }
 
-    /// `TITLE` of a company/lead/deal, or `NAME LAST_NAME` of a contact. `kind`: CONTACT, COMPANY, LEAD, DEAL.
+    /// The record's display name as `mapping.md` builds `client_name`: contact → `NAME LAST_NAME`;
+    /// company/deal → `TITLE`; lead → `TITLE`, or `NAME LAST_NAME` when the title is empty (some are).
+    /// `kind`: CONTACT, COMPANY, LEAD, DEAL (any case).
     pub fn crm_title(&self, kind: &str, id: u64) -> Option<String> {
         let kind = data::CrmKind::parse(kind)?;
         let r = self.inner.data.crm_by_id(kind, id)?;
+        let person = format!("{} {}", r.name, r.last_name).trim().to_string();
         Some(match kind {
-            data::CrmKind::Contact => format!("{} {}", r.name, r.last_name).trim().to_string(),
+            data::CrmKind::Contact => person,
+            data::CrmKind::Lead if r.title.trim().is_empty() => person,
             _ => r.title.clone(),
         })
     }
