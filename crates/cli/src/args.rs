@@ -150,9 +150,9 @@ pub struct DemoArgs {
     /// Calls in the emulated portal.
     #[arg(long, default_value = "300", value_parser = clap::value_parser!(u32).range(1..=200_000))]
     pub calls: u32,
-    /// Operators (users) in the emulated portal.
+    /// Operators (Bitrix24 users) in the emulated portal.
     #[arg(long, default_value = "12", value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub users: u32,
+    pub operators: u32,
     /// Seed of the generated portal.
     #[arg(long, default_value = "2026")]
     pub seed: u64,

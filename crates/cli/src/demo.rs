@@ -12,7 +12,7 @@ use crate::{exit, export_command, ExportTarget, Failure};
 
 /// Starts both emulators on free loopback ports and runs `export` against them — the same code path as a real export.
 pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
-    let portal = PortalConfig { seed: a.seed, calls: a.calls as usize, users: a.users as usize, ..PortalConfig::default() };
+    let portal = PortalConfig { seed: a.seed, calls: a.calls as usize, users: a.operators as usize, ..PortalConfig::default() };
     let bitrix = Bitrix24Emulator::start(portal)
         .await
         .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("cannot start the Bitrix24 emulator: {e}")))?;

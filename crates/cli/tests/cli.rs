@@ -25,14 +25,22 @@ async fn services(calls: usize) -> Services {
 
 impl Services {
     fn export(&self, extra: &[&str]) -> Command {
+        self.export_with(&self.portal.webhook_url(), &self.key, extra)
+    }
+
+    fn export_with_key(&self, key: &str, extra: &[&str]) -> Command {
+        self.export_with(&self.portal.webhook_url(), key, extra)
+    }
+
+    fn export_with(&self, webhook: &str, key: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::cargo_bin("b24sense").unwrap();
         cmd.env_clear()
             .env("HOME", self.dir.path())
             .arg("export")
-            .args(["--bitrix24-webhook", &self.portal.webhook_url()])
+            .args(["--bitrix24-webhook", webhook])
             .args(["--speechsense-endpoint", &self.speech.endpoint()])
             .args(["--connection-id", &self.connection])
-            .args(["--api-key", &self.key])
+            .args(["--api-key", key])
             .args(["--database", &format!("sqlite:{}", self.dir.path().join("ledger.db").display())])
             .args(extra);
         cmd
@@ -112,11 +120,10 @@ async fn bad_input_is_refused_naming_the_flag_and_nothing_is_uploaded() {
         assert!(stderr(&out).contains(flag), "{args:?} must name {flag}: {}", stderr(&out));
     }
     for bad in ["ftp://portal/rest/1/x/", "https://portal.bitrix24.ru/rest/abc/secret/", "not a url", "https://portal.bitrix24.ru/"] {
-        let mut cmd = s.export(&[]);
-        cmd.args(["--bitrix24-webhook", bad]);
-        let out = run(cmd).await;
+        let out = run(s.export_with(bad, &s.key, &[])).await;
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
-        assert!(stderr(&out).contains("--bitrix24-webhook"), "{bad}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("--bitrix24-webhook") && !err.contains("multiple times"), "{bad}: {err}");
     }
     assert_eq!(s.speech.talk_count(), 0);
     assert_eq!(s.portal.stats().http_requests, 0, "refused before any request");
@@ -162,9 +169,7 @@ async fn check_says_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_with_wrong_key_exits_refused() {
     let s = services(10).await;
-    let mut cmd = s.export(&[]);
-    cmd.args(["--api-key", "wrong-key"]);
-    let out = run(cmd).await;
+    let out = run(s.export_with_key("wrong-key", &[])).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).to_lowercase().contains("key"), "{}", stderr(&out));
     assert_eq!(s.speech.talk_count(), 0);

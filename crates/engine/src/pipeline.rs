@@ -597,7 +597,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let container = probe.container;
         match self.sink.upload_audio(&connection_id, &fields, container, audio).await {
             Ok(talk_id) => Ok((
-                Outcome::Uploaded { talk_id, mono, reuploaded_after_crash: reupload },
+                // `mono` marks a one-channel recording in a two-channel connection (not one routed elsewhere).
+                Outcome::Uploaded { talk_id, mono: mono && connection_id == self.config.connection_id, reuploaded_after_crash: reupload },
                 sent.load(Ordering::Relaxed),
             )),
             Err(e) => {
