@@ -92,9 +92,9 @@ impl SpeechSenseClient {
             .map_err(|_| invalid())?
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
-            // Detects a dead connection during a long upload instead of waiting forever.
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+            // OS-level keepalive only: HTTP/2 PINGs during a long client stream (the server sends nothing until
+            // the end) are punished by gRPC servers' ping enforcement (GOAWAY "too_many_pings").
+            .tcp_keepalive(Some(Duration::from_secs(60)));
         if tls {
             endpoint = endpoint
                 .tls_config(
