@@ -707,6 +707,61 @@ async fn endpoint_validation() {
     SpeechSenseClient::new(ClientConfig::production(Credentials::api_key("k"))).unwrap();
 }
 
+#[tokio::test]
+async fn tls_handshake_failure_is_retryable() {
+    // https:// against the plaintext emulator: the TLS stack runs (no missing crypto provider) and fails cleanly.
+    let emu = SpeechSenseEmulator::start(SpeechSenseConfig::default())
+        .await
+        .unwrap();
+    let endpoint = emu.endpoint().replace("http://", "https://");
+    let c = SpeechSenseClient::new(ClientConfig::new(
+        endpoint,
+        Credentials::api_key(DEFAULT_API_KEY),
+    ))
+    .unwrap();
+    let err = c.check_connection(AUDIO_CONN).await.unwrap_err();
+    assert!(err.class().is_retryable(), "{err:?}");
+    let err = c
+        .upload_audio(
+            AUDIO_CONN,
+            &fields("1"),
+            Container::Mp3,
+            source(&data(10), &[10]),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.class().is_retryable(), "{err:?}");
+    assert_eq!(emu.talk_count(), 0);
+}
+
+#[tokio::test]
+async fn strict_connection_rejects_undeclared_keys() {
+    let mut strict = ConnectionConfig::two_channel("conn-strict");
+    strict.strict = true;
+    let mut config = SpeechSenseConfig::default();
+    config.connections.push(strict);
+    let emu = SpeechSenseEmulator::start(config).await.unwrap();
+    let c = client(&emu);
+    let mut f = fields("1");
+    c.upload_audio("conn-strict", &f, Container::Mp3, source(&data(10), &[10]))
+        .await
+        .unwrap();
+    f.insert("not_declared".into(), "x".into());
+    let err = c
+        .upload_audio("conn-strict", &f, Container::Mp3, source(&data(10), &[10]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidData { message, .. } if message.contains("not_declared")),
+        "{err:?}"
+    );
+    // The default (lenient) connection ignores it, as the real service seems to.
+    c.upload_audio(AUDIO_CONN, &f, Container::Mp3, source(&data(10), &[10]))
+        .await
+        .unwrap();
+    assert_eq!(emu.talk_count(), 2);
+}
+
 fn auth<T>(message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(
@@ -811,6 +866,40 @@ async fn emulator_raw_protocol() {
         Code::NotFound
     );
 
+    // A single Upload above tonic's default 4 MiB decoding limit.
+    let big = Bytes::from(data(5 * CHUNK_SIZE));
+    let audio = AudioRequest {
+        audio_metadata: Some(AudioMetadata {
+            audio_format: Some(audio_metadata::AudioFormat::ContainerAudio(
+                ContainerAudio {
+                    container_audio_type: 3,
+                },
+            )),
+        }),
+        audio_data: Some(AudioChunk { data: big.clone() }),
+    };
+    let req = UploadTalkRequest {
+        metadata: Some(TalkMetadata {
+            connection_id: AUDIO_CONN.into(),
+            fields: fields("8"),
+            users: vec![],
+        }),
+        audio: Some(audio),
+        talk_id: String::new(),
+    };
+    let mut raw_big = raw
+        .clone()
+        .max_encoding_message_size(b24sense_speechsense::MAX_MESSAGE_SIZE);
+    let big_id = raw_big
+        .upload(auth(req))
+        .await
+        .unwrap()
+        .into_inner()
+        .talk_id;
+    let big_talk = emu.talk(&big_id).unwrap();
+    assert_eq!(big_talk.audio_sha256, sha256_hex(&big));
+    assert_eq!(big_talk.container, Some(Container::Mp3));
+
     let req = GetTalkRequest {
         project_id: "p".into(),
         talk_ids: vec![id.clone()],
@@ -828,7 +917,7 @@ async fn emulator_raw_protocol() {
         date.r#type,
         b24sense_speechsense::proto::FieldType::Date as i32
     );
-    assert_eq!(emu.talk_count(), 1);
+    assert_eq!(emu.talk_count(), 2);
 }
 
 #[tokio::test]
