@@ -167,8 +167,9 @@ impl SpeechSenseClient {
     /// Uploads one audio talk with `UploadAsStream` and returns its talk id.
     ///
     /// Sends `{metadata}` → `{audio_metadata{container}}` → `{chunk}`… in chunks of exactly 1 MiB (the last may be
-    /// shorter) → half-close. If `audio` yields an error, the call is dropped (RST_STREAM, never a half-close), so
-    /// the server stores nothing, and [`Error::SourceFailed`] is returned. Once everything was sent, the answer is
+    /// shorter) → half-close. If `audio` yields an error, the request body fails so the stream is reset
+    /// (RST_STREAM INTERNAL_ERROR, never a half-close), the server stores nothing, and [`Error::SourceFailed`] is
+    /// returned. Once everything was sent, the answer is
     /// awaited for at most `unary_timeout`; a missing answer is [`Error::InDoubt`].
     pub async fn upload_audio(
         &self,
