@@ -198,12 +198,14 @@ fn parse_seconds(_flag: &'static str, s: &str) -> Result<u64, String> {
     if t.starts_with('-') {
         return Err(format!("{t:?} is negative; give a number of seconds ≥ 0"));
     }
-    t.parse::<u64>().map_err(|_| format!("{t:?} is not a whole number of seconds"))
+    t.parse::<u64>()
+        .map_err(|_| format!("{t:?} is not a whole number of seconds"))
 }
 
 fn parse_direction(s: &str) -> Result<CallType, String> {
-    CallType::parse_name(s)
-        .ok_or_else(|| format!("{s:?} is not a call direction; use outgoing, incoming, redirected or callback"))
+    CallType::parse_name(s).ok_or_else(|| {
+        format!("{s:?} is not a call direction; use outgoing, incoming, redirected or callback")
+    })
 }
 
 fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
@@ -211,11 +213,14 @@ fn parse_webhook(s: &str) -> Result<WebhookUrl, String> {
 }
 
 fn parse_endpoint(s: &str) -> Result<String, String> {
-    let url = url::Url::parse(s.trim())
-        .map_err(|e| format!("{s:?} is not a URL ({e}); expected e.g. {DEFAULT_SPEECHSENSE_ENDPOINT}"))?;
+    let url = url::Url::parse(s.trim()).map_err(|e| {
+        format!("{s:?} is not a URL ({e}); expected e.g. {DEFAULT_SPEECHSENSE_ENDPOINT}")
+    })?;
     match url.scheme() {
         "https" | "http" if url.host_str().is_some() => Ok(s.trim().to_string()),
-        other => Err(format!("scheme {other:?} is not supported; use https:// (or http:// for a local emulator)")),
+        other => Err(format!(
+            "scheme {other:?} is not supported; use https:// (or http:// for a local emulator)"
+        )),
     }
 }
 
@@ -224,7 +229,10 @@ fn parse_connection_id(s: &str) -> Result<String, String> {
     if t.is_empty() {
         return Err("must not be empty".into());
     }
-    if !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err("may contain only letters, digits, '-' and '_'".into());
     }
     Ok(t.to_string())
@@ -260,18 +268,23 @@ fn parse_concurrency(s: &str) -> Result<usize, String> {
 
 fn parse_language(s: &str) -> Result<String, String> {
     let t = s.trim();
-    let ok = !t.is_empty() && t.split(',').all(|tag| {
-        let tag = tag.trim();
-        let mut parts = tag.split('-');
-        let lang = parts.next().unwrap_or_default();
-        (2..=3).contains(&lang.len()) && lang.chars().all(|c| c.is_ascii_alphabetic()) && parts.all(|p| {
-            (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
-        })
-    });
+    let ok = !t.is_empty()
+        && t.split(',').all(|tag| {
+            let tag = tag.trim();
+            let mut parts = tag.split('-');
+            let lang = parts.next().unwrap_or_default();
+            (2..=3).contains(&lang.len())
+                && lang.chars().all(|c| c.is_ascii_alphabetic())
+                && parts.all(|p| {
+                    (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
+                })
+        });
     if ok {
         Ok(t.to_string())
     } else {
-        Err(format!("{t:?} is not a language tag such as ru-RU or \"ru-RU, kk-KZ\""))
+        Err(format!(
+            "{t:?} is not a language tag such as ru-RU or \"ru-RU, kk-KZ\""
+        ))
     }
 }
 
@@ -291,7 +304,9 @@ mod tests {
 
     #[test]
     fn validators() {
-        assert!(parse_seconds("--min-duration", "-5").unwrap_err().contains("negative"));
+        assert!(parse_seconds("--min-duration", "-5")
+            .unwrap_err()
+            .contains("negative"));
         assert_eq!(parse_seconds("--min-duration", "30"), Ok(30));
         assert!(parse_language("ru-RU").is_ok());
         assert!(parse_language("ru-RU, kk-KZ").is_ok());

@@ -12,16 +12,29 @@ use crate::{exit, export_command, ExportTarget, Failure};
 
 /// Starts both emulators on free loopback ports and runs `export` against them — the same code path as a real export.
 pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
-    let portal = PortalConfig { seed: a.seed, calls: a.calls as usize, users: a.operators as usize, ..PortalConfig::default() };
-    let bitrix = Bitrix24Emulator::start(portal)
-        .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("cannot start the Bitrix24 emulator: {e}")))?;
+    let portal = PortalConfig {
+        seed: a.seed,
+        calls: a.calls as usize,
+        users: a.operators as usize,
+        ..PortalConfig::default()
+    };
+    let bitrix = Bitrix24Emulator::start(portal).await.map_err(|e| {
+        Failure::new(
+            exit::UNAVAILABLE,
+            format!("cannot start the Bitrix24 emulator: {e}"),
+        )
+    })?;
     let speech_config = SpeechSenseConfig::default();
     let api_key = speech_config.api_keys[0].clone();
     let connection_id = speech_config.connections[0].id.clone();
     let speech = SpeechSenseEmulator::start(speech_config)
         .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("cannot start the SpeechSense emulator: {e}")))?;
+        .map_err(|e| {
+            Failure::new(
+                exit::UNAVAILABLE,
+                format!("cannot start the SpeechSense emulator: {e}"),
+            )
+        })?;
     if !a.run.json {
         eprintln!(
             "demo: emulated portal with {} calls at {} · SpeechSense emulator at {}",
@@ -35,11 +48,18 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
     let tmp = tempfile::tempdir().map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     let mut run = a.run;
     if run.database.is_none() {
-        run.database = Some(format!("sqlite:{}", tmp.path().join("demo-ledger.db").display()));
+        run.database = Some(format!(
+            "sqlite:{}",
+            tmp.path().join("demo-ledger.db").display()
+        ));
     }
-    let webhook = WebhookUrl::parse(&bitrix.webhook_url()).map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    let webhook = WebhookUrl::parse(&bitrix.webhook_url())
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     let target = ExportTarget {
-        portal_key: run.portal_key.clone().unwrap_or_else(|| "demo.bitrix24.local".to_string()),
+        portal_key: run
+            .portal_key
+            .clone()
+            .unwrap_or_else(|| "demo.bitrix24.local".to_string()),
         webhook,
         endpoint: speech.endpoint(),
         connection_id,
@@ -60,15 +80,35 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
 
 pub async fn emulate(cmd: EmulateCommand) -> Result<u8, Failure> {
     let result = match cmd {
-        EmulateCommand::Bitrix24 { port, calls, users, seed } => {
-            let config = PortalConfig { seed, calls, users, ..PortalConfig::default() };
-            b24sense_emulators::bitrix24::serve_forever(config, SocketAddr::from(([127, 0, 0, 1], port))).await
+        EmulateCommand::Bitrix24 {
+            port,
+            calls,
+            users,
+            seed,
+        } => {
+            let config = PortalConfig {
+                seed,
+                calls,
+                users,
+                ..PortalConfig::default()
+            };
+            b24sense_emulators::bitrix24::serve_forever(
+                config,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+            .await
         }
         EmulateCommand::Speechsense { port, api_key } => {
             let mut config = SpeechSenseConfig::default();
             config.api_keys = vec![api_key];
-            b24sense_emulators::speechsense::serve_forever(config, SocketAddr::from(([127, 0, 0, 1], port))).await
+            b24sense_emulators::speechsense::serve_forever(
+                config,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+            .await
         }
     };
-    result.map(|_| exit::OK).map_err(|e| Failure::new(exit::UNAVAILABLE, format!("emulator: {e}")))
+    result
+        .map(|_| exit::OK)
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("emulator: {e}")))
 }

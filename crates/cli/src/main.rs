@@ -10,11 +10,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use b24sense_bitrix24::{Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan};
+use b24sense_bitrix24::{
+    Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan,
+};
 use b24sense_core::CallFilter;
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
 use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
-use b24sense_speechsense::{ClientConfig as SpeechSenseConfig, Credentials as SpeechSenseCredentials, SpeechSenseClient};
+use b24sense_speechsense::{
+    ClientConfig as SpeechSenseConfig, Credentials as SpeechSenseCredentials, SpeechSenseClient,
+};
 use b24sense_store::Store;
 use clap::Parser;
 use secrecy::SecretString;
@@ -47,7 +51,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -58,7 +65,11 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Export(a) => {
             let target = ExportTarget {
-                portal_key: a.run.portal_key.clone().unwrap_or_else(|| a.bitrix24_webhook.host().to_string()),
+                portal_key: a
+                    .run
+                    .portal_key
+                    .clone()
+                    .unwrap_or_else(|| a.bitrix24_webhook.host().to_string()),
                 webhook: a.bitrix24_webhook,
                 endpoint: a.speechsense.speechsense_endpoint,
                 connection_id: a.speechsense.connection_id,
@@ -87,7 +98,11 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Where an export reads from and writes to.
@@ -122,8 +137,16 @@ pub fn call_filter(f: &FilterArgs) -> Result<CallFilter, Failure> {
 pub fn default_database() -> Result<String, Failure> {
     let dir = dirs::data_dir()
         .or_else(|| dirs::home_dir().map(|h| h.join(".local/share")))
-        .ok_or_else(|| Failure::new(exit::USAGE, "--database: no data directory on this system; pass sqlite:PATH"))?;
-    Ok(format!("sqlite:{}", dir.join("b24sense").join("ledger.db").display()))
+        .ok_or_else(|| {
+            Failure::new(
+                exit::USAGE,
+                "--database: no data directory on this system; pass sqlite:PATH",
+            )
+        })?;
+    Ok(format!(
+        "sqlite:{}",
+        dir.join("b24sense").join("ledger.db").display()
+    ))
 }
 
 /// Shutdown on SIGINT/SIGTERM: the first signal stops taking new calls and lets in-flight uploads finish; a second
@@ -137,7 +160,9 @@ fn shutdown_on_signals() -> CancellationToken {
             wait_for_signal().await;
             count += 1;
             if count == 1 {
-                eprintln!("stopping: finishing uploads in flight (press Ctrl-C again to quit at once)");
+                eprintln!(
+                    "stopping: finishing uploads in flight (press Ctrl-C again to quit at once)"
+                );
                 t.cancel();
             } else {
                 std::process::exit(i32::from(exit::INTERRUPTED));
@@ -178,9 +203,12 @@ pub async fn export_command(
         Some(d) => d.clone(),
         None => default_database()?,
     };
-    let store = Store::open(&database)
-        .await
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("--database: cannot open the ledger: {e}")))?;
+    let store = Store::open(&database).await.map_err(|e| {
+        Failure::new(
+            exit::UNAVAILABLE,
+            format!("--database: cannot open the ledger: {e}"),
+        )
+    })?;
 
     let rate = match run.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
@@ -188,7 +216,10 @@ pub async fn export_command(
     };
     let bitrix = Bitrix24Client::new(
         Bitrix24Credentials::Webhook(target.webhook),
-        Bitrix24Config { rate, ..Bitrix24Config::default() },
+        Bitrix24Config {
+            rate,
+            ..Bitrix24Config::default()
+        },
     )
     .map_err(|e| Failure::new(exit::USAGE, format!("--bitrix24-webhook: {e}")))?;
     let speech = SpeechSenseClient::new(SpeechSenseConfig::new(
@@ -214,7 +245,15 @@ pub async fn export_command(
     let shutdown = shutdown_on_signals();
     let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
     let sink = Arc::new(SpeechSenseSink::new(speech, None));
-    let result = run_export(source, sink, store, config, progress.callback(quiet), shutdown.clone()).await;
+    let result = run_export(
+        source,
+        sink,
+        store,
+        config,
+        progress.callback(quiet),
+        shutdown.clone(),
+    )
+    .await;
     progress.finish(quiet);
 
     let (summary, fatal) = match result {
@@ -224,8 +263,12 @@ pub async fn export_command(
         Err(e) => return Err(Failure::new(exit::UNAVAILABLE, e.to_string())),
     };
     if let Some(path) = &run.report {
-        output::write_report(path, &summary)
-            .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("--report {}: {e}", path.display())))?;
+        output::write_report(path, &summary).map_err(|e| {
+            Failure::new(
+                exit::UNAVAILABLE,
+                format!("--report {}: {e}", path.display()),
+            )
+        })?;
     }
     let mut stats = output::stats_json(&summary, &bitrix.stats());
     if let Some(extra) = extra_stats {
@@ -233,11 +276,15 @@ pub async fn export_command(
     }
     output::print_summary(&summary, &stats, run.json, run.dry_run);
 
-    Ok(exit_code(&summary, fatal.as_deref(), shutdown.is_cancelled()))
-        .and_then(|code| match fatal {
-            Some(reason) => Err(Failure::new(code, reason)),
-            None => Ok(code),
-        })
+    Ok(exit_code(
+        &summary,
+        fatal.as_deref(),
+        shutdown.is_cancelled(),
+    ))
+    .and_then(|code| match fatal {
+        Some(reason) => Err(Failure::new(code, reason)),
+        None => Ok(code),
+    })
 }
 
 fn exit_code(summary: &Summary, fatal: Option<&str>, interrupted: bool) -> u8 {
@@ -253,18 +300,37 @@ fn exit_code(summary: &Summary, fatal: Option<&str>, interrupted: bool) -> u8 {
 /// Whether a fatal reason is a refusal of credentials or connection (rather than an outage).
 fn is_refusal(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    ["api key", "credentials", "access", "connection id", "not found", "permission", "unauthenticated"]
-        .iter()
-        .any(|k| r.contains(k))
+    [
+        "api key",
+        "credentials",
+        "access",
+        "connection id",
+        "not found",
+        "permission",
+        "unauthenticated",
+    ]
+    .iter()
+    .any(|k| r.contains(k))
 }
 
 async fn preflight(speech: &SpeechSenseClient, connection_id: &str) -> Result<(), Failure> {
     let lang = b24sense_speechsense::Lang::En;
-    match tokio::time::timeout(Duration::from_secs(30), speech.check_connection(connection_id)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        speech.check_connection(connection_id),
+    )
+    .await
+    {
         Ok(Ok(b24sense_speechsense::ConnectionCheck::Ok)) => Ok(()),
         Ok(Ok(refused)) => Err(Failure::new(exit::REFUSED, refused.message(lang))),
-        Ok(Err(e)) => Err(Failure::new(exit::UNAVAILABLE, unreachable_message(lang, &e.to_string()))),
-        Err(_) => Err(Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s")),
+        Ok(Err(e)) => Err(Failure::new(
+            exit::UNAVAILABLE,
+            unreachable_message(lang, &e.to_string()),
+        )),
+        Err(_) => Err(Failure::new(
+            exit::UNAVAILABLE,
+            "SpeechSense did not answer within 30 s",
+        )),
     }
 }
 
@@ -278,9 +344,12 @@ async fn check_command(a: args::CheckArgs) -> Result<u8, Failure> {
         args::Lang::Ru => b24sense_speechsense::Lang::Ru,
         args::Lang::En => b24sense_speechsense::Lang::En,
     };
-    let check = tokio::time::timeout(Duration::from_secs(30), client.check_connection(&a.speechsense.connection_id))
-        .await
-        .map_err(|_| Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s"))?;
+    let check = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.check_connection(&a.speechsense.connection_id),
+    )
+    .await
+    .map_err(|_| Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s"))?;
     match check {
         Ok(result) => {
             let ok = matches!(result, b24sense_speechsense::ConnectionCheck::Ok);
@@ -291,7 +360,10 @@ async fn check_command(a: args::CheckArgs) -> Result<u8, Failure> {
                 Err(Failure::new(exit::REFUSED, result.message(lang)))
             }
         }
-        Err(e) => Err(Failure::new(exit::UNAVAILABLE, unreachable_message(lang, &e.to_string()))),
+        Err(e) => Err(Failure::new(
+            exit::UNAVAILABLE,
+            unreachable_message(lang, &e.to_string()),
+        )),
     }
 }
 

@@ -36,23 +36,41 @@ fn mb(bytes: u64) -> String {
 
 pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(stats).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(stats).unwrap_or_default()
+        );
         return;
     }
     let secs = summary.wall_time.as_secs_f64();
     if dry_run {
         let w = summary.would_upload.clone().unwrap_or_default();
-        println!("dry run: {} qualifying calls found in {secs:.1} s", summary.found);
-        println!("  would upload      {:>7} calls, {} minutes of audio", w.calls, w.minutes);
+        println!(
+            "dry run: {} qualifying calls found in {secs:.1} s",
+            summary.found
+        );
+        println!(
+            "  would upload      {:>7} calls, {} minutes of audio",
+            w.calls, w.minutes
+        );
         println!("  already uploaded  {:>7}", w.already_uploaded);
         println!("  no recording yet  {:>7}", w.without_recording);
         println!("nothing was uploaded");
         return;
     }
-    println!("export finished in {secs:.1} s: {} qualifying calls", summary.found);
-    println!("  uploaded          {:>7}  ({} mono)", summary.uploaded, summary.uploaded_mono);
+    println!(
+        "export finished in {secs:.1} s: {} qualifying calls",
+        summary.found
+    );
+    println!(
+        "  uploaded          {:>7}  ({} mono)",
+        summary.uploaded, summary.uploaded_mono
+    );
     if summary.reuploaded_after_crash > 0 {
-        println!("  re-uploaded after crash {:>3}  (possible duplicates, see the report)", summary.reuploaded_after_crash);
+        println!(
+            "  re-uploaded after crash {:>3}  (possible duplicates, see the report)",
+            summary.reuploaded_after_crash
+        );
     }
     for (reason, n) in &summary.skipped {
         println!("  skipped           {n:>7}  {reason}");
@@ -88,6 +106,8 @@ pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool
     }
     let failed = summary.failed_total();
     if failed > 0 {
-        println!("{failed} calls failed; run again to retry them (uploaded calls are never sent twice)");
+        println!(
+            "{failed} calls failed; run again to retry them (uploaded calls are never sent twice)"
+        );
     }
 }

@@ -41,7 +41,12 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress { bar, counts: Arc::default(), last_line: Arc::new(Mutex::new(Instant::now())), started: Instant::now() }
+        Progress {
+            bar,
+            counts: Arc::default(),
+            last_line: Arc::new(Mutex::new(Instant::now())),
+            started: Instant::now(),
+        }
     }
 
     pub fn is_bar(&self) -> bool {
@@ -54,49 +59,47 @@ impl Progress {
         let counts = self.counts.clone();
         let last_line = self.last_line.clone();
         let started = self.started;
-        Arc::new(move |event: &ProgressEvent| {
-            match event {
-                ProgressEvent::Found { n } => {
-                    counts.found.fetch_add(*n, Ordering::Relaxed);
-                    if let Some(bar) = &bar {
-                        bar.inc_length(*n);
+        Arc::new(move |event: &ProgressEvent| match event {
+            ProgressEvent::Found { n } => {
+                counts.found.fetch_add(*n, Ordering::Relaxed);
+                if let Some(bar) = &bar {
+                    bar.inc_length(*n);
+                }
+            }
+            ProgressEvent::ListingDone { total } => {
+                if let Some(bar) = &bar {
+                    bar.set_length(*total);
+                } else if !quiet {
+                    eprintln!("listing done: {total} qualifying calls");
+                }
+            }
+            ProgressEvent::Settled(report) => {
+                counts.done.fetch_add(1, Ordering::Relaxed);
+                let slot = match report.outcome {
+                    Outcome::Uploaded { .. } => &counts.uploaded,
+                    Outcome::Skipped { .. } => &counts.skipped,
+                    Outcome::Failed { .. } => &counts.failed,
+                };
+                slot.fetch_add(1, Ordering::Relaxed);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                    bar.set_message(format!(
+                        "uploaded {} · skipped {} · failed {}",
+                        counts.uploaded.load(Ordering::Relaxed),
+                        counts.skipped.load(Ordering::Relaxed),
+                        counts.failed.load(Ordering::Relaxed)
+                    ));
+                } else if !quiet {
+                    let mut last = last_line.lock().unwrap();
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        *last = Instant::now();
+                        eprintln!("{}", line(&counts, started));
                     }
                 }
-                ProgressEvent::ListingDone { total } => {
-                    if let Some(bar) = &bar {
-                        bar.set_length(*total);
-                    } else if !quiet {
-                        eprintln!("listing done: {total} qualifying calls");
-                    }
-                }
-                ProgressEvent::Settled(report) => {
-                    counts.done.fetch_add(1, Ordering::Relaxed);
-                    let slot = match report.outcome {
-                        Outcome::Uploaded { .. } => &counts.uploaded,
-                        Outcome::Skipped { .. } => &counts.skipped,
-                        Outcome::Failed { .. } => &counts.failed,
-                    };
-                    slot.fetch_add(1, Ordering::Relaxed);
-                    if let Some(bar) = &bar {
-                        bar.inc(1);
-                        bar.set_message(format!(
-                            "uploaded {} · skipped {} · failed {}",
-                            counts.uploaded.load(Ordering::Relaxed),
-                            counts.skipped.load(Ordering::Relaxed),
-                            counts.failed.load(Ordering::Relaxed)
-                        ));
-                    } else if !quiet {
-                        let mut last = last_line.lock().unwrap();
-                        if last.elapsed() >= Duration::from_secs(2) {
-                            *last = Instant::now();
-                            eprintln!("{}", line(&counts, started));
-                        }
-                    }
-                }
-                ProgressEvent::BadRow { detail } => {
-                    if let Some(bar) = &bar {
-                        bar.println(format!("warning: unreadable call row: {detail}"));
-                    }
+            }
+            ProgressEvent::BadRow { detail } => {
+                if let Some(bar) = &bar {
+                    bar.println(format!("warning: unreadable call row: {detail}"));
                 }
             }
         })

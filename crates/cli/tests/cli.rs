@@ -15,12 +15,23 @@ struct Services {
 }
 
 async fn services(calls: usize) -> Services {
-    let portal = Bitrix24Emulator::start(PortalConfig { calls, ..PortalConfig::default() }).await.unwrap();
+    let portal = Bitrix24Emulator::start(PortalConfig {
+        calls,
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
     let config = SpeechSenseConfig::default();
     let key = config.api_keys[0].clone();
     let connection = config.connections[0].id.clone();
     let speech = SpeechSenseEmulator::start(config).await.unwrap();
-    Services { portal, speech, key, connection, dir: tempfile::tempdir().unwrap() }
+    Services {
+        portal,
+        speech,
+        key,
+        connection,
+        dir: tempfile::tempdir().unwrap(),
+    }
 }
 
 impl Services {
@@ -41,7 +52,10 @@ impl Services {
             .args(["--speechsense-endpoint", &self.speech.endpoint()])
             .args(["--connection-id", &self.connection])
             .args(["--api-key", key])
-            .args(["--database", &format!("sqlite:{}", self.dir.path().join("ledger.db").display())])
+            .args([
+                "--database",
+                &format!("sqlite:{}", self.dir.path().join("ledger.db").display()),
+            ])
             .args(extra);
         cmd
     }
@@ -49,7 +63,9 @@ impl Services {
 
 /// Runs a command off the async runtime (the emulators live on it).
 async fn run(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -75,7 +91,10 @@ async fn export_then_rerun_uploads_nothing_twice() {
     assert_eq!(second.status.code(), Some(0));
     let summary: serde_json::Value = serde_json::from_str(&stdout(&second)).unwrap();
     assert_eq!(summary["uploaded"], 0);
-    assert_eq!(summary["skipped"]["already_uploaded"].as_u64(), Some(uploaded));
+    assert_eq!(
+        summary["skipped"]["already_uploaded"].as_u64(),
+        Some(uploaded)
+    );
     assert_eq!(s.speech.talk_count() as u64, uploaded);
 }
 
@@ -92,12 +111,23 @@ async fn report_file_and_dry_run() {
     let out = run(s.export(&["--report", report.to_str().unwrap()])).await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = std::fs::read_to_string(&report).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 40, "one line per qualifying call");
-    let uploaded: Vec<_> = lines.iter().filter(|l| l["outcome"] == "uploaded").collect();
+    let uploaded: Vec<_> = lines
+        .iter()
+        .filter(|l| l["outcome"] == "uploaded")
+        .collect();
     assert_eq!(uploaded.len(), s.speech.talk_count());
-    assert!(uploaded.iter().all(|l| l["talk_id"].as_str().is_some_and(|t| !t.is_empty())));
-    assert!(lines.iter().filter(|l| l["outcome"] == "skipped").all(|l| l["reason"].is_string()));
+    assert!(uploaded
+        .iter()
+        .all(|l| l["talk_id"].as_str().is_some_and(|t| !t.is_empty())));
+    assert!(lines
+        .iter()
+        .filter(|l| l["outcome"] == "skipped")
+        .all(|l| l["reason"].is_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,21 +142,40 @@ async fn bad_input_is_refused_naming_the_flag_and_nothing_is_uploaded() {
         (&["--concurrency", "0"], "--concurrency"),
         (&["--direction", "sideways"], "--direction"),
         (&["--language", "русский"], "--language"),
-        (&["--min-duration", "60", "--max-duration", "30"], "--max-duration"),
+        (
+            &["--min-duration", "60", "--max-duration", "30"],
+            "--max-duration",
+        ),
     ];
     for (args, flag) in cases {
         let out = run(s.export(args)).await;
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(flag), "{args:?} must name {flag}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(flag),
+            "{args:?} must name {flag}: {}",
+            stderr(&out)
+        );
     }
-    for bad in ["ftp://portal/rest/1/x/", "https://portal.bitrix24.ru/rest/abc/secret/", "not a url", "https://portal.bitrix24.ru/"] {
+    for bad in [
+        "ftp://portal/rest/1/x/",
+        "https://portal.bitrix24.ru/rest/abc/secret/",
+        "not a url",
+        "https://portal.bitrix24.ru/",
+    ] {
         let out = run(s.export_with(bad, &s.key, &[])).await;
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("--bitrix24-webhook") && !err.contains("multiple times"), "{bad}: {err}");
+        assert!(
+            err.contains("--bitrix24-webhook") && !err.contains("multiple times"),
+            "{bad}: {err}"
+        );
     }
     assert_eq!(s.speech.talk_count(), 0);
-    assert_eq!(s.portal.stats().http_requests, 0, "refused before any request");
+    assert_eq!(
+        s.portal.stats().http_requests,
+        0,
+        "refused before any request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,19 +200,51 @@ async fn check_says_what_is_wrong() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert!(stdout(&ok).contains("Успешный запрос к SpeechSense"));
 
-    let bad_key = run(check("wrong-key", &s.connection, &s.speech.endpoint(), "en")).await;
+    let bad_key = run(check(
+        "wrong-key",
+        &s.connection,
+        &s.speech.endpoint(),
+        "en",
+    ))
+    .await;
     assert_eq!(bad_key.status.code(), Some(3));
-    assert!(stderr(&bad_key).to_lowercase().contains("key"), "{}", stderr(&bad_key));
-    assert!(!stderr(&bad_key).contains("wrong-key"), "never echo the key");
+    assert!(
+        stderr(&bad_key).to_lowercase().contains("key"),
+        "{}",
+        stderr(&bad_key)
+    );
+    assert!(
+        !stderr(&bad_key).contains("wrong-key"),
+        "never echo the key"
+    );
 
-    let bad_conn = run(check(&s.key, "nosuchconnection", &s.speech.endpoint(), "en")).await;
+    let bad_conn = run(check(
+        &s.key,
+        "nosuchconnection",
+        &s.speech.endpoint(),
+        "en",
+    ))
+    .await;
     assert_eq!(bad_conn.status.code(), Some(3));
-    assert!(stderr(&bad_conn).to_lowercase().contains("connection"), "{}", stderr(&bad_conn));
+    assert!(
+        stderr(&bad_conn).to_lowercase().contains("connection"),
+        "{}",
+        stderr(&bad_conn)
+    );
 
     // Nothing listens on port 9 of loopback.
     let unreachable = run(check(&s.key, &s.connection, "http://127.0.0.1:9", "en")).await;
-    assert_eq!(unreachable.status.code(), Some(4), "{}", stderr(&unreachable));
-    assert!(stderr(&unreachable).contains("reach"), "{}", stderr(&unreachable));
+    assert_eq!(
+        unreachable.status.code(),
+        Some(4),
+        "{}",
+        stderr(&unreachable)
+    );
+    assert!(
+        stderr(&unreachable).contains("reach"),
+        "{}",
+        stderr(&unreachable)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,13 +252,21 @@ async fn export_with_wrong_key_exits_refused() {
     let s = services(10).await;
     let out = run(s.export_with_key("wrong-key", &[])).await;
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).to_lowercase().contains("key"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("key"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(s.speech.talk_count(), 0);
 }
 
 #[test]
 fn demo_runs_end_to_end() {
-    let out = Command::cargo_bin("b24sense").unwrap().args(["demo", "--calls", "120", "--json"]).output().unwrap();
+    let out = Command::cargo_bin("b24sense")
+        .unwrap()
+        .args(["demo", "--calls", "120", "--json"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["found"], 120);
@@ -189,13 +278,35 @@ fn demo_runs_end_to_end() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [&["--help"][..], &["export", "--help"], &["check", "--help"], &["demo", "--help"], &["emulate", "--help"]] {
-        let out = Command::cargo_bin("b24sense").unwrap().args(cmd).output().unwrap();
+    for cmd in [
+        &["--help"][..],
+        &["export", "--help"],
+        &["check", "--help"],
+        &["demo", "--help"],
+        &["emulate", "--help"],
+    ] {
+        let out = Command::cargo_bin("b24sense")
+            .unwrap()
+            .args(cmd)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{cmd:?}");
         assert!(stdout(&out).contains("Usage"), "{cmd:?}");
     }
-    let out = Command::cargo_bin("b24sense").unwrap().args(["export", "--help"]).output().unwrap();
-    for flag in ["--bitrix24-webhook", "B24SENSE_BITRIX24_WEBHOOK", "--since", "--users", "--min-duration", "--dry-run", "--database"] {
+    let out = Command::cargo_bin("b24sense")
+        .unwrap()
+        .args(["export", "--help"])
+        .output()
+        .unwrap();
+    for flag in [
+        "--bitrix24-webhook",
+        "B24SENSE_BITRIX24_WEBHOOK",
+        "--since",
+        "--users",
+        "--min-duration",
+        "--dry-run",
+        "--database",
+    ] {
         assert!(stdout(&out).contains(flag), "export --help lacks {flag}");
     }
 }

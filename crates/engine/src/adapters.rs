@@ -44,24 +44,45 @@ impl Bitrix24Source {
 impl CallSource for Bitrix24Source {
     type Error = b24sense_bitrix24::Error;
 
-    async fn list_calls(&self, filter: &CallFilter, after_id: u64) -> Result<CallPage, Self::Error> {
+    async fn list_calls(
+        &self,
+        filter: &CallFilter,
+        after_id: u64,
+    ) -> Result<CallPage, Self::Error> {
         let chunk = self.client.list_calls(filter, after_id).await?;
-        Ok(CallPage { calls: chunk.calls, exhausted: chunk.exhausted, last_id: chunk.last_id, bad_rows: chunk.bad_rows })
+        Ok(CallPage {
+            calls: chunk.calls,
+            exhausted: chunk.exhausted,
+            last_id: chunk.last_id,
+            bad_rows: chunk.bad_rows,
+        })
     }
 
     async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, Self::Error> {
         let found = self.client.lookup(users, crm).await?;
-        Ok(Names { users: found.users, crm: found.crm })
+        Ok(Names {
+            users: found.users,
+            crm: found.crm,
+        })
     }
 
-    async fn resolve_files(&self, file_ids: &[u64]) -> Result<HashMap<u64, Result<Url, String>>, Self::Error> {
+    async fn resolve_files(
+        &self,
+        file_ids: &[u64],
+    ) -> Result<HashMap<u64, Result<Url, String>>, Self::Error> {
         let resolved = self.client.disk_download_urls(file_ids).await?;
-        Ok(resolved.into_iter().map(|(id, r)| (id, r.map_err(|e| e.to_string()))).collect())
+        Ok(resolved
+            .into_iter()
+            .map(|(id, r)| (id, r.map_err(|e| e.to_string())))
+            .collect())
     }
 
     async fn download(&self, url: &Url) -> Result<Recording, Self::Error> {
         let d = self.client.download(url).await?;
-        Ok(Recording { content_length: d.content_length, bytes: d.stream.map_err(|e| e.to_string()).boxed() })
+        Ok(Recording {
+            content_length: d.content_length,
+            bytes: d.stream.map_err(|e| e.to_string()).boxed(),
+        })
     }
 }
 
@@ -93,13 +114,30 @@ impl TalkSink for SpeechSenseSink {
         audio: BoxStream<'static, Result<Bytes, String>>,
     ) -> Result<String, Self::Error> {
         let audio = audio.map_err(SourceError).boxed();
-        self.client.upload_audio(connection_id, fields, container, audio).await
+        self.client
+            .upload_audio(connection_id, fields, container, audio)
+            .await
     }
 
-    async fn find_talks(&self, connection_id: &str, call_id: u64) -> Result<Option<Vec<String>>, Self::Error> {
-        let Some(scope) = &self.search else { return Ok(None) };
-        let scope = SearchScope { connection_id: connection_id.to_string(), ..scope.clone() };
-        let ids = self.client.search(&scope, &[(CALL_ID_SEARCH_KEY.to_string(), vec![call_id.to_string()])]).await?;
+    async fn find_talks(
+        &self,
+        connection_id: &str,
+        call_id: u64,
+    ) -> Result<Option<Vec<String>>, Self::Error> {
+        let Some(scope) = &self.search else {
+            return Ok(None);
+        };
+        let scope = SearchScope {
+            connection_id: connection_id.to_string(),
+            ..scope.clone()
+        };
+        let ids = self
+            .client
+            .search(
+                &scope,
+                &[(CALL_ID_SEARCH_KEY.to_string(), vec![call_id.to_string()])],
+            )
+            .await?;
         Ok(Some(ids))
     }
 }

@@ -27,7 +27,10 @@ pub enum EngineError {
     Store(#[from] b24sense_store::Error),
     /// A fatal error (wrong credentials, unknown connection, listing impossible) stopped the run early.
     #[error("{reason}")]
-    Stopped { reason: String, summary: Box<Summary> },
+    Stopped {
+        reason: String,
+        summary: Box<Summary>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

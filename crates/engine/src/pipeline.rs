@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use b24sense_core::audio::{self, ProbeError, MAX_PROBE_BYTES};
 use b24sense_core::mapping::talk_fields;
-use b24sense_core::{Call, CrmInfo, CrmRef, ErrorClass, FailReason, LedgerState, MonoPolicy, Outcome, SkipReason, UserInfo};
+use b24sense_core::{
+    Call, CrmInfo, CrmRef, ErrorClass, FailReason, LedgerState, MonoPolicy, Outcome, SkipReason,
+    UserInfo,
+};
 use b24sense_store::{Claim, Store};
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
@@ -60,7 +63,11 @@ enum Feedback {
 /// Why one attempt at a call did not produce an outcome.
 enum AttemptError {
     /// Try again after a backoff; `reason` is reported if attempts run out.
-    Retry { reason: FailReason, after: Option<Duration>, detail: String },
+    Retry {
+        reason: FailReason,
+        after: Option<Duration>,
+        detail: String,
+    },
     /// The upload may have been stored.
     InDoubt { detail: String },
     /// The direct URL is dead; go through Disk.
@@ -94,9 +101,14 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
     progress: ProgressFn,
     shutdown: CancellationToken,
 ) -> Result<Summary, EngineError> {
-    config.filter.validate().map_err(|e| EngineError::Config(e.to_string()))?;
+    config
+        .filter
+        .validate()
+        .map_err(|e| EngineError::Config(e.to_string()))?;
     if config.connection_id.trim().is_empty() {
-        return Err(EngineError::Config("connection_id: must not be empty".into()));
+        return Err(EngineError::Config(
+            "connection_id: must not be empty".into(),
+        ));
     }
     let started = Instant::now();
     let run = Arc::new(Run {
@@ -120,7 +132,10 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
     summary.wall_time = started.elapsed();
     if let Some(reason) = run.fatal.lock().unwrap().clone() {
         summary.stopped = Some(reason.clone());
-        return Err(EngineError::Stopped { reason, summary: Box::new(summary) });
+        return Err(EngineError::Stopped {
+            reason,
+            summary: Box::new(summary),
+        });
     }
     if shutdown.is_cancelled() {
         summary.stopped = Some("shutdown requested".into());
@@ -147,7 +162,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let resolver = tokio::spawn(self.clone().resolver(input_rx, work_tx, feedback_rx));
 
         let listed = self.lister(input_tx).await;
-        let resolved = resolver.await.map_err(|e| EngineError::Internal(e.to_string()))?;
+        let resolved = resolver
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         while let Some(r) = tasks.join_next().await {
             r.map_err(|e| EngineError::Internal(e.to_string()))?;
         }
@@ -164,7 +181,12 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     fn report(&self, call: &Call, outcome: Outcome, bytes: u64) {
-        let report = CallReport { call_id: call.id, outcome, seconds: call.recording_seconds(), bytes };
+        let report = CallReport {
+            call_id: call.id,
+            outcome,
+            seconds: call.recording_seconds(),
+            bytes,
+        };
         self.summary.lock().unwrap().record(&report);
         (self.progress)(&ProgressEvent::Settled(report));
     }
@@ -180,7 +202,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => match e.class() {
-                    ErrorClass::Retryable { after } if attempt < self.config.max_attempts && !self.stop.is_cancelled() => {
+                    ErrorClass::Retryable { after }
+                        if attempt < self.config.max_attempts && !self.stop.is_cancelled() =>
+                    {
                         let delay = self.config.backoff.delay(attempt, after);
                         tracing::warn!(error = %e, ?delay, attempt, "{what} failed; retrying");
                         tokio::select! {
@@ -207,7 +231,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             if self.stop.is_cancelled() {
                 break;
             }
-            let page = match self.with_retry("listing calls", || self.source.list_calls(&self.config.filter, after)).await
+            let page = match self
+                .with_retry("listing calls", || {
+                    self.source.list_calls(&self.config.filter, after)
+                })
+                .await
             {
                 Ok(p) => p,
                 Err(e) => {
@@ -216,17 +244,27 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 }
             };
             total += page.calls.len() as u64;
-            (self.progress)(&ProgressEvent::Found { n: page.calls.len() as u64 });
+            (self.progress)(&ProgressEvent::Found {
+                n: page.calls.len() as u64,
+            });
             for detail in &page.bad_rows {
                 tracing::warn!(%detail, "unreadable call row");
                 self.summary.lock().unwrap().bad_rows += 1;
-                (self.progress)(&ProgressEvent::BadRow { detail: detail.clone() });
+                (self.progress)(&ProgressEvent::BadRow {
+                    detail: detail.clone(),
+                });
             }
             let entries = self.store.register(&portal, &page.calls).await?;
             let mut todo = Vec::with_capacity(page.calls.len());
             for (call, entry) in page.calls.into_iter().zip(entries) {
                 if entry.state == LedgerState::Uploaded {
-                    self.report(&call, Outcome::Skipped { reason: SkipReason::AlreadyUploaded }, 0);
+                    self.report(
+                        &call,
+                        Outcome::Skipped {
+                            reason: SkipReason::AlreadyUploaded,
+                        },
+                        0,
+                    );
                 } else {
                     todo.push(call);
                 }
@@ -234,7 +272,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             self.enrich(&mut names, &todo).await;
             for call in todo {
                 let item = WorkItem {
-                    operator: call.portal_user_id.and_then(|id| names.users.get(&id).cloned()),
+                    operator: call
+                        .portal_user_id
+                        .and_then(|id| names.users.get(&id).cloned()),
                     client: call.crm_ref().and_then(|r| names.crm.get(&r).cloned()),
                     call,
                     url: None,
@@ -260,12 +300,25 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// Looks up the names this page needs and the per-run cache lacks, in as few requests as the portal allows.
     async fn enrich(&self, names: &mut Names, calls: &[Call]) {
-        let users: Vec<u64> = unique(calls.iter().filter_map(|c| c.portal_user_id).filter(|u| !names.users.contains_key(u)));
-        let crm: Vec<CrmRef> = unique(calls.iter().filter_map(Call::crm_ref).filter(|r| !names.crm.contains_key(r)));
+        let users: Vec<u64> = unique(
+            calls
+                .iter()
+                .filter_map(|c| c.portal_user_id)
+                .filter(|u| !names.users.contains_key(u)),
+        );
+        let crm: Vec<CrmRef> = unique(
+            calls
+                .iter()
+                .filter_map(Call::crm_ref)
+                .filter(|r| !names.crm.contains_key(r)),
+        );
         if users.is_empty() && crm.is_empty() {
             return;
         }
-        match self.with_retry("looking up names", || self.source.lookup(&users, &crm)).await {
+        match self
+            .with_retry("looking up names", || self.source.lookup(&users, &crm))
+            .await
+        {
             Ok(found) => {
                 names.users.extend(found.users);
                 names.crm.extend(found.crm);
@@ -287,9 +340,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut outstanding = 0usize;
         let mut input_open = true;
         loop {
-            let flush = via_disk.len() >= DISK_BATCH || (!via_disk.is_empty() && (!input_open || input.is_empty()));
+            let flush = via_disk.len() >= DISK_BATCH
+                || (!via_disk.is_empty() && (!input_open || input.is_empty()));
             if flush && !self.stop.is_cancelled() {
-                let batch: Vec<WorkItem> = via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
+                let batch: Vec<WorkItem> =
+                    via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
                 for item in self.resolve_disk(batch).await? {
                     outstanding += 1;
                     if work.send(item).await.is_err() {
@@ -332,8 +387,17 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// Sends a call with a direct URL on; keeps a Disk-only call for the next batch; settles a call with no recording.
-    async fn route(&self, mut item: WorkItem, via_disk: &mut Vec<WorkItem>) -> Result<Option<WorkItem>, EngineError> {
-        if let Some(url) = item.call.call_record_url.as_deref().and_then(|u| Url::parse(u).ok()) {
+    async fn route(
+        &self,
+        mut item: WorkItem,
+        via_disk: &mut Vec<WorkItem>,
+    ) -> Result<Option<WorkItem>, EngineError> {
+        if let Some(url) = item
+            .call
+            .call_record_url
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok())
+        {
             item.url = Some(url);
             return Ok(Some(item));
         }
@@ -341,14 +405,23 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             via_disk.push(item);
             return Ok(None);
         }
-        self.settle_directly(&item.call, Outcome::Skipped { reason: SkipReason::NoRecording }).await?;
+        self.settle_directly(
+            &item.call,
+            Outcome::Skipped {
+                reason: SkipReason::NoRecording,
+            },
+        )
+        .await?;
         Ok(None)
     }
 
     /// Resolves up to 50 Disk files in one request; returns the calls that now have a URL.
     async fn resolve_disk(&self, batch: Vec<WorkItem>) -> Result<Vec<WorkItem>, EngineError> {
         let ids: Vec<u64> = unique(batch.iter().filter_map(|i| i.call.record_file_id));
-        let resolved = match self.with_retry("resolving recordings", || self.source.resolve_files(&ids)).await {
+        let resolved = match self
+            .with_retry("resolving recordings", || self.source.resolve_files(&ids))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 if e.class() == ErrorClass::Fatal {
@@ -356,7 +429,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     return Ok(Vec::new());
                 }
                 for item in &batch {
-                    let outcome = Outcome::Failed { reason: FailReason::PortalError, detail: e.to_string() };
+                    let outcome = Outcome::Failed {
+                        reason: FailReason::PortalError,
+                        detail: e.to_string(),
+                    };
                     self.settle_directly(&item.call, outcome).await?;
                 }
                 return Ok(Vec::new());
@@ -376,7 +452,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                         Some(Err(reason)) => format!("Disk file {file_id}: {reason}"),
                         _ => format!("Disk file {file_id} was not returned by disk.file.get"),
                     };
-                    let outcome = Outcome::Failed { reason: FailReason::RecordingUnavailable, detail };
+                    let outcome = Outcome::Failed {
+                        reason: FailReason::RecordingUnavailable,
+                        detail,
+                    };
                     self.settle_directly(&item.call, outcome).await?;
                 }
             }
@@ -386,7 +465,15 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// Records an outcome reached without any upload (claim, then commit).
     async fn settle_directly(&self, call: &Call, outcome: Outcome) -> Result<(), EngineError> {
-        let claim = self.store.claim(&self.config.portal, call.id, &self.config.worker_id, self.config.lease).await?;
+        let claim = self
+            .store
+            .claim(
+                &self.config.portal,
+                call.id,
+                &self.config.worker_id,
+                self.config.lease,
+            )
+            .await?;
         if let Some(claim) = claim {
             self.store.finish(&claim, &outcome).await?;
             self.report(call, outcome, 0);
@@ -423,8 +510,15 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// Claims one call and drives it to an outcome.
     async fn process(&self, item: WorkItem) -> Result<Feedback, EngineError> {
-        let Some(claim) =
-            self.store.claim(&self.config.portal, item.call.id, &self.config.worker_id, self.config.lease).await?
+        let Some(claim) = self
+            .store
+            .claim(
+                &self.config.portal,
+                item.call.id,
+                &self.config.worker_id,
+                self.config.lease,
+            )
+            .await?
         else {
             // Another worker (or replica) holds it; it will report it.
             return Ok(Feedback::Done);
@@ -433,7 +527,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         if claim.in_doubt {
             match self.find_existing(item.call.id).await {
                 Some(Ok(talk_id)) => {
-                    let outcome = Outcome::Uploaded { talk_id, mono: false, reuploaded_after_crash: false };
+                    let outcome = Outcome::Uploaded {
+                        talk_id,
+                        mono: false,
+                        reuploaded_after_crash: false,
+                    };
                     return self.commit(&claim, &item.call, outcome, 0).await;
                 }
                 Some(Err(())) => {}
@@ -456,18 +554,35 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 }
                 Err(AttemptError::Fatal(reason)) => {
                     self.fail_run(reason.clone());
-                    (Outcome::Failed { reason: FailReason::Interrupted, detail: reason }, 0)
+                    (
+                        Outcome::Failed {
+                            reason: FailReason::Interrupted,
+                            detail: reason,
+                        },
+                        0,
+                    )
                 }
                 Err(AttemptError::InDoubt { detail }) => {
                     tracing::warn!(call = item.call.id, %detail, "upload in doubt");
                     match self.find_existing(item.call.id).await {
-                        Some(Ok(talk_id)) => {
-                            (Outcome::Uploaded { talk_id, mono: false, reuploaded_after_crash: reupload }, 0)
-                        }
+                        Some(Ok(talk_id)) => (
+                            Outcome::Uploaded {
+                                talk_id,
+                                mono: false,
+                                reuploaded_after_crash: reupload,
+                            },
+                            0,
+                        ),
                         found => {
                             reupload |= found.is_none();
                             if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
-                                (Outcome::Failed { reason: FailReason::InDoubt, detail }, 0)
+                                (
+                                    Outcome::Failed {
+                                        reason: FailReason::InDoubt,
+                                        detail,
+                                    },
+                                    0,
+                                )
                             } else {
                                 attempt += 1;
                                 self.pause(attempt - 1, None).await;
@@ -476,7 +591,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                         }
                     }
                 }
-                Err(AttemptError::Retry { reason, after, detail }) => {
+                Err(AttemptError::Retry {
+                    reason,
+                    after,
+                    detail,
+                }) => {
                     if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
                         (Outcome::Failed { reason, detail }, 0)
                     } else {
@@ -502,7 +621,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     /// A talk already stored for this call: `Some(Ok(id))` found, `Some(Err(()))` searched and none found,
     /// `None` no search possible (not configured, or it failed).
     async fn find_existing(&self, call_id: u64) -> Option<Result<String, ()>> {
-        match self.sink.find_talks(&self.config.connection_id, call_id).await {
+        match self
+            .sink
+            .find_talks(&self.config.connection_id, call_id)
+            .await
+        {
             Ok(Some(ids)) => Some(ids.into_iter().next().ok_or(())),
             Ok(None) => None,
             Err(e) => {
@@ -512,9 +635,18 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    async fn commit(&self, claim: &Claim, call: &Call, outcome: Outcome, bytes: u64) -> Result<Feedback, EngineError> {
+    async fn commit(
+        &self,
+        claim: &Claim,
+        call: &Call,
+        outcome: Outcome,
+        bytes: u64,
+    ) -> Result<Feedback, EngineError> {
         if !self.store.finish(claim, &outcome).await? {
-            tracing::warn!(call = call.id, "lease was taken over before the commit; the other worker reports this call");
+            tracing::warn!(
+                call = call.id,
+                "lease was taken over before the commit; the other worker reports this call"
+            );
             return Ok(Feedback::Done);
         }
         self.report(call, outcome, bytes);
@@ -522,21 +654,43 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// One try: download, probe, upload.
-    async fn attempt(&self, item: &WorkItem, claim: &Claim, reupload: bool) -> Result<(Outcome, u64), AttemptError> {
+    async fn attempt(
+        &self,
+        item: &WorkItem,
+        claim: &Claim,
+        reupload: bool,
+    ) -> Result<(Outcome, u64), AttemptError> {
         let call = &item.call;
-        let url = item.url.as_ref().ok_or(AttemptError::Final(Outcome::Skipped { reason: SkipReason::NoRecording }))?;
-        let recording = self.source.download(url).await.map_err(|e| match e.class() {
-            ErrorClass::Permanent if !item.via_disk && call.record_file_id.is_some() => AttemptError::Fallback,
-            ErrorClass::Permanent => AttemptError::Final(Outcome::Failed {
-                reason: FailReason::RecordingUnavailable,
-                detail: e.to_string(),
-            }),
-            ErrorClass::Fatal => AttemptError::Fatal(format!("Bitrix24: {e}")),
-            ErrorClass::Retryable { after } => {
-                AttemptError::Retry { reason: FailReason::DownloadFailed, after, detail: e.to_string() }
-            }
-            ErrorClass::InDoubt => AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail: e.to_string() },
-        })?;
+        let url = item
+            .url
+            .as_ref()
+            .ok_or(AttemptError::Final(Outcome::Skipped {
+                reason: SkipReason::NoRecording,
+            }))?;
+        let recording = self
+            .source
+            .download(url)
+            .await
+            .map_err(|e| match e.class() {
+                ErrorClass::Permanent if !item.via_disk && call.record_file_id.is_some() => {
+                    AttemptError::Fallback
+                }
+                ErrorClass::Permanent => AttemptError::Final(Outcome::Failed {
+                    reason: FailReason::RecordingUnavailable,
+                    detail: e.to_string(),
+                }),
+                ErrorClass::Fatal => AttemptError::Fatal(format!("Bitrix24: {e}")),
+                ErrorClass::Retryable { after } => AttemptError::Retry {
+                    reason: FailReason::DownloadFailed,
+                    after,
+                    detail: e.to_string(),
+                },
+                ErrorClass::InDoubt => AttemptError::Retry {
+                    reason: FailReason::DownloadFailed,
+                    after: None,
+                    detail: e.to_string(),
+                },
+            })?;
         let content_length = recording.content_length;
         let mut body = recording.bytes;
 
@@ -545,33 +699,56 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let probe = loop {
             match audio::probe(&head) {
                 Ok(p) => break p,
-                Err(ProbeError::NeedMore(_)) if head.len() < MAX_PROBE_BYTES => match body.next().await {
-                    Some(Ok(chunk)) => head.extend_from_slice(&chunk),
-                    Some(Err(e)) => {
-                        return Err(AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail: e })
+                Err(ProbeError::NeedMore(_)) if head.len() < MAX_PROBE_BYTES => {
+                    match body.next().await {
+                        Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            return Err(AttemptError::Retry {
+                                reason: FailReason::DownloadFailed,
+                                after: None,
+                                detail: e,
+                            })
+                        }
+                        None => {
+                            let detail = format!(
+                                "recording ends after {} bytes, before a complete header",
+                                head.len()
+                            );
+                            return Err(unsupported(detail));
+                        }
                     }
-                    None => {
-                        let detail = format!("recording ends after {} bytes, before a complete header", head.len());
-                        return Err(unsupported(detail));
-                    }
-                },
-                Err(ProbeError::NeedMore(_)) => return Err(unsupported("no audio header in the first 512 KiB".into())),
+                }
+                Err(ProbeError::NeedMore(_)) => {
+                    return Err(unsupported("no audio header in the first 512 KiB".into()))
+                }
                 Err(ProbeError::Unsupported(why)) => return Err(unsupported(why)),
             }
         };
-        let seconds = probe.estimate_seconds(content_length).unwrap_or(0).max(call.recording_seconds());
+        let seconds = probe
+            .estimate_seconds(content_length)
+            .unwrap_or(0)
+            .max(call.recording_seconds());
         if seconds > self.config.max_recording.as_secs() {
-            return Err(AttemptError::Final(Outcome::Skipped { reason: SkipReason::TooLong }));
+            return Err(AttemptError::Final(Outcome::Skipped {
+                reason: SkipReason::TooLong,
+            }));
         }
         let mono = probe.is_mono();
         let connection_id = match (&self.config.mono_policy, mono) {
             (MonoPolicy::Skip, true) => {
-                return Err(AttemptError::Final(Outcome::Skipped { reason: SkipReason::MonoRecording }))
+                return Err(AttemptError::Final(Outcome::Skipped {
+                    reason: SkipReason::MonoRecording,
+                }))
             }
             (MonoPolicy::Route(id), true) => id.clone(),
             _ => self.config.connection_id.clone(),
         };
-        let fields = talk_fields(call, item.operator.as_ref(), item.client.as_ref(), &self.config.language);
+        let fields = talk_fields(
+            call,
+            item.operator.as_ref(),
+            item.client.as_ref(),
+            &self.config.language,
+        );
 
         match self.store.mark_uploading(claim).await {
             Ok(true) => {}
@@ -595,23 +772,40 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 .boxed()
         };
         let container = probe.container;
-        match self.sink.upload_audio(&connection_id, &fields, container, audio).await {
+        match self
+            .sink
+            .upload_audio(&connection_id, &fields, container, audio)
+            .await
+        {
             Ok(talk_id) => Ok((
                 // `mono` marks a one-channel recording in a two-channel connection (not one routed elsewhere).
-                Outcome::Uploaded { talk_id, mono: mono && connection_id == self.config.connection_id, reuploaded_after_crash: reupload },
+                Outcome::Uploaded {
+                    talk_id,
+                    mono: mono && connection_id == self.config.connection_id,
+                    reuploaded_after_crash: reupload,
+                },
                 sent.load(Ordering::Relaxed),
             )),
             Err(e) => {
                 let detail = e.to_string();
                 if source_broke.load(Ordering::Relaxed) {
                     // The download broke mid-way and the upload was abandoned: nothing was stored.
-                    return Err(AttemptError::Retry { reason: FailReason::DownloadFailed, after: None, detail });
+                    return Err(AttemptError::Retry {
+                        reason: FailReason::DownloadFailed,
+                        after: None,
+                        detail,
+                    });
                 }
                 Err(match e.class() {
-                    ErrorClass::Retryable { after } => AttemptError::Retry { reason: FailReason::UploadFailed, after, detail },
-                    ErrorClass::Permanent => {
-                        AttemptError::Final(Outcome::Failed { reason: FailReason::InvalidData, detail })
-                    }
+                    ErrorClass::Retryable { after } => AttemptError::Retry {
+                        reason: FailReason::UploadFailed,
+                        after,
+                        detail,
+                    },
+                    ErrorClass::Permanent => AttemptError::Final(Outcome::Failed {
+                        reason: FailReason::InvalidData,
+                        detail,
+                    }),
                     ErrorClass::InDoubt => AttemptError::InDoubt { detail },
                     ErrorClass::Fatal => AttemptError::Fatal(format!("SpeechSense: {detail}")),
                 })
@@ -626,7 +820,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut after = 0u64;
         let mut found = 0u64;
         loop {
-            let page = match self.with_retry("listing calls", || self.source.list_calls(&self.config.filter, after)).await
+            let page = match self
+                .with_retry("listing calls", || {
+                    self.source.list_calls(&self.config.filter, after)
+                })
+                .await
             {
                 Ok(p) => p,
                 Err(e) => {
@@ -635,7 +833,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 }
             };
             found += page.calls.len() as u64;
-            (self.progress)(&ProgressEvent::Found { n: page.calls.len() as u64 });
+            (self.progress)(&ProgressEvent::Found {
+                n: page.calls.len() as u64,
+            });
             for call in &page.calls {
                 let done = self.store.entry(&self.config.portal, call.id).await?;
                 if done.is_some_and(|e| e.state == LedgerState::Uploaded) {
@@ -662,7 +862,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 }
 
 fn unsupported(detail: String) -> AttemptError {
-    AttemptError::Final(Outcome::Failed { reason: FailReason::UnsupportedAudio, detail })
+    AttemptError::Final(Outcome::Failed {
+        reason: FailReason::UnsupportedAudio,
+        detail,
+    })
 }
 
 fn unique<T: std::hash::Hash + Eq + Clone>(items: impl Iterator<Item = T>) -> Vec<T> {

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 
-use b24sense_core::{Call, CallFilter, Container, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo};
+use b24sense_core::{
+    Call, CallFilter, Container, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo,
+};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use url::Url;
@@ -47,10 +49,18 @@ pub trait CallSource: Send + Sync + 'static {
     type Error: Classified;
 
     /// The next page(s) of qualifying calls with `ID > after_id`, filtered by the portal.
-    fn list_calls(&self, filter: &CallFilter, after_id: u64) -> impl Future<Output = Result<CallPage, Self::Error>> + Send;
+    fn list_calls(
+        &self,
+        filter: &CallFilter,
+        after_id: u64,
+    ) -> impl Future<Output = Result<CallPage, Self::Error>> + Send;
 
     /// Operator and client names for these users and CRM records.
-    fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> impl Future<Output = Result<Names, Self::Error>> + Send;
+    fn lookup(
+        &self,
+        users: &[u64],
+        crm: &[CrmRef],
+    ) -> impl Future<Output = Result<Names, Self::Error>> + Send;
 
     /// Download addresses of Disk files; a per-file failure is `Err(reason)` in the map.
     fn resolve_files(

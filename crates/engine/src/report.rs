@@ -84,15 +84,23 @@ fn secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
 impl Summary {
     pub(crate) fn record(&mut self, report: &CallReport) {
         match &report.outcome {
-            Outcome::Uploaded { mono, reuploaded_after_crash, .. } => {
+            Outcome::Uploaded {
+                mono,
+                reuploaded_after_crash,
+                ..
+            } => {
                 self.uploaded += 1;
                 self.uploaded_mono += u64::from(*mono);
                 self.reuploaded_after_crash += u64::from(*reuploaded_after_crash);
                 self.bytes_uploaded += report.bytes;
                 self.seconds_uploaded += report.seconds;
             }
-            Outcome::Skipped { reason } => *self.skipped.entry(reason.to_string()).or_default() += 1,
-            Outcome::Failed { reason, .. } => *self.failed.entry(reason.to_string()).or_default() += 1,
+            Outcome::Skipped { reason } => {
+                *self.skipped.entry(reason.to_string()).or_default() += 1
+            }
+            Outcome::Failed { reason, .. } => {
+                *self.failed.entry(reason.to_string()).or_default() += 1
+            }
         }
         self.calls.push(report.clone());
     }

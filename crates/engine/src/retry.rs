@@ -15,14 +15,19 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base: Duration::from_millis(500), max: Duration::from_secs(30) }
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
     }
 }
 
 impl Backoff {
     /// The wait before retry number `attempt` (1 = first retry). A server hint (`after`) wins when it is longer.
     pub fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let ceiling = exp.min(self.max);
         let half = ceiling / 2;
         let jittered = half + rand::rng().random_range(Duration::ZERO..=half);
@@ -36,15 +41,31 @@ mod tests {
 
     #[test]
     fn grows_and_caps() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         for _ in 0..50 {
             let d1 = b.delay(1, None);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100),
+                "{d1:?}"
+            );
             let d3 = b.delay(3, None);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400),
+                "{d3:?}"
+            );
             let d10 = b.delay(10, None);
-            assert!(d10 >= Duration::from_millis(500) && d10 <= Duration::from_secs(1), "{d10:?}");
+            assert!(
+                d10 >= Duration::from_millis(500) && d10 <= Duration::from_secs(1),
+                "{d10:?}"
+            );
         }
-        assert_eq!(b.delay(1, Some(Duration::from_secs(5))), Duration::from_secs(5), "server hint wins");
+        assert_eq!(
+            b.delay(1, Some(Duration::from_secs(5))),
+            Duration::from_secs(5),
+            "server hint wins"
+        );
     }
 }

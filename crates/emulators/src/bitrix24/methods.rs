@@ -100,7 +100,8 @@ fn page_of<T: Copy>(all: &[T], start: i64) -> (Vec<T>, Option<u64>, Option<u64>)
 
 fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
-    let base = inner.base.as_str();
+    // CALL_RECORD_URL points at the "external" recording host (another port), like Voximplant's storage.
+    let base = inner.records_base.as_str();
     let calls = &inner.data.calls;
     let conds = filter::parse(p.get_ci("FILTER"));
     let start = start_param(p);

@@ -271,6 +271,9 @@ pub(crate) struct Inner {
     data: PortalData,
     /// `http://127.0.0.1:PORT/`
     base: String,
+    /// `http://127.0.0.1:OTHER_PORT/`: where `CALL_RECORD_URL`s point. A separate listener plays the external
+    /// recording storage (Voximplant or a PBX), whose downloads never count against the portal's bucket.
+    records_base: String,
     faults: Mutex<FaultConfig>,
     bucket: Mutex<LeakyBucket>,
     operating: Mutex<Operating>,
@@ -513,7 +516,7 @@ impl Inner {
             via_disk_only: spec.disk_only,
             file_id: spec.file_id,
             record_url: call
-                .record_url(&self.base)
+                .record_url(&self.records_base)
                 .as_str()
                 .filter(|s| !s.is_empty())
                 .map(String::from),
@@ -562,6 +565,12 @@ impl Bitrix24Emulator {
             addr
         };
         let base = format!("http://{shown}/");
+        let records_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+        let records_base = format!(
+            "http://{}:{}/",
+            shown.ip(),
+            records_listener.local_addr()?.port()
+        );
         // Generating 100,000 calls takes a moment: keep it off the async workers.
         let cfg = config.clone();
         let data = tokio::task::spawn_blocking(move || data::generate(&cfg))
@@ -579,14 +588,24 @@ impl Bitrix24Emulator {
             config,
             data,
             base,
+            records_base,
         });
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(accept_loop(
+        let records_task = tokio::spawn(accept_loop(
+            records_listener,
+            router(inner.clone()),
+            inner.clone(),
+            stop_rx.clone(),
+        ));
+        let portal_task = tokio::spawn(accept_loop(
             listener,
             router(inner.clone()),
             inner.clone(),
             stop_rx,
         ));
+        let task = tokio::spawn(async move {
+            let _ = tokio::join!(records_task, portal_task);
+        });
         Ok(Bitrix24Emulator {
             inner,
             addr,
@@ -602,6 +621,11 @@ impl Bitrix24Emulator {
     /// `http://127.0.0.1:PORT/`
     pub fn base_url(&self) -> url::Url {
         url::Url::parse(&self.inner.base).expect("base URL is valid")
+    }
+
+    /// `http://127.0.0.1:OTHER_PORT/`: the "external" host `CALL_RECORD_URL`s point to (not the portal's bucket).
+    pub fn records_base_url(&self) -> url::Url {
+        url::Url::parse(&self.inner.records_base).expect("records URL is valid")
     }
 
     /// `http://127.0.0.1:PORT/rest/{user}/{secret}/` — contains the secret: do not log it.
@@ -637,7 +661,7 @@ impl Bitrix24Emulator {
             .data
             .calls
             .iter()
-            .map(|c| c.to_json(&self.inner.base))
+            .map(|c| c.to_json(&self.inner.records_base))
             .collect()
     }
 

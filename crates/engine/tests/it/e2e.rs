@@ -11,7 +11,9 @@ use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
 use b24sense_engine::report::no_progress;
 use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
-use b24sense_speechsense::{ClientConfig as SsConfig, Credentials as SsCredentials, SpeechSenseClient};
+use b24sense_speechsense::{
+    ClientConfig as SsConfig, Credentials as SsCredentials, SpeechSenseClient,
+};
 use b24sense_store::Store;
 use chrono::FixedOffset;
 use secrecy::SecretString;
@@ -29,14 +31,27 @@ struct Env {
 
 impl Env {
     async fn start(calls: usize) -> Env {
-        let portal = Bitrix24Emulator::start(PortalConfig { calls, seed: 7, ..PortalConfig::default() }).await.unwrap();
+        let portal = Bitrix24Emulator::start(PortalConfig {
+            calls,
+            seed: 7,
+            ..PortalConfig::default()
+        })
+        .await
+        .unwrap();
         let ss_config = SpeechSenseConfig::default();
         let connection_id = ss_config.connections[0].id.clone();
         let api_key = ss_config.api_keys[0].clone();
         let speech = SpeechSenseEmulator::start(ss_config).await.unwrap();
         let webhook = WebhookUrl::parse(&portal.webhook_url()).unwrap();
-        let bitrix = Bitrix24Client::new(Credentials::Webhook(webhook), ClientConfig::default()).unwrap();
-        Env { portal, speech, bitrix, connection_id, api_key }
+        let bitrix =
+            Bitrix24Client::new(Credentials::Webhook(webhook), ClientConfig::default()).unwrap();
+        Env {
+            portal,
+            speech,
+            bitrix,
+            connection_id,
+            api_key,
+        }
     }
 
     fn sink(&self, key: &str) -> Arc<SpeechSenseSink> {
@@ -54,24 +69,49 @@ impl Env {
         c
     }
 
-    async fn export(&self, store: &Store, config: ExportConfig, key: &str) -> Result<Summary, EngineError> {
+    async fn export(
+        &self,
+        store: &Store,
+        config: ExportConfig,
+        key: &str,
+    ) -> Result<Summary, EngineError> {
         let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
-        run_export(source, self.sink(key), store.clone(), config, no_progress(), CancellationToken::new()).await
+        run_export(
+            source,
+            self.sink(key),
+            store.clone(),
+            config,
+            no_progress(),
+            CancellationToken::new(),
+        )
+        .await
     }
 
     /// The portal's calls as the engine parses them.
     fn calls(&self) -> Vec<Call> {
         let msk = FixedOffset::east_opt(3 * 3600).unwrap();
-        self.portal.call_rows().iter().map(|r| Call::from_bitrix(r, msk).unwrap()).collect()
+        self.portal
+            .call_rows()
+            .iter()
+            .map(|r| Call::from_bitrix(r, msk).unwrap())
+            .collect()
     }
 
     /// Call IDs that the filter selects and that have a recording.
     fn expected(&self, filter: &CallFilter) -> BTreeSet<u64> {
-        self.calls().into_iter().filter(|c| filter.matches(c) && c.has_recording()).map(|c| c.id).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| filter.matches(c) && c.has_recording())
+            .map(|c| c.id)
+            .collect()
     }
 
     fn uploaded_ids(&self) -> BTreeSet<u64> {
-        self.speech.talks().iter().map(|t| t.fields["id"].parse::<u64>().unwrap()).collect()
+        self.speech
+            .talks()
+            .iter()
+            .map(|t| t.fields["id"].parse::<u64>().unwrap())
+            .collect()
     }
 }
 
@@ -79,14 +119,21 @@ impl Env {
 async fn full_export_is_exact_and_idempotent() {
     let env = Env::start(200).await;
     let (store, _dir) = sqlite_store().await;
-    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let s = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
 
     let expected = env.expected(&CallFilter::default());
     assert_eq!(s.found, 200);
     assert_eq!(s.uploaded as usize, expected.len(), "summary: {s:?}");
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     let talks = env.speech.talks();
-    assert_eq!(talks.len(), expected.len(), "one talk per recorded call, no duplicates");
+    assert_eq!(
+        talks.len(),
+        expected.len(),
+        "one talk per recorded call, no duplicates"
+    );
     assert_eq!(env.uploaded_ids(), expected);
 
     // Audio bytes arrive unchanged and the container is read from the bytes.
@@ -95,14 +142,32 @@ async fn full_export_is_exact_and_idempotent() {
         let rec = env.portal.recording(id).expect("recording info");
         assert_eq!(t.audio_sha256, rec.sha256, "call {id}");
         assert_eq!(t.audio_bytes, rec.bytes, "call {id}");
-        assert_eq!(format!("{:?}", t.container).to_lowercase().contains(&rec.container.to_lowercase()), true, "call {id}: {:?} vs {}", t.container, rec.container);
+        assert_eq!(
+            format!("{:?}", t.container)
+                .to_lowercase()
+                .contains(&rec.container.to_lowercase()),
+            true,
+            "call {id}: {:?} vs {}",
+            t.container,
+            rec.container
+        );
     }
-    assert_eq!(env.portal.stats().rate_limited, 0, "no rate-limit rejections on the normal path");
+    assert_eq!(
+        env.portal.stats().rate_limited,
+        0,
+        "no rate-limit rejections on the normal path"
+    );
 
     // A second run uploads nothing.
-    let again = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let again = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
     assert_eq!(again.uploaded, 0);
-    assert_eq!(again.skipped.get("already_uploaded").copied(), Some(expected.len() as u64));
+    assert_eq!(
+        again.skipped.get("already_uploaded").copied(),
+        Some(expected.len() as u64)
+    );
     assert_eq!(env.speech.talks().len(), expected.len());
 }
 
@@ -110,9 +175,15 @@ async fn full_export_is_exact_and_idempotent() {
 async fn mapping_field_by_field() {
     let env = Env::start(60).await;
     let (store, _dir) = sqlite_store().await;
-    env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
-    let rows: BTreeMap<u64, serde_json::Value> =
-        env.portal.call_rows().into_iter().map(|r| (r["ID"].as_str().unwrap().parse().unwrap(), r)).collect();
+    env.export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
+    let rows: BTreeMap<u64, serde_json::Value> = env
+        .portal
+        .call_rows()
+        .into_iter()
+        .map(|r| (r["ID"].as_str().unwrap().parse().unwrap(), r))
+        .collect();
     let talks = env.speech.talks();
     assert!(!talks.is_empty());
     for t in talks {
@@ -142,11 +213,24 @@ async fn mapping_field_by_field() {
             let title = env.portal.crm_title(&crm_type, crm_id).unwrap();
             assert_eq!(f["client_name"], title, "call {id}");
         }
-        assert_eq!(f["date"], chrono::DateTime::parse_from_rfc3339(&text("CALL_START_DATE")).unwrap().to_rfc3339());
+        assert_eq!(
+            f["date"],
+            chrono::DateTime::parse_from_rfc3339(&text("CALL_START_DATE"))
+                .unwrap()
+                .to_rfc3339()
+        );
         let outgoing = matches!(text("CALL_TYPE").as_str(), "1" | "4");
         assert_eq!(f["direction_outgoing"], outgoing.to_string());
         assert_eq!(f["language"], "ru-RU");
-        for key in ["PORTAL_NUMBER", "PHONE_NUMBER", "CALL_ID", "CALL_DURATION", "COST", "CALL_FAILED_CODE", "CALL_TYPE"] {
+        for key in [
+            "PORTAL_NUMBER",
+            "PHONE_NUMBER",
+            "CALL_ID",
+            "CALL_DURATION",
+            "COST",
+            "CALL_FAILED_CODE",
+            "CALL_TYPE",
+        ] {
             assert_eq!(f[&key.to_lowercase()], text(key), "call {id} key {key}");
         }
         assert_eq!(f["record_file_id"], text("RECORD_FILE_ID"));
@@ -161,12 +245,48 @@ async fn each_filter_alone_and_combined() {
     let mid = calls[calls.len() / 2].call_start_date;
     let some_user = calls.iter().find_map(|c| c.portal_user_id).unwrap();
     let filters = [
-        ("since", CallFilter { since: Some(TimeBound::Instant(mid)), ..Default::default() }),
-        ("since-date", CallFilter { since: Some(TimeBound::Date(mid.date_naive())), ..Default::default() }),
-        ("until", CallFilter { until: Some(TimeBound::Instant(mid)), ..Default::default() }),
-        ("users", CallFilter { users: vec![some_user], ..Default::default() }),
-        ("min-duration", CallFilter { min_duration: 120, ..Default::default() }),
-        ("direction", CallFilter { call_types: vec![CallType::Outgoing, CallType::Callback], ..Default::default() }),
+        (
+            "since",
+            CallFilter {
+                since: Some(TimeBound::Instant(mid)),
+                ..Default::default()
+            },
+        ),
+        (
+            "since-date",
+            CallFilter {
+                since: Some(TimeBound::Date(mid.date_naive())),
+                ..Default::default()
+            },
+        ),
+        (
+            "until",
+            CallFilter {
+                until: Some(TimeBound::Instant(mid)),
+                ..Default::default()
+            },
+        ),
+        (
+            "users",
+            CallFilter {
+                users: vec![some_user],
+                ..Default::default()
+            },
+        ),
+        (
+            "min-duration",
+            CallFilter {
+                min_duration: 120,
+                ..Default::default()
+            },
+        ),
+        (
+            "direction",
+            CallFilter {
+                call_types: vec![CallType::Outgoing, CallType::Callback],
+                ..Default::default()
+            },
+        ),
         (
             "combined",
             CallFilter {
@@ -181,14 +301,24 @@ async fn each_filter_alone_and_combined() {
     for (name, filter) in filters {
         let (store, _dir) = sqlite_store().await;
         let before = env.uploaded_ids();
-        let s = env.export(&store, env.config(filter.clone()), &env.api_key).await.unwrap();
+        let s = env
+            .export(&store, env.config(filter.clone()), &env.api_key)
+            .await
+            .unwrap();
         let expected = env.expected(&filter);
         let listed = calls.iter().filter(|c| filter.matches(c)).count() as u64;
         assert_eq!(s.found, listed, "{name}: the portal applied the filter");
-        assert!(listed < 240, "{name}: the filter must select a strict subset");
+        assert!(
+            listed < 240,
+            "{name}: the filter must select a strict subset"
+        );
         let newly: BTreeSet<u64> = env.uploaded_ids().difference(&before).copied().collect();
-        let uploaded_now: BTreeSet<u64> =
-            s.calls.iter().filter(|c| c.outcome.reason().is_none()).map(|c| c.call_id).collect();
+        let uploaded_now: BTreeSet<u64> = s
+            .calls
+            .iter()
+            .filter(|c| c.outcome.reason().is_none())
+            .map(|c| c.call_id)
+            .collect();
         assert_eq!(uploaded_now, expected, "{name}");
         assert!(newly.is_subset(&expected), "{name}");
     }
@@ -198,8 +328,13 @@ async fn each_filter_alone_and_combined() {
 async fn wrong_key_and_wrong_connection_stop_with_a_clear_error() {
     let env = Env::start(20).await;
     let (store, _dir) = sqlite_store().await;
-    let err = env.export(&store, env.config(CallFilter::default()), "not-the-key").await.unwrap_err();
-    let EngineError::Stopped { reason, summary } = err else { panic!("expected Stopped") };
+    let err = env
+        .export(&store, env.config(CallFilter::default()), "not-the-key")
+        .await
+        .unwrap_err();
+    let EngineError::Stopped { reason, summary } = err else {
+        panic!("expected Stopped")
+    };
     assert!(reason.to_lowercase().contains("key"), "{reason}");
     assert_eq!(summary.uploaded, 0);
     assert!(!reason.contains("not-the-key"), "the key is never echoed");
@@ -207,23 +342,37 @@ async fn wrong_key_and_wrong_connection_stop_with_a_clear_error() {
     let mut c = env.config(CallFilter::default());
     c.connection_id = "no-such-connection".into();
     let err = env.export(&store, c, &env.api_key).await.unwrap_err();
-    let EngineError::Stopped { reason, .. } = err else { panic!("expected Stopped") };
+    let EngineError::Stopped { reason, .. } = err else {
+        panic!("expected Stopped")
+    };
     assert!(reason.to_lowercase().contains("connection"), "{reason}");
     assert_eq!(env.speech.talks().len(), 0);
 
     // Nothing was lost: the calls are still in the ledger, and a run with the right settings uploads them.
-    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
-    assert_eq!(s.uploaded as usize, env.expected(&CallFilter::default()).len());
+    let s = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.uploaded as usize,
+        env.expected(&CallFilter::default()).len()
+    );
 }
 
 #[tokio::test]
 async fn same_behaviour_on_postgresql() {
     let env = Env::start(80).await;
     let store = postgres_store().await;
-    let s = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let s = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
     let expected = env.expected(&CallFilter::default());
     assert_eq!(s.uploaded as usize, expected.len());
-    let again = env.export(&store, env.config(CallFilter::default()), &env.api_key).await.unwrap();
+    let again = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
     assert_eq!(again.uploaded, 0);
     assert_eq!(env.uploaded_ids(), expected);
     assert_eq!(env.speech.talks().len(), expected.len());

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use b24sense_core::{Call, CallFilter, Container, CrmEntityType, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo};
+use b24sense_core::{
+    Call, CallFilter, Container, CrmEntityType, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo,
+};
 use b24sense_engine::ports::{CallPage, CallSource, Classified, Names, Recording, TalkSink};
 use bytes::Bytes;
 use chrono::FixedOffset;
@@ -27,7 +29,10 @@ impl Classified for FakeError {
 }
 
 fn err(class: ErrorClass, msg: &str) -> FakeError {
-    FakeError { class, msg: msg.into() }
+    FakeError {
+        class,
+        msg: msg.into(),
+    }
 }
 
 /// A 16-bit PCM WAV file with `channels` channels and `samples` frames of a simple pattern.
@@ -134,39 +139,74 @@ impl CallSource for FakeSource {
     async fn list_calls(&self, filter: &CallFilter, after_id: u64) -> Result<CallPage, FakeError> {
         self.list_requests.fetch_add(1, Ordering::SeqCst);
         if self.fatal_listing {
-            return Err(err(ErrorClass::Fatal, "INVALID_CREDENTIALS: Invalid request credentials"));
+            return Err(err(
+                ErrorClass::Fatal,
+                "INVALID_CREDENTIALS: Invalid request credentials",
+            ));
         }
         // Pages of 120 to exercise several listing rounds.
-        let calls: Vec<Call> =
-            self.calls.iter().filter(|c| c.id > after_id && filter.matches(c)).take(120).cloned().collect();
+        let calls: Vec<Call> = self
+            .calls
+            .iter()
+            .filter(|c| c.id > after_id && filter.matches(c))
+            .take(120)
+            .cloned()
+            .collect();
         let exhausted = calls.len() < 120;
-        Ok(CallPage { last_id: calls.last().map(|c| c.id), calls, exhausted, bad_rows: vec![] })
+        Ok(CallPage {
+            last_id: calls.last().map(|c| c.id),
+            calls,
+            exhausted,
+            bad_rows: vec![],
+        })
     }
 
     async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, FakeError> {
         self.lookup_requests.fetch_add(1, Ordering::SeqCst);
         let mut names = Names::default();
         for &u in users {
-            names.users.insert(u, UserInfo { id: u, name: Some(format!("Op{u}")), last_name: Some("Test".into()) });
+            names.users.insert(
+                u,
+                UserInfo {
+                    id: u,
+                    name: Some(format!("Op{u}")),
+                    last_name: Some("Test".into()),
+                },
+            );
         }
         for r in crm {
             assert_eq!(r.kind, CrmEntityType::Contact);
             names.crm.insert(
                 r.clone(),
-                CrmInfo { entity: r.clone(), title: None, name: Some(format!("Client{}", r.id)), last_name: None },
+                CrmInfo {
+                    entity: r.clone(),
+                    title: None,
+                    name: Some(format!("Client{}", r.id)),
+                    last_name: None,
+                },
             );
         }
         Ok(names)
     }
 
-    async fn resolve_files(&self, file_ids: &[u64]) -> Result<HashMap<u64, Result<Url, String>>, FakeError> {
+    async fn resolve_files(
+        &self,
+        file_ids: &[u64],
+    ) -> Result<HashMap<u64, Result<Url, String>>, FakeError> {
         self.resolve_requests.fetch_add(1, Ordering::SeqCst);
         self.resolved_ids.lock().unwrap().push(file_ids.len());
-        assert!(file_ids.len() <= 50, "disk.file.get batches hold at most 50 commands");
+        assert!(
+            file_ids.len() <= 50,
+            "disk.file.get batches hold at most 50 commands"
+        );
         Ok(file_ids
             .iter()
             .map(|id| {
-                let r = self.disk.get(id).map(|u| Url::parse(u).unwrap()).ok_or_else(|| "ERROR_NOT_FOUND".to_string());
+                let r = self
+                    .disk
+                    .get(id)
+                    .map(|u| Url::parse(u).unwrap())
+                    .ok_or_else(|| "ERROR_NOT_FOUND".to_string());
                 (*id, r)
             })
             .collect())
@@ -179,7 +219,12 @@ impl CallSource for FakeSource {
             None | Some(Download::Dead) => Err(err(ErrorClass::Permanent, "HTTP 404")),
             Some(Download::Bytes(b)) => Ok(Recording {
                 content_length: Some(b.len() as u64),
-                bytes: stream::iter(b.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect::<Vec<_>>()).boxed(),
+                bytes: stream::iter(
+                    b.chunks(1000)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect::<Vec<_>>(),
+                )
+                .boxed(),
             }),
             Some(Download::BreaksMidway(b, n)) => {
                 if n == 0 {
@@ -189,8 +234,12 @@ impl CallSource for FakeSource {
                 }
                 map.insert(url.to_string(), Download::BreaksMidway(b.clone(), n - 1));
                 let half = Bytes::copy_from_slice(&b[..b.len() / 2]);
-                let items: Vec<Result<Bytes, String>> = vec![Ok(half), Err("connection reset".into())];
-                Ok(Recording { content_length: Some(b.len() as u64), bytes: stream::iter(items).boxed() })
+                let items: Vec<Result<Bytes, String>> =
+                    vec![Ok(half), Err("connection reset".into())];
+                Ok(Recording {
+                    content_length: Some(b.len() as u64),
+                    bytes: stream::iter(items).boxed(),
+                })
             }
         }
     }
@@ -200,7 +249,12 @@ impl FakeSource {
     fn download_bytes(&self, b: Vec<u8>) -> Result<Recording, FakeError> {
         Ok(Recording {
             content_length: Some(b.len() as u64),
-            bytes: stream::iter(b.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect::<Vec<_>>()).boxed(),
+            bytes: stream::iter(
+                b.chunks(1000)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>(),
+            )
+            .boxed(),
         })
     }
 }
@@ -234,7 +288,11 @@ pub struct FakeSink {
 
 impl FakeSink {
     pub fn with_script(script: &[Upload], searchable: bool) -> FakeSink {
-        FakeSink { script: Mutex::new(script.iter().copied().collect()), searchable, ..Default::default() }
+        FakeSink {
+            script: Mutex::new(script.iter().copied().collect()),
+            searchable,
+            ..Default::default()
+        }
     }
 
     pub fn talks(&self) -> Vec<Talk> {
@@ -262,12 +320,22 @@ impl TalkSink for FakeSink {
         mut audio: BoxStream<'static, Result<Bytes, String>>,
     ) -> Result<String, FakeError> {
         self.uploads.fetch_add(1, Ordering::SeqCst);
-        let step = self.script.lock().unwrap().pop_front().unwrap_or(Upload::Store);
+        let step = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Upload::Store);
         let mut bytes = Vec::new();
         while let Some(chunk) = audio.next().await {
             match chunk {
                 Ok(c) => bytes.extend_from_slice(&c),
-                Err(e) => return Err(err(ErrorClass::Retryable { after: None }, &format!("source failed: {e}"))),
+                Err(e) => {
+                    return Err(err(
+                        ErrorClass::Retryable { after: None },
+                        &format!("source failed: {e}"),
+                    ))
+                }
             }
         }
         if let Upload::Fail(class) = step {
@@ -283,12 +351,19 @@ impl TalkSink for FakeSink {
             audio: bytes,
         });
         match step {
-            Upload::StoreThenInDoubt => Err(err(ErrorClass::InDoubt, "DEADLINE_EXCEEDED after the stream was sent")),
+            Upload::StoreThenInDoubt => Err(err(
+                ErrorClass::InDoubt,
+                "DEADLINE_EXCEEDED after the stream was sent",
+            )),
             _ => Ok(id),
         }
     }
 
-    async fn find_talks(&self, connection_id: &str, call_id: u64) -> Result<Option<Vec<String>>, FakeError> {
+    async fn find_talks(
+        &self,
+        connection_id: &str,
+        call_id: u64,
+    ) -> Result<Option<Vec<String>>, FakeError> {
         if !self.searchable {
             return Ok(None);
         }
@@ -304,5 +379,10 @@ impl TalkSink for FakeSink {
 
 /// Calls whose recordings should exist in the sink, with the URL their audio comes from.
 pub fn expected_audio(source: &FakeSource) -> HashSet<u64> {
-    source.calls.iter().filter(|c| c.has_recording()).map(|c| c.id).collect()
+    source
+        .calls
+        .iter()
+        .filter(|c| c.has_recording())
+        .map(|c| c.id)
+        .collect()
 }

@@ -3,7 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use b24sense_core::{CallFilter, Container, ErrorClass, FailReason, MonoPolicy, Outcome, SkipReason};
+use b24sense_core::{
+    CallFilter, Container, ErrorClass, FailReason, MonoPolicy, Outcome, SkipReason,
+};
 use b24sense_engine::report::no_progress;
 use b24sense_engine::retry::Backoff;
 use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
@@ -16,15 +18,30 @@ use crate::support::sqlite_store;
 
 fn config() -> ExportConfig {
     let mut c = ExportConfig::new("fake.bitrix24.test", "conn-1");
-    c.backoff = Backoff { base: Duration::from_millis(1), max: Duration::from_millis(5) };
+    c.backoff = Backoff {
+        base: Duration::from_millis(1),
+        max: Duration::from_millis(5),
+    };
     c.concurrency = 4;
     c
 }
 
-async fn run(source: &Arc<FakeSource>, sink: &Arc<FakeSink>, store: &Store, config: ExportConfig) -> Summary {
-    run_export(source.clone(), sink.clone(), store.clone(), config, no_progress(), CancellationToken::new())
-        .await
-        .expect("run completes")
+async fn run(
+    source: &Arc<FakeSource>,
+    sink: &Arc<FakeSink>,
+    store: &Store,
+    config: ExportConfig,
+) -> Summary {
+    run_export(
+        source.clone(),
+        sink.clone(),
+        store.clone(),
+        config,
+        no_progress(),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("run completes")
 }
 
 #[tokio::test]
@@ -47,23 +64,36 @@ async fn exports_every_recorded_call_once_and_rerun_uploads_nothing() {
     for talk in sink.talks() {
         let id: u64 = talk.fields["id"].parse().unwrap();
         let call = source.calls.iter().find(|c| c.id == id).unwrap();
-        let url = call.call_record_url.clone().unwrap_or_else(|| FakeSource::disk_url(call.record_file_id.unwrap()));
+        let url = call
+            .call_record_url
+            .clone()
+            .unwrap_or_else(|| FakeSource::disk_url(call.record_file_id.unwrap()));
         assert_eq!(talk.audio, source.audio_of(&url), "call {id}");
         assert_eq!(talk.container, Container::Wav);
-        assert_eq!(talk.fields["operator_name"], format!("Op{} Test", id % 3 + 1));
+        assert_eq!(
+            talk.fields["operator_name"],
+            format!("Op{} Test", id % 3 + 1)
+        );
     }
 
     // Listing 300 calls in pages of 120 = 3 requests; names looked up once per page at most; Disk-only calls
     // (every 7th, minus every 35th) resolved in batches.
     assert_eq!(source.list_requests.load(Ordering::SeqCst), 3);
     assert!(source.lookup_requests.load(Ordering::SeqCst) <= 3);
-    let disk_only = source.calls.iter().filter(|c| c.call_record_url.is_none() && c.record_file_id.is_some()).count();
+    let disk_only = source
+        .calls
+        .iter()
+        .filter(|c| c.call_record_url.is_none() && c.record_file_id.is_some())
+        .count();
     let resolved: usize = source.resolved_ids.lock().unwrap().iter().sum();
     assert_eq!(resolved, disk_only);
 
     let again = run(&source, &sink, &store, config()).await;
     assert_eq!(again.uploaded, 0, "a re-run uploads nothing");
-    assert_eq!(again.skipped.get("already_uploaded").copied(), Some(recorded));
+    assert_eq!(
+        again.skipped.get("already_uploaded").copied(),
+        Some(recorded)
+    );
     assert_eq!(sink.talks().len() as u64, recorded);
 }
 
@@ -73,7 +103,10 @@ async fn filters_are_passed_to_the_source() {
     let source = Arc::new(FakeSource::portal(60));
     let sink = Arc::new(FakeSink::default());
     let mut c = config();
-    c.filter = CallFilter { users: vec![2], ..Default::default() };
+    c.filter = CallFilter {
+        users: vec![2],
+        ..Default::default()
+    };
     let s = run(&source, &sink, &store, c).await;
     assert_eq!(s.found, 20);
     assert!(sink.talks().iter().all(|t| t.fields["operator_id"] == "2"));
@@ -89,7 +122,11 @@ async fn retryable_upload_failures_are_retried_without_duplicates() {
     c.concurrency = 1;
     let s = run(&source, &sink, &store, c).await;
     assert_eq!(s.uploaded, 4);
-    assert_eq!(sink.uploads.load(Ordering::SeqCst), 6, "two failed attempts + four successes");
+    assert_eq!(
+        sink.uploads.load(Ordering::SeqCst),
+        6,
+        "two failed attempts + four successes"
+    );
     assert!(sink.per_call().values().all(|n| *n == 1));
 }
 
@@ -124,7 +161,10 @@ async fn in_doubt_upload_with_search_records_the_existing_talk() {
     let s = run(&source, &sink, &store, c).await;
     assert_eq!(s.uploaded, 3);
     assert_eq!(s.reuploaded_after_crash, 0);
-    assert!(sink.per_call().values().all(|n| *n == 1), "found by search, not uploaded again");
+    assert!(
+        sink.per_call().values().all(|n| *n == 1),
+        "found by search, not uploaded again"
+    );
 }
 
 #[tokio::test]
@@ -134,7 +174,10 @@ async fn in_doubt_upload_without_search_is_reuploaded_and_flagged() {
     let sink = Arc::new(FakeSink::with_script(&[Upload::StoreThenInDoubt], false));
     let s = run(&source, &sink, &store, config()).await;
     assert_eq!(s.uploaded, 1);
-    assert_eq!(s.reuploaded_after_crash, 1, "the possible duplicate is reported, never silent");
+    assert_eq!(
+        s.reuploaded_after_crash, 1,
+        "the possible duplicate is reported, never silent"
+    );
     assert_eq!(sink.talks().len(), 2);
     let entry = store.entry("fake.bitrix24.test", 1).await.unwrap().unwrap();
     assert!(entry.reuploaded_after_crash);
@@ -144,10 +187,20 @@ async fn in_doubt_upload_without_search_is_reuploaded_and_flagged() {
 async fn fatal_sink_error_stops_the_run() {
     let (store, _dir) = sqlite_store().await;
     let source = Arc::new(FakeSource::portal(50));
-    let sink = Arc::new(FakeSink::with_script(&[Upload::Fail(ErrorClass::Fatal); 50], false));
-    let err = run_export(source.clone(), sink.clone(), store.clone(), config(), no_progress(), CancellationToken::new())
-        .await
-        .unwrap_err();
+    let sink = Arc::new(FakeSink::with_script(
+        &[Upload::Fail(ErrorClass::Fatal); 50],
+        false,
+    ));
+    let err = run_export(
+        source.clone(),
+        sink.clone(),
+        store.clone(),
+        config(),
+        no_progress(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     match err {
         EngineError::Stopped { reason, summary } => {
             assert!(reason.contains("SpeechSense"), "{reason}");
@@ -155,15 +208,30 @@ async fn fatal_sink_error_stops_the_run() {
         }
         other => panic!("expected Stopped, got {other:?}"),
     }
-    assert!(sink.uploads.load(Ordering::SeqCst) <= 8, "stops taking new calls after the first fatal error");
+    assert!(
+        sink.uploads.load(Ordering::SeqCst) <= 8,
+        "stops taking new calls after the first fatal error"
+    );
 }
 
 #[tokio::test]
 async fn fatal_listing_error_stops_before_anything_is_uploaded() {
     let (store, _dir) = sqlite_store().await;
-    let source = Arc::new(FakeSource { fatal_listing: true, ..FakeSource::portal(5) });
+    let source = Arc::new(FakeSource {
+        fatal_listing: true,
+        ..FakeSource::portal(5)
+    });
     let sink = Arc::new(FakeSink::default());
-    let err = run_export(source, sink.clone(), store, config(), no_progress(), CancellationToken::new()).await.unwrap_err();
+    let err = run_export(
+        source,
+        sink.clone(),
+        store,
+        config(),
+        no_progress(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("INVALID_CREDENTIALS"), "{err}");
     assert_eq!(sink.talks().len(), 0);
 }
@@ -176,7 +244,11 @@ async fn dead_direct_url_falls_back_to_disk() {
     let sink = Arc::new(FakeSink::default());
     let s = run(&source, &sink, &store, config()).await;
     assert_eq!(s.uploaded, 2);
-    let talk = sink.talks().into_iter().find(|t| t.fields["id"] == "1").unwrap();
+    let talk = sink
+        .talks()
+        .into_iter()
+        .find(|t| t.fields["id"] == "1")
+        .unwrap();
     assert_eq!(talk.audio, source.audio_of(&FakeSource::disk_url(9001)));
     assert_eq!(source.resolve_requests.load(Ordering::SeqCst), 1);
 }
@@ -198,7 +270,10 @@ async fn download_broken_midway_is_retried_and_never_stored_partially() {
     let (store, _dir) = sqlite_store().await;
     let source = Arc::new(FakeSource::portal(1));
     let audio = source.audio_of(&FakeSource::rec_url(1));
-    source.set_download(&FakeSource::rec_url(1), Download::BreaksMidway(audio.clone(), 2));
+    source.set_download(
+        &FakeSource::rec_url(1),
+        Download::BreaksMidway(audio.clone(), 2),
+    );
     let sink = Arc::new(FakeSink::default());
     let s = run(&source, &sink, &store, config()).await;
     assert_eq!(s.uploaded, 1);
@@ -235,7 +310,10 @@ async fn mono_policies() {
 async fn unsupported_audio_and_too_long_recordings() {
     let (store, _dir) = sqlite_store().await;
     let source = Arc::new(FakeSource::portal(2));
-    source.set_download(&FakeSource::rec_url(1), Download::Bytes(b"<html>not audio</html>".to_vec()));
+    source.set_download(
+        &FakeSource::rec_url(1),
+        Download::Bytes(b"<html>not audio</html>".to_vec()),
+    );
     let sink = Arc::new(FakeSink::default());
     let mut c = config();
     c.max_recording = Duration::from_secs(30); // the calls say 45 s
@@ -244,8 +322,16 @@ async fn unsupported_audio_and_too_long_recordings() {
     assert_eq!(s.skipped.get("too_long").copied(), Some(1));
     assert!(sink.talks().is_empty());
     let outcomes: Vec<Outcome> = s.calls.iter().map(|c| c.outcome.clone()).collect();
-    assert!(outcomes.contains(&Outcome::Skipped { reason: SkipReason::TooLong }));
-    assert!(outcomes.iter().any(|o| matches!(o, Outcome::Failed { reason: FailReason::UnsupportedAudio, .. })));
+    assert!(outcomes.contains(&Outcome::Skipped {
+        reason: SkipReason::TooLong
+    }));
+    assert!(outcomes.iter().any(|o| matches!(
+        o,
+        Outcome::Failed {
+            reason: FailReason::UnsupportedAudio,
+            ..
+        }
+    )));
 }
 
 #[tokio::test]
@@ -261,7 +347,14 @@ async fn dry_run_counts_and_writes_nothing() {
     assert_eq!(w.without_recording, 10);
     assert_eq!(w.minutes, (40 * 45u64).div_ceil(60));
     assert!(sink.talks().is_empty());
-    assert!(store.entry("fake.bitrix24.test", 1).await.unwrap().is_none(), "nothing written to the ledger");
+    assert!(
+        store
+            .entry("fake.bitrix24.test", 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing written to the ledger"
+    );
 }
 
 #[tokio::test]
@@ -271,7 +364,9 @@ async fn shutdown_before_start_uploads_nothing_and_keeps_calls_pending() {
     let sink = Arc::new(FakeSink::default());
     let token = CancellationToken::new();
     token.cancel();
-    let s = run_export(source, sink.clone(), store, config(), no_progress(), token).await.unwrap();
+    let s = run_export(source, sink.clone(), store, config(), no_progress(), token)
+        .await
+        .unwrap();
     assert_eq!(s.uploaded, 0);
     assert_eq!(s.stopped.as_deref(), Some("shutdown requested"));
 }

@@ -11,11 +11,14 @@ pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
 
 /// PostgreSQL URL for tests (CI provides it; the default is the machine's local server).
 pub fn postgres_url() -> String {
-    std::env::var("B24SENSE_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("B24SENSE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh PostgreSQL ledger in its own schema.
 pub async fn postgres_store() -> Store {
     let schema = format!("engine_{}", uuid::Uuid::new_v4().simple());
-    Store::open_postgres_schema(&postgres_url(), &schema).await.expect("PostgreSQL at B24SENSE_TEST_POSTGRES_URL")
+    Store::open_postgres_schema(&postgres_url(), &schema)
+        .await
+        .expect("PostgreSQL at B24SENSE_TEST_POSTGRES_URL")
 }
