@@ -45,7 +45,10 @@ impl AudioProbe {
     /// Duration in seconds from the header, or from the total file size and the byte rate.
     pub fn estimate_seconds(&self, total_bytes: Option<u64>) -> Option<u64> {
         let rate = u64::from(self.bytes_per_second?).max(1);
-        let bytes = self.data_bytes.filter(|b| *b > 0 && *b != u64::from(u32::MAX)).or(total_bytes)?;
+        let bytes = self
+            .data_bytes
+            .filter(|b| *b > 0 && *b != u64::from(u32::MAX))
+            .or(total_bytes)?;
         Some(bytes / rate)
     }
 }
@@ -85,11 +88,15 @@ pub fn probe(head: &[u8]) -> Result<AudioProbe, ProbeError> {
     if is_frame_sync(head[0], head[1]) {
         return probe_mpeg(head, 0);
     }
-    Err(ProbeError::Unsupported(format!("unknown container (first bytes {:02x?})", &head[..head.len().min(8)])))
+    Err(ProbeError::Unsupported(format!(
+        "unknown container (first bytes {:02x?})",
+        &head[..head.len().min(8)]
+    )))
 }
 
 fn syncsafe(b: &[u8]) -> u32 {
-    b.iter().fold(0u32, |acc, x| (acc << 7) | u32::from(x & 0x7f))
+    b.iter()
+        .fold(0u32, |acc, x| (acc << 7) | u32::from(x & 0x7f))
 }
 
 fn le16(b: &[u8]) -> u16 {
@@ -123,12 +130,18 @@ fn probe_wav(head: &[u8]) -> Result<AudioProbe, ProbeError> {
             let format = le16(&head[body..]);
             // 1 = PCM, 0xFFFE = WAVE_FORMAT_EXTENSIBLE (PCM inside in practice); SpeechSense takes LPCM only.
             if format != 1 && format != 0xFFFE {
-                return Err(ProbeError::Unsupported(format!("WAV with format tag {format} (only PCM is accepted)")));
+                return Err(ProbeError::Unsupported(format!(
+                    "WAV with format tag {format} (only PCM is accepted)"
+                )));
             }
-            fmt = Some((le16(&head[body + 2..]), le32(&head[body + 4..]), le32(&head[body + 8..])));
+            fmt = Some((
+                le16(&head[body + 2..]),
+                le32(&head[body + 4..]),
+                le32(&head[body + 8..]),
+            ));
         } else if id == b"data" {
-            let (channels, rate, byte_rate) =
-                fmt.ok_or_else(|| ProbeError::Unsupported("WAV data chunk before fmt chunk".into()))?;
+            let (channels, rate, byte_rate) = fmt
+                .ok_or_else(|| ProbeError::Unsupported("WAV data chunk before fmt chunk".into()))?;
             return Ok(AudioProbe {
                 container: Container::Wav,
                 channels: Some(channels),
@@ -154,7 +167,9 @@ fn probe_ogg(head: &[u8]) -> Result<AudioProbe, ProbeError> {
         return Err(ProbeError::NeedMore(payload + 19));
     }
     if &head[payload..payload + 8] != b"OpusHead" {
-        return Err(ProbeError::Unsupported("Ogg stream that is not Opus".into()));
+        return Err(ProbeError::Unsupported(
+            "Ogg stream that is not Opus".into(),
+        ));
     }
     let channels = u16::from(head[payload + 9]);
     let rate = le32(&head[payload + 12..]);
@@ -173,13 +188,17 @@ fn is_frame_sync(b0: u8, b1: u8) -> bool {
 
 /// Bitrates in kbit/s, indexed by the header's bitrate index: [MPEG-1 layer III, MPEG-2/2.5 layer III].
 const BITRATES: [[u32; 15]; 2] = [
-    [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320],
+    [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ],
     [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
 ];
 
 fn probe_mpeg(head: &[u8], start: usize) -> Result<AudioProbe, ProbeError> {
     if start > MAX_PROBE_BYTES {
-        return Err(ProbeError::Unsupported("ID3 tag larger than the probe window".into()));
+        return Err(ProbeError::Unsupported(
+            "ID3 tag larger than the probe window".into(),
+        ));
     }
     // A few junk bytes after an ID3 tag are common; look for the first plausible frame header nearby.
     let window_end = start + 4096;
@@ -193,7 +212,9 @@ fn probe_mpeg(head: &[u8], start: usize) -> Result<AudioProbe, ProbeError> {
         }
         pos += 1;
         if pos > window_end {
-            return Err(ProbeError::Unsupported("no MPEG audio frame after the ID3 tag".into()));
+            return Err(ProbeError::Unsupported(
+                "no MPEG audio frame after the ID3 tag".into(),
+            ));
         }
     }
 }
@@ -269,7 +290,10 @@ mod tests {
         // MPEG-1 layer III, 64 kbit/s, 44.1 kHz, joint stereo.
         let frame = [0xFF, 0xFB, 0x50, 0x40];
         let p = probe(&frame).unwrap();
-        assert_eq!((p.container, p.channels, p.sample_rate), (Container::Mp3, Some(2), Some(44_100)));
+        assert_eq!(
+            (p.container, p.channels, p.sample_rate),
+            (Container::Mp3, Some(2), Some(44_100))
+        );
         assert_eq!(p.estimate_seconds(Some(8000 * 60)), Some(60));
         // MPEG-2.5 layer III 8 kHz 32 kbit/s mono — Bitrix24's default recording.
         let mono = [0xFF, 0xE3, 0x48, 0xC0];
@@ -294,8 +318,14 @@ mod tests {
 
     #[test]
     fn unsupported_inputs() {
-        assert!(matches!(probe(b"<html><body>404</body></html>"), Err(ProbeError::Unsupported(_))));
-        assert!(matches!(probe(b"fLaC\0\0\0\0"), Err(ProbeError::Unsupported(_))));
+        assert!(matches!(
+            probe(b"<html><body>404</body></html>"),
+            Err(ProbeError::Unsupported(_))
+        ));
+        assert!(matches!(
+            probe(b"fLaC\0\0\0\0"),
+            Err(ProbeError::Unsupported(_))
+        ));
         let mut adpcm = wav(1, 8000, 10);
         adpcm[20] = 2;
         assert!(matches!(probe(&adpcm), Err(ProbeError::Unsupported(_))));

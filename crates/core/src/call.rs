@@ -177,8 +177,12 @@ impl Call {
         let get = |k: &str| obj.get(k).unwrap_or(&Value::Null);
         let id = lenient::id(get("ID")).ok_or(CallParseError::MissingId)?;
         let raw_date = lenient::text(get("CALL_START_DATE")).unwrap_or_default();
-        let call_start_date = parse_datetime(&raw_date, portal_offset)
-            .ok_or_else(|| CallParseError::BadStartDate { id, value: raw_date.clone() })?;
+        let call_start_date = parse_datetime(&raw_date, portal_offset).ok_or_else(|| {
+            CallParseError::BadStartDate {
+                id,
+                value: raw_date.clone(),
+            }
+        })?;
         Ok(Call {
             id,
             portal_user_id: lenient::id(get("PORTAL_USER_ID")),
@@ -196,7 +200,8 @@ impl Call {
             cost_currency: lenient::text(get("COST_CURRENCY")),
             call_failed_code: lenient::text(get("CALL_FAILED_CODE")),
             call_failed_reason: lenient::text(get("CALL_FAILED_REASON")),
-            crm_entity_type: lenient::text(get("CRM_ENTITY_TYPE")).map(|s| CrmEntityType::parse(&s)),
+            crm_entity_type: lenient::text(get("CRM_ENTITY_TYPE"))
+                .map(|s| CrmEntityType::parse(&s)),
             crm_entity_id: lenient::id(get("CRM_ENTITY_ID")),
             crm_activity_id: lenient::id(get("CRM_ACTIVITY_ID")),
             rest_app_id: lenient::id(get("REST_APP_ID")),
@@ -215,7 +220,10 @@ impl Call {
     /// The CRM record this call is bound to, when it has both a type and an id.
     pub fn crm_ref(&self) -> Option<CrmRef> {
         match (&self.crm_entity_type, self.crm_entity_id) {
-            (Some(kind), Some(id)) => Some(CrmRef { kind: kind.clone(), id }),
+            (Some(kind), Some(id)) => Some(CrmRef {
+                kind: kind.clone(),
+                id,
+            }),
             _ => None,
         }
     }
@@ -227,7 +235,9 @@ impl Call {
 
     /// Best known length of the recording in seconds.
     pub fn recording_seconds(&self) -> u64 {
-        self.record_duration.filter(|d| *d > 0).unwrap_or(self.call_duration)
+        self.record_duration
+            .filter(|d| *d > 0)
+            .unwrap_or(self.call_duration)
     }
 }
 
@@ -240,7 +250,11 @@ pub fn parse_datetime(s: &str, default_offset: FixedOffset) -> Option<DateTime<F
     if let Ok(dt) = DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z") {
         return Some(dt);
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%.f",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
             return default_offset.from_local_datetime(&naive).single();
         }
@@ -275,8 +289,18 @@ mod tests {
         assert_eq!(c.portal_user_id, Some(12));
         assert_eq!(c.call_duration, 95);
         assert_eq!(c.call_record_url, None, "empty string means no URL");
-        assert_eq!(c.record_file_id, Some(9079), "RECORD_FILE_ID arrives as a JSON number");
-        assert_eq!(c.crm_ref(), Some(CrmRef { kind: CrmEntityType::Contact, id: 797 }));
+        assert_eq!(
+            c.record_file_id,
+            Some(9079),
+            "RECORD_FILE_ID arrives as a JSON number"
+        );
+        assert_eq!(
+            c.crm_ref(),
+            Some(CrmRef {
+                kind: CrmEntityType::Contact,
+                id: 797
+            })
+        );
         assert_eq!(c.call_type, CallType::Incoming);
         assert_eq!(c.transcript_pending, Some(false));
         assert_eq!(c.call_start_date.to_rfc3339(), "2026-03-10T11:19:38+03:00");
@@ -302,10 +326,19 @@ mod tests {
     fn rejects_rows_without_id_or_date() {
         let mut row = example_row();
         row["CALL_START_DATE"] = json!("yesterday");
-        assert!(matches!(Call::from_bitrix(&row, msk()), Err(CallParseError::BadStartDate { id: 7, .. })));
+        assert!(matches!(
+            Call::from_bitrix(&row, msk()),
+            Err(CallParseError::BadStartDate { id: 7, .. })
+        ));
         row["ID"] = json!(null);
-        assert_eq!(Call::from_bitrix(&row, msk()), Err(CallParseError::MissingId));
-        assert_eq!(Call::from_bitrix(&json!([]), msk()), Err(CallParseError::NotAnObject));
+        assert_eq!(
+            Call::from_bitrix(&row, msk()),
+            Err(CallParseError::MissingId)
+        );
+        assert_eq!(
+            Call::from_bitrix(&json!([]), msk()),
+            Err(CallParseError::NotAnObject)
+        );
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl TimeBound {
 
     fn lower_instant(&self, offset: FixedOffset) -> DateTime<FixedOffset> {
         match self {
-            TimeBound::Date(d) => offset.from_local_datetime(&d.and_time(NaiveTime::MIN)).unwrap(),
+            TimeBound::Date(d) => offset
+                .from_local_datetime(&d.and_time(NaiveTime::MIN))
+                .unwrap(),
             TimeBound::Instant(t) => *t,
         }
     }
@@ -77,7 +79,10 @@ pub struct FilterError {
 
 impl FilterError {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        FilterError { field, message: message.into() }
+        FilterError {
+            field,
+            message: message.into(),
+        }
     }
 }
 
@@ -99,7 +104,10 @@ impl CallFilter {
             if max < self.min_duration {
                 return Err(FilterError::new(
                     "max_duration",
-                    format!("{max} s is shorter than the minimal conversation length ({} s)", self.min_duration),
+                    format!(
+                        "{max} s is shorter than the minimal conversation length ({} s)",
+                        self.min_duration
+                    ),
                 ));
             }
         }
@@ -141,9 +149,13 @@ impl CallFilter {
     /// Whether a call satisfies the filter; bare dates are read in the call's own offset (the portal's).
     pub fn matches(&self, call: &Call) -> bool {
         let offset = *call.call_start_date.offset();
-        self.since.is_none_or(|s| call.call_start_date >= s.lower_instant(offset))
-            && self.until.is_none_or(|u| call.call_start_date <= u.upper_instant(offset))
-            && (self.users.is_empty() || call.portal_user_id.is_some_and(|u| self.users.contains(&u)))
+        self.since
+            .is_none_or(|s| call.call_start_date >= s.lower_instant(offset))
+            && self
+                .until
+                .is_none_or(|u| call.call_start_date <= u.upper_instant(offset))
+            && (self.users.is_empty()
+                || call.portal_user_id.is_some_and(|u| self.users.contains(&u)))
             && call.call_duration >= self.min_duration
             && self.max_duration.is_none_or(|m| call.call_duration <= m)
             && (self.call_types.is_empty() || self.call_types.contains(&call.call_type))
@@ -153,7 +165,11 @@ impl CallFilter {
 /// Parses a user list such as `1, 5,7` (CLI `--users`, form "List of users"). Empty → all users.
 pub fn parse_user_ids(field: &'static str, s: &str) -> Result<Vec<u64>, FilterError> {
     let mut ids = Vec::new();
-    for part in s.split([',', ';', ' ', '\n', '\t']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in s
+        .split([',', ';', ' ', '\n', '\t'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         match part.parse::<u64>() {
             Ok(0) | Err(_) => {
                 return Err(FilterError::new(
@@ -197,22 +213,34 @@ mod tests {
         assert_eq!(m[">=CALL_DURATION"], json!(30));
         assert_eq!(m["<=CALL_DURATION"], json!(600));
         assert_eq!(m["CALL_TYPE"], json!([1, 4]));
-        assert_eq!(CallFilter::default().to_bitrix_filter(0).len(), 1, "no filter → only the keyset bound");
+        assert_eq!(
+            CallFilter::default().to_bitrix_filter(0).len(),
+            1,
+            "no filter → only the keyset bound"
+        );
     }
 
     #[test]
     fn local_matching_agrees_with_the_conditions() {
         let f = CallFilter {
-            since: Some(TimeBound::Date(NaiveDate::from_ymd_opt(2025, 1, 2).unwrap())),
+            since: Some(TimeBound::Date(
+                NaiveDate::from_ymd_opt(2025, 1, 2).unwrap(),
+            )),
             users: vec![5],
             min_duration: 30,
             ..Default::default()
         };
         assert!(f.matches(&call(1, 5, 30, "2025-01-02T00:00:00+03:00", 2)));
-        assert!(!f.matches(&call(2, 5, 30, "2025-01-01T23:59:59+03:00", 2)), "day starts in the portal's zone");
+        assert!(
+            !f.matches(&call(2, 5, 30, "2025-01-01T23:59:59+03:00", 2)),
+            "day starts in the portal's zone"
+        );
         assert!(!f.matches(&call(3, 6, 30, "2025-01-03T00:00:00+03:00", 2)));
         assert!(!f.matches(&call(4, 5, 29, "2025-01-03T00:00:00+03:00", 2)));
-        let g = CallFilter { call_types: vec![CallType::Incoming], ..Default::default() };
+        let g = CallFilter {
+            call_types: vec![CallType::Incoming],
+            ..Default::default()
+        };
         assert!(g.matches(&call(5, 1, 1, "2025-01-03T00:00:00+03:00", 2)));
         assert!(!g.matches(&call(6, 1, 1, "2025-01-03T00:00:00+03:00", 1)));
     }
@@ -225,9 +253,16 @@ mod tests {
         let e = parse_user_ids("--users", "1,x,3").unwrap_err();
         assert_eq!(e.field, "--users");
         assert!(e.message.contains("\"x\""));
-        assert_eq!(parse_user_ids("--users", " 1, 5 ,7,5").unwrap(), vec![1, 5, 7]);
+        assert_eq!(
+            parse_user_ids("--users", " 1, 5 ,7,5").unwrap(),
+            vec![1, 5, 7]
+        );
         assert_eq!(parse_user_ids("--users", "").unwrap(), Vec::<u64>::new());
-        let bad = CallFilter { min_duration: 60, max_duration: Some(30), ..Default::default() };
+        let bad = CallFilter {
+            min_duration: 60,
+            max_duration: Some(30),
+            ..Default::default()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "max_duration");
     }
 }

@@ -35,12 +35,17 @@ pub fn id(v: &Value) -> Option<u64> {
 /// A non-negative integer where `0` is a real value (durations, counters).
 pub fn number(v: &Value) -> Option<u64> {
     match v {
-        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
         Value::String(s) => {
             let s = s.trim();
-            s.parse::<u64>()
-                .ok()
-                .or_else(|| s.parse::<f64>().ok().filter(|f| *f >= 0.0).map(|f| f as u64))
+            s.parse::<u64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| *f >= 0.0)
+                    .map(|f| f as u64)
+            })
         }
         _ => None,
     }
@@ -76,7 +81,14 @@ mod tests {
 
     #[test]
     fn ids_treat_zero_and_empty_as_absent() {
-        for v in [json!(null), json!(""), json!("0"), json!(0), json!(false), json!([])] {
+        for v in [
+            json!(null),
+            json!(""),
+            json!("0"),
+            json!(0),
+            json!(false),
+            json!([]),
+        ] {
             assert_eq!(id(&v), None, "{v}");
         }
         assert_eq!(id(&json!("17")), Some(17));

@@ -46,7 +46,11 @@ impl MonoPolicy {
 
 /// `NAME LAST_NAME`, trimmed; `None` when both are empty.
 fn full_name(name: Option<&str>, last_name: Option<&str>) -> Option<String> {
-    let joined = [name, last_name].into_iter().flatten().map(str::trim).filter(|s| !s.is_empty());
+    let joined = [name, last_name]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
     let s = joined.collect::<Vec<_>>().join(" ");
     (!s.is_empty()).then_some(s)
 }
@@ -61,7 +65,12 @@ pub fn operator_name(user_id: Option<u64>, user: Option<&UserInfo>) -> String {
 /// `client_name`: contact → name; company/deal → title; lead → title, else its name; otherwise the phone number.
 pub fn client_name(call: &Call, crm: Option<&CrmInfo>) -> String {
     let from_crm = crm.and_then(|c| {
-        let title = c.title.as_deref().map(str::trim).filter(|t| !t.is_empty()).map(String::from);
+        let title = c
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from);
         let person = full_name(c.name.as_deref(), c.last_name.as_deref());
         match c.entity.kind {
             CrmEntityType::Contact => person,
@@ -70,7 +79,9 @@ pub fn client_name(call: &Call, crm: Option<&CrmInfo>) -> String {
             CrmEntityType::Other(_) => title.or(person),
         }
     });
-    from_crm.or_else(|| call.phone_number.clone()).unwrap_or_default()
+    from_crm
+        .or_else(|| call.phone_number.clone())
+        .unwrap_or_default()
 }
 
 /// `client_id`: `CONTACT_42` when the call is bound to a CRM record, else the phone number.
@@ -114,7 +125,13 @@ pub fn call_history_fields(call: &Call) -> [(&'static str, String); 28] {
         ("cost_currency", opt(&call.cost_currency)),
         ("call_failed_code", opt(&call.call_failed_code)),
         ("call_failed_reason", opt(&call.call_failed_reason)),
-        ("crm_entity_type", call.crm_entity_type.as_ref().map(|t| t.as_str().to_string()).unwrap_or_default()),
+        (
+            "crm_entity_type",
+            call.crm_entity_type
+                .as_ref()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+        ),
         ("crm_entity_id", opt(&call.crm_entity_id)),
         ("crm_activity_id", opt(&call.crm_activity_id)),
         ("rest_app_id", opt(&call.rest_app_id)),
@@ -122,7 +139,9 @@ pub fn call_history_fields(call: &Call) -> [(&'static str, String); 28] {
         ("transcript_id", opt(&call.transcript_id)),
         (
             "transcript_pending",
-            call.transcript_pending.map(|p| if p { "Y" } else { "N" }.to_string()).unwrap_or_default(),
+            call.transcript_pending
+                .map(|p| if p { "Y" } else { "N" }.to_string())
+                .unwrap_or_default(),
         ),
         ("session_id", opt(&call.session_id)),
         ("redial_attempt", opt(&call.redial_attempt)),
@@ -135,18 +154,33 @@ pub fn call_history_fields(call: &Call) -> [(&'static str, String); 28] {
 
 /// Builds `TalkMetadata.fields` for one call: the seven standard keys plus the 28 call-history keys.
 /// `operator`/`client` are what `user.get` and the CRM lookups returned (or `None` when they could not be read).
-pub fn talk_fields(call: &Call, operator: Option<&UserInfo>, client: Option<&CrmInfo>, language: &str) -> TalkFields {
+pub fn talk_fields(
+    call: &Call,
+    operator: Option<&UserInfo>,
+    client: Option<&CrmInfo>,
+    language: &str,
+) -> TalkFields {
     let mut fields = TalkFields::new();
     for (k, v) in call_history_fields(call) {
         fields.insert(k.to_string(), v);
     }
     fields.insert("operator_id".into(), opt(&call.portal_user_id));
-    fields.insert("operator_name".into(), operator_name(call.portal_user_id, operator));
+    fields.insert(
+        "operator_name".into(),
+        operator_name(call.portal_user_id, operator),
+    );
     fields.insert("client_id".into(), client_id(call));
     fields.insert("client_name".into(), client_name(call, client));
     fields.insert("date".into(), call.call_start_date.to_rfc3339());
-    fields.insert("direction_outgoing".into(), call.call_type.is_outgoing().to_string());
-    let language = if language.trim().is_empty() { DEFAULT_LANGUAGE } else { language.trim() };
+    fields.insert(
+        "direction_outgoing".into(),
+        call.call_type.is_outgoing().to_string(),
+    );
+    let language = if language.trim().is_empty() {
+        DEFAULT_LANGUAGE
+    } else {
+        language.trim()
+    };
     fields.insert("language".into(), language.to_string());
     for v in fields.values_mut() {
         truncate_utf8(v, MAX_VALUE_BYTES);
@@ -174,9 +208,16 @@ mod tests {
     #[test]
     fn standard_keys() {
         let c = call();
-        let user = UserInfo { id: 12, name: Some(" Anna ".into()), last_name: Some("Petrova".into()) };
+        let user = UserInfo {
+            id: 12,
+            name: Some(" Anna ".into()),
+            last_name: Some("Petrova".into()),
+        };
         let crm = CrmInfo {
-            entity: CrmRef { kind: CrmEntityType::Contact, id: 797 },
+            entity: CrmRef {
+                kind: CrmEntityType::Contact,
+                id: 797,
+            },
             title: None,
             name: Some("Ivan".into()),
             last_name: Some("Sidorov".into()),
@@ -187,7 +228,10 @@ mod tests {
         assert_eq!(f["client_id"], "CONTACT_797");
         assert_eq!(f["client_name"], "Ivan Sidorov");
         assert_eq!(f["date"], "2025-04-24T14:34:19+03:00");
-        assert_eq!(f["direction_outgoing"], "true", "callback counts as outgoing");
+        assert_eq!(
+            f["direction_outgoing"], "true",
+            "callback counts as outgoing"
+        );
         assert_eq!(f["language"], "ru-RU");
         assert_eq!(f.len(), 35, "7 standard keys + 28 call-history keys");
         assert_eq!(f["record_file_id"], "9079");
@@ -200,8 +244,14 @@ mod tests {
     #[test]
     fn fallbacks_when_lookups_fail() {
         let mut c = call();
-        assert_eq!(talk_fields(&c, None, None, "kk-KZ")["operator_name"], "user 12");
-        assert_eq!(talk_fields(&c, None, None, "kk-KZ")["client_name"], "+79001234567");
+        assert_eq!(
+            talk_fields(&c, None, None, "kk-KZ")["operator_name"],
+            "user 12"
+        );
+        assert_eq!(
+            talk_fields(&c, None, None, "kk-KZ")["client_name"],
+            "+79001234567"
+        );
         assert_eq!(talk_fields(&c, None, None, "kk-KZ")["language"], "kk-KZ");
         c.crm_entity_type = None;
         assert_eq!(client_id(&c), "+79001234567");
@@ -216,11 +266,32 @@ mod tests {
             name: name.map(Into::into),
             last_name: None,
         };
-        assert_eq!(client_name(&c, Some(&mk(CrmEntityType::Company, Some("ООО Ромашка"), None))), "ООО Ромашка");
-        assert_eq!(client_name(&c, Some(&mk(CrmEntityType::Lead, Some(""), Some("Олег")))), "Олег");
-        assert_eq!(client_name(&c, Some(&mk(CrmEntityType::Lead, Some("Заявка"), Some("Олег")))), "Заявка");
-        assert_eq!(client_name(&c, Some(&mk(CrmEntityType::Deal, Some("Сделка"), None))), "Сделка");
-        assert_eq!(client_name(&c, Some(&mk(CrmEntityType::Contact, None, None))), "+79001234567");
+        assert_eq!(
+            client_name(
+                &c,
+                Some(&mk(CrmEntityType::Company, Some("ООО Ромашка"), None))
+            ),
+            "ООО Ромашка"
+        );
+        assert_eq!(
+            client_name(&c, Some(&mk(CrmEntityType::Lead, Some(""), Some("Олег")))),
+            "Олег"
+        );
+        assert_eq!(
+            client_name(
+                &c,
+                Some(&mk(CrmEntityType::Lead, Some("Заявка"), Some("Олег")))
+            ),
+            "Заявка"
+        );
+        assert_eq!(
+            client_name(&c, Some(&mk(CrmEntityType::Deal, Some("Сделка"), None))),
+            "Сделка"
+        );
+        assert_eq!(
+            client_name(&c, Some(&mk(CrmEntityType::Contact, None, None))),
+            "+79001234567"
+        );
     }
 
     #[test]
@@ -238,7 +309,10 @@ mod tests {
     #[test]
     fn mono_policy_parsing() {
         assert_eq!(MonoPolicy::parse("skip"), Some(MonoPolicy::Skip));
-        assert_eq!(MonoPolicy::parse("route:abc"), Some(MonoPolicy::Route("abc".into())));
+        assert_eq!(
+            MonoPolicy::parse("route:abc"),
+            Some(MonoPolicy::Route("abc".into()))
+        );
         assert_eq!(MonoPolicy::parse("route:"), None);
         assert_eq!(MonoPolicy::parse("drop"), None);
     }

@@ -132,9 +132,10 @@ impl Outcome {
     /// The ledger state this outcome is stored as.
     pub fn state(&self) -> LedgerState {
         match self {
-            Outcome::Uploaded { .. } | Outcome::Skipped { reason: SkipReason::AlreadyUploaded } => {
-                LedgerState::Uploaded
-            }
+            Outcome::Uploaded { .. }
+            | Outcome::Skipped {
+                reason: SkipReason::AlreadyUploaded,
+            } => LedgerState::Uploaded,
             Outcome::Skipped { .. } => LedgerState::Skipped,
             Outcome::Failed { .. } => LedgerState::Failed,
         }
@@ -168,10 +169,26 @@ mod tests {
 
     #[test]
     fn outcome_states() {
-        let up = Outcome::Uploaded { talk_id: "a".into(), mono: false, reuploaded_after_crash: false };
+        let up = Outcome::Uploaded {
+            talk_id: "a".into(),
+            mono: false,
+            reuploaded_after_crash: false,
+        };
         assert_eq!(up.state(), LedgerState::Uploaded);
-        assert_eq!(Outcome::Skipped { reason: SkipReason::TooLong }.state(), LedgerState::Skipped);
-        let f = Outcome::Failed { reason: FailReason::InvalidData, detail: "x".into() };
-        assert_eq!((f.state(), f.reason()), (LedgerState::Failed, Some("invalid_data")));
+        assert_eq!(
+            Outcome::Skipped {
+                reason: SkipReason::TooLong
+            }
+            .state(),
+            LedgerState::Skipped
+        );
+        let f = Outcome::Failed {
+            reason: FailReason::InvalidData,
+            detail: "x".into(),
+        };
+        assert_eq!(
+            (f.state(), f.reason()),
+            (LedgerState::Failed, Some("invalid_data"))
+        );
     }
 }
