@@ -99,8 +99,10 @@ pub async fn emulate(cmd: EmulateCommand) -> Result<u8, Failure> {
             .await
         }
         EmulateCommand::Speechsense { port, api_key } => {
-            let mut config = SpeechSenseConfig::default();
-            config.api_keys = vec![api_key];
+            let config = SpeechSenseConfig {
+                api_keys: vec![api_key],
+                ..SpeechSenseConfig::default()
+            };
             b24sense_emulators::speechsense::serve_forever(
                 config,
                 SocketAddr::from(([127, 0, 0, 1], port)),

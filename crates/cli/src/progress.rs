@@ -49,10 +49,6 @@ impl Progress {
         }
     }
 
-    pub fn is_bar(&self) -> bool {
-        self.bar.is_some()
-    }
-
     /// The callback handed to the engine.
     pub fn callback(&self, quiet: bool) -> ProgressFn {
         let bar = self.bar.clone();

@@ -1,6 +1,6 @@
 //! In-memory stand-ins for the engine's ports, scriptable per test.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -59,7 +59,7 @@ pub fn call(id: u64, record_url: Option<&str>, file_id: Option<u64>) -> Call {
     let row = json!({
         "ID": id.to_string(), "PORTAL_USER_ID": (id % 3 + 1).to_string(), "PHONE_NUMBER": format!("+7900{id:07}"),
         "CALL_ID": format!("call.{id}"), "CALL_DURATION": "45", "CALL_START_DATE": "2025-03-01T10:00:00+03:00",
-        "CALL_TYPE": if id % 2 == 0 { "1" } else { "2" }, "CALL_RECORD_URL": record_url.unwrap_or(""),
+        "CALL_TYPE": if id.is_multiple_of(2) { "1" } else { "2" }, "CALL_RECORD_URL": record_url.unwrap_or(""),
         "RECORD_FILE_ID": file_id, "CRM_ENTITY_TYPE": "CONTACT", "CRM_ENTITY_ID": (100 + id % 5).to_string(),
     });
     Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
@@ -375,14 +375,4 @@ impl TalkSink for FakeSink {
             .collect();
         Ok(Some(ids))
     }
-}
-
-/// Calls whose recordings should exist in the sink, with the URL their audio comes from.
-pub fn expected_audio(source: &FakeSource) -> HashSet<u64> {
-    source
-        .calls
-        .iter()
-        .filter(|c| c.has_recording())
-        .map(|c| c.id)
-        .collect()
 }
