@@ -44,12 +44,16 @@ impl Services {
     }
 
     fn export_with(&self, webhook: &str, key: &str, extra: &[&str]) -> Command {
+        self.export_to(webhook, &self.speech.endpoint(), key, extra)
+    }
+
+    fn export_to(&self, webhook: &str, endpoint: &str, key: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::cargo_bin("b24sense").unwrap();
         cmd.env_clear()
             .env("HOME", self.dir.path())
             .arg("export")
             .args(["--bitrix24-webhook", webhook])
-            .args(["--speechsense-endpoint", &self.speech.endpoint()])
+            .args(["--speechsense-endpoint", endpoint])
             .args(["--connection-id", &self.connection])
             .args(["--api-key", key])
             .args([
@@ -309,4 +313,19 @@ fn every_command_has_help() {
     ] {
         assert!(stdout(&out).contains(flag), "export --help lacks {flag}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_to_an_unreachable_endpoint_says_so_and_touches_nothing() {
+    let s = services(10).await;
+    // Nothing listens on port 9 of loopback.
+    let out = run(s.export_to(&s.portal.webhook_url(), "http://127.0.0.1:9", &s.key, &[])).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("Could not reach SpeechSense"), "{err}");
+    assert_eq!(
+        s.portal.stats().http_requests,
+        0,
+        "the portal is not touched when SpeechSense is down"
+    );
 }
