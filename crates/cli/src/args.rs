@@ -30,9 +30,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Export qualifying calls from a Bitrix24 portal into a SpeechSense connection.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Check a SpeechSense API key and connection ID without uploading anything.
     Check(CheckArgs),
+    /// Show the ledger: calls by state and reason, the last run, calls in doubt.
+    Status(StatusArgs),
+    /// Make failed calls eligible again (the next export retries them).
+    Retry(RetryArgs),
     /// Run the whole export against built-in emulators of Bitrix24 and SpeechSense (nothing leaves this machine).
     Demo(DemoArgs),
     /// Serve an emulator on a local port until interrupted (for trying b24sense by hand).
@@ -79,6 +83,47 @@ pub struct FilterArgs {
 #[derive(Debug, Clone, Default)]
 pub struct UserList(pub Vec<u64>);
 
+/// Optional SpeechSense IDs that make `Search` possible: an upload left in doubt by a crash or a lost response is then
+/// looked up by the call's ID instead of being uploaded again.
+#[derive(Debug, Args, Default)]
+pub struct SearchArgs {
+    #[arg(long, env = "B24SENSE_ORGANIZATION_ID")]
+    pub organization_id: Option<String>,
+    #[arg(long, env = "B24SENSE_SPACE_ID")]
+    pub space_id: Option<String>,
+    #[arg(long, env = "B24SENSE_PROJECT_ID")]
+    pub project_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Ledger database (as for export).
+    #[arg(long, env = "B24SENSE_DATABASE_URL", value_parser = parse_database)]
+    pub database: Option<String>,
+    /// Only this portal (its ledger key, e.g. the webhook host).
+    #[arg(long)]
+    pub portal: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// Retry failed calls (required: says what is retried).
+    #[arg(long, required = true)]
+    pub failed: bool,
+    /// Only calls that failed with this reason (e.g. download_failed, upload_failed).
+    #[arg(long, value_parser = parse_fail_reason)]
+    pub reason: Option<String>,
+    /// Ledger database (as for export).
+    #[arg(long, env = "B24SENSE_DATABASE_URL", value_parser = parse_database)]
+    pub database: Option<String>,
+    /// Only this portal.
+    #[arg(long)]
+    pub portal: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Incoming webhook of a portal administrator: https://PORTAL/rest/USER_ID/SECRET/ (scopes telephony, crm, user, disk).
@@ -86,6 +131,8 @@ pub struct ExportArgs {
     pub bitrix24_webhook: WebhookUrl,
     #[command(flatten)]
     pub speechsense: SpeechSenseArgs,
+    #[command(flatten)]
+    pub search: SearchArgs,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -286,6 +333,11 @@ fn parse_language(s: &str) -> Result<String, String> {
             "{t:?} is not a language tag such as ru-RU or \"ru-RU, kk-KZ\""
         ))
     }
+}
+
+fn parse_fail_reason(s: &str) -> Result<String, String> {
+    s.parse::<b24sense_core::FailReason>()
+        .map(|r| r.as_str().to_string())
 }
 
 fn parse_mono_policy(s: &str) -> Result<MonoPolicy, String> {

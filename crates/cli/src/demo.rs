@@ -56,6 +56,7 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
     let webhook = WebhookUrl::parse(&bitrix.webhook_url())
         .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
     let target = ExportTarget {
+        search: None,
         portal_key: run
             .portal_key
             .clone()

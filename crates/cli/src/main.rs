@@ -3,6 +3,7 @@
 
 mod args;
 mod demo;
+mod ledger;
 mod output;
 mod progress;
 
@@ -64,7 +65,16 @@ async fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Export(a) => {
+            let a = *a;
+            let search = match search_scope(&a.search, &a.speechsense.connection_id) {
+                Ok(s) => s,
+                Err(f) => {
+                    eprintln!("error: {}", f.message);
+                    return ExitCode::from(f.code);
+                }
+            };
             let target = ExportTarget {
+                search,
                 portal_key: a
                     .run
                     .portal_key
@@ -78,6 +88,8 @@ async fn main() -> ExitCode {
             export_command(target, &a.filter, &a.run, None).await
         }
         Command::Check(a) => check_command(a).await,
+        Command::Status(a) => ledger::status(a).await,
+        Command::Retry(a) => ledger::retry(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Emulate(e) => demo::emulate(e).await,
     };
@@ -107,6 +119,8 @@ fn init_tracing(verbose: u8) {
 
 /// Where an export reads from and writes to.
 pub struct ExportTarget {
+    /// SpeechSense search scope for duplicate checks of in-doubt uploads, when configured.
+    pub search: Option<b24sense_speechsense::SearchScope>,
     pub webhook: b24sense_bitrix24::WebhookUrl,
     pub portal_key: String,
     pub endpoint: String,
@@ -132,6 +146,54 @@ pub fn call_filter(f: &FilterArgs) -> Result<CallFilter, Failure> {
         Failure::new(exit::USAGE, format!("{flag}: {}", e.message))
     })?;
     Ok(filter)
+}
+
+/// All three IDs, or none: a partial scope cannot search.
+fn search_scope(
+    a: &args::SearchArgs,
+    connection_id: &str,
+) -> Result<Option<b24sense_speechsense::SearchScope>, Failure> {
+    let ids = [
+        ("--organization-id", &a.organization_id),
+        ("--space-id", &a.space_id),
+        ("--project-id", &a.project_id),
+    ];
+    let given: Vec<_> = ids
+        .iter()
+        .filter(|(_, v)| v.as_deref().is_some_and(|v| !v.trim().is_empty()))
+        .collect();
+    if given.is_empty() {
+        return Ok(None);
+    }
+    if let Some((flag, _)) = ids
+        .iter()
+        .find(|(_, v)| v.as_deref().is_none_or(|v| v.trim().is_empty()))
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("{flag}: missing; duplicate checks need --organization-id, --space-id and --project-id together"),
+        ));
+    }
+    let get = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
+    Ok(Some(b24sense_speechsense::SearchScope {
+        organization_id: get(&a.organization_id),
+        space_id: get(&a.space_id),
+        project_id: get(&a.project_id),
+        connection_id: connection_id.to_string(),
+    }))
+}
+
+pub async fn open_store(database: &Option<String>) -> Result<Store, Failure> {
+    let database = match database {
+        Some(d) => d.clone(),
+        None => default_database()?,
+    };
+    Store::open(&database).await.map_err(|e| {
+        Failure::new(
+            exit::UNAVAILABLE,
+            format!("--database: cannot open the ledger: {e}"),
+        )
+    })
 }
 
 pub fn default_database() -> Result<String, Failure> {
@@ -199,16 +261,7 @@ pub async fn export_command(
     extra_stats: Option<DemoStats>,
 ) -> Result<u8, Failure> {
     let filter = call_filter(filter_args)?;
-    let database = match &run.database {
-        Some(d) => d.clone(),
-        None => default_database()?,
-    };
-    let store = Store::open(&database).await.map_err(|e| {
-        Failure::new(
-            exit::UNAVAILABLE,
-            format!("--database: cannot open the ledger: {e}"),
-        )
-    })?;
+    let store = open_store(&run.database).await?;
 
     let rate = match run.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
@@ -243,18 +296,46 @@ pub async fn export_command(
     let quiet = run.json;
     let progress = progress::Progress::new(quiet);
     let shutdown = shutdown_on_signals();
+    let portal = config.portal.clone();
+    let params = serde_json::json!({
+        "filter": config.filter, "connection_id": config.connection_id, "dry_run": config.dry_run,
+        "concurrency": config.concurrency, "language": config.language,
+    });
+    let run_id = match run.dry_run {
+        true => None,
+        false => store
+            .start_run(&portal, &params)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "could not record the run"))
+            .ok(),
+    };
     let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
-    let sink = Arc::new(SpeechSenseSink::new(speech, None));
+    let sink = Arc::new(SpeechSenseSink::new(speech, target.search));
     let result = run_export(
         source,
         sink,
-        store,
+        store.clone(),
         config,
         progress.callback(quiet),
         shutdown.clone(),
     )
     .await;
     progress.finish(quiet);
+    if let Some(id) = run_id {
+        let (status, summary) = match &result {
+            Ok(s) if s.stopped.is_some() => {
+                ("stopped", serde_json::to_value(s).unwrap_or_default())
+            }
+            Ok(s) => ("finished", serde_json::to_value(s).unwrap_or_default()),
+            Err(EngineError::Stopped { summary, .. }) => {
+                ("failed", serde_json::to_value(summary).unwrap_or_default())
+            }
+            Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
+        };
+        if let Err(e) = store.finish_run(id, status, &summary).await {
+            tracing::warn!(error = %e, "could not record the run");
+        }
+    }
 
     let (summary, fatal) = match result {
         Ok(s) => (s, None),

@@ -329,3 +329,67 @@ async fn export_to_an_unreachable_endpoint_says_so_and_touches_nothing() {
         "the portal is not touched when SpeechSense is down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_retry_read_the_ledger() {
+    let s = services(30).await;
+    let db = format!("sqlite:{}", s.dir.path().join("ledger.db").display());
+    let out = run(s.export(&["--json"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+
+    let mut cmd = Command::cargo_bin("b24sense").unwrap();
+    cmd.env_clear()
+        .args(["status", "--database", &db, "--json"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let uploaded: u64 = v["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "uploaded")
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(uploaded, summary["uploaded"].as_u64().unwrap());
+    assert_eq!(v["last_run"]["status"], "finished");
+
+    let mut cmd = Command::cargo_bin("b24sense").unwrap();
+    cmd.env_clear().args([
+        "retry",
+        "--failed",
+        "--reason",
+        "download_failed",
+        "--database",
+        &db,
+    ]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("0 failed calls"),
+        "{}",
+        stdout(&out)
+    );
+
+    let mut cmd = Command::cargo_bin("b24sense").unwrap();
+    cmd.env_clear().args([
+        "retry",
+        "--failed",
+        "--reason",
+        "no_such_reason",
+        "--database",
+        &db,
+    ]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_search_scope_is_refused() {
+    let s = services(5).await;
+    let out = run(s.export(&["--organization-id", "org1", "--project-id", "p1"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--space-id"), "{}", stderr(&out));
+    assert_eq!(s.speech.talk_count(), 0);
+}
