@@ -772,11 +772,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 .boxed()
         };
         let container = probe.container;
-        match self
+        let upload = self
             .sink
-            .upload_audio(&connection_id, &fields, container, audio)
-            .await
-        {
+            .upload_audio(&connection_id, &fields, container, audio);
+        match self.keep_lease(claim, upload).await {
             Ok(talk_id) => Ok((
                 // `mono` marks a one-channel recording in a two-channel connection (not one routed elsewhere).
                 Outcome::Uploaded {
@@ -810,6 +809,33 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     ErrorClass::Fatal => AttemptError::Fatal(format!("SpeechSense: {detail}")),
                 })
             }
+        }
+    }
+
+    /// Runs `work` while renewing the claim's lease every third of its length, so a long upload (a large recording,
+    /// a slow network) is not taken over by another worker while it is still running.
+    async fn keep_lease<T>(&self, claim: &Claim, work: impl std::future::Future<Output = T>) -> T {
+        let every = (self.config.lease / 3).max(Duration::from_millis(100));
+        let renew = async {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                match self.store.renew(claim, self.config.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(call = claim.call_id, "lease lost during the upload");
+                        return std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(call = claim.call_id, error = %e, "could not renew the lease")
+                    }
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            out = &mut work => out,
+            () = renew => unreachable!("renewal never finishes"),
         }
     }
 

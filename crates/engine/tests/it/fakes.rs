@@ -284,6 +284,8 @@ pub struct FakeSink {
     pub script: Mutex<VecDeque<Upload>>,
     pub searchable: bool,
     pub uploads: AtomicU64,
+    /// Time each upload takes after the audio is read.
+    pub delay: std::time::Duration,
 }
 
 impl FakeSink {
@@ -338,6 +340,7 @@ impl TalkSink for FakeSink {
                 }
             }
         }
+        tokio::time::sleep(self.delay).await;
         if let Upload::Fail(class) = step {
             return Err(err(class, &format!("scripted failure {class:?}")));
         }

@@ -370,3 +370,40 @@ async fn shutdown_before_start_uploads_nothing_and_keeps_calls_pending() {
     assert_eq!(s.uploaded, 0);
     assert_eq!(s.stopped.as_deref(), Some("shutdown requested"));
 }
+
+#[tokio::test]
+async fn a_long_upload_keeps_its_lease() {
+    let (store, _dir) = sqlite_store().await;
+    let source = Arc::new(FakeSource::portal(1));
+    let sink = Arc::new(FakeSink {
+        delay: Duration::from_millis(1500),
+        ..FakeSink::default()
+    });
+    let mut c = config();
+    c.lease = Duration::from_millis(400);
+    let run = tokio::spawn(run_export(
+        source,
+        sink.clone(),
+        store.clone(),
+        c,
+        no_progress(),
+        CancellationToken::new(),
+    ));
+    // Well past the original lease, while the upload is still running, another worker must not get the call.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(sink.talks().len(), 0, "the upload is still running");
+    let thief = store
+        .claim(
+            "fake.bitrix24.test",
+            1,
+            "other-worker",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(thief.is_none(), "the lease was renewed during the upload");
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.uploaded, 1);
+    let entry = store.entry("fake.bitrix24.test", 1).await.unwrap().unwrap();
+    assert_eq!(entry.talk_id.as_deref(), Some("aud00001"));
+}
