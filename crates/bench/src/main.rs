@@ -1,0 +1,206 @@
+//! `b24sense-bench`: runs benchmark scenarios and prints one row per run (a table, or JSON with `--json`).
+//! Each scenario runs in a child process of this binary (`--scenario NAME --child`) so its peak RSS is its own.
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use b24sense_bench::{render_table, run_scenario, scenario, BenchError, RunOptions, RunRow, NAMES};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "b24sense-bench", about = "Benchmark the export against the emulators")]
+struct Args {
+    /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k.
+    #[arg(long, default_value = "smoke", value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// One scenario (with --child: run it in this process and print its row as one JSON line).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Internal: this process is the child running `--scenario`.
+    #[arg(long, hide = true, requires = "scenario")]
+    child: bool,
+    /// Run the scenarios in this process instead of one child each (peak RSS then accumulates).
+    #[arg(long)]
+    in_process: bool,
+    /// Print the rows as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Per-scenario time limit, e.g. 30m, 90s, 1h (plain numbers are seconds).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Megabytes copied over loopback to measure its throughput (0 skips it).
+    #[arg(long, default_value = "256")]
+    loopback_mb: u64,
+    /// Seconds between progress lines on stderr.
+    #[arg(long, default_value = "10")]
+    progress_secs: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: use e.g. 30m, 90s, 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: use e.g. 30m, 90s, 1h")),
+    };
+    if secs == 0 {
+        return Err("the timeout must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+impl Args {
+    fn options(&self, own_process: bool) -> RunOptions {
+        RunOptions {
+            timeout: self.timeout,
+            loopback_probe_bytes: self.loopback_mb * 1024 * 1024,
+            progress_every: Duration::from_secs(self.progress_secs.max(1)),
+            own_process,
+        }
+    }
+
+    fn names(&self) -> Result<Vec<String>, BenchError> {
+        let mut out = Vec::new();
+        for n in &self.scenarios {
+            let n = n.trim();
+            if n == "all" {
+                out.extend(NAMES.iter().map(|s| s.to_string()));
+            } else if scenario(n).is_some() {
+                out.push(n.to_string());
+            } else if !n.is_empty() {
+                return Err(BenchError::UnknownScenario(n.to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    if args.child {
+        return match child(&args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let names = match args.names() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for name in &names {
+        let result = if args.in_process {
+            match scenario(name) {
+                Some(s) => run_scenario(&s, &args.options(false)).await,
+                None => Err(BenchError::UnknownScenario(name.clone())),
+            }
+        } else {
+            spawn_child(&args, name).await
+        };
+        match result {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                eprintln!("[{name}] failed: {e}");
+                failed = true;
+            }
+        }
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", render_table(&rows));
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The child: runs one scenario and prints its row as a single JSON line on stdout.
+async fn child(args: &Args) -> Result<(), BenchError> {
+    let name = args.scenario.clone().unwrap_or_default();
+    let s = scenario(&name).ok_or(BenchError::UnknownScenario(name))?;
+    let row = run_scenario(&s, &args.options(true)).await?;
+    println!("{}", serde_json::to_string(&row)?);
+    Ok(())
+}
+
+/// Runs `name` in a child process of this binary; kills it if it outlives its timeout by 3 minutes.
+async fn spawn_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new(exe)
+        .arg("--scenario")
+        .arg(name)
+        .arg("--child")
+        .arg("--timeout")
+        .arg(args.timeout.as_secs().to_string())
+        .arg("--loopback-mb")
+        .arg(args.loopback_mb.to_string())
+        .arg("--progress-secs")
+        .arg(args.progress_secs.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let limit = args.timeout + Duration::from_secs(180);
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| BenchError::Child(format!("no result after {limit:?}; killed")))??;
+    if !output.status.success() {
+        return Err(BenchError::Child(format!("exited with {}", output.status)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .ok_or_else(|| BenchError::Child("printed no result".into()))?;
+    Ok(serde_json::from_str(line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
