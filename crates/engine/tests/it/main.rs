@@ -3,5 +3,6 @@
 
 mod e2e;
 mod fakes;
+mod faults;
 mod pipeline;
 mod support;
