@@ -8,7 +8,10 @@ use b24sense_bench::{render_table, run_scenario, scenario, BenchError, RunOption
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "b24sense-bench", about = "Benchmark the export against the emulators")]
+#[command(
+    name = "b24sense-bench",
+    about = "Benchmark the export against the emulators"
+)]
 struct Args {
     /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k.
     #[arg(long, default_value = "smoke", value_delimiter = ',')]

@@ -85,8 +85,9 @@ mod tests {
     #[test]
     fn proc_readings_are_present_on_linux() {
         if cfg!(target_os = "linux") {
-            let peak = peak_rss().expect("VmHWM");
+            // The current size first: the high-water mark read after it can only be as large or larger.
             let now = current_rss().expect("VmRSS");
+            let peak = peak_rss().expect("VmHWM");
             assert!(peak >= now && now > 0);
             assert!(cpu_seconds().expect("cpu") >= 0.0);
         }

@@ -234,7 +234,11 @@ pub fn render_table(rows: &[RunRow]) -> String {
             r.loopback_mb_per_s,
             r.bound.bytes_s
         );
-        let methods: Vec<String> = r.by_method.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let methods: Vec<String> = r
+            .by_method
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let _ = writeln!(out, "  portal methods: {}", methods.join(" "));
         let _ = writeln!(
             out,
@@ -318,6 +322,9 @@ mod tests {
         ];
         let t = render_table(&rows);
         assert!(t.lines().nth(2).is_some_and(|l| l.starts_with("smoke")));
-        assert!(t.lines().nth(3).is_some_and(|l| l.starts_with("big-recording")));
+        assert!(t
+            .lines()
+            .nth(3)
+            .is_some_and(|l| l.starts_with("big-recording")));
     }
 }

@@ -174,9 +174,12 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         .map_err(BenchError::Emulator)?;
 
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&format!("sqlite:{}", dir.path().join("ledger.db").display()))
-        .await
-        .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
+    let store = Store::open(&format!(
+        "sqlite:{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
 
     // The same clients `export_command` builds, with the rate plan matching the emulated portal's bucket.
     let webhook = WebhookUrl::parse(&portal.webhook_url())
@@ -310,7 +313,13 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         loopback_bytes_per_s: loopback,
     });
     let wall_s = wall.as_secs_f64();
-    let per_1000 = |x: f64| if calls > 0 { x * 1000.0 / calls as f64 } else { 0.0 };
+    let per_1000 = |x: f64| {
+        if calls > 0 {
+            x * 1000.0 / calls as f64
+        } else {
+            0.0
+        }
+    };
     let row = RunRow {
         scenario: name.clone(),
         settings: scenario.describe(),
