@@ -27,6 +27,9 @@ pub enum Error {
     /// A value that cannot be stored or a stored value that cannot be read.
     #[error("ledger data error: {0}")]
     Data(String),
+    /// The key that encrypts stored secrets is missing or wrong (the message names the setting).
+    #[error("secret key: {0}")]
+    SecretKey(String),
 }
 
 impl Error {

@@ -7,6 +7,7 @@
 //! - the listing **cursors** (keyset high-water marks per portal and filter);
 //! - the **runs** journal;
 //! - **portal leases**, so that with several replicas on one PostgreSQL only one calls a given portal.
+//! - **installed applications** (`portals`): tokens and settings per portal, secrets encrypted ([`SecretKey`]).
 //!
 //! Both backends share one API and the same SQL shape; the differences (clock expressions, row locking,
 //! column types) live in [`Dialect`]. Schema changes are embedded migrations (`migrations/sqlite`,
@@ -775,3 +776,9 @@ fn to_u64(n: i64) -> Result<u64, Error> {
 fn to_u32(n: i64) -> Result<u32, Error> {
     u32::try_from(n).map_err(|_| Error::Data(format!("stored count {n} out of range")))
 }
+
+// Installed applications; declared here, after `Dialect`, because it reuses the store's private parts.
+mod portals;
+pub use portals::{
+    Installation, Portal, PortalSettings, PortalStatus, PortalTokens, SecretKey, StoredSettings,
+};
