@@ -397,6 +397,7 @@ fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> 
         .data
         .files
         .get(&id)
+        .filter(|&&i| !inner.vanished(i))
         .map(|i| &inner.data.calls[*i])
         .ok_or_else(|| {
             ApiError::new(

@@ -165,6 +165,10 @@ pub struct SpeechSenseFaults {
     /// The next successful uploads store the talk and then answer `code` instead of the id (a lost answer:
     /// the client must treat it as in doubt).
     pub after_store: Vec<(Code, u32)>,
+    /// `(bytes, times)`: the next `times` `UploadAsStream` calls are reset by the server (HTTP/2 `RST_STREAM`
+    /// with `INTERNAL_ERROR`, no gRPC status) once `bytes` audio bytes have arrived — or at the client's
+    /// half-close if fewer came. Nothing is stored.
+    pub reset_after_bytes: Vec<(u64, u32)>,
 }
 
 /// Emulator configuration.
@@ -249,6 +253,8 @@ pub struct SpeechSenseStats {
     pub uploads_rejected: BTreeMap<String, u64>,
     /// Upload streams that errored or were reset before the client half-closed (stored nothing).
     pub streams_aborted: u64,
+    /// Upload streams the server reset on purpose (`reset_after_bytes`; stored nothing).
+    pub streams_reset: u64,
     /// Audio bytes received in all upload attempts.
     pub bytes_received: u64,
     pub searches: u64,
@@ -276,6 +282,7 @@ struct Mutable {
     calls: Vec<RecordedCall>,
     before_store: VecDeque<(Code, u32)>,
     after_store: VecDeque<(Code, u32)>,
+    reset_after: VecDeque<(u64, u32)>,
 }
 
 impl State {
@@ -283,6 +290,7 @@ impl State {
         let inner = Mutable {
             before_store: config.faults.before_store.iter().copied().collect(),
             after_store: config.faults.after_store.iter().copied().collect(),
+            reset_after: config.faults.reset_after_bytes.iter().copied().collect(),
             ..Mutable::default()
         };
         State {
@@ -297,7 +305,7 @@ impl State {
     }
 }
 
-fn take_fault(queue: &mut VecDeque<(Code, u32)>) -> Option<Code> {
+fn take_fault<T: Copy>(queue: &mut VecDeque<(T, u32)>) -> Option<T> {
     while let Some((code, times)) = queue.front_mut() {
         if *times == 0 {
             queue.pop_front();
@@ -377,6 +385,11 @@ impl SpeechSenseEmulator {
         self.state.lock().after_store.push_back((code, times));
     }
 
+    /// The next `times` streamed uploads are reset by the server after `bytes` audio bytes (nothing stored).
+    pub fn inject_reset_after(&self, bytes: u64, times: u32) {
+        self.state.lock().reset_after.push_back((bytes, times));
+    }
+
     pub fn stats(&self) -> SpeechSenseStats {
         self.state.lock().stats.clone()
     }
@@ -401,13 +414,90 @@ impl Drop for SpeechSenseEmulator {
     }
 }
 
-fn server(state: Arc<State>) -> ResetAware<TalkServiceServer<service::TalkServiceImpl>> {
+fn server(
+    state: Arc<State>,
+) -> ServerReset<ResetAware<TalkServiceServer<service::TalkServiceImpl>>> {
     // ResetAware: a client's RST_STREAM(CANCEL) must abort the upload, not end it cleanly (tonic's default).
-    ResetAware::new(
-        TalkServiceServer::new(service::TalkServiceImpl::new(state))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE),
-    )
+    ServerReset {
+        inner: ResetAware::new(
+            TalkServiceServer::new(service::TalkServiceImpl::new(state))
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        ),
+    }
+}
+
+/// Response metadata a handler sets to have its stream reset instead of answered (never sent to the client).
+pub(crate) const RESET_MARKER: &str = "x-emulator-reset-stream";
+
+/// Turns an answer marked with [`RESET_MARKER`] into a real `RST_STREAM(INTERNAL_ERROR)`: response headers without
+/// a gRPC status, then a body that fails, which makes hyper reset the stream.
+#[derive(Debug, Clone)]
+struct ServerReset<S> {
+    inner: S,
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ServerReset<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl<S> tonic::codegen::Service<http::Request<tonic::body::Body>> for ServerReset<S>
+where
+    S: tonic::codegen::Service<http::Request<tonic::body::Body>, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if !resp.headers().contains_key(RESET_MARKER) {
+                return Ok(resp);
+            }
+            let (mut parts, _) = resp.into_parts();
+            for h in [
+                RESET_MARKER,
+                "grpc-status",
+                "grpc-message",
+                "grpc-status-details-bin",
+            ] {
+                parts.headers.remove(h);
+            }
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(FailingBody),
+            ))
+        })
+    }
+}
+
+/// A response body that fails at once (hyper answers with `RST_STREAM(INTERNAL_ERROR)`).
+struct FailingBody;
+
+impl http_body::Body for FailingBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        std::task::Poll::Ready(Some(Err(tonic::Status::internal(
+            "injected fault: stream reset by the server",
+        ))))
+    }
 }
 
 /// Serves until the process ends (for `b24sense emulate speechsense`).

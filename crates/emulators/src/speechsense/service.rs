@@ -15,7 +15,7 @@ use b24sense_speechsense::{container_from_proto, Container};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::validate;
@@ -36,6 +36,8 @@ enum Failure {
     Refused(Status),
     /// The client's stream broke before it half-closed.
     Aborted(Status),
+    /// An injected fault: the server resets the stream (nothing stored).
+    Reset,
 }
 
 /// Counts an upload stream that broke before the client half-closed. hyper drops the handler when the client
@@ -257,6 +259,7 @@ impl TalkServiceImpl {
         crid: Option<String>,
     ) -> Result<String, Failure> {
         let principal = self.auth_and_fault(request.metadata())?;
+        let reset_at = take_fault(&mut self.state.lock().reset_after);
         let mut stream = request.into_inner();
         let Some(first) = self.next(&mut stream).await? else {
             return Err(invalid(
@@ -301,6 +304,9 @@ impl TalkServiceImpl {
                     chunk_sizes.push(chunk.data.len());
                     total += chunk.data.len() as u64;
                     self.state.lock().stats.bytes_received += chunk.data.len() as u64;
+                    if reset_at.is_some_and(|k| total >= k) {
+                        return Err(Failure::Reset);
+                    }
                 }
                 Some(_) => {
                     return Err(invalid(
@@ -308,6 +314,9 @@ impl TalkServiceImpl {
                     ))
                 }
             }
+        }
+        if reset_at.is_some() {
+            return Err(Failure::Reset);
         }
         if total == 0 {
             return Err(invalid("no audio data"));
@@ -459,6 +468,13 @@ impl TalkServiceImpl {
                     }
                     // Counted by the `AbortWatch`.
                     Failure::Aborted(s) => s,
+                    Failure::Reset => {
+                        inner.stats.streams_reset += 1;
+                        let mut s = Status::internal("injected fault: stream reset by the server");
+                        s.metadata_mut()
+                            .insert(super::RESET_MARKER, MetadataValue::from_static("1"));
+                        s
+                    }
                 };
                 inner.calls.push(RecordedCall {
                     method,
