@@ -10,6 +10,7 @@
 mod app;
 mod audio;
 mod data;
+mod faults;
 mod filter;
 mod limits;
 mod methods;
@@ -33,9 +34,10 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
-pub use app::{AppInstall, FrameRequest};
 use audio::{Generator, RecordingBody};
 use data::PortalData;
+pub use app::{AppInstall, FrameRequest};
+pub use faults::{kind as fault_kind, FaultConfig};
 use limits::{LeakyBucket, Operating, OperatingState};
 use methods::{BatchAcc, Ctx, MethodOk};
 use params::P;
@@ -156,40 +158,6 @@ impl Default for OperatingConfig {
     }
 }
 
-/// Injected faults. Counters run over every request except `/_emulator/*`.
-/// Construct with `FaultConfig { html_502_every: Some(5), ..Default::default() }` or the `with_*` builders;
-/// new kinds of faults are added as new fields that default to off.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FaultConfig {
-    /// Every n-th request gets the proxy's HTML 502 page.
-    pub html_502_every: Option<u64>,
-    /// Every n-th request has its connection closed without a response.
-    pub drop_connection_every: Option<u64>,
-    /// Delay per 64 KiB of a recording.
-    pub slow_download: Option<Duration>,
-}
-
-impl FaultConfig {
-    pub fn none() -> FaultConfig {
-        FaultConfig::default()
-    }
-
-    pub fn with_html_502_every(mut self, n: u64) -> Self {
-        self.html_502_every = Some(n);
-        self
-    }
-
-    pub fn with_drop_connection_every(mut self, n: u64) -> Self {
-        self.drop_connection_every = Some(n);
-        self
-    }
-
-    pub fn with_slow_download(mut self, per_64k: Duration) -> Self {
-        self.slow_download = Some(per_64k);
-        self
-    }
-}
-
 /// Counters, also served as JSON at `GET /_emulator/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PortalStats {
@@ -203,6 +171,9 @@ pub struct PortalStats {
     pub downloads: u64,
     /// Response body bytes (JSON and recordings as streamed).
     pub bytes_sent: u64,
+    /// Injected faults that fired, by kind ([`fault_kind`]).
+    #[serde(default)]
+    pub faults_injected: BTreeMap<String, u64>,
 }
 
 /// A call's recording as the emulator will serve it.
@@ -276,12 +247,11 @@ pub(crate) struct Inner {
     /// `http://127.0.0.1:OTHER_PORT/`: where `CALL_RECORD_URL`s point. A separate listener plays the external
     /// recording storage (Voximplant or a PBX), whose downloads never count against the portal's bucket.
     records_base: String,
-    faults: Mutex<FaultConfig>,
+    faults: faults::FaultState,
     bucket: Mutex<LeakyBucket>,
     operating: Mutex<Operating>,
     stats: Mutex<PortalStats>,
     bytes_sent: Arc<AtomicU64>,
-    fault_counter: AtomicU64,
     sha_cache: Mutex<HashMap<u64, String>>,
     /// The application flow (install, OAuth, events): `app.rs`.
     app: app::AppState,
@@ -530,6 +500,20 @@ impl Inner {
         })
     }
 
+    /// The recording of the call at `idx` was made to vanish by a fault (counted when asked).
+    pub(crate) fn vanished(&self, idx: usize) -> bool {
+        let gone = self
+            .data
+            .calls
+            .get(idx)
+            .is_some_and(|c| self.faults.vanished(c.id));
+        if gone {
+            let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            faults::bump(&mut s.faults_injected, faults::kind::VANISHED);
+        }
+        gone
+    }
+
     fn stats_snapshot(&self) -> PortalStats {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
         s.bytes_sent = self.bytes_sent.load(Ordering::Relaxed);
@@ -584,12 +568,11 @@ impl Bitrix24Emulator {
             .await
             .map_err(|e| std::io::Error::other(format!("portal generation failed: {e}")))?;
         let inner = Arc::new(Inner {
-            faults: Mutex::new(config.faults.clone()),
+            faults: faults::FaultState::new(config.faults.clone()),
             bucket: Mutex::new(LeakyBucket::new(config.rate.0, config.rate.1)),
             operating: Mutex::new(Operating::default()),
             stats: Mutex::new(PortalStats::default()),
             bytes_sent: Arc::new(AtomicU64::new(0)),
-            fault_counter: AtomicU64::new(0),
             sha_cache: Mutex::new(HashMap::new()),
             app: app::AppState::new(config.seed),
             epoch: tokio::time::Instant::now(),
@@ -659,8 +642,12 @@ impl Bitrix24Emulator {
 
     /// Replaces the fault settings (and restarts the fault counters).
     pub fn set_faults(&self, faults: FaultConfig) {
-        *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
-        self.inner.fault_counter.store(0, Ordering::Relaxed);
+        self.inner.faults.set(faults);
+    }
+
+    /// The fault settings as they stand ("next N" counts used up so far).
+    pub fn faults(&self) -> FaultConfig {
+        self.inner.faults.current()
     }
 
     /// Every call exactly as `voximplant.statistic.get` returns it, ascending ID.
@@ -754,6 +741,7 @@ async fn accept_loop(
         };
         let Ok((stream, _)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
+        let (stream, reset) = faults::ResetOnDrop::new(stream);
         let app = app.clone();
         let inner = inner.clone();
         let mut stop_conn = stop.clone();
@@ -761,7 +749,8 @@ async fn accept_loop(
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let app = app.clone();
                 let inner = inner.clone();
-                async move { handle(inner, app, req).await }
+                let reset = reset.clone();
+                async move { handle(inner, app, req, reset).await }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
@@ -789,42 +778,60 @@ async fn handle(
     inner: Arc<Inner>,
     app: Router,
     req: Request<hyper::body::Incoming>,
+    reset: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Response<Body>, DropConnection> {
-    if !req.uri().path().starts_with("/_emulator/") {
+    use faults::Verdict;
+    let verdict = if req.uri().path().starts_with("/_emulator/") {
+        Verdict::Pass
+    } else {
         inner
             .stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .http_requests += 1;
-        let n = inner.fault_counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let faults = inner
-            .faults
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if faults
-            .drop_connection_every
-            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
-        {
+        inner.faults.decide(&req)
+    };
+    let injected = |kind: &str| {
+        let mut s = inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        faults::bump(&mut s.faults_injected, kind);
+    };
+    let cut = match verdict {
+        Verdict::Pass => None,
+        Verdict::Cut(kind) => Some(kind),
+        Verdict::Answer(kind, response) => {
+            injected(kind);
+            return Ok(response);
+        }
+        Verdict::Drop(kind) => {
+            injected(kind);
             return Err(DropConnection);
         }
-        if faults
-            .html_502_every
-            .is_some_and(|k| k > 0 && n.is_multiple_of(k))
-        {
-            let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
-            return Ok(Response::builder()
-                .status(StatusCode::BAD_GATEWAY)
-                .header(header::CONTENT_TYPE, "text/html")
-                .body(Body::from(page))
-                .unwrap_or_default());
+        Verdict::Reset(kind) => {
+            injected(kind);
+            reset.store(true, Ordering::Relaxed);
+            return Err(DropConnection);
         }
-    }
+    };
     let req = req.map(Body::new);
-    match app.oneshot(req).await {
-        Ok(r) => Ok(r),
+    let response = match app.oneshot(req).await {
+        Ok(r) => r,
         Err(never) => match never {},
+    };
+    let Some(kind) = cut else {
+        return Ok(response);
+    };
+    let cuttable = faults::body_len(&response).is_some_and(|n| n > 1);
+    let applies = match kind {
+        faults::kind::CUT_DOWNLOAD => {
+            response.status() == StatusCode::OK && cuttable && inner.faults.take_download_cut()
+        }
+        _ => cuttable,
+    };
+    if !applies {
+        return Ok(response);
     }
+    injected(kind);
+    Ok(faults::cut_half(response))
 }
 
 fn router(inner: Arc<Inner>) -> Router {
@@ -1024,11 +1031,7 @@ fn recording_response(inner: &Inner, idx: usize, filename: &str) -> Response<Bod
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .downloads += 1;
-    let delay = inner
-        .faults
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .slow_download;
+    let delay = inner.faults.slow_download();
     let len = gen.len();
     Response::builder()
         .status(StatusCode::OK)
@@ -1078,7 +1081,7 @@ async fn download(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) ->
         }
         _ => None,
     };
-    let Some(idx) = file else {
+    let Some(idx) = file.filter(|&i| !inner.vanished(i)) else {
         return error_response(
             &inner,
             &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"),
@@ -1102,6 +1105,9 @@ async fn record_file(State(inner): State<Arc<Inner>>, Path(file): Path<String>) 
     let Some(&idx) = inner.data.by_call_id.get(call_id) else {
         return not_found();
     };
+    if inner.vanished(idx) {
+        return not_found();
+    }
     match &inner.data.calls[idx].record {
         Some(r) if !r.disk_only && r.container.ext() == ext => {
             recording_response(&inner, idx, &file)
