@@ -12,6 +12,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::types::Json;
 use sqlx::Row;
 
@@ -23,6 +24,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 #[derive(Clone)]
 pub struct SecretKey {
     cipher: Aes256Gcm,
+    /// Kept only to derive independent subkeys (see [`SecretKey::derive`]).
+    raw: [u8; 32],
 }
 
 impl fmt::Debug for SecretKey {
@@ -82,16 +85,30 @@ impl SecretKey {
                 bytes.len()
             )));
         }
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(bytes);
         Ok(SecretKey {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)),
+            raw,
         })
     }
 
     /// A random key (tests, first-run helpers).
     pub fn generate() -> SecretKey {
-        SecretKey {
-            cipher: Aes256Gcm::new(&Aes256Gcm::generate_key(OsRng)),
-        }
+        let key = Aes256Gcm::generate_key(OsRng);
+        // A freshly generated key is always 32 bytes.
+        Self::from_bytes(key.as_slice()).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A 32-byte subkey for another purpose (e.g. signing web sessions), independent of the encryption key:
+    /// SHA-256 over a fixed prefix, the key and `label`.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"b24sense/derive/v1\0");
+        h.update(self.raw);
+        h.update([0u8]);
+        h.update(label.as_bytes());
+        h.finalize().into()
     }
 
     /// `base64(nonce || ciphertext)`, bound to `aad`.

@@ -243,3 +243,12 @@ fn secret_key_from_env_names_the_variable() {
     std::env::remove_var(SecretKey::ENV);
     std::env::remove_var(SecretKey::FILE_ENV);
 }
+
+#[test]
+fn derived_keys_are_stable_and_distinct() {
+    let k = SecretKey::parse(&"cd".repeat(32)).unwrap();
+    let same = SecretKey::parse(&"cd".repeat(32)).unwrap();
+    assert_eq!(k.derive("session"), same.derive("session"));
+    assert_ne!(k.derive("session"), k.derive("csrf"));
+    assert_ne!(k.derive("session"), SecretKey::generate().derive("session"));
+}
