@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::Code;
+/// The gRPC status codes the fault injectors take (so tests need no direct `tonic` dependency).
+pub use tonic::Code;
 
 /// The API key accepted by [`SpeechSenseConfig::default`].
 pub const DEFAULT_API_KEY: &str = "test-api-key";

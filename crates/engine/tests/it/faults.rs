@@ -1,1 +1,664 @@
-//! Fault-injection tests (being written).
+//! Fault injection end to end: the real Bitrix24 and SpeechSense clients, the engine and a ledger, against the two
+//! emulators with one fault each (and all at once). Every test checks the delivery guarantee the same way
+//! ([`Env::check`]): each qualifying call is in SpeechSense exactly once or failed with the expected reason, every
+//! listed call has a final ledger entry, and the ledger's talk IDs are the emulator's talks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use b24sense_bitrix24::{
+    AccessToken, Bitrix24Client, BoxFuture, ClientConfig, Credentials, TokenSource, WebhookUrl,
+};
+use b24sense_core::{Call, CallFilter, FailReason, LedgerState};
+use b24sense_emulators::bitrix24::{fault_kind, Bitrix24Emulator, FaultConfig, PortalConfig};
+use b24sense_emulators::speechsense::{Code, SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
+use b24sense_engine::report::no_progress;
+use b24sense_engine::retry::Backoff;
+use b24sense_engine::{run_export, ExportConfig, Summary};
+use b24sense_speechsense::{
+    ClientConfig as SsConfig, Credentials as SsCredentials, SearchScope, SpeechSenseClient,
+};
+use b24sense_store::Store;
+use chrono::FixedOffset;
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{postgres_store, sqlite_store};
+
+const PORTAL: &str = "emulated.bitrix24.test";
+const TOKEN_A: &str = "oauth-token-a";
+const TOKEN_B: &str = "oauth-token-b";
+
+/// A small portal with light recordings (≤ 256 KiB: each fits the HTTP/2 windows in one go).
+fn small_portal(calls: usize) -> PortalConfig {
+    PortalConfig {
+        calls,
+        seed: 11,
+        disk_only_share: 0.2,
+        access_tokens: vec![TOKEN_A.into(), TOKEN_B.into()],
+        ..PortalConfig::default()
+    }
+}
+
+/// A portal whose qualifying calls (≥ 60 s, see [`long_calls`]) have 3 MiB MP3 recordings: larger than the
+/// HTTP/2 windows, so a refusal or a reset arrives before the upload is fully sent — provably nothing stored.
+fn big_portal(calls: usize) -> PortalConfig {
+    PortalConfig {
+        wav_share: 0.0,
+        recording_bytes_per_second: 100_000,
+        max_recording_bytes: Some(3 * 1024 * 1024),
+        ..small_portal(calls)
+    }
+}
+
+fn long_calls() -> CallFilter {
+    CallFilter {
+        min_duration: 60,
+        ..CallFilter::default()
+    }
+}
+
+/// Fast retries: the faults are short, and each test stays well under 20 s.
+fn fast_client() -> ClientConfig {
+    ClientConfig {
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(800),
+        request_timeout: Duration::from_secs(15),
+        ..ClientConfig::default()
+    }
+}
+
+/// OAuth tokens as an installed application holds them: `refresh` moves on to the next token.
+struct Tokens {
+    current: Mutex<String>,
+    next: String,
+    endpoint: url::Url,
+    refreshes: AtomicU32,
+}
+
+impl Tokens {
+    fn token(&self) -> AccessToken {
+        AccessToken {
+            token: SecretString::from(self.current.lock().unwrap().clone()),
+            client_endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+impl TokenSource for Tokens {
+    fn access_token(&self) -> BoxFuture<'_, Result<AccessToken, b24sense_bitrix24::Error>> {
+        Box::pin(async move { Ok(self.token()) })
+    }
+
+    fn refresh(
+        &self,
+        _stale: &AccessToken,
+    ) -> BoxFuture<'_, Result<AccessToken, b24sense_bitrix24::Error>> {
+        Box::pin(async move {
+            self.refreshes.fetch_add(1, Ordering::Relaxed);
+            *self.current.lock().unwrap() = self.next.clone();
+            Ok(self.token())
+        })
+    }
+}
+
+struct Env {
+    portal: Bitrix24Emulator,
+    speech: SpeechSenseEmulator,
+    bitrix: Bitrix24Client,
+    connection_id: String,
+    api_key: String,
+    filter: CallFilter,
+}
+
+impl Env {
+    async fn start(portal: PortalConfig, filter: CallFilter) -> Env {
+        let portal = Bitrix24Emulator::start(portal).await.unwrap();
+        let webhook = WebhookUrl::parse(&portal.webhook_url()).unwrap();
+        let bitrix = Bitrix24Client::new(Credentials::Webhook(webhook), fast_client()).unwrap();
+        Self::with_client(portal, bitrix, filter).await
+    }
+
+    async fn with_client(
+        portal: Bitrix24Emulator,
+        bitrix: Bitrix24Client,
+        filter: CallFilter,
+    ) -> Env {
+        let ss_config = SpeechSenseConfig::default();
+        let connection_id = ss_config.connections[0].id.clone();
+        let api_key = ss_config.api_keys[0].clone();
+        let speech = SpeechSenseEmulator::start(ss_config).await.unwrap();
+        Env {
+            portal,
+            speech,
+            bitrix,
+            connection_id,
+            api_key,
+            filter,
+        }
+    }
+
+    /// The SpeechSense side; with a search scope, in-doubt uploads are resolved by `Search`.
+    fn sink(&self, search: bool) -> Arc<SpeechSenseSink> {
+        let client = SpeechSenseClient::new(SsConfig::new(
+            self.speech.endpoint(),
+            SsCredentials::ApiKey(SecretString::from(self.api_key.clone())),
+        ))
+        .unwrap();
+        let scope = search.then(|| SearchScope {
+            organization_id: "org-1".into(),
+            space_id: "space-1".into(),
+            project_id: "project-1".into(),
+            connection_id: self.connection_id.clone(),
+        });
+        Arc::new(SpeechSenseSink::new(client, scope))
+    }
+
+    fn config(&self) -> ExportConfig {
+        let mut c = ExportConfig::new(PORTAL, self.connection_id.clone());
+        c.filter = self.filter.clone();
+        c.concurrency = 4;
+        c.backoff = Backoff {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(400),
+        };
+        c
+    }
+
+    async fn export(&self, store: &Store, search: bool) -> Summary {
+        let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
+        let run = run_export(
+            source,
+            self.sink(search),
+            store.clone(),
+            self.config(),
+            no_progress(),
+            CancellationToken::new(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the export finishes")
+            .expect("the export is not stopped")
+    }
+
+    /// The calls the filter selects, as the engine parses them.
+    fn listed(&self) -> Vec<Call> {
+        let msk = FixedOffset::east_opt(3 * 3600).unwrap();
+        self.portal
+            .call_rows()
+            .iter()
+            .map(|r| Call::from_bitrix(r, msk).unwrap())
+            .filter(|c| self.filter.matches(c))
+            .collect()
+    }
+
+    /// Listed calls with a recording.
+    fn qualifying(&self) -> BTreeSet<u64> {
+        self.listed()
+            .into_iter()
+            .filter(Call::has_recording)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Talks per call ID.
+    fn talks_by_call(&self) -> BTreeMap<u64, Vec<String>> {
+        let mut m: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for t in self.speech.talks() {
+            m.entry(t.fields["id"].parse().unwrap())
+                .or_default()
+                .push(t.id.clone());
+        }
+        m
+    }
+
+    fn injected(&self, kind: &str) -> u64 {
+        self.portal
+            .stats()
+            .faults_injected
+            .get(kind)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The delivery guarantee. `failed`: calls expected to fail, with their reason. `duplicates`: calls allowed
+    /// (and required) to have exactly two talks — a *reported* re-upload. Returns the number of uploaded calls.
+    async fn check(
+        &self,
+        store: &Store,
+        failed: &BTreeMap<u64, FailReason>,
+        duplicates: &BTreeSet<u64>,
+    ) -> usize {
+        let qualifying = self.qualifying();
+        let talks = self.talks_by_call();
+        let mut ledger_talks = BTreeSet::new();
+        let mut uploaded = 0;
+        for call in self.listed() {
+            let id = call.id;
+            let e = store
+                .entry(PORTAL, id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("call {id} is missing from the ledger"));
+            assert!(
+                matches!(
+                    e.state,
+                    LedgerState::Uploaded | LedgerState::Skipped | LedgerState::Failed
+                ),
+                "call {id} left in {:?}",
+                e.state
+            );
+            if !qualifying.contains(&id) {
+                assert_eq!(e.state, LedgerState::Skipped, "call {id} has no recording");
+                assert!(!talks.contains_key(&id));
+                continue;
+            }
+            if let Some(reason) = failed.get(&id) {
+                assert_eq!(e.state, LedgerState::Failed, "call {id}: {e:?}");
+                assert_eq!(e.reason.as_deref(), Some(reason.as_str()), "call {id}");
+                assert!(!talks.contains_key(&id), "failed call {id} has no talk");
+                continue;
+            }
+            assert_eq!(e.state, LedgerState::Uploaded, "call {id}: {e:?}");
+            let talk_id = e.talk_id.clone().expect("an uploaded call has a talk ID");
+            let mine = talks.get(&id).cloned().unwrap_or_default();
+            let want = if duplicates.contains(&id) { 2 } else { 1 };
+            assert_eq!(mine.len(), want, "call {id}: talks {mine:?}");
+            assert!(mine.contains(&talk_id), "call {id}: ledger talk {talk_id}");
+            if duplicates.contains(&id) {
+                assert!(
+                    e.reuploaded_after_crash,
+                    "the duplicate of call {id} is reported"
+                );
+            }
+            ledger_talks.insert(talk_id);
+            uploaded += 1;
+        }
+        // Nothing uploaded for calls that were not asked for; the ledger names every talk except reported dups.
+        let all: BTreeSet<String> = self.speech.talks().into_iter().map(|t| t.id).collect();
+        let unreported: BTreeSet<&String> = all.difference(&ledger_talks).collect();
+        assert_eq!(
+            unreported.len(),
+            duplicates.len(),
+            "talks outside the ledger: {unreported:?}"
+        );
+        for t in self.speech.talks() {
+            let id: u64 = t.fields["id"].parse().unwrap();
+            assert!(qualifying.contains(&id), "talk for unlisted call {id}");
+            let rec = self.portal.recording(id).unwrap();
+            assert_eq!(
+                t.audio_sha256, rec.sha256,
+                "call {id}: whole recording, unchanged"
+            );
+        }
+        uploaded
+    }
+
+    /// The common case: every qualifying call uploaded exactly once, nothing failed, nothing reported re-uploaded.
+    async fn check_all_once(&self, store: &Store, s: &Summary) {
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+        assert_eq!(s.reuploaded_after_crash, 0, "{s:?}");
+        let n = self.check(store, &BTreeMap::new(), &BTreeSet::new()).await;
+        assert_eq!(n, self.qualifying().len());
+        assert_eq!(s.uploaded as usize, n);
+        assert!(n >= 5, "the test needs some calls: {n}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ Bitrix24
+
+#[tokio::test]
+async fn query_limit_storm_by_count() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_query_limit_next(3));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::QUERY_LIMIT), 3);
+    assert!(env.bitrix.stats().rate_limited >= 3);
+}
+
+#[tokio::test]
+async fn query_limit_storm_for_a_time_window() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_query_limit_for(Duration::from_millis(700)));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert!(env.injected(fault_kind::QUERY_LIMIT) >= 1);
+}
+
+#[tokio::test]
+async fn operation_time_limit_on_batch() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_operation_time_limit("batch", 2));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::OPERATION_TIME_LIMIT), 2);
+}
+
+#[tokio::test]
+async fn internal_server_errors() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_internal_error_next(3));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::INTERNAL_ERROR), 3);
+}
+
+#[tokio::test]
+async fn html_502_pages() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    // Some on REST calls, and every 7th request of any kind (downloads included).
+    env.portal.set_faults(
+        FaultConfig::none()
+            .with_html_502_next(2)
+            .with_html_502_every(7),
+    );
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert!(env.injected(fault_kind::HTML_502) >= 4);
+}
+
+#[tokio::test]
+async fn expired_token_mid_export_is_refreshed_once() {
+    let portal = Bitrix24Emulator::start(small_portal(40)).await.unwrap();
+    let tokens = Arc::new(Tokens {
+        current: Mutex::new(TOKEN_A.into()),
+        next: TOKEN_B.into(),
+        endpoint: portal.base_url().join("rest/").unwrap(),
+        refreshes: AtomicU32::new(0),
+    });
+    let bitrix = Bitrix24Client::new(Credentials::OAuth(tokens.clone()), fast_client()).unwrap();
+    // Request 1 lists the calls; request 2 (a name lookup or a Disk batch) finds the token expired.
+    portal.set_faults(FaultConfig::none().with_expire_token_at(2));
+    let env = Env::with_client(portal, bitrix, CallFilter::default()).await;
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert!(env.injected(fault_kind::EXPIRED_TOKEN) >= 1);
+    assert_eq!(
+        tokens.refreshes.load(Ordering::Relaxed),
+        1,
+        "refreshed once"
+    );
+    assert_eq!(env.bitrix.stats().token_refreshes, 1);
+}
+
+#[tokio::test]
+async fn expired_token_fault_does_not_touch_a_webhook() {
+    let env = Env::start(small_portal(30), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_expire_token_at(1));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::EXPIRED_TOKEN), 0);
+}
+
+#[tokio::test]
+async fn connection_resets() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_reset_connection_next(4));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::RESET_CONNECTION), 4);
+}
+
+#[tokio::test]
+async fn rest_answers_cut_mid_body() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_cut_rest_next(3));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::CUT_REST), 3);
+}
+
+#[tokio::test]
+async fn recording_downloads_cut_mid_body() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_cut_download_next(4));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    // `check` also asserts each talk's audio is the whole recording: no truncated talk was stored.
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::CUT_DOWNLOAD), 4);
+    assert!(
+        env.speech.stats().streams_aborted >= 1,
+        "a broken download aborts its upload"
+    );
+}
+
+#[tokio::test]
+async fn slow_recording_downloads() {
+    let env = Env::start(small_portal(30), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_slow_download(Duration::from_millis(25)));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+}
+
+#[tokio::test]
+async fn vanished_recordings_are_reported_unavailable() {
+    let env = Env::start(small_portal(60), CallFilter::default()).await;
+    let qualifying = env.qualifying();
+    let pick = |disk_only: bool| {
+        qualifying
+            .iter()
+            .copied()
+            .filter(|id| env.portal.recording(*id).unwrap().via_disk_only == disk_only)
+            .take(2)
+            .collect::<Vec<u64>>()
+    };
+    let (direct, disk_only) = (pick(false), pick(true));
+    assert_eq!((direct.len(), disk_only.len()), (2, 2));
+    let gone: BTreeSet<u64> = direct.iter().chain(&disk_only).copied().collect();
+    env.portal
+        .set_faults(FaultConfig::none().with_vanished(gone.iter().copied()));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    let failed: BTreeMap<u64, FailReason> = gone
+        .iter()
+        .map(|id| (*id, FailReason::RecordingUnavailable))
+        .collect();
+    let n = env.check(&store, &failed, &BTreeSet::new()).await;
+    assert_eq!(n, qualifying.len() - gone.len());
+    assert_eq!(
+        s.failed.get("recording_unavailable").copied(),
+        Some(4),
+        "{s:?}"
+    );
+    assert_eq!(s.uploaded as usize, n);
+    // Reported, not lost: a later run tries failed calls again, and with the files back uploads them.
+    env.portal.set_faults(FaultConfig::none());
+    let again = env.export(&store, false).await;
+    assert_eq!(again.uploaded, 4, "{again:?}");
+    env.check(&store, &BTreeMap::new(), &BTreeSet::new()).await;
+}
+
+#[tokio::test]
+async fn malformed_json_answers() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.portal
+        .set_faults(FaultConfig::none().with_malformed_json_next(3));
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.injected(fault_kind::MALFORMED_JSON), 3);
+}
+
+// ------------------------------------------------------------------------------------------------ SpeechSense
+
+#[tokio::test]
+async fn speechsense_unavailable() {
+    let env = Env::start(big_portal(40), long_calls()).await;
+    env.speech.inject(Code::Unavailable, 3);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    // Refused before the stream was accepted: provably nothing stored, retried without the in-doubt step.
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.speech.stats().rejected(Code::Unavailable), 3);
+}
+
+#[tokio::test]
+async fn speechsense_resource_exhausted() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.speech.inject(Code::ResourceExhausted, 3);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.speech.stats().rejected(Code::ResourceExhausted), 3);
+}
+
+#[tokio::test]
+async fn speechsense_stream_reset_mid_upload() {
+    let env = Env::start(big_portal(40), long_calls()).await;
+    env.speech.inject_reset_after(1024 * 1024, 3);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(env.speech.stats().streams_reset, 3);
+}
+
+#[tokio::test]
+async fn deadline_exceeded_after_store_with_search_has_no_duplicate() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.speech.inject_after_store(Code::DeadlineExceeded, 2);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, true).await;
+    env.check_all_once(&store, &s).await;
+    assert_eq!(
+        env.speech.talk_count(),
+        env.qualifying().len(),
+        "zero duplicates"
+    );
+    assert!(
+        env.speech.stats().searches >= 2,
+        "the in-doubt uploads were looked up"
+    );
+}
+
+#[tokio::test]
+async fn deadline_exceeded_after_store_without_search_reports_the_duplicate() {
+    let env = Env::start(small_portal(40), CallFilter::default()).await;
+    env.speech.inject_after_store(Code::DeadlineExceeded, 1);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(
+        s.reuploaded_after_crash, 1,
+        "the duplicate is reported: {s:?}"
+    );
+    let dup: BTreeSet<u64> = env
+        .talks_by_call()
+        .into_iter()
+        .filter(|(_, t)| t.len() > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(dup.len(), 1, "exactly one call was uploaded twice");
+    let reported: Vec<u64> = s
+        .calls
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.outcome,
+                b24sense_core::Outcome::Uploaded {
+                    reuploaded_after_crash: true,
+                    ..
+                }
+            )
+        })
+        .map(|c| c.call_id)
+        .collect();
+    assert_eq!(reported, dup.iter().copied().collect::<Vec<_>>());
+    let n = env.check(&store, &BTreeMap::new(), &dup).await;
+    assert_eq!(n, env.qualifying().len());
+    assert_eq!(env.speech.talk_count(), n + 1);
+}
+
+// ------------------------------------------------------------------------------------------------ all at once
+
+/// Every kind of fault in one run; `check` as always. Run on both ledgers.
+async fn all_faults_at_once(store: Store) {
+    let env = Env::start(small_portal(60), CallFilter::default()).await;
+    let qualifying = env.qualifying();
+    let gone: BTreeSet<u64> = qualifying.iter().copied().step_by(9).take(3).collect();
+    env.portal.set_faults(FaultConfig {
+        query_limit_next: 2,
+        internal_error_next: 1,
+        html_502_next: 1,
+        reset_connection_next: 2,
+        cut_rest_next: 1,
+        cut_download_next: 2,
+        malformed_json_next: 1,
+        drop_connection_every: Some(11),
+        slow_download: Some(Duration::from_millis(5)),
+        vanished: gone.clone(),
+        operation_time_limit: Some(("batch".into(), 1)),
+        ..FaultConfig::default()
+    });
+    env.speech.inject(Code::Unavailable, 2);
+    env.speech.inject(Code::ResourceExhausted, 1);
+    env.speech.inject_after_store(Code::DeadlineExceeded, 2);
+    let s = env.export(&store, true).await;
+    let failed: BTreeMap<u64, FailReason> = gone
+        .iter()
+        .map(|id| (*id, FailReason::RecordingUnavailable))
+        .collect();
+    let n = env.check(&store, &failed, &BTreeSet::new()).await;
+    assert_eq!(n, qualifying.len() - gone.len());
+    assert_eq!(s.uploaded as usize, n, "{s:?}");
+    assert_eq!(
+        s.failed.get("recording_unavailable").copied(),
+        Some(gone.len() as u64),
+        "{s:?}"
+    );
+    assert_eq!(
+        env.speech.talk_count(),
+        n,
+        "zero duplicates with the search scope"
+    );
+    let kinds = env.portal.stats().faults_injected;
+    for k in [
+        fault_kind::QUERY_LIMIT,
+        fault_kind::RESET_CONNECTION,
+        fault_kind::CUT_DOWNLOAD,
+        fault_kind::VANISHED,
+    ] {
+        assert!(kinds.contains_key(k), "{k} fired: {kinds:?}");
+    }
+    // A second run without faults uploads only the recordings that are back, and nothing twice.
+    env.portal.set_faults(FaultConfig::none());
+    let again = env.export(&store, true).await;
+    assert_eq!(again.uploaded as usize, gone.len(), "{again:?}");
+    let n = env.check(&store, &BTreeMap::new(), &BTreeSet::new()).await;
+    assert_eq!(n, qualifying.len());
+    assert_eq!(env.speech.talk_count(), n);
+}
+
+#[tokio::test]
+async fn all_faults_at_once_sqlite() {
+    let (store, _dir) = sqlite_store().await;
+    all_faults_at_once(store).await;
+}
+
+#[tokio::test]
+async fn all_faults_at_once_postgres() {
+    all_faults_at_once(postgres_store().await).await;
+}
