@@ -168,6 +168,12 @@ pub struct RunArgs {
     /// Ledger key of the portal (default: the webhook's host). Keep it when the portal is renamed.
     #[arg(long)]
     pub portal_key: Option<String>,
+    /// Lease length in seconds for calls and the portal (hidden: tests and crash drills use a few seconds).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub lease_seconds: Option<u64>,
+    /// PostgreSQL schema holding the ledger's tables (hidden: test isolation, databases shared with other apps).
+    #[arg(long, hide = true, env = "B24SENSE_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

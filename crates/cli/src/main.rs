@@ -261,7 +261,24 @@ pub async fn export_command(
     extra_stats: Option<DemoStats>,
 ) -> Result<u8, Failure> {
     let filter = call_filter(filter_args)?;
-    let store = open_store(&run.database).await?;
+    let store = match run
+        .database_schema
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        None => open_store(&run.database).await?,
+        Some(schema) => {
+            let url = run.database.clone().unwrap_or_default();
+            Store::open_postgres_schema(&url, schema.trim())
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        exit::UNAVAILABLE,
+                        format!("--database-schema: cannot open the ledger: {e}"),
+                    )
+                })?
+        }
+    };
 
     let rate = match run.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
@@ -287,6 +304,10 @@ pub async fn export_command(
     config.language = run.language.clone();
     config.concurrency = run.concurrency;
     config.dry_run = run.dry_run;
+    if let Some(secs) = run.lease_seconds {
+        config.lease = Duration::from_secs(secs);
+        config.portal_lease = Duration::from_secs(secs);
+    }
 
     // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal.
     if !run.dry_run {
@@ -373,7 +394,8 @@ fn exit_code(summary: &Summary, fatal: Option<&str>, interrupted: bool) -> u8 {
         Some(reason) if is_refusal(reason) => exit::REFUSED,
         Some(_) => exit::UNAVAILABLE,
         None if interrupted => exit::INTERRUPTED,
-        None if summary.failed_total() > 0 => exit::SOME_FAILED,
+        // Calls another process kept holding are not done either.
+        None if summary.failed_total() > 0 || summary.unsettled > 0 => exit::SOME_FAILED,
         None => exit::OK,
     }
 }

@@ -25,8 +25,19 @@ pub struct ExportConfig {
     pub backoff: Backoff,
     /// SpeechSense refuses audio longer than this.
     pub max_recording: Duration,
-    /// How long a worker's claim on a call lasts before another worker may take it over.
+    /// How long a worker's claim on a call lasts before another worker may take it over. Renewed every third of
+    /// it while the worker is busy with the call, so it only bounds how long a dead worker blocks the call.
     pub lease: Duration,
+    /// How long a replica's hold on the portal lasts without renewal (renewed every third of it). Only the holder
+    /// talks to the portal; another replica takes over only after this. Keep it above the time the portal's
+    /// request bucket takes to drain (25 s on the standard plan, 50 s on Enterprise), so a takeover after a crash
+    /// never starts against a bucket the dead holder had filled.
+    pub portal_lease: Duration,
+    /// How often a replica waiting for the portal, or a worker waiting for a call another worker held, looks again.
+    pub poll: Duration,
+    /// After a shutdown request, how long uploads in flight may take to finish before they are abandoned (their
+    /// calls stay `uploading`, in doubt, and are resolved by the next run).
+    pub shutdown_grace: Duration,
     /// Identifies this process in leases (host, pid and a random part).
     pub worker_id: String,
 }
@@ -44,7 +55,10 @@ impl ExportConfig {
             max_attempts: 5,
             backoff: Backoff::default(),
             max_recording: Duration::from_secs(4 * 3600),
-            lease: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+            portal_lease: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
     }

@@ -14,6 +14,16 @@
 //! Delivery guarantee: a call is marked `uploading` before its first byte is sent and `uploaded` with its talk ID
 //! after; a call left `uploading` is *in doubt* and is resolved by a SpeechSense search when one is configured, or
 //! uploaded again and reported as `reuploaded_after_crash` — so a duplicate is never silent and a loss never happens.
+//!
+//! Several processes (replicas on one PostgreSQL, or a restart after a crash) coordinate through leases:
+//! - one **portal lease** per portal: only its holder lists, downloads and uploads, so together the replicas stay
+//!   within the portal's request limit; the others poll until it is released or expires (its holder died);
+//! - one **call lease** per call, held (and renewed) for as long as a worker is busy with the call. A call whose
+//!   lease another process still holds is waited for, not skipped: with the portal lease held, that process is dead
+//!   or paused, and its lease runs out.
+//! - Every write is fenced, and so is the end of every upload: right before the half-close that makes SpeechSense
+//!   store the talk, the worker renews its call lease and abandons the stream (nothing stored) if it was taken over.
+//!   A worker paused past its lease (SIGSTOP, a suspended VM) therefore neither commits nor stores a second talk.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +36,7 @@ use b24sense_core::{
     Call, CrmInfo, CrmRef, ErrorClass, FailReason, LedgerState, MonoPolicy, Outcome, SkipReason,
     UserInfo,
 };
-use b24sense_store::{Claim, Store};
+use b24sense_store::{Claim, PortalLease, Store};
 use bytes::{Bytes, BytesMut};
 use futures::{stream, StreamExt};
 use tokio::sync::mpsc;
@@ -88,6 +98,8 @@ struct Run<S, K> {
     progress: ProgressFn,
     /// Stops taking new calls: set on shutdown or on a fatal error.
     stop: CancellationToken,
+    /// Abandons the calls in flight: the shutdown grace ran out, or another replica took the portal over.
+    hard: CancellationToken,
     fatal: Mutex<Option<String>>,
     summary: Mutex<Summary>,
 }
@@ -118,14 +130,37 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         config,
         progress,
         stop: shutdown.child_token(),
+        hard: CancellationToken::new(),
         fatal: Mutex::new(None),
         summary: Mutex::new(Summary::default()),
     });
 
     if run.config.dry_run {
         run.dry_run().await?;
-    } else {
-        run.clone().export().await?;
+    } else if let Some(lease) = run.acquire_portal().await? {
+        let held = CancellationToken::new();
+        let holder = tokio::spawn(run.clone().hold_portal(lease.clone(), held.clone()));
+        let grace = {
+            let (hard, grace) = (run.hard.clone(), run.config.shutdown_grace);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(grace).await;
+                tracing::warn!(
+                    "uploads still in flight after the shutdown grace period; abandoning them"
+                );
+                hard.cancel();
+            })
+        };
+        let result = run.clone().export().await;
+        grace.abort();
+        held.cancel();
+        let _ = holder.await;
+        // Let a waiting replica take over at once rather than after the lease runs out.
+        if let Err(e) = run.store.release_portal(&lease).await {
+            tracing::warn!(error = %e, "could not release the portal lease; it expires by itself");
+        }
+        result?;
     }
 
     let mut summary = std::mem::take(&mut *run.summary.lock().unwrap());
@@ -169,6 +204,121 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             r.map_err(|e| EngineError::Internal(e.to_string()))?;
         }
         listed.and(resolved)
+    }
+
+    /// Waits (polling) until this process holds the portal's lease; `None` when shut down while waiting.
+    async fn acquire_portal(&self) -> Result<Option<PortalLease>, EngineError> {
+        let mut waiting = false;
+        loop {
+            let lease = self
+                .store
+                .claim_portal(
+                    &self.config.portal,
+                    &self.config.worker_id,
+                    self.config.portal_lease,
+                )
+                .await?;
+            if let Some(lease) = lease {
+                if waiting {
+                    tracing::info!(portal = %self.config.portal, "took the portal over");
+                }
+                return Ok(Some(lease));
+            }
+            if !waiting {
+                waiting = true;
+                tracing::warn!(
+                    portal = %self.config.portal,
+                    "another replica is exporting this portal; waiting for its lease"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll()) => {}
+                _ = self.stop.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    /// Renews the portal lease every third of its length until `done`. Losing it (another replica took the portal
+    /// over, or the database was unreachable for a whole lease) stops the run and abandons the calls in flight.
+    async fn hold_portal(self: Arc<Self>, lease: PortalLease, done: CancellationToken) {
+        let every = (self.config.portal_lease / 3).max(Duration::from_millis(50));
+        let mut renewed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = done.cancelled() => return,
+            }
+            match self
+                .store
+                .renew_portal(&lease, self.config.portal_lease)
+                .await
+            {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => {
+                    self.fail_run("another replica took this portal over".into());
+                    self.hard.cancel();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the portal lease");
+                    if renewed.elapsed() >= self.config.portal_lease {
+                        self.fail_run(format!("lost the portal lease: {e}"));
+                        self.hard.cancel();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        self.config
+            .poll
+            .min(self.config.lease / 4)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Claims a call, waiting while another worker holds it (with the portal lease held, that worker is dead or
+    /// paused and its lease runs out). `None`: the call is done already (reported here) or still held after the wait.
+    async fn claim_or_wait(&self, call: &Call) -> Result<Option<Claim>, EngineError> {
+        let deadline = Instant::now() + self.config.lease * 2 + self.config.portal_lease;
+        loop {
+            let claim = self
+                .store
+                .claim(
+                    &self.config.portal,
+                    call.id,
+                    &self.config.worker_id,
+                    self.config.lease,
+                )
+                .await?;
+            if claim.is_some() {
+                return Ok(claim);
+            }
+            match self.store.entry(&self.config.portal, call.id).await? {
+                Some(e) if e.state == LedgerState::Uploaded => {
+                    let outcome = Outcome::Skipped {
+                        reason: SkipReason::AlreadyUploaded,
+                    };
+                    self.report(call, outcome, 0);
+                    return Ok(None);
+                }
+                None => return Ok(None),
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline || self.stop.is_cancelled() {
+                tracing::warn!(
+                    call = call.id,
+                    "another worker still holds this call; leaving it to that worker"
+                );
+                self.summary.lock().unwrap().unsettled += 1;
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll()) => {}
+                _ = self.stop.cancelled() => {}
+            }
+        }
     }
 
     fn fail_run(&self, reason: String) {
@@ -465,16 +615,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// Records an outcome reached without any upload (claim, then commit).
     async fn settle_directly(&self, call: &Call, outcome: Outcome) -> Result<(), EngineError> {
-        let claim = self
-            .store
-            .claim(
-                &self.config.portal,
-                call.id,
-                &self.config.worker_id,
-                self.config.lease,
-            )
-            .await?;
-        if let Some(claim) = claim {
+        if let Some(claim) = self.claim_or_wait(call).await? {
             self.store.finish(&claim, &outcome).await?;
             self.report(call, outcome, 0);
         }
@@ -508,21 +649,25 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    /// Claims one call and drives it to an outcome.
+    /// Claims one call and drives it to an outcome, holding the call's lease throughout.
     async fn process(&self, item: WorkItem) -> Result<Feedback, EngineError> {
-        let Some(claim) = self
-            .store
-            .claim(
-                &self.config.portal,
-                item.call.id,
-                &self.config.worker_id,
-                self.config.lease,
-            )
-            .await?
-        else {
-            // Another worker (or replica) holds it; it will report it.
+        let Some(claim) = self.claim_or_wait(&item.call).await? else {
             return Ok(Feedback::Done);
         };
+        tokio::select! {
+            done = self.keep_lease(&claim, self.drive(item, &claim)) => done,
+            _ = self.hard.cancelled() => {
+                // Dropping the upload resets its stream; a row already `uploading` stays in doubt for the next run.
+                if let Err(e) = self.store.release(&claim).await {
+                    tracing::warn!(call = claim.call_id, error = %e, "could not release an abandoned call");
+                }
+                Ok(Feedback::Done)
+            }
+        }
+    }
+
+    async fn drive(&self, item: WorkItem, claim: &Claim) -> Result<Feedback, EngineError> {
+        let claim = claim.clone();
         let mut reupload = false;
         if claim.in_doubt {
             match self.find_existing(item.call.id).await {
@@ -758,6 +903,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
         let sent = Arc::new(AtomicU64::new(0));
         let source_broke = Arc::new(AtomicBool::new(false));
+        let gate_closed = Arc::new(Mutex::new(None::<bool>));
         let audio = {
             let sent = sent.clone();
             let broke = source_broke.clone();
@@ -769,13 +915,16 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     }
                     Err(_) => broke.store(true, Ordering::Relaxed),
                 })
+                .chain(self.fence_gate(claim, gate_closed.clone()))
                 .boxed()
         };
         let container = probe.container;
         let upload = self
             .sink
             .upload_audio(&connection_id, &fields, container, audio);
-        match self.keep_lease(claim, upload).await {
+        let uploaded = upload.await;
+        let gate = *gate_closed.lock().unwrap();
+        match uploaded {
             Ok(talk_id) => Ok((
                 // `mono` marks a one-channel recording in a two-channel connection (not one routed elsewhere).
                 Outcome::Uploaded {
@@ -787,6 +936,20 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             )),
             Err(e) => {
                 let detail = e.to_string();
+                match gate {
+                    // Taken over: the stream was abandoned before its end, so nothing was stored.
+                    Some(true) => return Err(AttemptError::LostLease),
+                    Some(false) => {
+                        return Err(AttemptError::Retry {
+                            reason: FailReason::UploadFailed,
+                            after: None,
+                            detail:
+                                "the ledger could not confirm the lease before the upload's end"
+                                    .into(),
+                        })
+                    }
+                    None => {}
+                }
                 if source_broke.load(Ordering::Relaxed) {
                     // The download broke mid-way and the upload was abandoned: nothing was stored.
                     return Err(AttemptError::Retry {
@@ -812,8 +975,38 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    /// Runs `work` while renewing the claim's lease every third of its length, so a long upload (a large recording,
-    /// a slow network) is not taken over by another worker while it is still running.
+    /// The end of an upload's audio: renews the call's lease right before the stream ends (the half-close is what
+    /// makes SpeechSense store the talk). If the lease was taken over, or the ledger cannot say, the stream ends in
+    /// an error instead, which abandons the upload so that nothing is stored; `closed` tells why
+    /// (`Some(true)` taken over, `Some(false)` ledger error).
+    fn fence_gate(
+        &self,
+        claim: &Claim,
+        closed: Arc<Mutex<Option<bool>>>,
+    ) -> impl futures::Stream<Item = Result<Bytes, String>> + Send + 'static {
+        let store = self.store.clone();
+        let claim = claim.clone();
+        let lease = self.config.lease;
+        stream::once(async move {
+            let why = match store.renew(&claim, lease).await {
+                Ok(true) => return None,
+                Ok(false) => {
+                    *closed.lock().unwrap() = Some(true);
+                    "another worker took this call over".to_string()
+                }
+                Err(e) => {
+                    *closed.lock().unwrap() = Some(false);
+                    format!("ledger error before the upload's end: {e}")
+                }
+            };
+            tracing::warn!(call = claim.call_id, %why, "abandoning the upload");
+            Some(Err(why))
+        })
+        .filter_map(|item| async move { item })
+    }
+
+    /// Runs `work` while renewing the claim's lease every third of its length, so a long download or upload (a large
+    /// recording, a slow network) is not taken over by another worker while it is still running.
     async fn keep_lease<T>(&self, claim: &Claim, work: impl std::future::Future<Output = T>) -> T {
         let every = (self.config.lease / 3).max(Duration::from_millis(100));
         let renew = async {

@@ -56,6 +56,8 @@ pub struct Summary {
     pub failed: BTreeMap<String, u64>,
     /// Rows the portal returned that could not be read.
     pub bad_rows: u64,
+    /// Calls this run could not claim because another worker kept holding them: neither done nor reported here.
+    pub unsettled: u64,
     pub bytes_uploaded: u64,
     pub seconds_uploaded: u64,
     #[serde(serialize_with = "secs_f64")]
