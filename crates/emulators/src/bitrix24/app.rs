@@ -136,6 +136,11 @@ pub(crate) fn authorize(inner: &Inner, token: &str) -> Option<Result<Ctx, ApiErr
     }))
 }
 
+/// Whether `auth` of a `DOWNLOAD_URL` is a live access token issued by this emulator.
+pub(crate) fn download_auth_ok(inner: &Inner, auth: &str) -> bool {
+    matches!(authorize(inner, auth), Some(Ok(_)))
+}
+
 /// The application methods; `None` for every other method.
 pub(crate) fn dispatch(
     inner: &Inner,

@@ -1062,7 +1062,8 @@ async fn download(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) ->
     let auth = p.get_ci("auth").and_then(P::as_text).unwrap_or_default();
     let auth_ok = !auth.is_empty()
         && (auth == webhook_download_auth(&inner.config)
-            || inner.config.access_tokens.contains(&auth));
+            || inner.config.access_tokens.contains(&auth)
+            || app::download_auth_ok(&inner, &auth));
     if !auth_ok {
         return error_response(
             &inner,
