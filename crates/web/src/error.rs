@@ -1,0 +1,22 @@
+//! The web crate's one error type.
+
+/// What went wrong while serving the application. Messages never contain tokens or keys.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] b24sense_store::Error),
+    #[error(transparent)]
+    Bitrix24(#[from] b24sense_bitrix24::Error),
+    #[error(transparent)]
+    SpeechSense(#[from] b24sense_speechsense::Error),
+    /// The request is not from an installed portal or its session is invalid.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}

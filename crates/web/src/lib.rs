@@ -1,0 +1,1121 @@
+//! b24sense-web — the Bitrix24 application server behind `b24sense serve`.
+//!
+//! It owns the application side of `shared/spec/bitrix24-api.md` §5–§6: the install handler (stores the portal,
+//! its tokens and application token, binds `OnVoximplantCallEnd` and `OnAppUninstall`, answers with
+//! `BX24.installFinish()`), uninstall (stops work, deletes the portal's secrets), OAuth refresh against the
+//! installation's `server_endpoint` ([`oauth::StoreTokenSource`]), the settings page opened in the portal's
+//! iframe with its JSON API (signed session token in the page, CSRF token on changes, CSP `frame-ancestors`
+//! limited to the portal), live progress of export runs ([`runner`]), continuous sync (events + a periodic
+//! catch-up pass), `/healthz`, `/readyz` and `/metrics`.
+//! Exports themselves are the engine's `run_export`; the store keeps portals, settings and the ledger.
+
+mod error;
+pub mod metrics;
+pub mod oauth;
+mod page;
+pub mod runner;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use b24sense_bitrix24::{
+    AccessToken, Bitrix24Client, BoxFuture, ClientConfig, Credentials, RatePlan, TokenSource,
+};
+use b24sense_store::{Installation, Portal, PortalSettings, PortalStatus, SecretKey, Store};
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+pub use error::Error;
+pub use metrics::Metrics;
+use oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
+use runner::{RunEnv, Runner};
+use session::{same_secret, Session, Signer};
+
+/// How the application server is set up.
+#[derive(Clone)]
+pub struct WebConfig {
+    /// Where Bitrix24 and browsers reach this server (behind the HTTPS proxy), e.g. `https://b24sense.example.com/`.
+    pub public_url: Url,
+    /// The application's `client_id` / `client_secret` (local or Market application).
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// The SpeechSense API endpoint (`https://api.speechsense.yandexcloud.net:443`).
+    pub speechsense_endpoint: String,
+    /// Uploads in flight per portal.
+    pub concurrency: usize,
+    /// Catch-up pass for portals with continuous sync.
+    pub sync_interval: Duration,
+    /// Accept portals over plain http (only for the local emulator; real portals are https).
+    pub allow_http_portals: bool,
+    pub rate: RatePlan,
+    /// How long a settings-page session lasts.
+    pub session_ttl: Duration,
+}
+
+impl WebConfig {
+    pub fn new(
+        public_url: Url,
+        client_id: String,
+        client_secret: SecretString,
+        speechsense_endpoint: String,
+    ) -> Self {
+        WebConfig {
+            public_url,
+            client_id,
+            client_secret,
+            speechsense_endpoint,
+            concurrency: 8,
+            sync_interval: Duration::from_secs(300),
+            allow_http_portals: false,
+            rate: RatePlan::STANDARD,
+            session_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+struct AppState {
+    config: WebConfig,
+    store: Store,
+    key: SecretKey,
+    signer: Signer,
+    metrics: Arc<Metrics>,
+    runner: Arc<Runner>,
+    locks: Arc<RefreshLocks>,
+    http: reqwest::Client,
+}
+
+/// The application server. Cheap to clone.
+#[derive(Clone)]
+pub struct AppServer {
+    state: Arc<AppState>,
+}
+
+impl AppServer {
+    pub fn new(config: WebConfig, store: Store, key: SecretKey) -> Result<AppServer, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let signer = Signer::new(key.derive("web-session"), key.derive("web-csrf"));
+        Ok(AppServer {
+            state: Arc::new(AppState {
+                config,
+                store,
+                key,
+                signer,
+                metrics: Arc::default(),
+                runner: Arc::default(),
+                locks: Arc::default(),
+                http,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// All routes: `/install`, `/app` (settings page), `/events`, `/api/*`, `/static/*`, `/healthz`, `/readyz`,
+    /// `/metrics`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/install", post(install))
+            .route("/app", post(app_page))
+            .route("/events", post(events))
+            .route("/api/state", get(api_state))
+            .route("/api/settings", post(api_save))
+            .route("/api/check", post(api_check))
+            .route("/api/export/start", post(api_start))
+            .route("/api/export/stop", post(api_stop))
+            .route("/api/progress", get(api_progress))
+            .route("/api/report", get(api_report))
+            .route(
+                "/static/app.js",
+                get(|| async { static_file("text/javascript; charset=utf-8", page::APP_JS) }),
+            )
+            .route(
+                "/static/app.css",
+                get(|| async { static_file("text/css; charset=utf-8", page::APP_CSS) }),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_route))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves until `shutdown`, with the periodic catch-up pass for portals with continuous sync.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let sync = tokio::spawn(sync_loop(self.state.clone(), shutdown.clone()));
+        let s = shutdown.clone();
+        let r = axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+        sync.abort();
+        r.map_err(Error::Io)
+    }
+
+    /// Starts an export for every installed portal with continuous sync that is idle (what the periodic pass does).
+    pub async fn sync_pass(&self) -> usize {
+        sync_once(&self.state).await
+    }
+}
+
+fn static_file(ct: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn page_lang(l: Option<&str>) -> &'static str {
+    match l {
+        Some(l) if l.to_ascii_lowercase().starts_with("en") => "en",
+        _ => "ru",
+    }
+}
+
+fn text_error(status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.to_string(),
+    )
+        .into_response()
+}
+
+fn form_map(query: Option<&str>, body: &[u8]) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(q) = query {
+        if let Ok(v) = serde_urlencoded::from_str::<Vec<(String, String)>>(q) {
+            m.extend(v);
+        }
+    }
+    if let Ok(v) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
+        m.extend(v);
+    }
+    m
+}
+
+fn env(state: &AppState) -> RunEnv {
+    RunEnv {
+        store: state.store.clone(),
+        key: state.key.clone(),
+        oauth: OAuthClient {
+            client_id: state.config.client_id.clone(),
+            client_secret: state.config.client_secret.clone(),
+            http: state.http.clone(),
+        },
+        locks: state.locks.clone(),
+        metrics: state.metrics.clone(),
+        speechsense_endpoint: state.config.speechsense_endpoint.clone(),
+        concurrency: state.config.concurrency,
+        rate: state.config.rate,
+    }
+}
+
+/// A fixed access token (the one a user's browser or the install POST carried): used to verify it once.
+struct OneToken(AccessToken);
+
+impl TokenSource for OneToken {
+    fn access_token(&self) -> BoxFuture<'_, Result<AccessToken, b24sense_bitrix24::Error>> {
+        Box::pin(async move { Ok(self.0.clone()) })
+    }
+    fn refresh(
+        &self,
+        _stale: &AccessToken,
+    ) -> BoxFuture<'_, Result<AccessToken, b24sense_bitrix24::Error>> {
+        Box::pin(async move {
+            Err(b24sense_bitrix24::Error::Token(
+                "the user's token expired; reopen the application".into(),
+            ))
+        })
+    }
+}
+
+/// Calls `profile` with `token` at `client_endpoint`: the user behind it, if it is valid.
+async fn verify_user(
+    state: &AppState,
+    client_endpoint: &Url,
+    token: &str,
+) -> Result<b24sense_bitrix24::Profile, String> {
+    let client = Bitrix24Client::new(
+        Credentials::OAuth(Arc::new(OneToken(AccessToken {
+            token: SecretString::from(token.to_string()),
+            client_endpoint: client_endpoint.clone(),
+        }))),
+        ClientConfig {
+            max_attempts: 2,
+            rate: state.config.rate,
+            ..ClientConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(20), client.profile())
+        .await
+        .map_err(|_| "Bitrix24 did not answer".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn portal_client(state: &AppState, portal: &Portal) -> Result<Bitrix24Client, String> {
+    let e = env(state);
+    let source = StoreTokenSource::new(
+        e.store,
+        e.key,
+        portal.member_id.clone(),
+        Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?,
+        Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?,
+        e.oauth,
+        e.locks,
+        e.metrics,
+    );
+    Bitrix24Client::new(
+        Credentials::OAuth(Arc::new(source)),
+        ClientConfig {
+            rate: state.config.rate,
+            ..ClientConfig::default()
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// `https://DOMAIN/rest/` (http only when allowed, for the emulator); `None` for a domain that is not a host.
+fn client_endpoint_for(state: &AppState, domain: &str, protocol: Option<&str>) -> Option<Url> {
+    let scheme = match protocol {
+        Some("0") if state.config.allow_http_portals => "http",
+        _ => "https",
+    };
+    if domain.is_empty() || domain.contains(['/', '?', '#', '@', ' ']) {
+        return None;
+    }
+    let url = Url::parse(&format!("{scheme}://{domain}/rest/")).ok()?;
+    (url.host_str().is_some()).then_some(url)
+}
+
+fn endpoint_allowed(state: &AppState, url: &Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && state.config.allow_http_portals)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Install, events
+
+async fn install(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let f = form_map(query.as_deref(), &body);
+    let g = |k: &str| {
+        f.get(k)
+            .map(String::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    // Iframe install (UI applications) or the ONAPPINSTALL event (API-only applications).
+    let event = g("event") == "ONAPPINSTALL";
+    let (member_id, domain, access, refresh, server, app_token, expires_in, lang) = if event {
+        (
+            g("auth[member_id]"),
+            g("auth[domain]"),
+            g("auth[access_token]"),
+            g("auth[refresh_token]"),
+            g("auth[server_endpoint]"),
+            g("auth[application_token]"),
+            g("auth[expires_in]"),
+            g("data[LANGUAGE_ID]"),
+        )
+    } else {
+        (
+            g("member_id"),
+            g("DOMAIN"),
+            g("AUTH_ID"),
+            g("REFRESH_ID"),
+            g("SERVER_ENDPOINT"),
+            g("APPLICATION_TOKEN"),
+            g("AUTH_EXPIRES"),
+            g("LANG"),
+        )
+    };
+    let lang = page_lang(Some(&lang));
+    let ru = lang == "ru";
+    if [&member_id, &domain, &access, &refresh, &server, &app_token]
+        .iter()
+        .any(|v| v.is_empty())
+    {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            if ru {
+                "Не хватает данных установки."
+            } else {
+                "Installation data is incomplete."
+            },
+        );
+    }
+    let client_endpoint = if event {
+        Url::parse(&g("auth[client_endpoint]"))
+            .ok()
+            .filter(|u| endpoint_allowed(&state, u))
+    } else {
+        client_endpoint_for(&state, &domain, f.get("PROTOCOL").map(String::as_str))
+    };
+    let Some(client_endpoint) = client_endpoint else {
+        return text_error(StatusCode::BAD_REQUEST, "bad DOMAIN / client_endpoint");
+    };
+    let Some(server_endpoint) = Url::parse(&server)
+        .ok()
+        .filter(|u| endpoint_allowed(&state, u))
+    else {
+        return text_error(StatusCode::BAD_REQUEST, "bad SERVER_ENDPOINT");
+    };
+    // An installed portal keeps its domain: a request naming another one cannot take it over.
+    if let Ok(Some(p)) = state.store.portal(&state.key, &member_id).await {
+        if p.status == PortalStatus::Installed && !p.domain.eq_ignore_ascii_case(&domain) {
+            state
+                .metrics
+                .events_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            return text_error(
+                StatusCode::FORBIDDEN,
+                "member_id is installed on another domain",
+            );
+        }
+    }
+    // The token must work on the portal and belong to an administrator.
+    match verify_user(&state, &client_endpoint, &access).await {
+        Ok(p) if p.admin => {}
+        Ok(_) => {
+            return text_error(
+                StatusCode::FORBIDDEN,
+                if ru {
+                    "Установить приложение может только администратор."
+                } else {
+                    "Only an administrator can install the application."
+                },
+            )
+        }
+        Err(e) => {
+            tracing::warn!(domain = %domain, error = %e, "install: the portal did not accept the token");
+            return text_error(
+                StatusCode::FORBIDDEN,
+                if ru {
+                    "Битрикс24 не подтвердил установку."
+                } else {
+                    "Bitrix24 did not confirm the installation."
+                },
+            );
+        }
+    }
+    let expires = expires_in
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .unwrap_or(3600);
+    let inst = Installation {
+        member_id: member_id.clone(),
+        domain: domain.to_ascii_lowercase(),
+        client_endpoint: client_endpoint.to_string(),
+        server_endpoint: server_endpoint.to_string(),
+        application_token: SecretString::from(app_token),
+        access_token: SecretString::from(access),
+        refresh_token: SecretString::from(refresh),
+        expires_at: Utc::now() + chrono::Duration::seconds(expires),
+        lang: Some(lang.to_string()),
+    };
+    if let Err(e) = state.store.install_portal(&state.key, &inst).await {
+        tracing::error!(error = %e, "install: cannot store the portal");
+        return text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot store the installation",
+        );
+    }
+    state.metrics.installs.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(member_id = %member_id, domain = %inst.domain, "application installed");
+    // Bind the events (re-binding an existing handler is an idempotent error).
+    if let Ok(Some(portal)) = state.store.portal(&state.key, &member_id).await {
+        match portal_client(&state, &portal) {
+            Ok(client) => {
+                let handler = state
+                    .config
+                    .public_url
+                    .join("events")
+                    .map(|u| u.to_string())
+                    .unwrap_or_default();
+                for ev in ["ONVOXIMPLANTCALLEND", "ONAPPUNINSTALL"] {
+                    if let Err(e) = client
+                        .call("event.bind", json!({"event": ev, "handler": handler}))
+                        .await
+                    {
+                        let msg = e.to_string();
+                        if !msg.contains("already binded") {
+                            tracing::warn!(event = ev, error = %msg, "install: event.bind failed");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "install: no REST client"),
+        }
+    }
+    if event {
+        return (StatusCode::OK, "OK").into_response();
+    }
+    let title = if ru {
+        "b24sense установлен"
+    } else {
+        "b24sense is installed"
+    };
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <script src=\"//api.bitrix24.com/api/v1/\"></script></head><body><p>{title}</p>\
+         <script>if (window.BX24) {{ BX24.init(function () {{ BX24.installFinish(); }}); }}</script></body></html>"
+    );
+    page_response(
+        &inst.domain,
+        &client_endpoint,
+        Html(html).into_response(),
+        true,
+    )
+}
+
+/// Adds the framing policy: only the portal may frame the page.
+fn page_response(
+    domain: &str,
+    client_endpoint: &Url,
+    mut resp: Response,
+    allow_sdk: bool,
+) -> Response {
+    let scheme = client_endpoint.scheme();
+    let scripts = if allow_sdk {
+        "'self' 'unsafe-inline' https://api.bitrix24.com"
+    } else {
+        "'self'"
+    };
+    let csp = format!(
+        "default-src 'self'; script-src {scripts}; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+         frame-ancestors {scheme}://{domain}"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let f = form_map(None, &body);
+    let g = |k: &str| f.get(k).map(String::as_str).unwrap_or("").to_string();
+    let member_id = g("auth[member_id]");
+    let token = g("auth[application_token]");
+    let portal = match state.store.portal(&state.key, &member_id).await {
+        Ok(Some(p)) if p.status == PortalStatus::Installed => p,
+        _ => {
+            state
+                .metrics
+                .events_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            return text_error(StatusCode::FORBIDDEN, "unknown installation");
+        }
+    };
+    let valid = portal
+        .application_token
+        .as_ref()
+        .is_some_and(|t| same_secret(t.expose_secret(), &token));
+    if !valid {
+        state
+            .metrics
+            .events_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(member_id = %member_id, "event with a wrong application token rejected");
+        return text_error(StatusCode::FORBIDDEN, "wrong application token");
+    }
+    state
+        .metrics
+        .events_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    match g("event").to_ascii_uppercase().as_str() {
+        "ONAPPUNINSTALL" => {
+            state.runner.stop(&member_id);
+            match state.store.uninstall_portal(&member_id).await {
+                Ok(_) => {
+                    state.metrics.uninstalls.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(member_id = %member_id, "application uninstalled; secrets deleted");
+                }
+                Err(e) => tracing::error!(member_id = %member_id, error = %e, "uninstall failed"),
+            }
+        }
+        "ONVOXIMPLANTCALLEND" => {
+            // The event carries no statistic ID or recording: a run reads the call back (and the ledger skips
+            // what is done); an event during a run asks for one more pass.
+            if !state.runner.poke(&member_id) {
+                if let Err(e) = start_for(&state, portal, "event", true).await {
+                    tracing::debug!(member_id = %member_id, reason = %e, "call-end event: no run started");
+                }
+            }
+        }
+        other => tracing::debug!(event = other, "event ignored"),
+    }
+    (StatusCode::OK, "OK").into_response()
+}
+
+/// Starts a run with the stored settings; `only_sync`: only when continuous sync is on.
+async fn start_for(
+    state: &AppState,
+    portal: Portal,
+    trigger: &str,
+    only_sync: bool,
+) -> Result<(), String> {
+    let lang = page_lang(portal.lang.as_deref());
+    let stored = state
+        .store
+        .settings(&state.key, &portal.member_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            if lang == "ru" {
+                "Сначала сохраните настройки.".to_string()
+            } else {
+                "Save the settings first.".to_string()
+            }
+        })?;
+    if only_sync && !stored.settings.sync_enabled {
+        return Err("continuous sync is off".into());
+    }
+    let api_key = stored.api_key.ok_or_else(|| {
+        if lang == "ru" {
+            "Укажите API-ключ.".to_string()
+        } else {
+            "Enter the API key.".to_string()
+        }
+    })?;
+    state
+        .runner
+        .start(env(state), portal, stored.settings, api_key, trigger, lang)
+}
+
+async fn sync_once(state: &Arc<AppState>) -> usize {
+    let Ok(portals) = state.store.installed_portals(&state.key).await else {
+        return 0;
+    };
+    let mut started = 0;
+    for p in portals {
+        if state.runner.is_running(&p.member_id) {
+            continue;
+        }
+        let member = p.member_id.clone();
+        if start_for(state, p, "schedule", true).await.is_ok() {
+            tracing::info!(member_id = %member, "catch-up pass started");
+            started += 1;
+        }
+    }
+    started
+}
+
+async fn sync_loop(state: Arc<AppState>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(state.config.sync_interval) => {}
+        }
+        sync_once(&state).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The settings page and its API
+
+async fn app_page(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let f = form_map(query.as_deref(), &body);
+    let g = |k: &str| {
+        f.get(k)
+            .map(String::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let lang = page_lang(f.get("LANG").map(String::as_str));
+    let ru = lang == "ru";
+    let deny =
+        |m_ru: &str, m_en: &str| text_error(StatusCode::FORBIDDEN, if ru { m_ru } else { m_en });
+    // Only installed portals; everything is checked against what the store holds, never the request's domain.
+    let portal = match state.store.portal(&state.key, &g("member_id")).await {
+        Ok(Some(p)) if p.status == PortalStatus::Installed => p,
+        Ok(_) => {
+            return deny(
+                "Приложение не установлено на этом портале.",
+                "The application is not installed on this portal.",
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "settings page: store error");
+            return text_error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable");
+        }
+    };
+    if !portal.domain.eq_ignore_ascii_case(&g("DOMAIN")) {
+        return deny(
+            "Портал не совпадает с установкой.",
+            "The portal does not match the installation.",
+        );
+    }
+    let app_token = g("APPLICATION_TOKEN");
+    if !app_token.is_empty()
+        && !portal
+            .application_token
+            .as_ref()
+            .is_some_and(|t| same_secret(t.expose_secret(), &app_token))
+    {
+        return deny("Неверный токен приложения.", "Wrong application token.");
+    }
+    let Ok(client_endpoint) = Url::parse(&portal.client_endpoint) else {
+        return text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "stored client_endpoint is unusable",
+        );
+    };
+    let user = match verify_user(&state, &client_endpoint, &g("AUTH_ID")).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(member_id = %portal.member_id, error = %e, "settings page: session not confirmed");
+            return deny(
+                "Битрикс24 не подтвердил сессию. Откройте приложение заново.",
+                "Bitrix24 did not confirm the session. Open the application again.",
+            );
+        }
+    };
+    if !user.admin {
+        return deny(
+            "Настройки доступны только администратору портала.",
+            "Only a portal administrator can change the settings.",
+        );
+    }
+    let session = Session {
+        m: portal.member_id.clone(),
+        u: user.id,
+        l: lang.to_string(),
+        e: Utc::now().timestamp() + state.config.session_ttl.as_secs() as i64,
+    };
+    let token = state.signer.sign(&session);
+    let csrf = state.signer.csrf(&token);
+    let html = page::render(lang, &token, &csrf, &portal.domain);
+    page_response(
+        &portal.domain,
+        &client_endpoint,
+        Html(html).into_response(),
+        false,
+    )
+}
+
+/// The session of an API call (`Authorization: Bearer`), the CSRF token for changes, and the portal.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    change: bool,
+) -> Result<(Session, Portal), Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some(s) = state.signer.check(token, Utc::now().timestamp()) else {
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "session expired: open the application again",
+        ));
+    };
+    if change {
+        let csrf = headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !state.signer.check_csrf(token, csrf) {
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token",
+            ));
+        }
+    }
+    match state.store.portal(&state.key, &s.m).await {
+        Ok(Some(p)) if p.status == PortalStatus::Installed => Ok((s, p)),
+        Ok(_) => Err(json_error(
+            StatusCode::FORBIDDEN,
+            "the application is not installed",
+        )),
+        Err(_) => Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable",
+        )),
+    }
+}
+
+fn json_error(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({"error": msg}))).into_response()
+}
+
+/// What the form sends (strings, as typed).
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct SettingsForm {
+    connection_id: String,
+    /// Empty = keep the stored key.
+    api_key: String,
+    language: String,
+    since: String,
+    users: String,
+    min_duration: String,
+    direction: Vec<String>,
+    mono_policy: String,
+    mono_route: String,
+    organization_id: String,
+    space_id: String,
+    project_id: String,
+    sync_enabled: bool,
+}
+
+fn opt(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Parses and validates the form; field → message on errors.
+fn read_form(
+    f: &SettingsForm,
+    lang: &str,
+    has_key: bool,
+) -> Result<(PortalSettings, Option<SecretString>), BTreeMap<String, String>> {
+    let ru = lang != "en";
+    let mut errors = BTreeMap::new();
+    let users = match b24sense_core::filter::parse_user_ids("users", &f.users) {
+        Ok(u) => u,
+        Err(_) => {
+            errors.insert(
+                "users".into(),
+                if ru {
+                    "ID пользователей Битрикс24 через запятую, например 1, 5, 7."
+                } else {
+                    "Bitrix24 user IDs separated by commas, e.g. 1, 5, 7."
+                }
+                .into(),
+            );
+            Vec::new()
+        }
+    };
+    let min_duration = match f.min_duration.trim() {
+        "" => 0,
+        v => match v.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                errors.insert(
+                    "min_duration".into(),
+                    if ru {
+                        "Целое число секунд, например 30."
+                    } else {
+                        "A whole number of seconds, e.g. 30."
+                    }
+                    .into(),
+                );
+                0
+            }
+        },
+    };
+    let mono_policy = match f.mono_policy.trim() {
+        "route" => format!("route:{}", f.mono_route.trim()),
+        "" => "upload".to_string(),
+        other => other.to_string(),
+    };
+    let settings = PortalSettings {
+        connection_id: f.connection_id.trim().to_string(),
+        language: if f.language.trim().is_empty() {
+            "ru-RU".into()
+        } else {
+            f.language.trim().to_string()
+        },
+        since: opt(&f.since),
+        users,
+        min_duration,
+        direction: f
+            .direction
+            .iter()
+            .map(|d| d.trim().to_string())
+            .filter(|d| !d.is_empty())
+            .collect(),
+        mono_policy,
+        organization_id: opt(&f.organization_id),
+        space_id: opt(&f.space_id),
+        project_id: opt(&f.project_id),
+        sync_enabled: f.sync_enabled,
+    };
+    if let Err(more) = runner::plan(&settings, lang) {
+        for (k, v) in more {
+            errors
+                .entry(if k == "mono_policy" && f.mono_policy.trim() == "route" {
+                    "mono_route".into()
+                } else {
+                    k
+                })
+                .or_insert(v);
+        }
+    }
+    let api_key = opt(&f.api_key).map(SecretString::from);
+    if api_key.is_none() && !has_key {
+        errors.insert(
+            "api_key".into(),
+            if ru {
+                "Укажите API-ключ сервисного аккаунта."
+            } else {
+                "Enter the service account's API key."
+            }
+            .into(),
+        );
+    }
+    if errors.is_empty() {
+        Ok((settings, api_key))
+    } else {
+        Err(errors)
+    }
+}
+
+async fn api_state(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (s, portal) = match authorize(&state, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let stored = state
+        .store
+        .settings(&state.key, &portal.member_id)
+        .await
+        .ok()
+        .flatten();
+    let (settings, has_key) = match stored {
+        Some(st) => (Some(st.settings), st.api_key.is_some()),
+        None => (None, false),
+    };
+    Json(json!({
+        "lang": s.l, "domain": portal.domain, "saved": settings.is_some(),
+        "settings": settings.unwrap_or_default(), "api_key_set": has_key,
+        "progress": state.runner.progress(&portal.member_id),
+    }))
+    .into_response()
+}
+
+async fn api_save(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(form): Json<SettingsForm>,
+) -> Response {
+    let (s, portal) = match authorize(&state, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let has_key = matches!(state.store.settings(&state.key, &portal.member_id).await, Ok(Some(st)) if st.api_key.is_some());
+    match read_form(&form, &s.l, has_key) {
+        Err(errors) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"errors": errors})),
+        )
+            .into_response(),
+        Ok((settings, api_key)) => match state
+            .store
+            .save_settings(&state.key, &portal.member_id, &settings, api_key.as_ref())
+            .await
+        {
+            Ok(()) => Json(json!({"saved": true, "settings": settings, "api_key_set": true}))
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save settings");
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "cannot save the settings")
+            }
+        },
+    }
+}
+
+async fn api_check(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Json(form): Json<SettingsForm>,
+) -> Response {
+    let (s, portal) = match authorize(&state, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let ru = s.l == "ru";
+    let mut errors = BTreeMap::new();
+    if form.connection_id.trim().is_empty() {
+        errors.insert(
+            "connection_id",
+            if ru {
+                "Укажите ID подключения SpeechSense."
+            } else {
+                "Enter the SpeechSense connection ID."
+            },
+        );
+    }
+    let key = match opt(&form.api_key) {
+        Some(k) => Some(SecretString::from(k)),
+        None => state
+            .store
+            .settings(&state.key, &portal.member_id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|st| st.api_key),
+    };
+    if key.is_none() {
+        errors.insert(
+            "api_key",
+            if ru {
+                "Укажите API-ключ сервисного аккаунта."
+            } else {
+                "Enter the service account's API key."
+            },
+        );
+    }
+    let Some(key) = key.filter(|_| errors.is_empty()) else {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"errors": errors})),
+        )
+            .into_response();
+    };
+    let (ok, message) = runner::check_connection(
+        &state.config.speechsense_endpoint,
+        key,
+        form.connection_id.trim(),
+        &s.l,
+    )
+    .await;
+    Json(json!({"ok": ok, "message": message})).into_response()
+}
+
+async fn api_start(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (_, portal) = match authorize(&state, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let member = portal.member_id.clone();
+    match start_for(&state, portal, "page", false).await {
+        Ok(()) => Json(json!({"started": true, "progress": state.runner.progress(&member)}))
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, Json(json!({"error": e}))).into_response(),
+    }
+}
+
+async fn api_stop(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (_, portal) = match authorize(&state, &headers, true).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    Json(json!({"stopping": state.runner.stop(&portal.member_id)})).into_response()
+}
+
+async fn api_progress(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (_, portal) = match authorize(&state, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    Json(json!({"progress": state.runner.progress(&portal.member_id)})).into_response()
+}
+
+/// The per-call report of the current or last run, as CSV.
+async fn api_report(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (_, portal) = match authorize(&state, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let calls = state
+        .runner
+        .progress(&portal.member_id)
+        .map(|p| p.calls)
+        .unwrap_or_default();
+    let mut csv = String::from("call_id,outcome,reason,talk_id,seconds,bytes,detail\n");
+    for c in calls {
+        let (outcome, reason, talk, detail) = match &c.outcome {
+            b24sense_core::Outcome::Uploaded { talk_id, mono, .. } => (
+                "uploaded",
+                if *mono { "mono" } else { "" }.to_string(),
+                talk_id.clone(),
+                String::new(),
+            ),
+            b24sense_core::Outcome::Skipped { reason } => (
+                "skipped",
+                reason.as_str().to_string(),
+                String::new(),
+                String::new(),
+            ),
+            b24sense_core::Outcome::Failed { reason, detail } => (
+                "failed",
+                reason.as_str().to_string(),
+                String::new(),
+                detail.clone(),
+            ),
+        };
+        let detail = detail.replace('"', "\"\"");
+        csv.push_str(&format!(
+            "{},{outcome},{reason},{talk},{},{},\"{detail}\"\n",
+            c.call_id, c.seconds, c.bytes
+        ));
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"b24sense-report.csv\"",
+            ),
+        ],
+        csv,
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        state.store.installed_portals(&state.key),
+    )
+    .await
+    {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => text_error(StatusCode::SERVICE_UNAVAILABLE, &format!("store: {e}")),
+        Err(_) => text_error(StatusCode::SERVICE_UNAVAILABLE, "store: timeout"),
+    }
+}
+
+async fn metrics_route(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,602 @@
+//! Export runs per portal: one at a time per portal, started from the page, by a call-end event or by the
+//! periodic catch-up pass, each with live progress the page polls.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use b24sense_bitrix24::{Bitrix24Client, ClientConfig, Credentials, RatePlan};
+use b24sense_core::{CallFilter, CallType, MonoPolicy, Outcome, TimeBound};
+use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
+use b24sense_engine::{run_export, CallReport, EngineError, ExportConfig, ProgressEvent};
+use b24sense_speechsense::{
+    ClientConfig as SpeechConfig, ConnectionCheck, Credentials as SpeechCredentials, Lang,
+    SearchScope, SpeechSenseClient,
+};
+use b24sense_store::{Portal, PortalSettings, SecretKey, Store};
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::metrics::Metrics;
+use crate::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
+
+/// What the page shows about the current or last run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    pub running: bool,
+    /// `page`, `event` or `schedule`.
+    pub trigger: String,
+    pub found: u64,
+    pub listing_done: bool,
+    pub settled: u64,
+    pub uploaded: u64,
+    pub skipped: BTreeMap<String, u64>,
+    pub failed: BTreeMap<String, u64>,
+    pub bytes: u64,
+    /// Calls per second since the start.
+    pub rate: f64,
+    /// Seconds left at the current rate (when the total is known).
+    pub eta_secs: Option<u64>,
+    pub elapsed_secs: u64,
+    /// The newest last, in words a person understands.
+    pub last_errors: Vec<String>,
+    /// Why the run ended early (stopped by the user, refused credentials, …).
+    pub stopped: Option<String>,
+    pub finished: bool,
+    #[serde(skip)]
+    pub calls: Vec<CallReport>,
+}
+
+struct RunState {
+    progress: Mutex<Progress>,
+    started: Instant,
+    errors: Mutex<VecDeque<String>>,
+}
+
+struct Handle {
+    cancel: CancellationToken,
+    state: Arc<RunState>,
+    /// An event arrived during this run: run again when it ends.
+    again: Arc<AtomicBool>,
+}
+
+/// Everything a run needs besides the portal.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub store: Store,
+    pub key: SecretKey,
+    pub oauth: OAuthClient,
+    pub locks: Arc<RefreshLocks>,
+    pub metrics: Arc<Metrics>,
+    pub speechsense_endpoint: String,
+    pub concurrency: usize,
+    pub rate: RatePlan,
+}
+
+/// Runs of all portals.
+#[derive(Default)]
+pub struct Runner {
+    runs: Mutex<HashMap<String, Handle>>,
+}
+
+/// Validated settings turned into what the engine takes.
+pub struct Plan {
+    pub filter: CallFilter,
+    pub mono: MonoPolicy,
+    pub search: Option<SearchScope>,
+}
+
+/// Field-level validation of settings: `field → message`. Empty = valid.
+pub fn plan(s: &PortalSettings, lang: &str) -> Result<Plan, BTreeMap<String, String>> {
+    let ru = lang != "en";
+    let mut errors = BTreeMap::new();
+    let mut err = |f: &str, ru_msg: &str, en_msg: &str| {
+        errors.insert(f.to_string(), if ru { ru_msg } else { en_msg }.to_string());
+    };
+    if s.connection_id.trim().is_empty() {
+        err(
+            "connection_id",
+            "Укажите ID подключения SpeechSense.",
+            "Enter the SpeechSense connection ID.",
+        );
+    } else if !s
+        .connection_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || s.connection_id.len() > 100
+    {
+        err(
+            "connection_id",
+            "ID подключения содержит недопустимые символы.",
+            "The connection ID contains characters an ID never has.",
+        );
+    }
+    let lang_ok = {
+        let l = s.language.trim();
+        l.len() == 5
+            && l.as_bytes()[2] == b'-'
+            && l[..2].chars().all(|c| c.is_ascii_lowercase())
+            && l[3..].chars().all(|c| c.is_ascii_uppercase())
+    };
+    if !lang_ok {
+        err(
+            "language",
+            "Язык в виде ru-RU, en-US, kk-KZ.",
+            "Language as ru-RU, en-US, kk-KZ.",
+        );
+    }
+    let since = match s.since.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => match TimeBound::parse("since", v) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                err("since", "Дата в виде ГГГГ-ММ-ДД.", "A date as YYYY-MM-DD.");
+                None
+            }
+        },
+    };
+    if s.min_duration > 86_400 {
+        err(
+            "min_duration",
+            "Не больше 86400 секунд.",
+            "At most 86400 seconds.",
+        );
+    }
+    let mut call_types = Vec::new();
+    for d in &s.direction {
+        match CallType::parse_name(d) {
+            Some(t) => call_types.push(t),
+            None => err(
+                "direction",
+                "Неизвестное направление звонка.",
+                "Unknown call direction.",
+            ),
+        }
+    }
+    let mono = MonoPolicy::parse(&s.mono_policy);
+    if mono.is_none() {
+        err(
+            "mono_policy",
+            "Выберите, что делать с моно-записями.",
+            "Choose what to do with mono recordings.",
+        );
+    }
+    let ids = [&s.organization_id, &s.space_id, &s.project_id];
+    let given = ids
+        .iter()
+        .filter(|v| v.as_deref().is_some_and(|v| !v.trim().is_empty()))
+        .count();
+    if given != 0 && given != 3 {
+        for (f, v) in ["organization_id", "space_id", "project_id"]
+            .iter()
+            .zip(ids)
+        {
+            if v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                err(
+                    f,
+                    "Для проверки дублей нужны все три ID (организация, пространство, проект).",
+                    "Duplicate checks need all three IDs (organization, space, project).",
+                );
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let get = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
+    Ok(Plan {
+        filter: CallFilter {
+            since,
+            users: s.users.clone(),
+            min_duration: s.min_duration,
+            call_types,
+            ..CallFilter::default()
+        },
+        mono: mono.unwrap_or_default(),
+        search: (given == 3).then(|| SearchScope {
+            organization_id: get(&s.organization_id),
+            space_id: get(&s.space_id),
+            project_id: get(&s.project_id),
+            connection_id: s.connection_id.trim().to_string(),
+        }),
+    })
+}
+
+pub fn speech_client(endpoint: &str, api_key: SecretString) -> Result<SpeechSenseClient, String> {
+    SpeechSenseClient::new(SpeechConfig::new(
+        endpoint.to_string(),
+        SpeechCredentials::ApiKey(api_key),
+    ))
+    .map_err(|e| e.to_string())
+}
+
+/// «Проверить подключение»: `(ok, message)`.
+pub async fn check_connection(
+    endpoint: &str,
+    api_key: SecretString,
+    connection_id: &str,
+    lang: &str,
+) -> (bool, String) {
+    let l = if lang == "en" { Lang::En } else { Lang::Ru };
+    let client = match speech_client(endpoint, api_key) {
+        Ok(c) => c,
+        Err(e) => return (false, e),
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        client.check_connection(connection_id),
+    )
+    .await
+    {
+        Ok(Ok(ConnectionCheck::Ok)) => (true, ConnectionCheck::Ok.message(l)),
+        Ok(Ok(refused)) => (false, refused.message(l)),
+        Ok(Err(e)) => (
+            false,
+            match l {
+                Lang::Ru => format!("Не удалось связаться с SpeechSense: {e}"),
+                Lang::En => format!("Could not reach SpeechSense: {e}"),
+            },
+        ),
+        Err(_) => (
+            false,
+            match l {
+                Lang::Ru => "SpeechSense не ответил за 30 секунд".to_string(),
+                Lang::En => "SpeechSense did not answer within 30 s".to_string(),
+            },
+        ),
+    }
+}
+
+fn describe(report: &CallReport, ru: bool) -> Option<String> {
+    let Outcome::Failed { reason, detail } = &report.outcome else {
+        return None;
+    };
+    Some(if ru {
+        format!(
+            "Звонок {}: не выгружен ({}): {detail}",
+            report.call_id,
+            reason.as_str()
+        )
+    } else {
+        format!(
+            "Call {}: not uploaded ({}): {detail}",
+            report.call_id,
+            reason.as_str()
+        )
+    })
+}
+
+impl Runner {
+    pub fn progress(&self, member_id: &str) -> Option<Progress> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let h = runs.get(member_id)?;
+        let mut p = h
+            .state
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let elapsed = h.state.started.elapsed().as_secs_f64();
+        if !p.finished {
+            p.elapsed_secs = elapsed as u64;
+            p.rate = if elapsed > 0.0 {
+                p.settled as f64 / elapsed
+            } else {
+                0.0
+            };
+            p.eta_secs = (p.listing_done && p.rate > 0.0)
+                .then(|| (p.found.saturating_sub(p.settled) as f64 / p.rate).ceil() as u64);
+        }
+        p.last_errors = h
+            .state
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        Some(p)
+    }
+
+    pub fn is_running(&self, member_id: &str) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+            .is_some_and(|h| {
+                !h.cancel.is_cancelled()
+                    && !h
+                        .state
+                        .progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .finished
+            })
+    }
+
+    /// Asks the run to stop (in-flight uploads finish). False when nothing runs.
+    pub fn stop(&self, member_id: &str) -> bool {
+        match self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+        {
+            Some(h) => {
+                h.again.store(false, Ordering::Relaxed);
+                h.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks that new calls may exist; the running run is followed by another one.
+    pub fn poke(&self, member_id: &str) -> bool {
+        match self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+        {
+            Some(h)
+                if !h
+                    .state
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .finished =>
+            {
+                h.again.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts an export for the portal unless one runs. `Err` carries a message for the page.
+    pub fn start(
+        self: &Arc<Self>,
+        env: RunEnv,
+        portal: Portal,
+        settings: PortalSettings,
+        api_key: SecretString,
+        trigger: &str,
+        lang: &str,
+    ) -> Result<(), String> {
+        let ru = lang != "en";
+        let plan = plan(&settings, lang)
+            .map_err(|errs| errs.into_values().collect::<Vec<_>>().join(" "))?;
+        let client_endpoint = Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?;
+        let server_endpoint = Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?;
+        let speech = speech_client(&env.speechsense_endpoint, api_key)?;
+        let source = StoreTokenSource::new(
+            env.store.clone(),
+            env.key.clone(),
+            portal.member_id.clone(),
+            client_endpoint,
+            server_endpoint,
+            env.oauth.clone(),
+            env.locks.clone(),
+            env.metrics.clone(),
+        );
+        let bitrix = Bitrix24Client::new(
+            Credentials::OAuth(Arc::new(source)),
+            ClientConfig {
+                rate: env.rate,
+                ..ClientConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = runs.get(&portal.member_id) {
+            if !h
+                .state
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .finished
+            {
+                return Err(if ru {
+                    "Выгрузка уже идёт."
+                } else {
+                    "An export is already running."
+                }
+                .to_string());
+            }
+        }
+        let state = Arc::new(RunState {
+            progress: Mutex::new(Progress {
+                running: true,
+                trigger: trigger.to_string(),
+                ..Progress::default()
+            }),
+            started: Instant::now(),
+            errors: Mutex::new(VecDeque::new()),
+        });
+        let cancel = CancellationToken::new();
+        let again = Arc::new(AtomicBool::new(false));
+        runs.insert(
+            portal.member_id.clone(),
+            Handle {
+                cancel: cancel.clone(),
+                state: state.clone(),
+                again: again.clone(),
+            },
+        );
+        drop(runs);
+
+        let mut config = ExportConfig::new(portal.member_id.clone(), settings.connection_id.trim());
+        config.filter = plan.filter;
+        config.mono_policy = plan.mono;
+        config.language = settings.language.trim().to_string();
+        config.concurrency = env.concurrency;
+
+        let metrics = env.metrics.clone();
+        env.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+        let st = state.clone();
+        let m = metrics.clone();
+        let progress_fn: b24sense_engine::ProgressFn = Arc::new(move |ev: &ProgressEvent| {
+            let mut p = st.progress.lock().unwrap_or_else(|e| e.into_inner());
+            match ev {
+                ProgressEvent::Found { n } => {
+                    p.found += n;
+                    m.queue_depth.fetch_add(*n as i64, Ordering::Relaxed);
+                }
+                ProgressEvent::ListingDone { total } => {
+                    p.listing_done = true;
+                    p.found = p.found.max(*total);
+                }
+                ProgressEvent::Settled(r) => {
+                    p.settled += 1;
+                    p.bytes += r.bytes;
+                    m.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    m.upload_bytes.fetch_add(r.bytes, Ordering::Relaxed);
+                    match &r.outcome {
+                        Outcome::Uploaded { .. } => {
+                            p.uploaded += 1;
+                            m.call_settled("uploaded");
+                        }
+                        Outcome::Skipped { reason } => {
+                            *p.skipped.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                            m.call_settled("skipped");
+                        }
+                        Outcome::Failed { reason, .. } => {
+                            *p.failed.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                            m.call_settled("failed");
+                            if let Some(msg) = describe(r, ru) {
+                                let mut errs = st.errors.lock().unwrap_or_else(|e| e.into_inner());
+                                errs.push_back(msg);
+                                while errs.len() > 10 {
+                                    errs.pop_front();
+                                }
+                            }
+                        }
+                    }
+                    p.calls.push(r.clone());
+                }
+                ProgressEvent::BadRow { detail } => {
+                    let mut errs = st.errors.lock().unwrap_or_else(|e| e.into_inner());
+                    errs.push_back(if ru {
+                        format!("Нечитаемая строка звонка: {detail}")
+                    } else {
+                        format!("Unreadable call row: {detail}")
+                    });
+                    while errs.len() > 10 {
+                        errs.pop_front();
+                    }
+                }
+            }
+        });
+
+        let this = self.clone();
+        let member = portal.member_id.clone();
+        let env2 = env.clone();
+        let settings2 = settings.clone();
+        let lang = lang.to_string();
+        tokio::spawn(async move {
+            let run_id = env.store.start_run(&member, &serde_json::json!({"trigger": state.progress.lock().unwrap_or_else(|e| e.into_inner()).trigger, "connection_id": config.connection_id})).await.ok();
+            let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
+            let sink = Arc::new(SpeechSenseSink::new(speech, plan.search));
+            let before = bitrix.stats();
+            let result = run_export(
+                source,
+                sink,
+                env.store.clone(),
+                config,
+                progress_fn,
+                cancel.clone(),
+            )
+            .await;
+            let after = bitrix.stats();
+            metrics.rest_requests.fetch_add(
+                after.requests.saturating_sub(before.requests),
+                Ordering::Relaxed,
+            );
+            metrics.rest_rejections.fetch_add(
+                (after.rate_limited + after.operating_limited)
+                    .saturating_sub(before.rate_limited + before.operating_limited),
+                Ordering::Relaxed,
+            );
+            let (stopped, summary) = match &result {
+                Ok(s) => (
+                    s.stopped.clone(),
+                    serde_json::to_value(s).unwrap_or_default(),
+                ),
+                Err(EngineError::Stopped { reason, summary }) => (
+                    Some(reason.clone()),
+                    serde_json::to_value(summary).unwrap_or_default(),
+                ),
+                Err(e) => (
+                    Some(e.to_string()),
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+            };
+            {
+                let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
+                // What the pipeline listed but never settled no longer waits in the queue.
+                metrics
+                    .queue_depth
+                    .fetch_sub(p.found.saturating_sub(p.settled) as i64, Ordering::Relaxed);
+                p.running = false;
+                p.finished = true;
+                let elapsed = state.started.elapsed().as_secs_f64();
+                p.elapsed_secs = elapsed as u64;
+                p.rate = if elapsed > 0.0 {
+                    p.settled as f64 / elapsed
+                } else {
+                    0.0
+                };
+                p.eta_secs = Some(0);
+                p.stopped = match (&stopped, cancel.is_cancelled()) {
+                    (_, true) => Some(if ru {
+                        "Остановлено пользователем.".into()
+                    } else {
+                        "Stopped by the user.".into()
+                    }),
+                    (s, false) => s.clone(),
+                };
+                if let Some(reason) = &stopped {
+                    state
+                        .errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back(reason.clone());
+                }
+            }
+            if let Some(id) = run_id {
+                let status = if stopped.is_some() {
+                    "stopped"
+                } else {
+                    "finished"
+                };
+                if let Err(e) = env.store.finish_run(id, status, &summary).await {
+                    tracing::warn!(error = %e, "could not record the run");
+                }
+            }
+            tracing::info!(member_id = %member, ?stopped, "export run ended");
+            if again.load(Ordering::Relaxed) && !cancel.is_cancelled() {
+                let key = env2.key.clone();
+                if let Ok(Some(portal)) = env2.store.portal(&key, &member).await {
+                    if let Ok(Some(stored)) = env2.store.settings(&key, &member).await {
+                        if let Some(api_key) = stored.api_key {
+                            let _ = this.start(
+                                env2.clone(),
+                                portal,
+                                settings2,
+                                api_key,
+                                "event",
+                                &lang,
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}

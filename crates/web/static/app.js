@@ -1,0 +1,206 @@
+// b24sense settings page: plain script, no build step. Talks to /api/* with the page's signed session token
+// (Authorization header, no cookies) and sends the CSRF token on every change.
+(function () {
+  "use strict";
+  var boot = JSON.parse(document.getElementById("boot").textContent);
+  var T = boot.t;
+  var state = null;
+  var pollTimer = null;
+  var $ = function (id) { return document.getElementById(id); };
+
+  function api(method, path, body) {
+    var headers = { "Authorization": "Bearer " + boot.session };
+    if (method !== "GET") {
+      headers["X-CSRF-Token"] = boot.csrf;
+      headers["Content-Type"] = "application/json";
+    }
+    return fetch("api/" + path, { method: method, headers: headers, body: body ? JSON.stringify(body) : undefined })
+      .then(function (r) {
+        if (r.status === 401) { throw new Error(T.session_expired); }
+        var ct = r.headers.get("Content-Type") || "";
+        if (ct.indexOf("json") < 0) { return r.text().then(function (t) { return { status: r.status, body: t }; }); }
+        return r.json().then(function (j) { return { status: r.status, body: j }; });
+      });
+  }
+
+  function text(el, v) { el.textContent = v == null ? "" : String(v); }
+
+  function reasonName(r) { return T["reason_" + r] || r; }
+
+  function renderSummary() {
+    var dl = $("summary");
+    dl.innerHTML = "";
+    if (!state.saved) {
+      var p = document.createElement("p"); p.className = "hint"; text(p, T.no_settings); dl.appendChild(p); return;
+    }
+    var s = state.settings;
+    var rows = [
+      [T.connection_id, s.connection_id],
+      [T.api_key, state.api_key_set ? "••••••••" : T.not_set],
+      [T.language, s.language],
+      [T.since, s.since || T.all],
+      [T.users, s.users.length ? s.users.join(", ") : T.all],
+      [T.min_duration, s.min_duration],
+      [T.direction, s.direction.length ? s.direction.map(function (d) { return T["dir_" + d] || d; }).join(", ") : T.all],
+      [T.mono_policy, s.mono_policy === "upload" ? T.mono_upload : s.mono_policy === "skip" ? T.mono_skip : T.mono_route + ": " + s.mono_policy.slice(6)],
+      [T.sync_enabled, s.sync_enabled ? T.yes : T.no]
+    ];
+    if (s.organization_id) { rows.push([T.dupes, [s.organization_id, s.space_id, s.project_id].join(" / ")]); }
+    rows.forEach(function (r) {
+      var dt = document.createElement("dt"); text(dt, r[0]);
+      var dd = document.createElement("dd"); text(dd, r[1]);
+      dl.appendChild(dt); dl.appendChild(dd);
+    });
+  }
+
+  function fillForm() {
+    var s = state.settings;
+    $("f-connection_id").value = s.connection_id || "";
+    $("f-api_key").value = "";
+    $("f-api_key").placeholder = state.api_key_set ? "•••••••• (" + T.api_key_saved + ")" : "";
+    $("f-language").value = s.language || "ru-RU";
+    $("f-since").value = (s.since || "").slice(0, 10);
+    $("f-users").value = (s.users || []).join(", ");
+    $("f-min_duration").value = state.saved ? s.min_duration : "";
+    ["outgoing", "incoming", "redirected", "callback"].forEach(function (d) {
+      $("f-dir-" + d).checked = (s.direction || []).indexOf(d) >= 0;
+    });
+    var mp = s.mono_policy || "upload";
+    $("f-mono_policy").value = mp.indexOf("route:") === 0 ? "route" : mp;
+    $("f-mono_route").value = mp.indexOf("route:") === 0 ? mp.slice(6) : "";
+    $("f-organization_id").value = s.organization_id || "";
+    $("f-space_id").value = s.space_id || "";
+    $("f-project_id").value = s.project_id || "";
+    $("f-sync_enabled").checked = !!s.sync_enabled;
+    toggleRoute();
+  }
+
+  function toggleRoute() { $("fld-mono_route").hidden = $("f-mono_policy").value !== "route"; }
+
+  function formData() {
+    var dirs = [];
+    ["outgoing", "incoming", "redirected", "callback"].forEach(function (d) { if ($("f-dir-" + d).checked) { dirs.push(d); } });
+    return {
+      connection_id: $("f-connection_id").value, api_key: $("f-api_key").value, language: $("f-language").value,
+      since: $("f-since").value, users: $("f-users").value, min_duration: $("f-min_duration").value,
+      direction: dirs, mono_policy: $("f-mono_policy").value, mono_route: $("f-mono_route").value,
+      organization_id: $("f-organization_id").value, space_id: $("f-space_id").value, project_id: $("f-project_id").value,
+      sync_enabled: $("f-sync_enabled").checked
+    };
+  }
+
+  function clearErrors() {
+    Array.prototype.forEach.call(document.querySelectorAll(".error"), function (e) { text(e, ""); });
+    Array.prototype.forEach.call(document.querySelectorAll(".field.invalid"), function (e) { e.classList.remove("invalid"); });
+  }
+
+  function showErrors(errors) {
+    Object.keys(errors).forEach(function (k) {
+      var e = $("err-" + k); if (e) { text(e, errors[k]); }
+      var f = $("fld-" + k); if (f) { f.classList.add("invalid"); if (f.tagName === "DETAILS" || f.closest("details")) { f.closest("details").open = true; } }
+    });
+  }
+
+  function edit(on) {
+    $("view").hidden = on; $("editor").hidden = !on;
+    if (on) { fillForm(); clearErrors(); text($("check-result"), ""); text($("save-result"), ""); $("f-connection_id").focus(); }
+  }
+
+  function fmtSecs(s) {
+    if (s == null) { return "—"; }
+    var m = Math.floor(s / 60), r = s % 60;
+    return m ? m + " мин " + r + " с" : r + " с";
+  }
+
+  function renderProgress(p) {
+    if (!p) { return; }
+    var done = p.finished;
+    text($("p-status"), done ? (p.stopped ? T.stopped + ": " + p.stopped : T.done) : T.running);
+    $("p-status").className = done ? (p.stopped ? "status bad" : "status ok") : "status";
+    text($("p-found"), p.found);
+    text($("p-uploaded"), p.uploaded);
+    var skipped = 0, parts = [];
+    Object.keys(p.skipped).forEach(function (k) { skipped += p.skipped[k]; parts.push(reasonName(k) + ": " + p.skipped[k]); });
+    var failed = 0;
+    Object.keys(p.failed).forEach(function (k) { failed += p.failed[k]; });
+    text($("p-skipped"), skipped);
+    text($("p-failed"), failed);
+    text($("p-skipped-detail"), parts.length ? T.skipped + " — " + parts.join(", ") : "");
+    var pct = p.found ? Math.min(100, Math.round(100 * p.settled / p.found)) : (done ? 100 : 0);
+    $("p-bar").style.width = pct + "%";
+    text($("p-rate"), (p.rate * 60).toFixed(1) + " " + T.per_min);
+    text($("p-eta"), done ? "0 с" : (boot.lang === "en" ? fmtSecs(p.eta_secs).replace(" мин ", " min ").replace(" с", " s") : fmtSecs(p.eta_secs)));
+    var ul = $("p-errors"); ul.innerHTML = "";
+    (p.last_errors || []).forEach(function (e) { var li = document.createElement("li"); text(li, e); ul.appendChild(li); });
+    $("p-errors-box").hidden = !(p.last_errors || []).length;
+    $("report").hidden = p.settled === 0;
+    $("start").disabled = !done;
+    $("stop").disabled = done;
+    if (done && pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+    if (!done && !pollTimer) { pollTimer = setInterval(poll, 1000); }
+  }
+
+  function poll() {
+    api("GET", "progress").then(function (r) { renderProgress(r.body.progress); })
+      .catch(function (e) { text($("export-error"), e.message); });
+  }
+
+  function load() {
+    return api("GET", "state").then(function (r) {
+      state = r.body;
+      renderSummary();
+      if (state.progress) { renderProgress(state.progress); } else { $("stop").disabled = true; }
+    }).catch(function (e) { text($("export-error"), e.message); });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    $("edit").addEventListener("click", function () { edit(true); });
+    $("cancel").addEventListener("click", function () { edit(false); });
+    $("f-mono_policy").addEventListener("change", toggleRoute);
+    $("check").addEventListener("click", function () {
+      clearErrors();
+      var out = $("check-result");
+      out.className = ""; text(out, T.checking);
+      $("check").disabled = true;
+      api("POST", "check", formData()).then(function (r) {
+        if (r.body.errors) { showErrors(r.body.errors); text(out, ""); return; }
+        out.className = r.body.ok ? "ok" : "bad";
+        text(out, r.body.message);
+      }).catch(function (e) { out.className = "bad"; text(out, e.message); })
+        .then(function () { $("check").disabled = false; });
+    });
+    $("form").addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      clearErrors();
+      var out = $("save-result");
+      api("POST", "settings", formData()).then(function (r) {
+        if (r.body.errors) { showErrors(r.body.errors); out.className = "bad"; text(out, T.fix_errors); return; }
+        state.settings = r.body.settings; state.api_key_set = r.body.api_key_set; state.saved = true;
+        renderSummary(); edit(false);
+        text($("export-error"), ""); text($("save-result"), "");
+        var note = $("p-status"); if (!state.progress) { text(note, T.saved); }
+      }).catch(function (e) { out.className = "bad"; text(out, e.message); });
+    });
+    $("start").addEventListener("click", function () {
+      text($("export-error"), "");
+      api("POST", "export/start").then(function (r) {
+        if (r.status !== 200) { text($("export-error"), r.body.error || r.body); return; }
+        state.progress = r.body.progress; renderProgress(r.body.progress);
+      }).catch(function (e) { text($("export-error"), e.message); });
+    });
+    $("stop").addEventListener("click", function () {
+      api("POST", "export/stop").then(poll).catch(function (e) { text($("export-error"), e.message); });
+    });
+    $("report").addEventListener("click", function (ev) {
+      ev.preventDefault();
+      fetch("api/report", { headers: { "Authorization": "Bearer " + boot.session } })
+        .then(function (r) { return r.blob(); })
+        .then(function (b) {
+          var a = document.createElement("a");
+          a.href = URL.createObjectURL(b); a.download = "b24sense-report.csv";
+          document.body.appendChild(a); a.click(); a.remove();
+        });
+    });
+    load();
+  });
+})();

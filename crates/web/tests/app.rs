@@ -1,0 +1,470 @@
+//! The application server against the Bitrix24 and SpeechSense emulators over real sockets on 127.0.0.1:
+//! install, the settings page and its API, check connection, export with live progress, OAuth refresh
+//! (single-flight), events with the application token, metrics, uninstall.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use b24sense_bitrix24::{AccessToken, TokenSource};
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_store::{PortalStatus, SecretKey, Store};
+use b24sense_web::metrics::Metrics;
+use b24sense_web::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
+use b24sense_web::{AppServer, WebConfig};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+struct Fx {
+    emu: Bitrix24Emulator,
+    speech: SpeechSenseEmulator,
+    store: Store,
+    key: SecretKey,
+    base: String,
+    _dir: tempfile::TempDir,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn fixture(calls: usize) -> Fx {
+    let emu = Bitrix24Emulator::start(PortalConfig {
+        calls,
+        rate: (500, 100),
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
+        .await
+        .unwrap();
+    let key = SecretKey::generate();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let (id, secret) = emu.app_credentials();
+    let mut config = WebConfig::new(
+        Url::parse(&base).unwrap(),
+        id.to_string(),
+        SecretString::from(secret.to_string()),
+        speech.endpoint(),
+    );
+    config.allow_http_portals = true;
+    config.concurrency = 4;
+    let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.serve(listener, stop.clone()));
+    Fx {
+        emu,
+        speech,
+        store,
+        key,
+        base,
+        _dir: dir,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// Opens the settings page as Bitrix24's iframe POST does; returns (status, headers, body).
+async fn open_page(fx: &Fx, lang: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let frame = fx.emu.app_frame_request(1, lang);
+    let r = http()
+        .post(frame.url(&format!("{}app", fx.base)))
+        .form(&frame.form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+fn boot(page: &str) -> (String, String) {
+    let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
+    let end = start + page[start..].find("</script>").unwrap();
+    let v: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
+    (
+        v["session"].as_str().unwrap().to_string(),
+        v["csrf"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn api(
+    fx: &Fx,
+    s: &(String, String),
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}api/{path}", fx.base);
+    let mut req = if method == "GET" {
+        http().get(url)
+    } else {
+        http().post(url)
+    };
+    req = req.bearer_auth(&s.0);
+    if method != "GET" {
+        req = req
+            .header("X-CSRF-Token", &s.1)
+            .json(&body.unwrap_or(json!({})));
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn wait_finished(fx: &Fx, s: &(String, String)) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = api(fx, s, "GET", "progress", None).await;
+        if v["progress"]["finished"] == true {
+            return v["progress"].clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "export did not finish: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn good_settings(fx: &Fx) -> Value {
+    json!({
+        "connection_id": fx.speech.config().connections[0].id, "api_key": fx.speech.config().api_keys[0],
+        "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
+        "mono_policy": "upload", "sync_enabled": false
+    })
+}
+
+#[tokio::test]
+async fn install_settings_export_events_uninstall() {
+    let fx = fixture(40).await;
+
+    // Install: stored, events bound to our handler, Bitrix24 told the installation is finished.
+    let done = fx
+        .emu
+        .install_app(&format!("{}install", fx.base), "ru")
+        .await
+        .unwrap();
+    assert!(done.installed, "{done:?}");
+    let member = fx.emu.app_member_id();
+    let portal = fx.store.portal(&fx.key, &member).await.unwrap().unwrap();
+    assert_eq!(portal.status, PortalStatus::Installed);
+    let events: Vec<String> = fx
+        .emu
+        .event_bindings()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert!(
+        events.contains(&"ONVOXIMPLANTCALLEND".to_string()),
+        "{events:?}"
+    );
+    assert!(fx
+        .emu
+        .event_bindings()
+        .iter()
+        .all(|(_, h)| h == &format!("{}events", fx.base)));
+
+    // The settings page: framable only by the portal, Russian by default, English on LANG=en.
+    let (st, headers, page) = open_page(&fx, "ru").await;
+    assert_eq!(st, 200, "{page}");
+    let csp = headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains(&format!("frame-ancestors http://{}", fx.emu.app_domain())),
+        "{csp}"
+    );
+    assert!(page.contains("ID подключения SpeechSense") && page.contains("Редактировать"));
+    assert!(
+        page.contains("С какой даты загружать звонки")
+            && page.contains("Минимальная длина разговора")
+    );
+    let (_, _, en) = open_page(&fx, "en").await;
+    assert!(en.contains("SpeechSense connection ID") && en.contains("Check connection"));
+    let s = boot(&page);
+
+    // A request naming another domain, or an unknown installation, gets nothing.
+    let mut frame = fx.emu.app_frame_request(1, "ru");
+    frame.query[0].1 = "evil.example.com".into();
+    let r = http()
+        .post(frame.url(&format!("{}app", fx.base)))
+        .form(&frame.form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let mut frame = fx.emu.app_frame_request(1, "ru");
+    frame
+        .form
+        .iter_mut()
+        .find(|(k, _)| k == "member_id")
+        .unwrap()
+        .1 = "nobody".into();
+    let r = http()
+        .post(frame.url(&format!("{}app", fx.base)))
+        .form(&frame.form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // Changes need the CSRF token and a valid session.
+    let r = http()
+        .post(format!("{}api/settings", fx.base))
+        .bearer_auth(&s.0)
+        .json(&good_settings(&fx))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let (st, _) = api(&fx, &("x.y".into(), s.1.clone()), "GET", "state", None).await;
+    assert_eq!(st, 401);
+
+    // Field errors next to the fields.
+    let mut bad = good_settings(&fx);
+    bad["since"] = json!("yesterday");
+    bad["users"] = json!("1, bob");
+    bad["api_key"] = json!("");
+    bad["connection_id"] = json!("");
+    bad["organization_id"] = json!("org1");
+    let (st, v) = api(&fx, &s, "POST", "settings", Some(bad)).await;
+    assert_eq!(st, 422, "{v}");
+    for f in [
+        "since",
+        "users",
+        "api_key",
+        "connection_id",
+        "space_id",
+        "project_id",
+    ] {
+        assert!(v["errors"][f].is_string(), "{f}: {v}");
+    }
+
+    // Check connection: a wrong key says so; the right one gives the seed's message.
+    let mut wrong = good_settings(&fx);
+    wrong["api_key"] = json!("wrong-key");
+    let (_, v) = api(&fx, &s, "POST", "check", Some(wrong)).await;
+    assert_eq!(v["ok"], false);
+    assert!(v["message"].as_str().unwrap().contains("API-ключ"), "{v}");
+    let (_, v) = api(&fx, &s, "POST", "check", Some(good_settings(&fx))).await;
+    assert_eq!(
+        v,
+        json!({"ok": true, "message": "Успешный запрос к SpeechSense"})
+    );
+
+    // Save; the key is write-only.
+    let (st, v) = api(&fx, &s, "POST", "settings", Some(good_settings(&fx))).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = api(&fx, &s, "GET", "state", None).await;
+    assert_eq!(v["api_key_set"], true);
+    assert!(!v.to_string().contains(&fx.speech.config().api_keys[0]));
+    // Saving again without the key keeps it.
+    let mut again = good_settings(&fx);
+    again["api_key"] = json!("");
+    let (st, _) = api(&fx, &s, "POST", "settings", Some(again)).await;
+    assert_eq!(st, 200);
+
+    // Export with live progress to the end; the talks are in SpeechSense.
+    let (st, v) = api(&fx, &s, "POST", "export/start", None).await;
+    assert_eq!(st, 200, "{v}");
+    let p = wait_finished(&fx, &s).await;
+    assert!(p["stopped"].is_null(), "{p}");
+    let uploaded = p["uploaded"].as_u64().unwrap();
+    assert!(uploaded > 0, "{p}");
+    assert_eq!(p["found"].as_u64().unwrap(), p["settled"].as_u64().unwrap());
+    assert_eq!(fx.speech.talk_count() as u64, uploaded);
+    let r = http()
+        .get(format!("{}api/report", fx.base))
+        .bearer_auth(&s.0)
+        .send()
+        .await
+        .unwrap();
+    let csv = r.text().await.unwrap();
+    assert_eq!(
+        csv.lines().count() as u64,
+        1 + p["settled"].as_u64().unwrap()
+    );
+
+    // Expired access token: the run refreshes it once (rotation stored) and skips what is done.
+    fx.emu.expire_access_tokens();
+    let before = fx
+        .store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    let (st, _) = api(&fx, &s, "POST", "export/start", None).await;
+    assert_eq!(st, 200);
+    let p = wait_finished(&fx, &s).await;
+    assert!(p["stopped"].is_null(), "{p}");
+    assert_eq!(p["uploaded"], 0);
+    assert_eq!(p["skipped"]["already_uploaded"].as_u64().unwrap(), uploaded);
+    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+    let after = fx
+        .store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(fx.speech.talk_count() as u64, uploaded);
+
+    // Events: only with the portal's application token.
+    let forged = [
+        ("event", "ONVOXIMPLANTCALLEND"),
+        ("auth[member_id]", member.as_str()),
+        ("auth[application_token]", "forged"),
+    ];
+    let r = http()
+        .post(format!("{}events", fx.base))
+        .form(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let id: u64 = fx.emu.call_rows()[0]["ID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(fx.emu.send_call_end(id).await, Some(vec![200]));
+
+    // Metrics.
+    let m = http()
+        .get(format!("{}metrics", fx.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!(
+            "b24sense_calls_total{{outcome=\"uploaded\"}} {uploaded}"
+        )),
+        "{m}"
+    );
+    assert!(m.contains("b24sense_events_rejected_total 1"), "{m}");
+    assert!(m.contains("b24sense_events_accepted_total 1"), "{m}");
+    for path in ["healthz", "readyz"] {
+        let r = http()
+            .get(format!("{}{path}", fx.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    // Uninstall: secrets gone, page and API closed.
+    assert_eq!(fx.emu.uninstall_app(true).await, vec![200]);
+    let portal = fx.store.portal(&fx.key, &member).await.unwrap().unwrap();
+    assert_eq!(portal.status, PortalStatus::Uninstalled);
+    assert!(fx
+        .store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(fx
+        .store
+        .settings(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap()
+        .api_key
+        .is_none());
+    let (st, _) = api(&fx, &s, "GET", "state", None).await;
+    assert_eq!(st, 403);
+}
+
+#[tokio::test]
+async fn continuous_sync_runs_on_call_end_events() {
+    let fx = fixture(10).await;
+    assert!(
+        fx.emu
+            .install_app(&format!("{}install", fx.base), "ru")
+            .await
+            .unwrap()
+            .installed
+    );
+    let (_, _, page) = open_page(&fx, "ru").await;
+    let s = boot(&page);
+    let mut settings = good_settings(&fx);
+    settings["sync_enabled"] = json!(true);
+    let (st, _) = api(&fx, &s, "POST", "settings", Some(settings)).await;
+    assert_eq!(st, 200);
+    let id: u64 = fx.emu.call_rows()[0]["ID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(fx.emu.send_call_end(id).await, Some(vec![200]));
+    let p = wait_finished(&fx, &s).await;
+    assert_eq!(p["trigger"], "event");
+    assert!(p["uploaded"].as_u64().unwrap() > 0, "{p}");
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_use_one_refresh_token() {
+    let fx = fixture(5).await;
+    assert!(
+        fx.emu
+            .install_app(&format!("{}install", fx.base), "ru")
+            .await
+            .unwrap()
+            .installed
+    );
+    let member = fx.emu.app_member_id();
+    let portal = fx.store.portal(&fx.key, &member).await.unwrap().unwrap();
+    let locks = Arc::new(RefreshLocks::default());
+    let (id, secret) = fx.emu.app_credentials();
+    let oauth = OAuthClient {
+        client_id: id.into(),
+        client_secret: SecretString::from(secret.to_string()),
+        http: http(),
+    };
+    let sources: Vec<StoreTokenSource> = (0..4)
+        .map(|_| {
+            StoreTokenSource::new(
+                fx.store.clone(),
+                fx.key.clone(),
+                member.clone(),
+                Url::parse(&portal.client_endpoint).unwrap(),
+                Url::parse(&portal.server_endpoint).unwrap(),
+                oauth.clone(),
+                locks.clone(),
+                Arc::new(Metrics::default()),
+            )
+        })
+        .collect();
+    let stale: AccessToken = sources[0].access_token().await.unwrap();
+    let results = futures::future::join_all(sources.iter().map(|s| s.refresh(&stale))).await;
+    let tokens: Vec<String> = results
+        .into_iter()
+        .map(|r| r.unwrap().token.expose_secret().to_string())
+        .collect();
+    assert!(
+        tokens.iter().all(|t| t == &tokens[0]),
+        "all callers got the one new token"
+    );
+    assert_ne!(tokens[0], stale.token.expose_secret());
+    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+}
