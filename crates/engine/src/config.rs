@@ -38,6 +38,10 @@ pub struct ExportConfig {
     /// After a shutdown request, how long uploads in flight may take to finish before they are abandoned (their
     /// calls stay `uploading`, in doubt, and are resolved by the next run).
     pub shutdown_grace: Duration,
+    /// How long a talk may take to become searchable: when an upload in doubt a moment ago is searched for and not
+    /// found, the search is repeated over this time before the call is uploaded again. (A call found in doubt by a
+    /// later process needs no wait: its lease had to run out first.)
+    pub search_settle: Duration,
     /// Identifies this process in leases (host, pid and a random part).
     pub worker_id: String,
 }
@@ -59,6 +63,7 @@ impl ExportConfig {
             portal_lease: Duration::from_secs(60),
             poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
+            search_settle: Duration::from_secs(2),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
     }

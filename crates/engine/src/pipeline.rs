@@ -709,7 +709,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 }
                 Err(AttemptError::InDoubt { detail }) => {
                     tracing::warn!(call = item.call.id, %detail, "upload in doubt");
-                    match self.find_existing(item.call.id).await {
+                    match self.find_existing_settled(item.call.id).await {
                         Some(Ok(talk_id)) => (
                             Outcome::Uploaded {
                                 talk_id,
@@ -761,6 +761,24 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             _ = tokio::time::sleep(delay) => {}
             _ = self.stop.cancelled() => {}
         }
+    }
+
+    /// [`Self::find_existing`] for an upload that was in doubt a moment ago: a talk stored just now may not be
+    /// searchable yet, so "none found" is asked again a few times over `search_settle` before it is believed.
+    async fn find_existing_settled(&self, call_id: u64) -> Option<Result<String, ()>> {
+        const TRIES: u32 = 3;
+        let mut found = self.find_existing(call_id).await;
+        for _ in 1..TRIES {
+            if !matches!(found, Some(Err(()))) || self.stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.search_settle / (TRIES - 1)) => {}
+                _ = self.stop.cancelled() => {}
+            }
+            found = self.find_existing(call_id).await;
+        }
+        found
     }
 
     /// A talk already stored for this call: `Some(Ok(id))` found, `Some(Err(()))` searched and none found,
