@@ -3,7 +3,8 @@
 //! It owns the scenarios (portal size, REST and upload latencies, bucket, recordings), running one of them through
 //! the real clients and `run_export` against both emulators on loopback, and measuring the run: portal requests by
 //! kind, rate-limit rejections, throughput, peak memory, CPU, and the lower bound the run is compared with.
-//! The binary runs each scenario in a child process of its own so that the peak RSS is the scenario's.
+//! The binary runs the emulators itself and each scenario's export in a child process of its own, so that the
+//! peak RSS and CPU are the export's alone.
 
 pub mod measure;
 pub mod report;
@@ -11,7 +12,10 @@ pub mod run;
 pub mod scenario;
 
 pub use report::{render_table, Bound, BoundInputs, RunRow};
-pub use run::{run_scenario, RunOptions};
+pub use run::{
+    loopback, make_row, run_export_side, run_scenario, Emulators, ExportMeasure, Placement,
+    RunOptions, Target,
+};
 pub use scenario::{scenario, Scenario, NAMES};
 
 /// Why a benchmark run could not produce its row.

@@ -1,11 +1,17 @@
 //! `b24sense-bench`: runs benchmark scenarios and prints one row per run (a table, or JSON with `--json`).
-//! Each scenario runs in a child process of this binary (`--scenario NAME --child`) so its peak RSS is its own.
+//! The emulators run in this process; each scenario's export runs in a child process of this binary
+//! (`--scenario NAME --child`, the emulators' addresses on its stdin) so its peak RSS and CPU are its own.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use b24sense_bench::{render_table, run_scenario, scenario, BenchError, RunOptions, RunRow, NAMES};
+use b24sense_bench::measure::cpu_seconds;
+use b24sense_bench::{
+    loopback, make_row, render_table, run_export_side, run_scenario, scenario, BenchError,
+    Emulators, ExportMeasure, Placement, RunOptions, RunRow, Target, NAMES,
+};
 use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,10 +25,11 @@ struct Args {
     /// One scenario (with --child: run it in this process and print its row as one JSON line).
     #[arg(long)]
     scenario: Option<String>,
-    /// Internal: this process is the child running `--scenario`.
+    /// Internal: this process is the child running `--scenario`'s export (the target JSON on stdin).
     #[arg(long, hide = true, requires = "scenario")]
     child: bool,
-    /// Run the scenarios in this process instead of one child each (peak RSS then accumulates).
+    /// Run the exports in this process, next to the emulators, instead of one child each (RSS and CPU then
+    /// include the emulators, and peaks accumulate over scenarios).
     #[arg(long)]
     in_process: bool,
     /// Print the rows as JSON instead of a table.
@@ -61,12 +68,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Args {
-    fn options(&self, own_process: bool) -> RunOptions {
+    fn options(&self) -> RunOptions {
         RunOptions {
             timeout: self.timeout,
             loopback_probe_bytes: self.loopback_mb * 1024 * 1024,
             progress_every: Duration::from_secs(self.progress_secs.max(1)),
-            own_process,
         }
     }
 
@@ -119,11 +125,11 @@ async fn main() -> ExitCode {
     for name in &names {
         let result = if args.in_process {
             match scenario(name) {
-                Some(s) => run_scenario(&s, &args.options(false)).await,
+                Some(s) => run_scenario(&s, &args.options()).await,
                 None => Err(BenchError::UnknownScenario(name.clone())),
             }
         } else {
-            spawn_child(&args, name).await
+            run_with_child(&args, name).await
         };
         match result {
             Ok(row) => rows.push(row),
@@ -151,37 +157,56 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The child: runs one scenario and prints its row as a single JSON line on stdout.
+/// The child: reads the target from stdin, runs the scenario's export and prints what it measured as one JSON line.
 async fn child(args: &Args) -> Result<(), BenchError> {
     let name = args.scenario.clone().unwrap_or_default();
     let s = scenario(&name).ok_or(BenchError::UnknownScenario(name))?;
-    let row = run_scenario(&s, &args.options(true)).await?;
-    println!("{}", serde_json::to_string(&row)?);
+    let mut input = String::new();
+    tokio::io::stdin().read_to_string(&mut input).await?;
+    let target: Target = serde_json::from_str(&input)?;
+    let m = run_export_side(&s, &target, &args.options()).await?;
+    println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
 
-/// Runs `name` in a child process of this binary; kills it if it outlives its timeout by 3 minutes.
-async fn spawn_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
+/// Starts the emulators here and runs the export in a child process of this binary; kills the child if it
+/// outlives its timeout by 3 minutes.
+async fn run_with_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
+    let s = scenario(name).ok_or_else(|| BenchError::UnknownScenario(name.to_string()))?;
+    let loopback_bps = loopback(name, args.loopback_mb * 1024 * 1024).await?;
+    eprintln!("[{name}] starting emulators: {}", s.describe());
+    let emulators = Emulators::start(&s).await?;
+    let cpu_before = cpu_seconds().unwrap_or(0.0);
+
     let exe = std::env::current_exe()?;
-    let child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(exe)
         .arg("--scenario")
         .arg(name)
         .arg("--child")
         .arg("--timeout")
         .arg(args.timeout.as_secs().to_string())
-        .arg("--loopback-mb")
-        .arg(args.loopback_mb.to_string())
         .arg("--progress-secs")
         .arg(args.progress_secs.to_string())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()?;
+    // The target carries the emulators' credentials: stdin keeps them out of the process list.
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| BenchError::Child("no stdin".into()))?;
+    stdin
+        .write_all(serde_json::to_string(emulators.target())?.as_bytes())
+        .await?;
+    drop(stdin);
+
     let limit = args.timeout + Duration::from_secs(180);
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .map_err(|_| BenchError::Child(format!("no result after {limit:?}; killed")))??;
+    let emulator_cpu_s = cpu_seconds().unwrap_or(0.0) - cpu_before;
     if !output.status.success() {
         return Err(BenchError::Child(format!("exited with {}", output.status)));
     }
@@ -191,7 +216,14 @@ async fn spawn_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
         .ok_or_else(|| BenchError::Child("printed no result".into()))?;
-    Ok(serde_json::from_str(line)?)
+    let m: ExportMeasure = serde_json::from_str(line)?;
+    Ok(make_row(
+        &s,
+        &emulators,
+        &m,
+        Placement::Child { emulator_cpu_s },
+        loopback_bps,
+    ))
 }
 
 #[cfg(test)]

@@ -125,15 +125,19 @@ pub struct RunRow {
     pub bytes_uploaded: u64,
     /// Bytes over loopback: portal responses (JSON and recordings) + audio received by SpeechSense.
     pub loopback_bytes: u64,
-    /// Resident set size after the emulators started and generated their data, before the export.
+    /// Resident set size of the export's process just before the export (with the emulators when they share it).
     pub rss_baseline_mb: f64,
-    /// `VmHWM` at the end: the process's peak, emulators included.
+    /// `VmHWM` of the export's process at the end.
     pub peak_rss_mb: f64,
-    /// Whether the run had its own process (otherwise the peak covers earlier runs too).
-    pub own_process: bool,
-    /// CPU seconds (user + system, emulators included) during the export.
+    /// The export ran in a child process of its own: RSS and CPU are the export's alone. Otherwise they include
+    /// the emulators (and the peak covers earlier runs in the same process).
+    pub export_in_child: bool,
+    /// CPU seconds (user + system) of the export's process during the export.
     pub cpu_s: f64,
     pub cpu_s_per_1000_calls: f64,
+    /// CPU seconds of the emulators meanwhile (when the export ran in a child).
+    pub emulator_cpu_s: Option<f64>,
+    pub emulator_cpu_s_per_1000_calls: Option<f64>,
     pub loopback_mb_per_s: f64,
     pub bound: Bound,
     pub wall_over_bound: f64,
@@ -162,6 +166,7 @@ pub fn render_table(rows: &[RunRow]) -> String {
         "RSS base MiB",
         "peak RSS MiB",
         "CPU s/1k",
+        "emu CPU s/1k",
         "bound s",
         "wall/bound",
     ];
@@ -184,6 +189,8 @@ pub fn render_table(rows: &[RunRow]) -> String {
             format!("{:.1}", r.rss_baseline_mb),
             format!("{:.1}", r.peak_rss_mb),
             format!("{:.2}", r.cpu_s_per_1000_calls),
+            r.emulator_cpu_s_per_1000_calls
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
             format!("{:.1} ({})", r.bound.bound_s, r.bound.limited_by),
             if r.bound.bound_s > 0.0 {
                 format!("{:.2}", r.wall_over_bound)
@@ -254,12 +261,17 @@ pub fn render_table(rows: &[RunRow]) -> String {
                 .unwrap_or_default()
         );
     }
-    out.push_str(
-        "\nRSS and CPU include the emulators, which run in the same process as the export. \
-         RSS base = resident size before the export started (emulators up, portal generated).\n",
-    );
-    if rows.iter().any(|r| !r.own_process) {
-        out.push_str("Some runs shared a process (--in-process): their peak RSS covers the runs before them.\n");
+    if rows.iter().any(|r| r.export_in_child) {
+        out.push_str(
+            "\nThe export ran in a child process of its own: RSS and CPU s/1k are the export's alone (its ledger \
+             included); the emulators ran in the parent (emu CPU s/1k). RSS base = before the export started.\n",
+        );
+    }
+    if rows.iter().any(|r| !r.export_in_child) {
+        out.push_str(
+            "\nRuns marked emu CPU '-' shared one process with the emulators (--in-process): their RSS and CPU \
+             include the emulators, and a peak covers the runs before it. RSS base = before the export started.\n",
+        );
     }
     out
 }

@@ -1,7 +1,9 @@
-//! Runs one scenario: both emulators on loopback, the ledger in a temporary SQLite file, and the export wired
-//! exactly as `b24sense export` wires it (webhook client, API-key SpeechSense client, preflight, `run_export`).
+//! Runs one scenario: both emulators on loopback ([`Emulators`]), and the export wired exactly as `b24sense export`
+//! wires it (webhook client, API-key SpeechSense client, preflight, the ledger in a SQLite file, `run_export`) in
+//! [`run_export_side`]. The two halves can live in different processes, so that the export's memory and CPU are
+//! measured without the emulators'.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use b24sense_speechsense::{
 };
 use b24sense_store::Store;
 use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
@@ -39,8 +42,6 @@ pub struct RunOptions {
     pub loopback_probe_bytes: u64,
     /// Progress lines on stderr every this often.
     pub progress_every: Duration,
-    /// Whether this process runs only this scenario (so `VmHWM` is the scenario's own peak).
-    pub own_process: bool,
 }
 
 impl Default for RunOptions {
@@ -49,7 +50,6 @@ impl Default for RunOptions {
             timeout: Duration::from_secs(30 * 60),
             loopback_probe_bytes: 256 * 1024 * 1024,
             progress_every: Duration::from_secs(10),
-            own_process: false,
         }
     }
 }
@@ -141,38 +141,103 @@ fn progress_fn(live: Arc<Live>) -> ProgressFn {
 
 const PORTAL_KEY: &str = "bench.bitrix24.local";
 
-/// Runs `scenario` once and measures it.
-pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunRow, BenchError> {
+/// Where the export connects: the emulators' addresses and credentials (handed to a child process on its stdin).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Target {
+    /// Contains the emulated portal's webhook secret: never printed.
+    pub webhook_url: String,
+    pub speechsense_endpoint: String,
+    /// The emulator's API key: never printed.
+    pub api_key: String,
+    pub connection_id: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("webhook_url", &"<redacted>")
+            .field("speechsense_endpoint", &self.speechsense_endpoint)
+            .field("api_key", &"<redacted>")
+            .field("connection_id", &self.connection_id)
+            .finish()
+    }
+}
+
+/// Both emulators of a scenario, running in this process.
+pub struct Emulators {
+    pub portal: Bitrix24Emulator,
+    pub speech: SpeechSenseEmulator,
+    target: Target,
+}
+
+impl Emulators {
+    pub async fn start(scenario: &Scenario) -> Result<Emulators, BenchError> {
+        let portal = Bitrix24Emulator::start(scenario.portal.clone())
+            .await
+            .map_err(BenchError::Emulator)?;
+        let speech_config = EmulatorConfig {
+            upload_latency: scenario.upload_latency,
+            ..EmulatorConfig::default()
+        };
+        let target = Target {
+            webhook_url: portal.webhook_url(),
+            speechsense_endpoint: String::new(),
+            api_key: speech_config.api_keys[0].clone(),
+            connection_id: speech_config.connections[0].id.clone(),
+        };
+        let speech = SpeechSenseEmulator::start(speech_config)
+            .await
+            .map_err(BenchError::Emulator)?;
+        let target = Target {
+            speechsense_endpoint: speech.endpoint(),
+            ..target
+        };
+        Ok(Emulators {
+            portal,
+            speech,
+            target,
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// What the export side measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportMeasure {
+    pub found: u64,
+    pub uploaded: u64,
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub stopped: Option<String>,
+    pub timed_out: bool,
+    pub wall_s: f64,
+    pub bytes_uploaded: u64,
+    pub looked_up: u64,
+    /// `resolve_files` calls: one `disk.file.get` batch each (the engine passes at most 50 IDs).
+    pub disk_batches: u64,
+    pub disk_resolved: u64,
+    /// Download requests to the portal's host that took a limiter token (the client's count, every attempt).
+    pub counted_downloads: u64,
+    /// Downloads the engine started from the portal's host / from elsewhere (`CALL_RECORD_URL`).
+    pub portal_downloads_started: u64,
+    pub external_downloads: u64,
+    pub client_requests: u64,
+    pub client_rate_limited: u64,
+    pub rss_baseline_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub cpu_s: f64,
+}
+
+/// Runs the export against `target` as `b24sense export` does and measures it; progress goes to stderr.
+pub async fn run_export_side(
+    scenario: &Scenario,
+    target: &Target,
+    opts: &RunOptions,
+) -> Result<ExportMeasure, BenchError> {
     let name = scenario.name.clone();
-    let probe = opts.loopback_probe_bytes;
-    let loopback = if probe > 0 {
-        eprintln!(
-            "[{name}] measuring loopback throughput ({} MiB)…",
-            probe / 1024 / 1024
-        );
-        tokio::task::spawn_blocking(move || measure::loopback_throughput(probe))
-            .await
-            .map_err(|e| BenchError::Internal(e.to_string()))??
-    } else {
-        0.0
-    };
-
-    eprintln!("[{name}] starting emulators: {}", scenario.describe());
-    let portal = Arc::new(
-        Bitrix24Emulator::start(scenario.portal.clone())
-            .await
-            .map_err(BenchError::Emulator)?,
-    );
-    let speech_config = EmulatorConfig {
-        upload_latency: scenario.upload_latency,
-        ..EmulatorConfig::default()
-    };
-    let api_key = speech_config.api_keys[0].clone();
-    let connection_id = speech_config.connections[0].id.clone();
-    let speech = SpeechSenseEmulator::start(speech_config)
-        .await
-        .map_err(BenchError::Emulator)?;
-
     let dir = tempfile::tempdir()?;
     let store = Store::open(&format!(
         "sqlite:{}",
@@ -182,8 +247,11 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
     .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
 
     // The same clients `export_command` builds, with the rate plan matching the emulated portal's bucket.
-    let webhook = WebhookUrl::parse(&portal.webhook_url())
+    let webhook = WebhookUrl::parse(&target.webhook_url)
         .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?;
+    let portal_origin = Url::parse(&target.webhook_url)
+        .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?
+        .origin();
     let bitrix = Bitrix24Client::new(
         Bitrix24Credentials::Webhook(webhook),
         Bitrix24Config {
@@ -196,11 +264,11 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
     )
     .map_err(|e| BenchError::Setup(format!("Bitrix24 client: {e}")))?;
     let speech_client = SpeechSenseClient::new(SpeechSenseConfig::new(
-        speech.endpoint(),
-        SpeechSenseCredentials::ApiKey(SecretString::from(api_key)),
+        target.speechsense_endpoint.clone(),
+        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key.clone())),
     ))
     .map_err(|e| BenchError::Setup(format!("SpeechSense client: {e}")))?;
-    match speech_client.check_connection(&connection_id).await {
+    match speech_client.check_connection(&target.connection_id).await {
         Ok(ConnectionCheck::Ok) => {}
         Ok(other) => {
             return Err(BenchError::Setup(format!(
@@ -211,28 +279,26 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         Err(e) => return Err(BenchError::Setup(format!("SpeechSense: {e}"))),
     }
 
-    let mut config = ExportConfig::new(PORTAL_KEY, connection_id);
+    let mut config = ExportConfig::new(PORTAL_KEY, target.connection_id.clone());
     config.concurrency = scenario.concurrency;
 
     let counters = Arc::new(SourceCounters::default());
     let source = Arc::new(CountingSource {
         inner: Bitrix24Source::new(bitrix.clone()),
-        portal_origin: portal.base_url().origin(),
+        portal_origin,
         counters: counters.clone(),
     });
     let sink = Arc::new(SpeechSenseSink::new(speech_client, None));
     let live = Arc::new(Live::default());
     let shutdown = CancellationToken::new();
 
-    // The preflight above made one SpeechSense call; the portal has seen nothing yet. Start clean anyway.
-    portal.reset_stats();
     let rss_baseline = measure::current_rss().unwrap_or(0);
     let cpu_before = measure::cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
 
     let ticker = {
         let live = live.clone();
-        let portal = portal.clone();
+        let bitrix = bitrix.clone();
         let every = opts.progress_every;
         let name = name.clone();
         let calls = scenario.portal.calls;
@@ -241,14 +307,14 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let s = portal.stats();
+                let s = bitrix.stats();
                 eprintln!(
                     "[{name}] {:>6.0} s · listed {}/{calls} · settled {} · uploaded {} · portal requests {} · rate-limited {}",
                     started.elapsed().as_secs_f64(),
                     live.found.load(Ordering::Relaxed),
                     live.settled.load(Ordering::Relaxed),
                     live.uploaded.load(Ordering::Relaxed),
-                    s.http_requests,
+                    s.requests,
                     s.rate_limited,
                 );
             }
@@ -290,29 +356,68 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         Err(EngineError::Stopped { reason, summary }) => (*summary, Some(reason)),
         Err(e) => return Err(BenchError::Engine(e.to_string())),
     };
-
-    let ps = portal.stats();
-    let ss = speech.stats();
+    log_summary(&name, &summary, wall);
     let cs = bitrix.stats();
     let c = &counters;
-    let disk_batches = c.disk_requests.load(Ordering::Relaxed);
+    Ok(ExportMeasure {
+        found: summary.found,
+        uploaded: summary.uploaded,
+        skipped_by_reason: summary.skipped.clone(),
+        failed_by_reason: summary.failed.clone(),
+        stopped,
+        timed_out,
+        wall_s: wall.as_secs_f64(),
+        bytes_uploaded: summary.bytes_uploaded,
+        looked_up: c.looked_up.load(Ordering::Relaxed),
+        disk_batches: c.disk_requests.load(Ordering::Relaxed),
+        disk_resolved: c.disk_resolved.load(Ordering::Relaxed),
+        counted_downloads: cs.portal_downloads,
+        portal_downloads_started: c.portal_downloads.load(Ordering::Relaxed),
+        external_downloads: c.external_downloads.load(Ordering::Relaxed),
+        client_requests: cs.requests,
+        client_rate_limited: cs.rate_limited,
+        rss_baseline_bytes: rss_baseline,
+        peak_rss_bytes: peak,
+        cpu_s: cpu,
+    })
+}
+
+/// Where the export ran, for the row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Placement {
+    /// In this process, with the emulators: RSS and CPU include them.
+    Shared,
+    /// In a child process of its own; the emulators (in this process) used this much CPU meanwhile.
+    Child { emulator_cpu_s: f64 },
+}
+
+/// Puts the export's measurements and the emulators' counters together into a row with its bound.
+pub fn make_row(
+    scenario: &Scenario,
+    emulators: &Emulators,
+    m: &ExportMeasure,
+    placement: Placement,
+    loopback_bytes_per_s: f64,
+) -> RunRow {
+    let ps = emulators.portal.stats();
+    let ss = emulators.speech.stats();
     let batch_requests = ps.by_method.get("batch").copied().unwrap_or(0);
     let calls = scenario.portal.calls as u64;
     let loopback_bytes = ps.bytes_sent + ss.bytes_received;
     let bound = Bound::compute(&BoundInputs {
-        listed: summary.found,
-        looked_up: c.looked_up.load(Ordering::Relaxed),
-        disk_resolved: c.disk_resolved.load(Ordering::Relaxed),
-        counted_downloads: c.portal_downloads.load(Ordering::Relaxed),
+        listed: m.found,
+        looked_up: m.looked_up,
+        disk_resolved: m.disk_resolved,
+        counted_downloads: m.portal_downloads_started,
         burst: u64::from(scenario.portal.rate.0),
         per_second: u64::from(scenario.portal.rate.1),
-        uploads: summary.uploaded,
+        uploads: m.uploaded,
         upload_latency: scenario.upload_latency,
         concurrency: scenario.concurrency as u64,
         bytes: loopback_bytes,
-        loopback_bytes_per_s: loopback,
+        loopback_bytes_per_s,
     });
-    let wall_s = wall.as_secs_f64();
+    let wall_s = m.wall_s.max(1e-9);
     let per_1000 = |x: f64| {
         if calls > 0 {
             x * 1000.0 / calls as f64
@@ -320,68 +425,99 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
             0.0
         }
     };
-    let row = RunRow {
-        scenario: name.clone(),
+    let emulator_cpu_s = match placement {
+        Placement::Child { emulator_cpu_s } => Some(emulator_cpu_s),
+        Placement::Shared => None,
+    };
+    RunRow {
+        scenario: scenario.name.clone(),
         settings: scenario.describe(),
         calls,
-        found: summary.found,
-        uploaded: summary.uploaded,
-        skipped: summary.skipped.values().sum(),
-        failed: summary.failed_total(),
-        skipped_by_reason: summary.skipped.clone(),
-        failed_by_reason: summary.failed.clone(),
-        talks_stored: speech.talk_count() as u64,
-        stopped,
-        timed_out,
-        wall_s,
+        found: m.found,
+        uploaded: m.uploaded,
+        skipped: m.skipped_by_reason.values().sum(),
+        failed: m.failed_by_reason.values().sum(),
+        skipped_by_reason: m.skipped_by_reason.clone(),
+        failed_by_reason: m.failed_by_reason.clone(),
+        talks_stored: emulators.speech.talk_count() as u64,
+        stopped: m.stopped.clone(),
+        timed_out: m.timed_out,
+        wall_s: m.wall_s,
         http_requests: ps.http_requests,
         http_requests_per_1000_calls: per_1000(ps.http_requests as f64),
         batch_requests,
-        listing_enrichment_requests: batch_requests.saturating_sub(disk_batches),
-        disk_batches,
+        listing_enrichment_requests: batch_requests.saturating_sub(m.disk_batches),
+        disk_batches: m.disk_batches,
         by_method: ps.by_method.clone(),
-        looked_up: c.looked_up.load(Ordering::Relaxed),
-        disk_resolved: c.disk_resolved.load(Ordering::Relaxed),
-        counted_downloads: cs.portal_downloads,
-        external_downloads: c.external_downloads.load(Ordering::Relaxed),
+        looked_up: m.looked_up,
+        disk_resolved: m.disk_resolved,
+        counted_downloads: m.counted_downloads,
+        external_downloads: m.external_downloads,
         rate_limited: ps.rate_limited,
-        uploads_per_s: summary.uploaded as f64 / wall_s.max(1e-9),
-        mb_per_s: summary.bytes_uploaded as f64 / 1e6 / wall_s.max(1e-9),
-        bytes_uploaded: summary.bytes_uploaded,
+        uploads_per_s: m.uploaded as f64 / wall_s,
+        mb_per_s: m.bytes_uploaded as f64 / 1e6 / wall_s,
+        bytes_uploaded: m.bytes_uploaded,
         loopback_bytes,
-        rss_baseline_mb: rss_baseline as f64 / 1048576.0,
-        peak_rss_mb: peak as f64 / 1048576.0,
-        own_process: opts.own_process,
-        cpu_s: cpu,
-        cpu_s_per_1000_calls: per_1000(cpu),
-        loopback_mb_per_s: loopback / 1e6,
+        rss_baseline_mb: m.rss_baseline_bytes as f64 / 1048576.0,
+        peak_rss_mb: m.peak_rss_bytes as f64 / 1048576.0,
+        export_in_child: matches!(placement, Placement::Child { .. }),
+        cpu_s: m.cpu_s,
+        cpu_s_per_1000_calls: per_1000(m.cpu_s),
+        emulator_cpu_s,
+        emulator_cpu_s_per_1000_calls: emulator_cpu_s.map(per_1000),
+        loopback_mb_per_s: loopback_bytes_per_s / 1e6,
         wall_over_bound: if bound.bound_s > 0.0 {
-            wall_s / bound.bound_s
+            m.wall_s / bound.bound_s
         } else {
             0.0
         },
         bound,
-    };
-    log_summary(&name, &summary, &row);
-    Ok(row)
+    }
 }
 
-fn log_summary(name: &str, summary: &Summary, row: &RunRow) {
+/// Measures loopback throughput with `bytes` (0 = skip, returns 0).
+pub async fn loopback(name: &str, bytes: u64) -> Result<f64, BenchError> {
+    if bytes == 0 {
+        return Ok(0.0);
+    }
     eprintln!(
-        "[{name}] done in {:.1} s: listed {}, uploaded {}, skipped {}, failed {}, talks stored {}, portal requests {}, rate-limited {}",
-        row.wall_s,
+        "[{name}] measuring loopback throughput ({} MiB)…",
+        bytes / 1024 / 1024
+    );
+    Ok(
+        tokio::task::spawn_blocking(move || measure::loopback_throughput(bytes))
+            .await
+            .map_err(|e| BenchError::Internal(e.to_string()))??,
+    )
+}
+
+/// Runs `scenario` once with the emulators and the export in this process (RSS and CPU then include the
+/// emulators). The binary's default runs the export in a child process instead.
+pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunRow, BenchError> {
+    let loopback_bps = loopback(&scenario.name, opts.loopback_probe_bytes).await?;
+    eprintln!(
+        "[{}] starting emulators: {}",
+        scenario.name,
+        scenario.describe()
+    );
+    let emulators = Emulators::start(scenario).await?;
+    let m = run_export_side(scenario, emulators.target(), opts).await?;
+    Ok(make_row(
+        scenario,
+        &emulators,
+        &m,
+        Placement::Shared,
+        loopback_bps,
+    ))
+}
+
+fn log_summary(name: &str, summary: &Summary, wall: Duration) {
+    eprintln!(
+        "[{name}] done in {:.1} s: listed {}, uploaded {}, skipped {:?}, failed {:?}",
+        wall.as_secs_f64(),
         summary.found,
         summary.uploaded,
-        row.skipped,
-        row.failed,
-        row.talks_stored,
-        row.http_requests,
-        row.rate_limited
+        summary.skipped,
+        summary.failed,
     );
-    if !summary.skipped.is_empty() || !summary.failed.is_empty() {
-        eprintln!(
-            "[{name}] skipped {:?} · failed {:?}",
-            summary.skipped, summary.failed
-        );
-    }
 }

@@ -56,7 +56,8 @@ fn smoke_scenario_completes_with_consistent_counts() {
     );
     assert!(n("http_requests") >= n("batch_requests") + n("counted_downloads"));
     assert!(r["peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0));
-    assert_eq!(r["own_process"], true);
+    assert_eq!(r["export_in_child"], true);
+    assert!(r["emulator_cpu_s"].as_f64().is_some());
     assert!(r["bound"]["bound_s"].as_f64().is_some());
 }
 
@@ -83,4 +84,30 @@ fn unknown_scenario_is_a_usage_error() {
         .expect("run b24sense-bench");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario"));
+}
+
+#[test]
+fn in_process_run_reports_the_shared_process() {
+    let out = Command::new(env!("CARGO_BIN_EXE_b24sense-bench"))
+        .args([
+            "--scenarios",
+            "smoke",
+            "--json",
+            "--in-process",
+            "--loopback-mb",
+            "0",
+        ])
+        .output()
+        .expect("run b24sense-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    let r = &rows[0];
+    assert_eq!(r["export_in_child"], false);
+    assert!(r["emulator_cpu_s"].is_null());
+    assert_eq!(r["uploaded"], r["talks_stored"]);
+    assert_eq!(r["found"], 300);
 }
