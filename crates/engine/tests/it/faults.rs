@@ -43,12 +43,13 @@ fn small_portal(calls: usize) -> PortalConfig {
     }
 }
 
-/// A portal whose qualifying calls (≥ 60 s, see [`long_calls`]) have 3 MiB MP3 recordings: larger than the
-/// HTTP/2 windows, so a refusal or a reset arrives before the upload is fully sent — provably nothing stored.
+/// A portal whose qualifying calls (≥ 150 s, see [`long_calls`]) have 3 MB MP3 recordings (the generator's
+/// ~20 kB/s, capped at 3 MiB): larger than the HTTP/2 windows (~1.5 MiB in flight), so a refusal or a reset
+/// arrives before the upload is fully sent — provably nothing stored.
 fn big_portal(calls: usize) -> PortalConfig {
     PortalConfig {
         wav_share: 0.0,
-        recording_bytes_per_second: 100_000,
+        recording_bytes_per_second: 20_000,
         max_recording_bytes: Some(3 * 1024 * 1024),
         ..small_portal(calls)
     }
@@ -56,7 +57,7 @@ fn big_portal(calls: usize) -> PortalConfig {
 
 fn long_calls() -> CallFilter {
     CallFilter {
-        min_duration: 60,
+        min_duration: 150,
         ..CallFilter::default()
     }
 }
@@ -516,6 +517,36 @@ async fn speechsense_unavailable() {
     assert_eq!(env.speech.stats().rejected(Code::Unavailable), 3);
 }
 
+/// Small recordings may be sent whole before the refusal arrives; then the client cannot tell UNAVAILABLE from a
+/// lost answer and the upload is in doubt. Either way: exactly once; without a search scope at most a reported
+/// (false) `reuploaded_after_crash`, with one none at all.
+#[tokio::test]
+async fn speechsense_unavailable_on_small_uploads() {
+    for search in [false, true] {
+        let env = Env::start(small_portal(30), CallFilter::default()).await;
+        env.speech.inject(Code::Unavailable, 2);
+        let (store, _dir) = sqlite_store().await;
+        let s = env.export(&store, search).await;
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+        let n = env.check(&store, &BTreeMap::new(), &BTreeSet::new()).await;
+        assert_eq!(n, env.qualifying().len());
+        assert_eq!(
+            env.speech.talk_count(),
+            n,
+            "exactly once (search: {search})"
+        );
+        assert_eq!(env.speech.stats().rejected(Code::Unavailable), 2);
+        assert!(s.reuploaded_after_crash <= 2, "{s:?}");
+        if search {
+            assert_eq!(s.reuploaded_after_crash, 0, "{s:?}");
+        }
+        eprintln!(
+            "UNAVAILABLE on small uploads, search {search}: reuploaded_after_crash = {}",
+            s.reuploaded_after_crash
+        );
+    }
+}
+
 #[tokio::test]
 async fn speechsense_resource_exhausted() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
@@ -529,7 +560,7 @@ async fn speechsense_resource_exhausted() {
 #[tokio::test]
 async fn speechsense_stream_reset_mid_upload() {
     let env = Env::start(big_portal(40), long_calls()).await;
-    env.speech.inject_reset_after(1024 * 1024, 3);
+    env.speech.inject_reset_after(512 * 1024, 3);
     let (store, _dir) = sqlite_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
