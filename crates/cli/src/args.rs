@@ -42,6 +42,8 @@ pub enum Command {
     /// Serve an emulator on a local port until interrupted (for trying b24sense by hand).
     #[command(subcommand)]
     Emulate(EmulateCommand),
+    /// Run the Bitrix24 application server: install handler, settings page, events, continuous sync.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Debug, Args)]

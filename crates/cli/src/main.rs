@@ -6,6 +6,7 @@ mod demo;
 mod ledger;
 mod output;
 mod progress;
+mod serve;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ async fn main() -> ExitCode {
         Command::Retry(a) => ledger::retry(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Emulate(e) => demo::emulate(e).await,
+        Command::Serve(a) => serve::run(*a).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,0 +1,120 @@
+//! `b24sense serve`: the Bitrix24 application server (crate `b24sense-web`) behind an HTTPS reverse proxy.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use b24sense_bitrix24::RatePlan;
+use b24sense_store::SecretKey;
+use b24sense_web::{AppServer, WebConfig};
+use clap::Args;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::args::{RatePlanArg, DEFAULT_SPEECHSENSE_ENDPOINT};
+use crate::{exit, open_store, Failure};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (put an HTTPS reverse proxy in front of it).
+    #[arg(long, env = "B24SENSE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The public https:// URL Bitrix24 and browsers reach this server at; the handler is <URL>app, the
+    /// install URL <URL>install, events go to <URL>events.
+    #[arg(long, env = "B24SENSE_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Url,
+    /// The application's client_id (Developer resources → local application, or the Market partner area).
+    #[arg(long, env = "B24SENSE_CLIENT_ID")]
+    pub client_id: String,
+    /// The application's client_secret.
+    #[arg(long, env = "B24SENSE_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+    /// SpeechSense gRPC endpoint.
+    #[arg(long, env = "B24SENSE_SPEECHSENSE_ENDPOINT", default_value = DEFAULT_SPEECHSENSE_ENDPOINT)]
+    pub speechsense_endpoint: String,
+    /// Database: sqlite:PATH or postgres://… (portals, settings, the ledger).
+    #[arg(long, env = "B24SENSE_DATABASE_URL")]
+    pub database: Option<String>,
+    /// Uploads in flight per portal.
+    #[arg(long, default_value = "8")]
+    pub concurrency: usize,
+    /// Seconds between catch-up passes for portals with continuous sync.
+    #[arg(long, default_value = "300")]
+    pub sync_interval: u64,
+    #[arg(long, value_enum, default_value = "standard")]
+    pub rate_plan: RatePlanArg,
+    /// Accept portals over plain http (the local emulator only).
+    #[arg(long, hide = true)]
+    pub allow_http_portals: bool,
+}
+
+fn parse_public_url(s: &str) -> Result<Url, String> {
+    let mut u = Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if !matches!(u.scheme(), "https" | "http") {
+        return Err("must be an https:// URL".into());
+    }
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    Ok(u)
+}
+
+pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
+    // First the key: without it nothing secret can be stored or read.
+    let key = SecretKey::from_env().map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    if a.public_url.scheme() != "https" && !a.allow_http_portals {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--public-url: Bitrix24 needs an https:// handler URL",
+        ));
+    }
+    let store = open_store(&a.database).await?;
+    let mut config = WebConfig::new(
+        a.public_url.clone(),
+        a.client_id,
+        SecretString::from(a.client_secret),
+        a.speechsense_endpoint,
+    );
+    config.concurrency = a.concurrency.clamp(1, 64);
+    config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
+    config.allow_http_portals = a.allow_http_portals;
+    config.rate = match a.rate_plan {
+        RatePlanArg::Standard => RatePlan::STANDARD,
+        RatePlanArg::Enterprise => RatePlan::ENTERPRISE,
+    };
+    let server =
+        AppServer::new(config, store, key).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("--listen {}: {e}", a.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    eprintln!(
+        "b24sense serve: listening on {addr}; handler {}app, install {}install",
+        a.public_url, a.public_url
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            if let Ok(mut t) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                t.recv().await;
+                s.cancel();
+            }
+        });
+    }
+    server
+        .serve(listener, shutdown)
+        .await
+        .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
+    Ok(exit::OK)
+}
