@@ -4,7 +4,8 @@
 //! then the payload (stream order, container, connection kind, required keys, value sizes, `date`,
 //! `direction_outgoing`, non-empty audio/messages) — and only then stores the talk. Audio is hashed while it
 //! streams in (SHA-256), never kept, so a 200 MB talk costs a few bytes of memory. A stream that errors or is reset
-//! before the client half-closes stores nothing. Faults can be injected before or after the store.
+//! before the client half-closes stores nothing. Faults can be injected before the store (a status), after it (a
+//! lost answer: the in-doubt case) or mid-stream (the server resets the HTTP/2 stream after K bytes).
 
 mod service;
 mod validate;
