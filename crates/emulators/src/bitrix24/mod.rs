@@ -846,6 +846,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/oauth/token", get(app::oauth_token))
         .route("/records/{file}", get(record_file))
         .route("/_emulator/stats", get(stats_route))
+        .route("/_emulator/app_frame", get(app::app_frame))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .with_state(inner)
 }
