@@ -44,7 +44,8 @@ pub struct FaultConfig {
     pub html_502_next: u32,
     /// The n-th OAuth REST request (1-based, counted from when the faults were set; webhook requests neither
     /// count nor are affected) finds its access token expired: it and every later request with that token answer
-    /// 401 `expired_token`. A client must refresh to a different valid token.
+    /// 401 `expired_token` — `DOWNLOAD_URL`s that embed it too (`/rest/download.json?auth=…`), as on a real portal.
+    /// A client must refresh to a different valid token (and re-resolve its download links).
     pub expire_token_at: Option<u64>,
     /// The next N requests (any route) have their TCP connection reset (RST, `SO_LINGER` 0) without a response.
     pub reset_connection_next: u32,
@@ -369,8 +370,33 @@ impl FaultState {
                 }
                 Verdict::Pass
             }
-            Route::Download { .. } if c.cut_download_next > 0 => Verdict::Cut(kind::CUT_DOWNLOAD),
-            _ => Verdict::Pass,
+            Route::Download { rest } => {
+                // A `DOWNLOAD_URL` dies with the access token it embeds.
+                let expired = rest
+                    && request_token(req).is_some_and(|t| {
+                        self.expired_tokens
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&t)
+                    });
+                if expired {
+                    return Verdict::Answer(
+                        kind::EXPIRED_TOKEN,
+                        json_error(
+                            401,
+                            "expired_token",
+                            "The access token provided has expired.",
+                            None,
+                        ),
+                    );
+                }
+                if c.cut_download_next > 0 {
+                    Verdict::Cut(kind::CUT_DOWNLOAD)
+                } else {
+                    Verdict::Pass
+                }
+            }
+            Route::Other => Verdict::Pass,
         }
     }
 
