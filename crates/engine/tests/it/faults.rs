@@ -326,9 +326,10 @@ async fn query_limit_storm_by_count() {
 #[tokio::test]
 async fn query_limit_storm_for_a_time_window() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
+    let (store, _dir) = sqlite_store().await;
+    // The window starts now: right before the export.
     env.portal
         .set_faults(FaultConfig::none().with_query_limit_for(Duration::from_millis(700)));
-    let (store, _dir) = sqlite_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert!(env.injected(fault_kind::QUERY_LIMIT) >= 1);
