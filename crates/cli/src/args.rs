@@ -38,7 +38,7 @@ pub enum Command {
     /// Make failed calls eligible again (the next export retries them).
     Retry(RetryArgs),
     /// Run the whole export against built-in emulators of Bitrix24 and SpeechSense (nothing leaves this machine).
-    Demo(DemoArgs),
+    Demo(Box<DemoArgs>),
     /// Serve an emulator on a local port until interrupted (for trying b24sense by hand).
     #[command(subcommand)]
     Emulate(EmulateCommand),
@@ -171,8 +171,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub portal_key: Option<String>,
     /// Lease length in seconds for calls and the portal (hidden: tests and crash drills use a few seconds).
-    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub lease_seconds: Option<u64>,
+    #[arg(long, hide = true, value_parser = parse_lease)]
+    pub lease_seconds: Option<f64>,
     /// PostgreSQL schema holding the ledger's tables (hidden: test isolation, databases shared with other apps).
     #[arg(long, hide = true, env = "B24SENSE_DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
@@ -311,6 +311,15 @@ fn parse_database(s: &str) -> Result<String, String> {
         Ok(t.to_string())
     } else {
         Err("use sqlite:PATH or postgres://USER@HOST/DB".into())
+    }
+}
+
+fn parse_lease(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(n) if (0.5..=86_400.0).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0.5 and 86400"
+        )),
     }
 }
 

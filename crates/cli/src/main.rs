@@ -91,7 +91,7 @@ async fn main() -> ExitCode {
         Command::Check(a) => check_command(a).await,
         Command::Status(a) => ledger::status(a).await,
         Command::Retry(a) => ledger::retry(a).await,
-        Command::Demo(a) => demo::run(a).await,
+        Command::Demo(a) => demo::run(*a).await,
         Command::Emulate(e) => demo::emulate(e).await,
         Command::Serve(a) => serve::run(*a).await,
     };
@@ -307,8 +307,8 @@ pub async fn export_command(
     config.concurrency = run.concurrency;
     config.dry_run = run.dry_run;
     if let Some(secs) = run.lease_seconds {
-        config.lease = Duration::from_secs(secs);
-        config.portal_lease = Duration::from_secs(secs);
+        config.lease = Duration::from_secs_f64(secs);
+        config.portal_lease = Duration::from_secs_f64(secs);
     }
 
     // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal.

@@ -220,21 +220,30 @@ async fn check_ledger_against_emulator(w: &World, store: &Store) -> (u64, BTreeS
     (duplicates, duplicated)
 }
 
-const KILL_LEASE: Duration = Duration::from_secs(2);
-
-/// Kills the exporter 12 times at seeded random moments (50–800 ms after start), then runs it to completion.
+/// Kills the exporter 12 times at seeded random moments (50–800 ms after its first portal request), then runs it
+/// to completion.
 async fn kill_and_restart(reconcile: bool, seed: u64) -> (World, Store) {
     let started = Instant::now();
-    let w = world(150, Duration::from_millis(150), FaultConfig::default()).await;
-    let mut extra = vec!["--lease-seconds", "2", "--concurrency", "4"];
+    let w = world(200, Duration::from_millis(150), FaultConfig::default()).await;
+    let mut extra = vec!["--lease-seconds", "1.5", "--concurrency", "4"];
     if reconcile {
         extra.extend(SEARCH);
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let mut killed = 0;
     for i in 0..12 {
+        let delay = Duration::from_millis(rng.random_range(50..=800));
+        let requests = w.portal.stats().http_requests;
         let mut child = w.spawn(&extra, &format!("kill{i}"));
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..=800))).await;
+        // Count from the first portal request (the process has started and holds the portal), so that the kill
+        // lands in the export however slowly a loaded machine starts the binary.
+        until(
+            Duration::from_secs(15),
+            "the run's first portal request",
+            || w.portal.stats().http_requests > requests,
+        )
+        .await;
+        tokio::time::sleep(delay).await;
         if let Some(status) = child.try_wait().unwrap() {
             assert!(
                 status.success(),
@@ -246,10 +255,10 @@ async fn kill_and_restart(reconcile: bool, seed: u64) -> (World, Store) {
         child.kill().unwrap();
         child.wait().unwrap();
         killed += 1;
-        // The dead process's leases run out by themselves; wait for that so the next run starts working at once.
-        tokio::time::sleep(KILL_LEASE).await;
+        // The dead process's leases (1.5 s) run out by themselves: the next run waits for them while it starts.
     }
     assert!(killed >= 6, "the runs finished too early to test anything");
+    println!("{killed} kills in {:?}", started.elapsed());
     let talks_before = w.speech.talk_count();
     let mut finished = false;
     for i in 0..3 {
@@ -265,6 +274,7 @@ async fn kill_and_restart(reconcile: bool, seed: u64) -> (World, Store) {
         );
     }
     assert!(finished, "no run finished");
+    println!("finished after {:?}", started.elapsed());
     assert!(
         talks_before > 0 && talks_before < w.recorded_calls().len(),
         "the kills landed mid-export ({talks_before} talks before the final run)"
@@ -430,4 +440,8 @@ async fn a_worker_paused_past_its_lease_changes_nothing_when_it_resumes() {
     let (duplicates, _) = check_ledger_against_emulator(&w, &store).await;
     assert_eq!(duplicates, 0, "exactly one talk per call");
     assert!(stored_at_pause < w.recorded_calls().len());
+    assert!(
+        w.speech.stats().searches > 0,
+        "the second worker found calls in doubt and searched for them"
+    );
 }

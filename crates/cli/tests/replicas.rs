@@ -144,6 +144,13 @@ async fn three_replicas_one_portal_holder_killed_exactly_once_and_never_rate_lim
     let s3 = wait(&mut r3, Duration::from_secs(45), "replica 3").await;
     assert!(s2.success(), "{}", w.log("r2"));
     assert!(s3.success(), "{}", w.log("r3"));
+    for r in ["r2", "r3"] {
+        assert!(
+            w.log(r).contains("waiting for its lease"),
+            "{r} waited for the portal instead of calling it alongside the holder: {}",
+            w.log(r)
+        );
+    }
 
     // Exactly once: one talk per recorded call, and the ledger names exactly those talks.
     let mut talks: BTreeMap<u64, Vec<String>> = BTreeMap::new();
