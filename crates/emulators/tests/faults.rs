@@ -9,7 +9,8 @@ use b24sense_core::{Container, ErrorClass};
 use b24sense_emulators::bitrix24::{fault_kind, Bitrix24Emulator, FaultConfig, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator, DEFAULT_API_KEY};
 use b24sense_speechsense::{
-    ClientConfig, Credentials, Error as SsError, SourceError, SpeechSenseClient, CHUNK_SIZE,
+    ClientConfig, Credentials, Error as SsError, SearchScope, SourceError, SpeechSenseClient,
+    CHUNK_SIZE,
 };
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -516,4 +517,36 @@ async fn speechsense_deadline_exceeded_after_store_is_in_doubt_and_stored() {
         );
     }
     assert_eq!(emu.talk_count(), 1);
+}
+
+#[tokio::test]
+async fn speechsense_search_index_lags_behind_the_store() {
+    let emu = SpeechSenseEmulator::start(SpeechSenseConfig {
+        search_lag: Duration::from_millis(400),
+        ..SpeechSenseConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = SpeechSenseClient::new(ClientConfig::new(
+        emu.endpoint(),
+        Credentials::api_key(DEFAULT_API_KEY),
+    ))
+    .unwrap();
+    let talk = c
+        .upload_audio(CONN, &fields("77"), Container::Mp3, audio(5000))
+        .await
+        .unwrap();
+    let scope = SearchScope {
+        organization_id: "org".into(),
+        space_id: "space".into(),
+        project_id: "project".into(),
+        connection_id: CONN.into(),
+    };
+    let by_id = [("userMeta.id".to_string(), vec!["77".to_string()])];
+    assert!(
+        c.search(&scope, &by_id).await.unwrap().is_empty(),
+        "not indexed yet"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(c.search(&scope, &by_id).await.unwrap(), vec![talk]);
 }

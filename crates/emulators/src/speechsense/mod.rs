@@ -183,6 +183,8 @@ pub struct SpeechSenseConfig {
     pub connections: Vec<ConnectionConfig>,
     /// Delay before each upload's answer (after the talk is stored).
     pub upload_latency: Duration,
+    /// A stored talk shows up in `Search` only this long after it was created (the real index lags a little).
+    pub search_lag: Duration,
     pub faults: SpeechSenseFaults,
 }
 
@@ -197,6 +199,7 @@ impl Default for SpeechSenseConfig {
                 ConnectionConfig::one_channel("conn-mono"),
             ],
             upload_latency: Duration::ZERO,
+            search_lag: Duration::ZERO,
             faults: SpeechSenseFaults::default(),
         }
     }
@@ -390,6 +393,14 @@ impl SpeechSenseEmulator {
     /// The next `times` streamed uploads are reset by the server after `bytes` audio bytes (nothing stored).
     pub fn inject_reset_after(&self, bytes: u64, times: u32) {
         self.state.lock().reset_after.push_back((bytes, times));
+    }
+
+    /// Drops every pending injected fault.
+    pub fn clear_faults(&self) {
+        let mut inner = self.state.lock();
+        inner.before_store.clear();
+        inner.after_store.clear();
+        inner.reset_after.clear();
     }
 
     pub fn stats(&self) -> SpeechSenseStats {

@@ -534,11 +534,14 @@ impl TalkServiceImpl {
         for f in &req.filters {
             check_filter(f)?;
         }
+        let lag = chrono::Duration::from_std(self.state.config.search_lag).unwrap_or_default();
+        let indexed_before = Utc::now() - lag;
         let mut inner = self.state.lock();
         inner.stats.searches += 1;
         let matching: Vec<&StoredTalk> = inner
             .talks
             .iter()
+            .filter(|t| t.created_at <= indexed_before)
             .filter(|t| scope.contains(&t.connection_id.as_str()))
             .filter(|t| req.filters.iter().all(|f| matches(f, t)))
             .collect();

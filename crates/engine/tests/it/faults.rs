@@ -117,18 +117,22 @@ struct Env {
 
 impl Env {
     async fn start(portal: PortalConfig, filter: CallFilter) -> Env {
+        Self::start_with(portal, filter, SpeechSenseConfig::default()).await
+    }
+
+    async fn start_with(portal: PortalConfig, filter: CallFilter, ss: SpeechSenseConfig) -> Env {
         let portal = Bitrix24Emulator::start(portal).await.unwrap();
         let webhook = WebhookUrl::parse(&portal.webhook_url()).unwrap();
         let bitrix = Bitrix24Client::new(Credentials::Webhook(webhook), fast_client()).unwrap();
-        Self::with_client(portal, bitrix, filter).await
+        Self::with_client(portal, bitrix, filter, ss).await
     }
 
     async fn with_client(
         portal: Bitrix24Emulator,
         bitrix: Bitrix24Client,
         filter: CallFilter,
+        ss_config: SpeechSenseConfig,
     ) -> Env {
-        let ss_config = SpeechSenseConfig::default();
         let connection_id = ss_config.connections[0].id.clone();
         let api_key = ss_config.api_keys[0].clone();
         let speech = SpeechSenseEmulator::start(ss_config).await.unwrap();
@@ -384,7 +388,13 @@ async fn expired_token_mid_export_is_refreshed_once() {
     let bitrix = Bitrix24Client::new(Credentials::OAuth(tokens.clone()), fast_client()).unwrap();
     // Request 1 lists the calls; request 2 (a name lookup or a Disk batch) finds the token expired.
     portal.set_faults(FaultConfig::none().with_expire_token_at(2));
-    let env = Env::with_client(portal, bitrix, CallFilter::default()).await;
+    let env = Env::with_client(
+        portal,
+        bitrix,
+        CallFilter::default(),
+        SpeechSenseConfig::default(),
+    )
+    .await;
     let (store, _dir) = sqlite_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
@@ -423,7 +433,13 @@ async fn expired_token_with_download_links_still_queued() {
             .with_expire_token_at(4)
             .with_slow_download(Duration::from_millis(10)),
     );
-    let env = Env::with_client(portal, bitrix, CallFilter::default()).await;
+    let env = Env::with_client(
+        portal,
+        bitrix,
+        CallFilter::default(),
+        SpeechSenseConfig::default(),
+    )
+    .await;
     let (store, _dir) = sqlite_store().await;
     let source = Arc::new(Bitrix24Source::new(env.bitrix.clone()));
     let run = run_export(
@@ -598,6 +614,32 @@ async fn speechsense_unavailable_on_small_uploads() {
     }
 }
 
+/// SpeechSense down for longer than the attempts last: the calls are reported `upload_failed`, nothing is stored,
+/// and a later run uploads each of them once.
+#[tokio::test]
+async fn speechsense_down_for_too_long_then_back() {
+    let env = Env::start(big_portal(40), long_calls()).await;
+    env.speech.inject(Code::Unavailable, 10_000);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, false).await;
+    let qualifying = env.qualifying();
+    let failed: BTreeMap<u64, FailReason> = qualifying
+        .iter()
+        .map(|id| (*id, FailReason::UploadFailed))
+        .collect();
+    assert_eq!(env.check(&store, &failed, &BTreeSet::new()).await, 0);
+    assert_eq!(
+        s.failed.get("upload_failed").copied(),
+        Some(qualifying.len() as u64),
+        "{s:?}"
+    );
+    assert_eq!(env.speech.talk_count(), 0);
+
+    env.speech.clear_faults();
+    let again = env.export(&store, false).await;
+    env.check_all_once(&store, &again).await;
+}
+
 #[tokio::test]
 async fn speechsense_resource_exhausted() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
@@ -633,6 +675,34 @@ async fn deadline_exceeded_after_store_with_search_has_no_duplicate() {
     assert!(
         env.speech.stats().searches >= 2,
         "the in-doubt uploads were looked up"
+    );
+}
+
+/// The search index lags behind the store (here 1.5 s): a lookup right after the lost answer finds nothing yet.
+/// Retried for a short while, it must still find the talk — zero duplicates.
+#[tokio::test]
+async fn deadline_exceeded_after_store_with_a_lagging_search_index() {
+    let ss = SpeechSenseConfig {
+        search_lag: Duration::from_millis(1500),
+        ..SpeechSenseConfig::default()
+    };
+    let env = Env::start_with(small_portal(30), CallFilter::default(), ss).await;
+    env.speech.inject_after_store(Code::DeadlineExceeded, 1);
+    let (store, _dir) = sqlite_store().await;
+    let s = env.export(&store, true).await;
+    assert_eq!(
+        env.speech.talk_count(),
+        env.qualifying().len(),
+        "zero duplicates: {:?}",
+        env.talks_by_call()
+            .into_iter()
+            .filter(|(_, t)| t.len() > 1)
+            .collect::<Vec<_>>()
+    );
+    env.check_all_once(&store, &s).await;
+    assert!(
+        env.speech.stats().searches >= 2,
+        "the first lookup found nothing and was repeated"
     );
 }
 
