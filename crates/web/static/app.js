@@ -126,7 +126,7 @@
     text($("p-skipped"), skipped);
     text($("p-failed"), failed);
     text($("p-skipped-detail"), parts.length ? T.skipped + " — " + parts.join(", ") : "");
-    var pct = p.found ? Math.min(100, Math.round(100 * p.settled / p.found)) : (done ? 100 : 0);
+    var pct = done && !p.stopped ? 100 : (p.found ? Math.min(100, Math.round(100 * p.settled / p.found)) : 0);
     $("p-bar").style.width = pct + "%";
     text($("p-rate"), (p.rate * 60).toFixed(1) + " " + T.per_min);
     text($("p-eta"), done ? "0 с" : (boot.lang === "en" ? fmtSecs(p.eta_secs).replace(" мин ", " min ").replace(" с", " s") : fmtSecs(p.eta_secs)));

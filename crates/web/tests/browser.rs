@@ -1,0 +1,239 @@
+//! The settings page in real headless Chromium (Debian's `chromium` + `chromedriver`), opened the way Bitrix24
+//! opens it: the emulated portal's page POSTs the placement form into an iframe. The test fills the form,
+//! checks the connection (a wrong key first), saves, starts the export, waits for the progress to finish and
+//! compares with what the SpeechSense emulator holds. Screenshots go to `docs/screenshots/`.
+//!
+//! Skipped (passes with a note) when `chromedriver` is not installed; CI installs it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_store::{SecretKey, Store};
+use b24sense_web::{AppServer, WebConfig};
+use fantoccini::{Client, ClientBuilder, Locator};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromedriver() -> Option<PathBuf> {
+    ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+async fn start_driver(path: &PathBuf) -> (Driver, Client) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let driver = Driver(child);
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--no-proxy-server", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--disable-default-apps",
+                     "--window-size=1100,1500", "--lang=ru-RU"]
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let t0 = Instant::now();
+    loop {
+        // Plain HTTP to the local chromedriver: no TLS stack needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let r = ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        match r {
+            Ok(c) => return (driver, c),
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "chromedriver did not start: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn wait_text(c: &Client, css: &str, pred: impl Fn(&str) -> bool, what: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            if let Ok(t) = e.text().await {
+                if pred(&t) {
+                    return t;
+                }
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what} in {css}"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    if !value.is_empty() {
+        e.send_keys(value).await.unwrap();
+    }
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_page_in_chromium() {
+    let Some(driver_path) = chromedriver() else {
+        eprintln!(
+            "SKIPPED: chromedriver is not installed (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let emu = Bitrix24Emulator::start(PortalConfig {
+        calls: 60,
+        rate: (500, 100),
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let (id, secret) = emu.app_credentials();
+    let mut config = WebConfig::new(
+        Url::parse(&base).unwrap(),
+        id.to_string(),
+        SecretString::from(secret.to_string()),
+        speech.endpoint(),
+    );
+    config.allow_http_portals = true;
+    config.concurrency = 4;
+    let server = AppServer::new(config, store, SecretKey::generate()).unwrap();
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    tokio::spawn(server.serve(listener, stop));
+    assert!(
+        emu.install_app(&format!("{base}install"), "ru")
+            .await
+            .unwrap()
+            .installed
+    );
+
+    let (_driver, c) = start_driver(&driver_path).await;
+    c.goto(&emu.app_frame_url(&format!("{base}app"), "ru"))
+        .await
+        .unwrap();
+    let frame = c.wait().for_element(Locator::Css("#app")).await.unwrap();
+    frame.enter_frame().await.unwrap();
+    wait_text(&c, "#edit", |t| t == "Редактировать", "the Edit button").await;
+    click(&c, "#edit").await;
+
+    let conn = speech.config().connections[0].id.clone();
+    let key = speech.config().api_keys[0].clone();
+    fill(&c, "#f-connection_id", &conn).await;
+
+    // A wrong key: the message says the key is wrong.
+    fill(&c, "#f-api_key", "wrong-key").await;
+    click(&c, "#check").await;
+    let msg = wait_text(
+        &c,
+        "#check-result",
+        |t| t.contains("API-ключ"),
+        "the wrong-key message",
+    )
+    .await;
+    assert!(msg.contains("SpeechSense не принял API-ключ"), "{msg}");
+
+    fill(&c, "#f-api_key", &key).await;
+    click(&c, "#check").await;
+    wait_text(
+        &c,
+        "#check-result",
+        |t| t == "Успешный запрос к SpeechSense",
+        "the success message",
+    )
+    .await;
+    fill(&c, "#f-since", "").await;
+    fill(&c, "#f-users", "").await;
+    fill(&c, "#f-min_duration", "0").await;
+    std::fs::write(
+        screenshots().join("settings-form.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // A field error next to its field, then fixed.
+    fill(&c, "#f-users", "1, bob").await;
+    click(&c, "#save").await;
+    wait_text(&c, "#err-users", |t| !t.is_empty(), "the users field error").await;
+    fill(&c, "#f-users", "").await;
+    click(&c, "#save").await;
+    wait_text(&c, "#summary", |t| t.contains(&conn), "the saved settings").await;
+
+    click(&c, "#start").await;
+    wait_text(
+        &c,
+        "#p-status",
+        |t| t.starts_with("Выгрузка завершена"),
+        "the finished export",
+    )
+    .await;
+    let uploaded: usize = wait_text(&c, "#p-uploaded", |t| !t.is_empty(), "uploaded")
+        .await
+        .parse()
+        .unwrap();
+    assert!(uploaded > 0);
+    assert_eq!(speech.talk_count(), uploaded);
+    std::fs::write(
+        screenshots().join("export-finished.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    c.close().await.unwrap();
+}
