@@ -606,7 +606,7 @@ impl Bitrix24Client {
                         .and_then(|v| parse_envelope(&v, code));
                     match envelope {
                         Some(Envelope::Err(e, _)) if !e.kind().is_transient() => {
-                            return Err(Error::Api(e))
+                            return Err(Error::DownloadLink(e))
                         }
                         Some(Envelope::Err(e, _)) => Error::Api(e),
                         Some(Envelope::Ok(_)) | None if status.is_success() => {

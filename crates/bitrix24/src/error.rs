@@ -195,6 +195,10 @@ pub enum Error {
     /// A recording download got an HTTP error status.
     #[error("recording download failed with HTTP {status}")]
     Download { status: u16 },
+    /// The portal refused a download link (`expired_token` for a `DOWNLOAD_URL` minted with an old access token, a
+    /// deleted file …): the link is dead, not the portal — ask `disk.file.get` for a new one.
+    #[error("recording link refused: {0}")]
+    DownloadLink(ApiError),
     /// The OAuth token source failed.
     #[error("Bitrix24 OAuth token unavailable: {0}")]
     Token(String),
@@ -214,6 +218,7 @@ impl Error {
                 _ => ErrorClass::Permanent,
             },
             Error::Malformed(_) | Error::Transport { .. } => ErrorClass::Retryable { after: None },
+            Error::DownloadLink(_) => ErrorClass::Permanent,
             Error::Download { status } => match status {
                 403 | 404 | 410 => ErrorClass::Permanent,
                 _ => ErrorClass::Retryable { after: None },
@@ -224,7 +229,7 @@ impl Error {
     /// The Bitrix24 error code, when the portal sent one.
     pub fn api_code(&self) -> Option<&str> {
         match self {
-            Error::Api(e) => Some(e.code.as_str()),
+            Error::Api(e) | Error::DownloadLink(e) => Some(e.code.as_str()),
             _ => None,
         }
     }

@@ -687,6 +687,8 @@ async fn download_streams_and_counts_portal_downloads() {
         assert_eq!(e.class(), ErrorClass::Permanent);
         let e = c.download(&url).await.unwrap_err();
         assert_eq!(e.api_code(), Some("expired_token"));
+        assert!(matches!(e, Error::DownloadLink(_)), "{e:?}");
+        assert_eq!(e.class(), ErrorClass::Permanent, "a dead link is re-requested, not fatal for the run");
         assert!(!format!("{e} {e:?}").contains("SECRETTOKEN"));
     })
     .await
