@@ -28,10 +28,10 @@ pub struct ExportConfig {
     /// How long a worker's claim on a call lasts before another worker may take it over. Renewed every third of
     /// it while the worker is busy with the call, so it only bounds how long a dead worker blocks the call.
     pub lease: Duration,
-    /// How long a replica's hold on the portal lasts without renewal (renewed every third of it). Only the holder
-    /// talks to the portal; another replica takes over only after this. Keep it above the time the portal's
-    /// request bucket takes to drain (25 s on the standard plan, 50 s on Enterprise), so a takeover after a crash
-    /// never starts against a bucket the dead holder had filled.
+    /// How long a replica's hold on the portal lasts without renewal (renewed every sixth of it). Only the holder
+    /// talks to the portal; another replica takes over only after this. Five sixths of it should cover the time the
+    /// portal's request bucket takes to drain (25 s on the standard plan, 50 s on Enterprise), so a takeover after
+    /// a crash never starts against a bucket the dead holder had filled.
     pub portal_lease: Duration,
     /// How often a replica waiting for the portal, or a worker waiting for a call another worker held, looks again.
     pub poll: Duration,

@@ -228,7 +228,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 waiting = true;
                 tracing::warn!(
                     portal = %self.config.portal,
-                    "another replica is exporting this portal; waiting for its lease"
+                    "another process holds this portal (a replica, or a run that was killed: its lease \
+                     expires within {:?}); waiting for its lease",
+                    self.config.portal_lease
                 );
             }
             tokio::select! {
@@ -238,10 +240,12 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    /// Renews the portal lease every third of its length until `done`. Losing it (another replica took the portal
+    /// Renews the portal lease every sixth of its length until `done` (so a dead holder's last request is at least
+    /// five sixths of a lease old when another replica takes over: 50 s with the default, the Enterprise bucket's
+    /// drain time). Losing it (another replica took the portal
     /// over, or the database was unreachable for a whole lease) stops the run and abandons the calls in flight.
     async fn hold_portal(self: Arc<Self>, lease: PortalLease, done: CancellationToken) {
-        let every = (self.config.portal_lease / 3).max(Duration::from_millis(50));
+        let every = (self.config.portal_lease / 6).max(Duration::from_millis(50));
         let mut renewed = Instant::now();
         loop {
             tokio::select! {
