@@ -142,6 +142,7 @@ impl AppServer {
             .route("/api/export/stop", post(api_stop))
             .route("/api/progress", get(api_progress))
             .route("/api/report", get(api_report))
+            .route("/api/users", get(api_users))
             .route(
                 "/static/app.js",
                 get(|| async { static_file("text/javascript; charset=utf-8", page::APP_JS) }),
@@ -1042,6 +1043,51 @@ async fn api_progress(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
         Err(r) => return r,
     };
     Json(json!({"progress": state.runner.progress(&portal.member_id)})).into_response()
+}
+
+/// The portal's active users for the "List of users" picker (`user.get`, at most 10 pages of 50).
+async fn api_users(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let (_, portal) = match authorize(&state, &headers, false).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let client = match portal_client(&state, &portal) {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &e),
+    };
+    let mut users = Vec::new();
+    let mut start = 0u64;
+    for _ in 0..10 {
+        let r = match client
+            .call(
+                "user.get",
+                json!({"FILTER": {"ACTIVE": true}, "SORT": "ID", "ORDER": "ASC", "start": start}),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return json_error(StatusCode::BAD_GATEWAY, &e.to_string()),
+        };
+        if let Some(rows) = r.result.as_array() {
+            for u in rows {
+                let id = u.get("ID").and_then(b24sense_core::lenient::id);
+                let name = [u.get("NAME"), u.get("LAST_NAME")]
+                    .iter()
+                    .filter_map(|v| v.and_then(|v| v.as_str()))
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if let Some(id) = id {
+                    users.push(json!({"id": id, "name": name}));
+                }
+            }
+        }
+        match r.next {
+            Some(n) => start = n,
+            None => break,
+        }
+    }
+    Json(json!({"users": users})).into_response()
 }
 
 /// The per-call report of the current or last run, as CSV.

@@ -157,6 +157,27 @@
     $("edit").addEventListener("click", function () { edit(true); });
     $("cancel").addEventListener("click", function () { edit(false); });
     $("f-mono_policy").addEventListener("change", toggleRoute);
+    $("pick-users").addEventListener("click", function () {
+      var box = $("user-list");
+      if (!box.hidden) { box.hidden = true; return; }
+      api("GET", "users").then(function (r) {
+        box.innerHTML = "";
+        var chosen = $("f-users").value.split(/[\s,;]+/).filter(Boolean);
+        (r.body.users || []).forEach(function (u) {
+          var l = document.createElement("label"); l.className = "check";
+          var cb = document.createElement("input"); cb.type = "checkbox"; cb.value = String(u.id);
+          cb.checked = chosen.indexOf(String(u.id)) >= 0;
+          cb.addEventListener("change", function () {
+            var ids = Array.prototype.filter.call(box.querySelectorAll("input"), function (i) { return i.checked; })
+              .map(function (i) { return i.value; });
+            $("f-users").value = ids.join(", ");
+          });
+          l.appendChild(cb); l.appendChild(document.createTextNode(" " + u.id + " — " + (u.name || "")));
+          box.appendChild(l);
+        });
+        box.hidden = false;
+      }).catch(function (e) { text($("err-users"), e.message); });
+    });
     $("check").addEventListener("click", function () {
       clearErrors();
       var out = $("check-result");

@@ -258,6 +258,14 @@ async fn install_settings_export_events_uninstall() {
         assert!(v["errors"][f].is_string(), "{f}: {v}");
     }
 
+    // The user picker lists the portal's active users (via the portal's OAuth tokens).
+    let (st, v) = api(&fx, &s, "GET", "users", None).await;
+    assert_eq!(st, 200, "{v}");
+    let users = v["users"].as_array().unwrap();
+    assert!(!users.is_empty());
+    let (first, last) = fx.emu.user_name(users[0]["id"].as_u64().unwrap()).unwrap();
+    assert_eq!(users[0]["name"], format!("{first} {last}"));
+
     // Check connection: a wrong key says so; the right one gives the seed's message.
     let mut wrong = good_settings(&fx);
     wrong["api_key"] = json!("wrong-key");

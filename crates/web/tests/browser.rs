@@ -208,6 +208,24 @@ async fn settings_page_in_chromium() {
     )
     .unwrap();
 
+    // The user picker (user.get) fills the list of users.
+    click(&c, "#pick-users").await;
+    let first = c
+        .wait()
+        .for_element(Locator::Css("#user-list input"))
+        .await
+        .unwrap();
+    first.click().await.unwrap();
+    let users = c
+        .find(Locator::Css("#f-users"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap();
+    assert!(users.unwrap_or_default().parse::<u64>().is_ok());
+    click(&c, "#pick-users").await;
+
     // A field error next to its field, then fixed.
     fill(&c, "#f-users", "1, bob").await;
     click(&c, "#save").await;
