@@ -23,6 +23,7 @@ struct Fx {
     store: Store,
     key: SecretKey,
     base: String,
+    server: AppServer,
     _dir: tempfile::TempDir,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -64,13 +65,14 @@ async fn fixture(calls: usize) -> Fx {
     config.concurrency = 4;
     let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(server.serve(listener, stop.clone()));
+    tokio::spawn(server.clone().serve(listener, stop.clone()));
     Fx {
         emu,
         speech,
         store,
         key,
         base,
+        server,
         _dir: dir,
         _stop: stop.drop_guard(),
     }
@@ -428,6 +430,11 @@ async fn continuous_sync_runs_on_call_end_events() {
     let p = wait_finished(&fx, &s).await;
     assert_eq!(p["trigger"], "event");
     assert!(p["uploaded"].as_u64().unwrap() > 0, "{p}");
+    // The periodic catch-up pass starts a run for the idle portal with sync on (a missed event loses nothing).
+    assert_eq!(fx.server.sync_pass().await, 1);
+    let p = wait_finished(&fx, &s).await;
+    assert_eq!(p["trigger"], "schedule");
+    assert_eq!(p["uploaded"], 0, "{p}");
 }
 
 #[tokio::test]
