@@ -42,6 +42,9 @@ pub struct ServeArgs {
     pub sync_interval: u64,
     #[arg(long, value_enum, default_value = "standard")]
     pub rate_plan: RatePlanArg,
+    /// Allowed OAuth servers (host or host:port) an installation may name as its server_endpoint.
+    #[arg(long = "oauth-server", env = "B24SENSE_OAUTH_SERVERS", value_delimiter = ',', default_values_t = b24sense_web::DEFAULT_OAUTH_SERVERS.map(String::from))]
+    pub oauth_servers: Vec<String>,
     /// Accept portals over plain http (the local emulator only).
     #[arg(long, hide = true)]
     pub allow_http_portals: bool,
@@ -78,6 +81,7 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     config.concurrency = a.concurrency.clamp(1, 64);
     config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
     config.allow_http_portals = a.allow_http_portals;
+    config.oauth_servers = a.oauth_servers;
     config.rate = match a.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
         RatePlanArg::Enterprise => RatePlan::ENTERPRISE,

@@ -63,6 +63,9 @@ pub struct WebConfig {
     pub rate: RatePlan,
     /// How long a settings-page session lasts.
     pub session_ttl: Duration,
+    /// OAuth servers (`host` or `host:port`) an installation's `server_endpoint` may name: the refresh sends the
+    /// client secret there, so a forged install must not pick its own. Default: Bitrix24's global and Russian ones.
+    pub oauth_servers: Vec<String>,
 }
 
 impl WebConfig {
@@ -82,9 +85,16 @@ impl WebConfig {
             allow_http_portals: false,
             rate: RatePlan::STANDARD,
             session_ttl: Duration::from_secs(8 * 3600),
+            oauth_servers: DEFAULT_OAUTH_SERVERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
+
+/// Bitrix24's OAuth servers (`bitrix24-api.md` §6.1).
+pub const DEFAULT_OAUTH_SERVERS: [&str; 2] = ["oauth.bitrix.info", "oauth.bitrix24.tech"];
 
 struct AppState {
     config: WebConfig,
@@ -310,7 +320,9 @@ fn client_endpoint_for(state: &AppState, domain: &str, protocol: Option<&str>) -
         return None;
     }
     let url = Url::parse(&format!("{scheme}://{domain}/rest/")).ok()?;
-    (url.host_str().is_some()).then_some(url)
+    // A portal is a DNS name; IP literals and localhost only for the local emulator.
+    let public_name = matches!(url.host(), Some(url::Host::Domain(d)) if d.contains('.') && !d.eq_ignore_ascii_case("localhost"));
+    (public_name || state.config.allow_http_portals).then_some(url)
 }
 
 fn endpoint_allowed(state: &AppState, url: &Url) -> bool {
@@ -389,6 +401,23 @@ async fn install(
     else {
         return text_error(StatusCode::BAD_REQUEST, "bad SERVER_ENDPOINT");
     };
+    let oauth_host = match (server_endpoint.host_str(), server_endpoint.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    if !state
+        .config
+        .oauth_servers
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&oauth_host))
+    {
+        tracing::warn!(server = %oauth_host, "install refused: SERVER_ENDPOINT is not a known OAuth server");
+        return text_error(
+            StatusCode::FORBIDDEN,
+            "SERVER_ENDPOINT is not a Bitrix24 OAuth server",
+        );
+    }
     // An installed portal keeps its domain: a request naming another one cannot take it over.
     if let Ok(Some(p)) = state.store.portal(&state.key, &member_id).await {
         if p.status == PortalStatus::Installed && !p.domain.eq_ignore_ascii_case(&domain) {

@@ -63,6 +63,7 @@ async fn fixture(calls: usize) -> Fx {
     );
     config.allow_http_portals = true;
     config.concurrency = 4;
+    config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
     let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(server.clone().serve(listener, stop.clone()));
@@ -156,6 +157,28 @@ fn good_settings(fx: &Fx) -> Value {
 #[tokio::test]
 async fn install_settings_export_events_uninstall() {
     let fx = fixture(40).await;
+
+    // A forged install naming its own OAuth server (where the client secret would go) is refused.
+    let mut forged = fx.emu.app_frame_request(1, "ru");
+    forged
+        .form
+        .iter_mut()
+        .find(|(k, _)| k == "SERVER_ENDPOINT")
+        .unwrap()
+        .1 = "https://oauth.evil.example/rest/".into();
+    let r = http()
+        .post(forged.url(&format!("{}install", fx.base)))
+        .form(&forged.form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(fx
+        .store
+        .portal(&fx.key, &fx.emu.app_member_id())
+        .await
+        .unwrap()
+        .is_none());
 
     // Install: stored, events bound to our handler, Bitrix24 told the installation is finished.
     let done = fx
