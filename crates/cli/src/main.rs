@@ -112,11 +112,16 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // B24SENSE_LOG_FORMAT=json: one JSON object per line (for `serve` under a log collector).
+    if std::env::var("B24SENSE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
 }
 
 /// Where an export reads from and writes to.

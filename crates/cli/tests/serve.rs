@@ -40,6 +40,7 @@ async fn serves_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
         .env("B24SENSE_SECRET_KEY", "ab".repeat(32))
+        .env("B24SENSE_LOG_FORMAT", "json")
         .args([
             "serve",
             "--public-url",
