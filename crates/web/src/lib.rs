@@ -747,6 +747,36 @@ async fn app_page(
             "Only a portal administrator can change the settings.",
         );
     }
+    // The frame brought a fresh, verified token pair of an administrator: keep it, so an installation whose
+    // stored refresh token aged out (idle for weeks) recovers whenever an admin opens the page.
+    let refresh_id = g("REFRESH_ID");
+    if !refresh_id.is_empty() {
+        if let Ok(Some(current)) = state
+            .store
+            .portal_tokens(&state.key, &portal.member_id)
+            .await
+        {
+            let expires = g("AUTH_EXPIRES")
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .unwrap_or(3600);
+            let stored = state
+                .store
+                .rotate_tokens(
+                    &state.key,
+                    &portal.member_id,
+                    current.version,
+                    &SecretString::from(g("AUTH_ID")),
+                    &SecretString::from(refresh_id),
+                    Utc::now() + chrono::Duration::seconds(expires),
+                )
+                .await;
+            if let Err(e) = stored {
+                tracing::warn!(member_id = %portal.member_id, error = %e, "could not keep the page's tokens");
+            }
+        }
+    }
     let session = Session {
         m: portal.member_id.clone(),
         u: user.id,

@@ -225,6 +225,18 @@ async fn install_settings_export_events_uninstall() {
     let (_, _, en) = open_page(&fx, "en").await;
     assert!(en.contains("SpeechSense connection ID") && en.contains("Check connection"));
     let s = boot(&page);
+    // Opening the page keeps the administrator's fresh, verified token pair.
+    let t = fx
+        .store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        t.version >= 3,
+        "install + two page opens rotate the pair: {}",
+        t.version
+    );
 
     // A request naming another domain, or an unknown installation, gets nothing.
     let mut frame = fx.emu.app_frame_request(1, "ru");
