@@ -518,3 +518,77 @@ async fn concurrent_refreshes_use_one_refresh_token() {
     assert_ne!(tokens[0], stale.token.expose_secret());
     assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
 }
+
+#[tokio::test]
+async fn two_portals_export_side_by_side() {
+    let fx = fixture(25).await;
+    let other = Bitrix24Emulator::start(PortalConfig {
+        seed: 2,
+        calls: 25,
+        rate: (500, 100),
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_ne!(other.app_member_id(), fx.emu.app_member_id());
+    // The second portal's OAuth server must be allowed too: a server built for both.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    let (id, secret) = fx.emu.app_credentials();
+    let mut config = WebConfig::new(
+        Url::parse(&base).unwrap(),
+        id.to_string(),
+        SecretString::from(secret.to_string()),
+        fx.speech.endpoint(),
+    );
+    config.allow_http_portals = true;
+    config.oauth_servers = vec![
+        format!("127.0.0.1:{}", fx.emu.addr().port()),
+        format!("127.0.0.1:{}", other.addr().port()),
+    ];
+    let server = AppServer::new(config, fx.store.clone(), fx.key.clone()).unwrap();
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    tokio::spawn(server.serve(listener, stop));
+    let fx2 = Fx {
+        base: base.clone(),
+        ..fx
+    };
+
+    let mut sessions = Vec::new();
+    for emu in [&fx2.emu, &other] {
+        assert!(
+            emu.install_app(&format!("{base}install"), "ru")
+                .await
+                .unwrap()
+                .installed
+        );
+        let frame = emu.app_frame_request(1, "ru");
+        let r = http()
+            .post(frame.url(&format!("{base}app")))
+            .form(&frame.form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let s = boot(&r.text().await.unwrap());
+        let (st, _) = api(&fx2, &s, "POST", "settings", Some(good_settings(&fx2))).await;
+        assert_eq!(st, 200);
+        sessions.push(s);
+    }
+    for s in &sessions {
+        let (st, v) = api(&fx2, s, "POST", "export/start", None).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let mut total = 0;
+    for s in &sessions {
+        let p = wait_finished(&fx2, s).await;
+        assert!(p["stopped"].is_null(), "{p}");
+        total += p["uploaded"].as_u64().unwrap();
+    }
+    assert_eq!(fx2.speech.talk_count() as u64, total);
+    assert_eq!(
+        fx2.store.installed_portals(&fx2.key).await.unwrap().len(),
+        2
+    );
+}
