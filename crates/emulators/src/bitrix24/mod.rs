@@ -34,9 +34,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
+pub use app::{AppInstall, FrameRequest};
 use audio::{Generator, RecordingBody};
 use data::PortalData;
-pub use app::{AppInstall, FrameRequest};
 pub use faults::{kind as fault_kind, FaultConfig};
 use limits::{LeakyBucket, Operating, OperatingState};
 use methods::{BatchAcc, Ctx, MethodOk};
