@@ -61,7 +61,13 @@ struct WorkItem {
     url: Option<Url>,
     /// The URL came from `disk.file.get`, so there is no other route left.
     via_disk: bool,
+    /// `disk.file.get` links handed out for this call so far. A link can die before it is used (an OAuth
+    /// `DOWNLOAD_URL` dies with its access token), so a dead one earns one fresh link, not more.
+    disk_links: u8,
 }
+
+/// Disk links tried per call before its recording counts as unavailable.
+const MAX_DISK_LINKS: u8 = 2;
 
 /// What a worker tells the resolver after each item.
 enum Feedback {
@@ -433,6 +439,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     call,
                     url: None,
                     via_disk: false,
+                    disk_links: 0,
                 };
                 tokio::select! {
                     sent = input.send(item) => if sent.is_err() { return Ok(()) },
@@ -494,8 +501,12 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut outstanding = 0usize;
         let mut input_open = true;
         loop {
+            // A partial Disk batch costs a whole request: send one only when nothing else can keep the workers busy
+            // (no listed call waiting and the work queue empty) or when listing is over. Every settled call wakes
+            // this loop (feedback), so a starving queue is noticed.
+            let workers_starving = input.is_empty() && work.capacity() == work.max_capacity();
             let flush = via_disk.len() >= DISK_BATCH
-                || (!via_disk.is_empty() && (!input_open || input.is_empty()));
+                || (!via_disk.is_empty() && (!input_open || workers_starving));
             if flush && !self.stop.is_cancelled() {
                 let batch: Vec<WorkItem> =
                     via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
@@ -599,6 +610,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 Some(Ok(url)) => {
                     item.url = Some(url.clone());
                     item.via_disk = true;
+                    item.disk_links += 1;
                     ready.push(item);
                 }
                 other => {
@@ -839,7 +851,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             .download(url)
             .await
             .map_err(|e| match e.class() {
-                ErrorClass::Permanent if !item.via_disk && call.record_file_id.is_some() => {
+                ErrorClass::Permanent
+                    if call.record_file_id.is_some() && item.disk_links < MAX_DISK_LINKS =>
+                {
                     AttemptError::Fallback
                 }
                 ErrorClass::Permanent => AttemptError::Final(Outcome::Failed {
