@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use b24sense_bitrix24::{
-    AccessToken, Bitrix24Client, BoxFuture, ClientConfig, RatePlan, Credentials, TokenSource, WebhookUrl,
+    AccessToken, Bitrix24Client, BoxFuture, ClientConfig, Credentials, RatePlan, TokenSource,
+    WebhookUrl,
 };
 use b24sense_core::{Call, CallFilter, FailReason, LedgerState};
 use b24sense_emulators::bitrix24::{fault_kind, Bitrix24Emulator, FaultConfig, PortalConfig};
@@ -425,7 +426,13 @@ async fn expired_token_with_download_links_still_queued() {
         endpoint: portal.base_url().join("rest/").unwrap(),
         refreshes: AtomicU32::new(0),
     });
-    let roomy = ClientConfig { rate: RatePlan { capacity: 500, per_second: 100 }, ..fast_client() };
+    let roomy = ClientConfig {
+        rate: RatePlan {
+            capacity: 500,
+            per_second: 100,
+        },
+        ..fast_client()
+    };
     let bitrix = Bitrix24Client::new(Credentials::OAuth(tokens.clone()), roomy).unwrap();
     // Requests: 1 lists, 2 looks up names, 3 resolves the first 50 Disk links, 4 the next 50 — and expires token A
     // while links of the first batch still wait for a worker.
