@@ -501,12 +501,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut outstanding = 0usize;
         let mut input_open = true;
         loop {
-            // A partial Disk batch costs a whole request: send one only when nothing else can keep the workers busy
-            // (no listed call waiting and the work queue empty) or when listing is over. Every settled call wakes
-            // this loop (feedback), so a starving queue is noticed.
-            let workers_starving = input.is_empty() && work.capacity() == work.max_capacity();
-            let flush = via_disk.len() >= DISK_BATCH
-                || (!via_disk.is_empty() && (!input_open || workers_starving));
+            // A partial Disk batch costs a whole request, so one goes out only when listing is over: until then more
+            // Disk-only calls keep coming, and the workers have the direct-URL calls (idle at most while the next
+            // listing request runs). This keeps `disk.file.get` at one request per 50 calls.
+            let flush = via_disk.len() >= DISK_BATCH || (!via_disk.is_empty() && !input_open);
             if flush && !self.stop.is_cancelled() {
                 let batch: Vec<WorkItem> =
                     via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
