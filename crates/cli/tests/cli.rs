@@ -393,3 +393,41 @@ async fn partial_search_scope_is_refused() {
     assert!(stderr(&out).contains("--space-id"), "{}", stderr(&out));
     assert_eq!(s.speech.talk_count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_or_unreachable_ledger_is_a_clear_error_and_nothing_is_lost() {
+    let s = services(5).await;
+    let path = s.dir.path().join("garbage.db");
+    let garbage = b"this is not a SQLite database, but somebody's precious file".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let db = format!("sqlite:{}", path.display());
+    // `status` opens the ledger exactly as `export` does (`open_store`), through the flag's environment variable.
+    let mut cmd = Command::cargo_bin("b24sense").unwrap();
+    cmd.env_clear()
+        .env("HOME", s.dir.path())
+        .env("B24SENSE_DATABASE_URL", &db)
+        .args(["status"]);
+    let out = run(cmd).await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("--database") && err.contains("garbage.db"),
+        "names the flag and the file: {err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "the file is left exactly as it was"
+    );
+
+    let mut cmd = Command::cargo_bin("b24sense").unwrap();
+    cmd.env_clear().args([
+        "status",
+        "--database",
+        "postgres://postgres@127.0.0.1:1/test",
+    ]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
+    assert_eq!(s.speech.talk_count(), 0);
+}

@@ -19,7 +19,7 @@ use chrono::FixedOffset;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{postgres_store, sqlite_store};
+use crate::support::{postgres_store, test_store};
 
 struct Env {
     portal: Bitrix24Emulator,
@@ -118,7 +118,7 @@ impl Env {
 #[tokio::test]
 async fn full_export_is_exact_and_idempotent() {
     let env = Env::start(200).await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env
         .export(&store, env.config(CallFilter::default()), &env.api_key)
         .await
@@ -175,7 +175,7 @@ async fn full_export_is_exact_and_idempotent() {
 #[tokio::test]
 async fn mapping_field_by_field() {
     let env = Env::start(60).await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     env.export(&store, env.config(CallFilter::default()), &env.api_key)
         .await
         .unwrap();
@@ -300,7 +300,7 @@ async fn each_filter_alone_and_combined() {
         ),
     ];
     for (name, filter) in filters {
-        let (store, _dir) = sqlite_store().await;
+        let (store, _dir) = test_store().await;
         let before = env.uploaded_ids();
         let s = env
             .export(&store, env.config(filter.clone()), &env.api_key)
@@ -328,7 +328,7 @@ async fn each_filter_alone_and_combined() {
 #[tokio::test]
 async fn wrong_key_and_wrong_connection_stop_with_a_clear_error() {
     let env = Env::start(20).await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let err = env
         .export(&store, env.config(CallFilter::default()), "not-the-key")
         .await

@@ -27,7 +27,7 @@ use chrono::FixedOffset;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{postgres_store, sqlite_store};
+use crate::support::{postgres_store, test_store};
 
 const PORTAL: &str = "emulated.bitrix24.test";
 const TOKEN_A: &str = "oauth-token-a";
@@ -321,7 +321,7 @@ async fn query_limit_storm_by_count() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_query_limit_next(3));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::QUERY_LIMIT), 3);
@@ -331,7 +331,7 @@ async fn query_limit_storm_by_count() {
 #[tokio::test]
 async fn query_limit_storm_for_a_time_window() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     // The window starts now: right before the export.
     env.portal
         .set_faults(FaultConfig::none().with_query_limit_for(Duration::from_millis(700)));
@@ -345,7 +345,7 @@ async fn operation_time_limit_on_batch() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_operation_time_limit("batch", 2));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::OPERATION_TIME_LIMIT), 2);
@@ -356,7 +356,7 @@ async fn internal_server_errors() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_internal_error_next(3));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::INTERNAL_ERROR), 3);
@@ -371,7 +371,7 @@ async fn html_502_pages() {
             .with_html_502_next(2)
             .with_html_502_every(7),
     );
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert!(env.injected(fault_kind::HTML_502) >= 4);
@@ -396,7 +396,7 @@ async fn expired_token_mid_export_is_refreshed_once() {
         SpeechSenseConfig::default(),
     )
     .await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert!(env.injected(fault_kind::EXPIRED_TOKEN) >= 1);
@@ -448,7 +448,7 @@ async fn expired_token_with_download_links_still_queued() {
         SpeechSenseConfig::default(),
     )
     .await;
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(Bitrix24Source::new(env.bitrix.clone()));
     let run = run_export(
         source,
@@ -476,7 +476,7 @@ async fn expired_token_fault_does_not_touch_a_webhook() {
     let env = Env::start(small_portal(30), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_expire_token_at(1));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::EXPIRED_TOKEN), 0);
@@ -487,7 +487,7 @@ async fn connection_resets() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_reset_connection_next(4));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::RESET_CONNECTION), 4);
@@ -498,7 +498,7 @@ async fn rest_answers_cut_mid_body() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_cut_rest_next(3));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::CUT_REST), 3);
@@ -509,7 +509,7 @@ async fn recording_downloads_cut_mid_body() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_cut_download_next(4));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     // `check` also asserts each talk's audio is the whole recording: no truncated talk was stored.
     env.check_all_once(&store, &s).await;
@@ -525,7 +525,7 @@ async fn slow_recording_downloads() {
     let env = Env::start(small_portal(30), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_slow_download(Duration::from_millis(25)));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
 }
@@ -547,7 +547,7 @@ async fn vanished_recordings_are_reported_unavailable() {
     let gone: BTreeSet<u64> = direct.iter().chain(&disk_only).copied().collect();
     env.portal
         .set_faults(FaultConfig::none().with_vanished(gone.iter().copied()));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     let failed: BTreeMap<u64, FailReason> = gone
         .iter()
@@ -573,7 +573,7 @@ async fn malformed_json_answers() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.portal
         .set_faults(FaultConfig::none().with_malformed_json_next(3));
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.injected(fault_kind::MALFORMED_JSON), 3);
@@ -585,7 +585,7 @@ async fn malformed_json_answers() {
 async fn speechsense_unavailable() {
     let env = Env::start(big_portal(40), long_calls()).await;
     env.speech.inject(Code::Unavailable, 3);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     // Refused before the stream was accepted: provably nothing stored, retried without the in-doubt step.
     env.check_all_once(&store, &s).await;
@@ -600,7 +600,7 @@ async fn speechsense_unavailable_on_small_uploads() {
     for search in [false, true] {
         let env = Env::start(small_portal(30), CallFilter::default()).await;
         env.speech.inject(Code::Unavailable, 2);
-        let (store, _dir) = sqlite_store().await;
+        let (store, _dir) = test_store().await;
         let s = env.export(&store, search).await;
         assert!(s.failed.is_empty(), "{:?}", s.failed);
         let n = env.check(&store, &BTreeMap::new(), &BTreeSet::new()).await;
@@ -628,7 +628,7 @@ async fn speechsense_unavailable_on_small_uploads() {
 async fn speechsense_down_for_too_long_then_back() {
     let env = Env::start(big_portal(40), long_calls()).await;
     env.speech.inject(Code::Unavailable, 10_000);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     let qualifying = env.qualifying();
     let failed: BTreeMap<u64, FailReason> = qualifying
@@ -652,7 +652,7 @@ async fn speechsense_down_for_too_long_then_back() {
 async fn speechsense_resource_exhausted() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.speech.inject(Code::ResourceExhausted, 3);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.speech.stats().rejected(Code::ResourceExhausted), 3);
@@ -662,7 +662,7 @@ async fn speechsense_resource_exhausted() {
 async fn speechsense_stream_reset_mid_upload() {
     let env = Env::start(big_portal(40), long_calls()).await;
     env.speech.inject_reset_after(512 * 1024, 3);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(env.speech.stats().streams_reset, 3);
@@ -672,7 +672,7 @@ async fn speechsense_stream_reset_mid_upload() {
 async fn deadline_exceeded_after_store_with_search_has_no_duplicate() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.speech.inject_after_store(Code::DeadlineExceeded, 2);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, true).await;
     env.check_all_once(&store, &s).await;
     assert_eq!(
@@ -696,7 +696,7 @@ async fn deadline_exceeded_after_store_with_a_lagging_search_index() {
     };
     let env = Env::start_with(small_portal(30), CallFilter::default(), ss).await;
     env.speech.inject_after_store(Code::DeadlineExceeded, 1);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, true).await;
     assert_eq!(
         env.speech.talk_count(),
@@ -718,7 +718,7 @@ async fn deadline_exceeded_after_store_with_a_lagging_search_index() {
 async fn deadline_exceeded_after_store_without_search_reports_the_duplicate() {
     let env = Env::start(small_portal(40), CallFilter::default()).await;
     env.speech.inject_after_store(Code::DeadlineExceeded, 1);
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let s = env.export(&store, false).await;
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     assert_eq!(
@@ -814,7 +814,7 @@ async fn all_faults_at_once(store: Store) {
 
 #[tokio::test]
 async fn all_faults_at_once_sqlite() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     all_faults_at_once(store).await;
 }
 

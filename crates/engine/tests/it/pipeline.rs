@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::fakes::{wav, Download, FakeSink, FakeSource, Upload};
-use crate::support::sqlite_store;
+use crate::support::test_store;
 
 fn config() -> ExportConfig {
     let mut c = ExportConfig::new("fake.bitrix24.test", "conn-1");
@@ -46,7 +46,7 @@ async fn run(
 
 #[tokio::test]
 async fn exports_every_recorded_call_once_and_rerun_uploads_nothing() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(300));
     let sink = Arc::new(FakeSink::default());
     let s = run(&source, &sink, &store, config()).await;
@@ -99,7 +99,7 @@ async fn exports_every_recorded_call_once_and_rerun_uploads_nothing() {
 
 #[tokio::test]
 async fn filters_are_passed_to_the_source() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(60));
     let sink = Arc::new(FakeSink::default());
     let mut c = config();
@@ -114,7 +114,7 @@ async fn filters_are_passed_to_the_source() {
 
 #[tokio::test]
 async fn retryable_upload_failures_are_retried_without_duplicates() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(4));
     let retry = Upload::Fail(ErrorClass::Retryable { after: None });
     let sink = Arc::new(FakeSink::with_script(&[retry, retry], false));
@@ -132,7 +132,7 @@ async fn retryable_upload_failures_are_retried_without_duplicates() {
 
 #[tokio::test]
 async fn retries_are_bounded_and_reported() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(1));
     let retry = Upload::Fail(ErrorClass::Retryable { after: None });
     let sink = Arc::new(FakeSink::with_script(&[retry; 10], false));
@@ -153,7 +153,7 @@ async fn retries_are_bounded_and_reported() {
 
 #[tokio::test]
 async fn in_doubt_upload_with_search_records_the_existing_talk() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(3));
     let sink = Arc::new(FakeSink::with_script(&[Upload::StoreThenInDoubt], true));
     let mut c = config();
@@ -169,7 +169,7 @@ async fn in_doubt_upload_with_search_records_the_existing_talk() {
 
 #[tokio::test]
 async fn in_doubt_upload_without_search_is_reuploaded_and_flagged() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(1));
     let sink = Arc::new(FakeSink::with_script(&[Upload::StoreThenInDoubt], false));
     let s = run(&source, &sink, &store, config()).await;
@@ -185,7 +185,7 @@ async fn in_doubt_upload_without_search_is_reuploaded_and_flagged() {
 
 #[tokio::test]
 async fn fatal_sink_error_stops_the_run() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(50));
     let sink = Arc::new(FakeSink::with_script(
         &[Upload::Fail(ErrorClass::Fatal); 50],
@@ -216,7 +216,7 @@ async fn fatal_sink_error_stops_the_run() {
 
 #[tokio::test]
 async fn fatal_listing_error_stops_before_anything_is_uploaded() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource {
         fatal_listing: true,
         ..FakeSource::portal(5)
@@ -238,7 +238,7 @@ async fn fatal_listing_error_stops_before_anything_is_uploaded() {
 
 #[tokio::test]
 async fn dead_direct_url_falls_back_to_disk() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(2));
     source.set_download(&FakeSource::rec_url(1), Download::Dead);
     let sink = Arc::new(FakeSink::default());
@@ -255,7 +255,7 @@ async fn dead_direct_url_falls_back_to_disk() {
 
 #[tokio::test]
 async fn vanished_recording_is_reported() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(1));
     source.set_download(&FakeSource::rec_url(1), Download::Dead);
     source.set_download(&FakeSource::disk_url(9001), Download::Dead);
@@ -267,7 +267,7 @@ async fn vanished_recording_is_reported() {
 
 #[tokio::test]
 async fn download_broken_midway_is_retried_and_never_stored_partially() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(1));
     let audio = source.audio_of(&FakeSource::rec_url(1));
     source.set_download(
@@ -288,7 +288,7 @@ async fn mono_policies() {
         (MonoPolicy::Skip, false, ""),
         (MonoPolicy::Route("conn-mono".into()), true, "conn-mono"),
     ] {
-        let (store, _dir) = sqlite_store().await;
+        let (store, _dir) = test_store().await;
         let source = Arc::new(FakeSource::portal(1));
         source.set_download(&FakeSource::rec_url(1), Download::Bytes(wav(1, 4000, 1)));
         let sink = Arc::new(FakeSink::default());
@@ -308,7 +308,7 @@ async fn mono_policies() {
 
 #[tokio::test]
 async fn unsupported_audio_and_too_long_recordings() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(2));
     source.set_download(
         &FakeSource::rec_url(1),
@@ -336,7 +336,7 @@ async fn unsupported_audio_and_too_long_recordings() {
 
 #[tokio::test]
 async fn dry_run_counts_and_writes_nothing() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(50));
     let sink = Arc::new(FakeSink::default());
     let mut c = config();
@@ -359,7 +359,7 @@ async fn dry_run_counts_and_writes_nothing() {
 
 #[tokio::test]
 async fn shutdown_before_start_uploads_nothing_and_keeps_calls_pending() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(10));
     let sink = Arc::new(FakeSink::default());
     let token = CancellationToken::new();
@@ -373,7 +373,7 @@ async fn shutdown_before_start_uploads_nothing_and_keeps_calls_pending() {
 
 #[tokio::test]
 async fn a_long_upload_keeps_its_lease() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _dir) = test_store().await;
     let source = Arc::new(FakeSource::portal(1));
     let sink = Arc::new(FakeSink {
         delay: Duration::from_millis(1500),

@@ -2,9 +2,13 @@
 
 use b24sense_store::Store;
 
-/// A fresh SQLite ledger in a temporary directory (kept alive by the returned guard).
-pub async fn sqlite_store() -> (Store, tempfile::TempDir) {
+/// A fresh ledger for one test: SQLite in a temporary directory (kept alive by the returned guard), or — with
+/// `B24SENSE_TEST_LEDGER=postgres`, as CI runs the engine suite a second time — PostgreSQL in a schema of its own.
+pub async fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var("B24SENSE_TEST_LEDGER").is_ok_and(|v| v == "postgres") {
+        return (postgres_store().await, dir);
+    }
     let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
     (Store::open(&url).await.unwrap(), dir)
 }
