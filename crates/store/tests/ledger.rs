@@ -812,6 +812,44 @@ async fn a_failed_migration_leaves_the_data_as_it_was(fx: &Fx) {
     );
 }
 
+async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register(P, &[call(1, None), call(2, None)])
+        .await
+        .unwrap();
+    settle(&store, P, 1, uploaded("aud-old")).await;
+    store.close().await;
+    drop(store);
+    // Make it a ledger as the first release left it: only migration 1 applied, the later tables absent.
+    fx.raw("DROP TABLE portal_settings").await.unwrap();
+    fx.raw("DROP TABLE portals").await.unwrap();
+    fx.raw("DROP TABLE portal_leases").await.unwrap();
+    fx.raw("DELETE FROM _sqlx_migrations WHERE version > 1")
+        .await
+        .unwrap();
+
+    let store = fx.store().await;
+    let e1 = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e1.state, e1.talk_id.as_deref()),
+        (LedgerState::Uploaded, Some("aud-old"))
+    );
+    assert_eq!(
+        store.entry(P, 2).await.unwrap().unwrap().state,
+        LedgerState::Pending
+    );
+    assert!(
+        store.claim_portal(P, "a", LEASE).await.unwrap().is_some(),
+        "newer tables exist"
+    );
+    assert_eq!(
+        fx.raw_count("SELECT COUNT(*) FROM ledger").await,
+        2,
+        "no row lost"
+    );
+}
+
 async fn one_replica_holds_a_portal(fx: &Fx) {
     let store = fx.store().await;
     let a = store
@@ -928,6 +966,7 @@ suite!(
     reopening_keeps_everything_and_rows_cannot_be_deleted,
     a_ledger_from_a_newer_version_is_refused,
     one_replica_holds_a_portal,
+    a_ledger_from_an_older_version_is_upgraded_in_place,
     a_failed_migration_leaves_the_data_as_it_was,
 );
 
