@@ -445,7 +445,11 @@ async fn expired_token_with_download_links_still_queued() {
         portal,
         bitrix,
         CallFilter::default(),
-        SpeechSenseConfig::default(),
+        // Slow uploads keep resolved links waiting in the work queue when the token expires.
+        SpeechSenseConfig {
+            upload_latency: Duration::from_millis(300),
+            ..SpeechSenseConfig::default()
+        },
     )
     .await;
     let (store, _dir) = test_store().await;
