@@ -391,22 +391,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             if self.stop.is_cancelled() {
                 break;
             }
-            let page = match self
-                .with_retry("listing calls", || {
-                    self.source.list_calls(&self.config.filter, after)
-                })
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.fail_run(format!("listing calls from Bitrix24 failed: {e}"));
-                    break;
-                }
+            let Some(page) = self.next_page(after).await else {
+                break;
             };
             total += page.calls.len() as u64;
-            (self.progress)(&ProgressEvent::Found {
-                n: page.calls.len() as u64,
-            });
             for detail in &page.bad_rows {
                 tracing::warn!(%detail, "unreadable call row");
                 self.summary.lock().unwrap().bad_rows += 1;
@@ -1066,6 +1054,28 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
+    /// The next listing page after `after`, announced to the progress callback; `None` when listing failed (the run
+    /// is then stopped with the reason).
+    async fn next_page(&self, after: u64) -> Option<crate::ports::CallPage> {
+        let listed = self
+            .with_retry("listing calls", || {
+                self.source.list_calls(&self.config.filter, after)
+            })
+            .await;
+        match listed {
+            Ok(page) => {
+                (self.progress)(&ProgressEvent::Found {
+                    n: page.calls.len() as u64,
+                });
+                Some(page)
+            }
+            Err(e) => {
+                self.fail_run(format!("listing calls from Bitrix24 failed: {e}"));
+                None
+            }
+        }
+    }
+
     // ---------------------------------------------------------------- dry run
 
     async fn dry_run(&self) -> Result<(), EngineError> {
@@ -1073,22 +1083,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut after = 0u64;
         let mut found = 0u64;
         loop {
-            let page = match self
-                .with_retry("listing calls", || {
-                    self.source.list_calls(&self.config.filter, after)
-                })
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    self.fail_run(format!("listing calls from Bitrix24 failed: {e}"));
-                    break;
-                }
+            let Some(page) = self.next_page(after).await else {
+                break;
             };
             found += page.calls.len() as u64;
-            (self.progress)(&ProgressEvent::Found {
-                n: page.calls.len() as u64,
-            });
             for call in &page.calls {
                 let done = self.store.entry(&self.config.portal, call.id).await?;
                 if done.is_some_and(|e| e.state == LedgerState::Uploaded) {
