@@ -215,6 +215,11 @@ fn text_error(status: StatusCode, msg: &str) -> Response {
         .into_response()
 }
 
+/// One trimmed field of a Bitrix24 form post (install or iframe open); absent fields are empty.
+fn form_field(f: &BTreeMap<String, String>, k: &str) -> String {
+    f.get(k).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
 fn form_map(query: Option<&str>, body: &[u8]) -> BTreeMap<String, String> {
     let mut m: BTreeMap<String, String> = BTreeMap::new();
     if let Some(q) = query {
@@ -338,13 +343,7 @@ async fn install(
     body: Bytes,
 ) -> Response {
     let f = form_map(query.as_deref(), &body);
-    let g = |k: &str| {
-        f.get(k)
-            .map(String::as_str)
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    };
+    let g = |k: &str| form_field(&f, k);
     // Iframe install (UI applications) or the ONAPPINSTALL event (API-only applications).
     let event = g("event") == "ONAPPINSTALL";
     let (member_id, domain, access, refresh, server, app_token, expires_in, lang) = if event {
@@ -685,13 +684,7 @@ async fn app_page(
     body: Bytes,
 ) -> Response {
     let f = form_map(query.as_deref(), &body);
-    let g = |k: &str| {
-        f.get(k)
-            .map(String::as_str)
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    };
+    let g = |k: &str| form_field(&f, k);
     let lang = page_lang(f.get("LANG").map(String::as_str));
     let ru = lang == "ru";
     let deny =
