@@ -76,6 +76,20 @@ enum Feedback {
     Fallback(Box<WorkItem>),
 }
 
+/// What one upload sent: audio bytes and the time from the first byte to the talk ID.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    bytes: u64,
+    took: Option<Duration>,
+}
+
+impl Sent {
+    const NOTHING: Sent = Sent {
+        bytes: 0,
+        took: None,
+    };
+}
+
 /// Why one attempt at a call did not produce an outcome.
 enum AttemptError {
     /// Try again after a backoff; `reason` is reported if attempts run out.
@@ -310,7 +324,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     let outcome = Outcome::Skipped {
                         reason: SkipReason::AlreadyUploaded,
                     };
-                    self.report(call, outcome, 0);
+                    self.report(call, outcome, Sent::NOTHING);
                     return Ok(None);
                 }
                 None => return Ok(None),
@@ -340,12 +354,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         self.stop.cancel();
     }
 
-    fn report(&self, call: &Call, outcome: Outcome, bytes: u64) {
+    fn report(&self, call: &Call, outcome: Outcome, sent: Sent) {
         let report = CallReport {
             call_id: call.id,
             outcome,
             seconds: call.recording_seconds(),
-            bytes,
+            bytes: sent.bytes,
+            upload_time: sent.took,
         };
         self.summary.lock().unwrap().record(&report);
         (self.progress)(&ProgressEvent::Settled(report));
@@ -411,7 +426,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                         Outcome::Skipped {
                             reason: SkipReason::AlreadyUploaded,
                         },
-                        0,
+                        Sent::NOTHING,
                     );
                 } else {
                     todo.push(call);
@@ -619,7 +634,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     async fn settle_directly(&self, call: &Call, outcome: Outcome) -> Result<(), EngineError> {
         if let Some(claim) = self.claim_or_wait(call).await? {
             self.store.finish(&claim, &outcome).await?;
-            self.report(call, outcome, 0);
+            self.report(call, outcome, Sent::NOTHING);
         }
         Ok(())
     }
@@ -679,7 +694,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                         mono: false,
                         reuploaded_after_crash: false,
                     };
-                    return self.commit(&claim, &item.call, outcome, 0).await;
+                    return self.commit(&claim, &item.call, outcome, Sent::NOTHING).await;
                 }
                 Some(Err(())) => {}
                 None => reupload = true,
@@ -688,9 +703,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut attempt = 1;
         loop {
             let result = self.attempt(&item, &claim, reupload).await;
-            let (outcome, bytes) = match result {
+            let (outcome, sent) = match result {
                 Ok(done) => done,
-                Err(AttemptError::Final(outcome)) => (outcome, 0),
+                Err(AttemptError::Final(outcome)) => (outcome, Sent::NOTHING),
                 Err(AttemptError::LostLease) => return Ok(Feedback::Done),
                 Err(AttemptError::Fallback) => {
                     self.store.release(&claim).await?;
@@ -706,7 +721,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                             reason: FailReason::Interrupted,
                             detail: reason,
                         },
-                        0,
+                        Sent::NOTHING,
                     )
                 }
                 Err(AttemptError::InDoubt { detail }) => {
@@ -718,7 +733,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                                 mono: false,
                                 reuploaded_after_crash: reupload,
                             },
-                            0,
+                            Sent::NOTHING,
                         ),
                         found => {
                             reupload |= found.is_none();
@@ -728,7 +743,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                                         reason: FailReason::InDoubt,
                                         detail,
                                     },
-                                    0,
+                                    Sent::NOTHING,
                                 )
                             } else {
                                 attempt += 1;
@@ -744,7 +759,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     detail,
                 }) => {
                     if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
-                        (Outcome::Failed { reason, detail }, 0)
+                        (Outcome::Failed { reason, detail }, Sent::NOTHING)
                     } else {
                         tracing::debug!(call = item.call.id, %detail, attempt, "retrying");
                         self.pause(attempt, after).await;
@@ -753,7 +768,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     }
                 }
             };
-            return self.commit(&claim, &item.call, outcome, bytes).await;
+            return self.commit(&claim, &item.call, outcome, sent).await;
         }
     }
 
@@ -805,7 +820,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         claim: &Claim,
         call: &Call,
         outcome: Outcome,
-        bytes: u64,
+        sent: Sent,
     ) -> Result<Feedback, EngineError> {
         if !self.store.finish(claim, &outcome).await? {
             tracing::warn!(
@@ -814,7 +829,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             );
             return Ok(Feedback::Done);
         }
-        self.report(call, outcome, bytes);
+        self.report(call, outcome, sent);
         Ok(Feedback::Done)
     }
 
@@ -824,7 +839,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         item: &WorkItem,
         claim: &Claim,
         reupload: bool,
-    ) -> Result<(Outcome, u64), AttemptError> {
+    ) -> Result<(Outcome, Sent), AttemptError> {
         let call = &item.call;
         let url = item
             .url
@@ -941,6 +956,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 .boxed()
         };
         let container = probe.container;
+        let upload_started = Instant::now();
         let upload = self
             .sink
             .upload_audio(&connection_id, &fields, container, audio);
@@ -954,7 +970,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     mono: mono && connection_id == self.config.connection_id,
                     reuploaded_after_crash: reupload,
                 },
-                sent.load(Ordering::Relaxed),
+                Sent {
+                    bytes: sent.load(Ordering::Relaxed),
+                    took: Some(upload_started.elapsed()),
+                },
             )),
             Err(e) => {
                 let detail = e.to_string();

@@ -17,6 +17,9 @@ pub struct CallReport {
     pub seconds: u64,
     /// Bytes streamed to SpeechSense for this call.
     pub bytes: u64,
+    /// From the upload's first byte to SpeechSense's answer with the talk ID (uploaded calls only).
+    #[serde(skip)]
+    pub upload_time: Option<Duration>,
 }
 
 /// Events a front end (progress bar, web page, logs) can follow.
