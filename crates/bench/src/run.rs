@@ -86,6 +86,11 @@ impl CallSource for CountingSource {
         self.inner.list_calls(filter, after_id).await
     }
 
+    async fn calls_by_id(&self, ids: &[u64]) -> Result<CallPage, Self::Error> {
+        self.counters.list_calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.calls_by_id(ids).await
+    }
+
     async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, Self::Error> {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
         self.counters

@@ -147,6 +147,58 @@ impl Bitrix24Client {
         Ok(chunk)
     }
 
+    /// Reads calls again by statistic `ID` (to see whether a recording was attached since): `voximplant.statistic.get`
+    /// with `FILTER[ID]` = up to 50 IDs per command, 50 commands per batch request — 2,500 calls per request. No other
+    /// filter: the calls qualified when they were listed. IDs the portal does not return are absent from the chunk.
+    /// A failed command fails the whole read, so that an absent call really is gone.
+    pub async fn calls_by_id(&self, ids: &[u64]) -> Result<CallChunk, Error> {
+        let ids: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| *id > 0)
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        let cmds: Vec<(String, String)> = ids
+            .chunks(PAGE)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let q = encode_php_query(
+                    &json!({"FILTER": {"ID": chunk}, "SORT": "ID", "ORDER": "ASC", "start": -1}),
+                );
+                (format!("r{i:03}"), format!("voximplant.statistic.get?{q}"))
+            })
+            .collect();
+        let resp = self.batch_all(cmds).await?;
+        if let Some(e) = resp.errors.values().next() {
+            return Err(Error::Api(e.clone()));
+        }
+        let offset = self
+            .portal_offset()
+            .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+        let mut chunk = CallChunk {
+            exhausted: true,
+            ..CallChunk::default()
+        };
+        for v in resp.results.values() {
+            for row in rows(Some(v)) {
+                let raw_id = row.get("ID").and_then(lenient::id);
+                if let Some(id) = raw_id {
+                    chunk.last_id = Some(chunk.last_id.map_or(id, |l| l.max(id)));
+                }
+                match Call::from_bitrix(row, offset) {
+                    Ok(c) => chunk.calls.push(c),
+                    Err(e) => chunk.bad_rows.push(match raw_id {
+                        Some(id) => format!("ID {id}: {e}"),
+                        None => e.to_string(),
+                    }),
+                }
+            }
+        }
+        chunk.calls.sort_by_key(|c| c.id);
+        Ok(chunk)
+    }
+
     /// Runs commands 50 per batch request, in order; returns all results and errors.
     async fn batch_all(&self, cmds: Vec<(String, String)>) -> Result<crate::BatchResponse, Error> {
         let mut all = crate::BatchResponse::default();

@@ -17,7 +17,7 @@ use b24sense_bitrix24::{
 };
 use b24sense_core::CallFilter;
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
+use b24sense_engine::{run_export, EngineError, ExportConfig, ProgressEvent, ProgressFn, Summary};
 use b24sense_speechsense::{
     ClientConfig as SpeechSenseConfig, Credentials as SpeechSenseCredentials, SpeechSenseClient,
 };
@@ -321,8 +321,25 @@ pub async fn export_command(
         preflight(&speech, &config.connection_id).await?;
     }
 
+    let report = match &run.report {
+        Some(path) => Some(Arc::new(output::ReportFile::create(path).map_err(|e| {
+            Failure::new(exit::USAGE, format!("--report {}: {e}", path.display()))
+        })?)),
+        None => None,
+    };
     let quiet = run.json;
     let progress = progress::Progress::new(quiet);
+    let callback = {
+        let bar = progress.callback(quiet);
+        let report = report.clone();
+        let f: ProgressFn = Arc::new(move |event: &ProgressEvent| {
+            bar(event);
+            if let (Some(file), ProgressEvent::Settled(r)) = (&report, event) {
+                file.write(r);
+            }
+        });
+        f
+    };
     let shutdown = shutdown_on_signals();
     let portal = config.portal.clone();
     let params = serde_json::json!({
@@ -344,7 +361,7 @@ pub async fn export_command(
         sink,
         store.clone(),
         config,
-        progress.callback(quiet),
+        callback,
         shutdown.clone(),
     )
     .await;
@@ -371,8 +388,8 @@ pub async fn export_command(
         Err(e @ EngineError::Config(_)) => return Err(Failure::new(exit::USAGE, e.to_string())),
         Err(e) => return Err(Failure::new(exit::UNAVAILABLE, e.to_string())),
     };
-    if let Some(path) = &run.report {
-        output::write_report(path, &summary).map_err(|e| {
+    if let (Some(path), Some(file)) = (&run.report, &report) {
+        file.finish().map_err(|e| {
             Failure::new(
                 exit::UNAVAILABLE,
                 format!("--report {}: {e}", path.display()),

@@ -1,10 +1,12 @@
 //! Printing a run's summary (text or JSON) and writing the per-call report file.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use b24sense_bitrix24::ClientStats;
-use b24sense_engine::Summary;
+use b24sense_engine::{CallReport, Summary};
 use serde_json::{json, Value};
 
 /// The summary as JSON, with the REST client's counters.
@@ -20,14 +22,50 @@ pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
     v
 }
 
-/// One JSON object per call: call ID, outcome, reason, talk ID, seconds, bytes.
-pub fn write_report(path: &Path, summary: &Summary) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for line in &summary.calls {
-        serde_json::to_writer(&mut out, line)?;
-        out.write_all(b"\n")?;
+/// The `--report` file: one JSON object per call (call ID, outcome, reason, talk ID, seconds, bytes), written as
+/// each call settles, so a run of any size keeps none of them in memory and a killed run leaves the lines so far.
+pub struct ReportFile {
+    state: Mutex<ReportState>,
+}
+
+struct ReportState {
+    out: BufWriter<File>,
+    /// The first write error; later lines are not attempted.
+    error: Option<std::io::Error>,
+}
+
+impl ReportFile {
+    /// Creates (truncates) the file up front, so a path that cannot be written is refused before the export starts.
+    pub fn create(path: &Path) -> std::io::Result<ReportFile> {
+        Ok(ReportFile {
+            state: Mutex::new(ReportState {
+                out: BufWriter::new(File::create(path)?),
+                error: None,
+            }),
+        })
     }
-    out.flush()
+
+    pub fn write(&self, report: &CallReport) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.error.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut s.out, report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| s.out.write_all(b"\n"));
+        if let Err(e) = written {
+            s.error = Some(e);
+        }
+    }
+
+    /// Flushes; the first error of the whole run, if any.
+    pub fn finish(&self) -> std::io::Result<()> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = s.error.take() {
+            return Err(e);
+        }
+        s.out.flush()
+    }
 }
 
 fn mb(bytes: u64) -> String {

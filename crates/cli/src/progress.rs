@@ -93,6 +93,13 @@ impl Progress {
                     }
                 }
             }
+            // The CLI's one-shot export does not wait for late recordings; counted as done all the same.
+            ProgressEvent::AwaitingRecording { .. } => {
+                counts.done.fetch_add(1, Ordering::Relaxed);
+                if let Some(bar) = &bar {
+                    bar.inc(1);
+                }
+            }
             ProgressEvent::BadRow { detail } => {
                 if let Some(bar) = &bar {
                     bar.println(format!("warning: unreadable call row: {detail}"));

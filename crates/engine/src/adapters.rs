@@ -58,6 +58,16 @@ impl CallSource for Bitrix24Source {
         })
     }
 
+    async fn calls_by_id(&self, ids: &[u64]) -> Result<CallPage, Self::Error> {
+        let chunk = self.client.calls_by_id(ids).await?;
+        Ok(CallPage {
+            calls: chunk.calls,
+            exhausted: chunk.exhausted,
+            last_id: chunk.last_id,
+            bad_rows: chunk.bad_rows,
+        })
+    }
+
     async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, Self::Error> {
         let found = self.client.lookup(users, crm).await?;
         Ok(Names {

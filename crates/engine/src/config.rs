@@ -20,6 +20,16 @@ pub struct ExportConfig {
     pub concurrency: usize,
     /// List and count only; upload nothing and write nothing.
     pub dry_run: bool,
+    /// Continuous sync: first take up what the ledger left unfinished (calls of a stopped or crashed run, calls
+    /// whose recording is due for another check — read again from the portal by ID), then list only the calls
+    /// after the high-water mark. `false`: list every qualifying call from the start and try again whatever is not
+    /// uploaded (a one-shot export, "Start export").
+    pub incremental: bool,
+    /// How long to keep checking for a recording the portal has not attached yet, counted from when the ledger
+    /// first saw the call; such a call waits in the ledger (`pending`, `awaiting_recording`) and is checked again
+    /// with backoff. `None`: a call without a recording is skipped as `no_recording` at once (a later run looks
+    /// again) — what a one-shot export does.
+    pub await_recordings: Option<Duration>,
     /// Attempts per call for retryable failures (download or upload), including the first.
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -56,6 +66,8 @@ impl ExportConfig {
             language: b24sense_core::mapping::DEFAULT_LANGUAGE.to_string(),
             concurrency: 8,
             dry_run: false,
+            incremental: false,
+            await_recordings: None,
             max_attempts: 5,
             backoff: Backoff::default(),
             max_recording: Duration::from_secs(4 * 3600),

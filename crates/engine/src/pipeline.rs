@@ -402,6 +402,12 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut names = Names::default();
         let mut after = 0u64;
         let mut total = 0u64;
+        if self.config.incremental {
+            if let Some(mark) = self.store.cursor(&portal, &cursor_key).await? {
+                total += self.take_up_due(mark, &input, &mut names).await?;
+                after = mark;
+            }
+        }
         loop {
             if self.stop.is_cancelled() {
                 break;
@@ -410,44 +416,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 break;
             };
             total += page.calls.len() as u64;
-            for detail in &page.bad_rows {
-                tracing::warn!(%detail, "unreadable call row");
-                self.summary.lock().unwrap().bad_rows += 1;
-                (self.progress)(&ProgressEvent::BadRow {
-                    detail: detail.clone(),
-                });
-            }
-            let entries = self.store.register(&portal, &page.calls).await?;
-            let mut todo = Vec::with_capacity(page.calls.len());
-            for (call, entry) in page.calls.into_iter().zip(entries) {
-                if entry.state == LedgerState::Uploaded {
-                    self.report(
-                        &call,
-                        Outcome::Skipped {
-                            reason: SkipReason::AlreadyUploaded,
-                        },
-                        Sent::NOTHING,
-                    );
-                } else {
-                    todo.push(call);
-                }
-            }
-            self.enrich(&mut names, &todo).await;
-            for call in todo {
-                let item = WorkItem {
-                    operator: call
-                        .portal_user_id
-                        .and_then(|id| names.users.get(&id).cloned()),
-                    client: call.crm_ref().and_then(|r| names.crm.get(&r).cloned()),
-                    call,
-                    url: None,
-                    via_disk: false,
-                    disk_links: 0,
-                };
-                tokio::select! {
-                    sent = input.send(item) => if sent.is_err() { return Ok(()) },
-                    _ = self.stop.cancelled() => break,
-                }
+            self.report_bad_rows(&page.bad_rows);
+            if !self.hand_on(page.calls, &input, &mut names).await? {
+                break;
             }
             if let Some(last) = page.last_id {
                 self.store.set_cursor(&portal, &cursor_key, last).await?;
@@ -460,6 +431,118 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         (self.progress)(&ProgressEvent::ListingDone { total });
         self.summary.lock().unwrap().found = total;
         Ok(())
+    }
+
+    /// Continuous sync: the ledger's unfinished calls up to the high-water mark `mark` (left by a stopped or crashed
+    /// run, or awaiting a recording that is due for another check), read again from the portal by ID so that a
+    /// recording attached since is seen, and handed on. Returns how many calls were taken up.
+    async fn take_up_due(
+        &self,
+        mark: u64,
+        input: &mpsc::Sender<WorkItem>,
+        names: &mut Names,
+    ) -> Result<u64, EngineError> {
+        /// One REST request reads 2,500 calls by ID (50 per command, 50 commands per batch).
+        const DUE_PAGE: u32 = 2_500;
+        let mut after = 0u64;
+        let mut taken = 0u64;
+        while !self.stop.is_cancelled() {
+            let due = self
+                .store
+                .due(&self.config.portal, after, mark, DUE_PAGE)
+                .await?;
+            let Some(last) = due.last().map(|e| e.call_id) else {
+                break;
+            };
+            after = last;
+            let ids: Vec<u64> = due.iter().map(|e| e.call_id).collect();
+            let read = self
+                .with_retry("reading calls again", || self.source.calls_by_id(&ids))
+                .await;
+            let page = match read {
+                Ok(page) => page,
+                Err(e) => {
+                    self.fail_run(format!("reading calls again from Bitrix24 failed: {e}"));
+                    break;
+                }
+            };
+            taken += ids.len() as u64;
+            (self.progress)(&ProgressEvent::Found {
+                n: ids.len() as u64,
+            });
+            self.report_bad_rows(&page.bad_rows);
+            // A call the portal no longer returns is gone (deleted); with unreadable rows in the answer, absence
+            // proves nothing, and the calls are left for the next pass.
+            if page.bad_rows.is_empty() {
+                let returned: HashSet<u64> = page.calls.iter().map(|c| c.id).collect();
+                for entry in due.iter().filter(|e| !returned.contains(&e.call_id)) {
+                    if let Some(call) = &entry.call {
+                        let outcome = Outcome::Failed {
+                            reason: FailReason::RecordingUnavailable,
+                            detail: format!("Bitrix24 no longer returns call {}", call.id),
+                        };
+                        self.settle_directly(call, outcome).await?;
+                    }
+                }
+            }
+            if !self.hand_on(page.calls, input, names).await? {
+                break;
+            }
+            if due.len() < DUE_PAGE as usize {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    fn report_bad_rows(&self, bad_rows: &[String]) {
+        for detail in bad_rows {
+            tracing::warn!(%detail, "unreadable call row");
+            self.summary.lock().unwrap().bad_rows += 1;
+            (self.progress)(&ProgressEvent::BadRow {
+                detail: detail.clone(),
+            });
+        }
+    }
+
+    /// Registers a page of calls in the ledger, looks up their names and hands on those not uploaded yet. False when
+    /// the run is stopping (the rest stays `pending` in the ledger).
+    async fn hand_on(
+        &self,
+        calls: Vec<Call>,
+        input: &mpsc::Sender<WorkItem>,
+        names: &mut Names,
+    ) -> Result<bool, EngineError> {
+        let entries = self.store.register(&self.config.portal, &calls).await?;
+        let mut todo = Vec::with_capacity(calls.len());
+        for (call, entry) in calls.into_iter().zip(entries) {
+            if entry.state == LedgerState::Uploaded {
+                let outcome = Outcome::Skipped {
+                    reason: SkipReason::AlreadyUploaded,
+                };
+                self.report(&call, outcome, Sent::NOTHING);
+            } else {
+                todo.push(call);
+            }
+        }
+        self.enrich(names, &todo).await;
+        for call in todo {
+            let item = WorkItem {
+                operator: call
+                    .portal_user_id
+                    .and_then(|id| names.users.get(&id).cloned()),
+                client: call.crm_ref().and_then(|r| names.crm.get(&r).cloned()),
+                call,
+                url: None,
+                via_disk: false,
+                disk_links: 0,
+            };
+            tokio::select! {
+                sent = input.send(item) => if sent.is_err() { return Ok(false) },
+                _ = self.stop.cancelled() => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Looks up the names this page needs and the per-run cache lacks, in as few requests as the portal allows.
@@ -571,14 +654,43 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             via_disk.push(item);
             return Ok(None);
         }
-        self.settle_directly(
-            &item.call,
-            Outcome::Skipped {
-                reason: SkipReason::NoRecording,
-            },
-        )
-        .await?;
+        match self.config.await_recordings {
+            Some(horizon) => self.await_recording(&item.call, horizon).await?,
+            None => {
+                let outcome = Outcome::Skipped {
+                    reason: SkipReason::NoRecording,
+                };
+                self.settle_directly(&item.call, outcome).await?
+            }
+        }
         Ok(None)
+    }
+
+    /// A call without a recording yet (the portal may attach it minutes or hours later): it waits in the ledger
+    /// for its next check, until `horizon` after the ledger first saw it; then it is skipped as `no_recording`.
+    async fn await_recording(&self, call: &Call, horizon: Duration) -> Result<(), EngineError> {
+        let Some(claim) = self.claim_or_wait(call).await? else {
+            return Ok(());
+        };
+        let waited = (chrono::Utc::now() - claim.first_seen)
+            .to_std()
+            .unwrap_or_default();
+        if waited >= horizon {
+            let outcome = Outcome::Skipped {
+                reason: SkipReason::NoRecording,
+            };
+            if self.store.finish(&claim, &outcome).await? {
+                self.report(call, outcome, Sent::NOTHING);
+            }
+            return Ok(());
+        }
+        let delay = recheck_delay(waited).min(horizon - waited);
+        if self.store.wait_for_recording(&claim, delay).await? {
+            tracing::debug!(call = call.id, ?delay, "no recording yet; checking again later");
+            self.summary.lock().unwrap().awaiting_recording += 1;
+            (self.progress)(&ProgressEvent::AwaitingRecording { call_id: call.id });
+        }
+        Ok(())
     }
 
     /// Resolves up to 50 Disk files in one request; returns the calls that now have a URL.
@@ -1129,6 +1241,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         summary.would_upload = Some(totals);
         Ok(())
     }
+}
+
+/// The wait before the next check for a late recording: 2 minutes after the call was first seen, then as long
+/// as it has waited so far (the checks double their spacing: 2, 4, 8, 16… minutes), at most an hour apart. Over a
+/// 48-hour horizon that is about 50 checks, each one command in a batch that reads 2,500 calls per request.
+fn recheck_delay(waited: Duration) -> Duration {
+    waited.clamp(Duration::from_secs(120), Duration::from_secs(3600))
 }
 
 fn unsupported(detail: String) -> AttemptError {

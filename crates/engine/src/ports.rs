@@ -55,6 +55,13 @@ pub trait CallSource: Send + Sync + 'static {
         after_id: u64,
     ) -> impl Future<Output = Result<CallPage, Self::Error>> + Send;
 
+    /// These calls (by statistic `ID`) as the portal shows them now, whatever the filter; IDs the portal no longer
+    /// returns are absent. Only for calls the ledger already holds (recordings attached late, unfinished runs).
+    fn calls_by_id(
+        &self,
+        ids: &[u64],
+    ) -> impl Future<Output = Result<CallPage, Self::Error>> + Send;
+
     /// Operator and client names for these users and CRM records.
     fn lookup(
         &self,

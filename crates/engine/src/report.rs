@@ -1,4 +1,6 @@
-//! What a run tells its caller: progress events while it runs, a summary and per-call lines at the end.
+//! What a run tells its caller: progress events while it runs (each call's [`CallReport`] among them) and a
+//! summary of counts at the end. The per-call reports are handed out one by one and never kept by the engine, so a
+//! run's memory does not grow with its calls; a front end that wants them all writes them out as they come.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub enum ProgressEvent {
     ListingDone { total: u64 },
     /// One call reached its outcome in this run.
     Settled(CallReport),
+    /// A call has no recording yet: it waits in the ledger and is checked again later (continuous sync).
+    AwaitingRecording { call_id: u64 },
     /// A row the portal returned could not be read.
     BadRow { detail: String },
 }
@@ -61,6 +65,8 @@ pub struct Summary {
     pub bad_rows: u64,
     /// Calls this run could not claim because another worker kept holding them: neither done nor reported here.
     pub unsettled: u64,
+    /// Calls without a recording yet, left waiting in the ledger for a later check (continuous sync).
+    pub awaiting_recording: u64,
     pub bytes_uploaded: u64,
     pub seconds_uploaded: u64,
     #[serde(serialize_with = "secs_f64")]
@@ -69,8 +75,6 @@ pub struct Summary {
     pub stopped: Option<String>,
     /// Dry run: calls that would be uploaded and their total length.
     pub would_upload: Option<DryRunTotals>,
-    #[serde(skip)]
-    pub calls: Vec<CallReport>,
 }
 
 /// What a dry run found.
@@ -107,7 +111,6 @@ impl Summary {
                 *self.failed.entry(reason.to_string()).or_default() += 1
             }
         }
-        self.calls.push(report.clone());
     }
 
     /// Calls that reached an outcome.

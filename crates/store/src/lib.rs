@@ -61,6 +61,9 @@ pub struct Claim {
     pub attempts: u32,
     /// The row's state when it was claimed (claiming does not change it).
     pub previous: LedgerState,
+    /// When the ledger first saw the call: how long a recording has been awaited is counted from here, not from
+    /// the call's own date (external PBXs backdate calls).
+    pub first_seen: DateTime<Utc>,
 }
 
 /// The lease that makes one replica the only caller of a portal (see [`Store::claim_portal`]).
@@ -87,6 +90,8 @@ pub struct LedgerEntry {
     pub call: Option<Call>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
+    /// A call awaiting its recording: when it is checked next.
+    pub retry_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -163,7 +168,7 @@ macro_rules! on_db {
 }
 
 const ENTRY_COLUMNS: &str = "portal, call_id, state, reason, detail, talk_id, attempts, mono, \
-     reuploaded_after_crash, call_json, lease_owner, lease_until, updated_at";
+     reuploaded_after_crash, call_json, lease_owner, lease_until, retry_at, updated_at";
 
 /// Reads a [`LedgerEntry`] from a row of `SELECT {ENTRY_COLUMNS}` (a macro because the row types differ).
 macro_rules! entry_from_row {
@@ -189,6 +194,7 @@ macro_rules! entry_from_row {
             call: call_json.map(|j| j.0),
             lease_owner: row.try_get("lease_owner")?,
             lease_until: row.try_get("lease_until")?,
+            retry_at: row.try_get("retry_at")?,
             updated_at: row.try_get("updated_at")?,
         }
     }};
@@ -206,6 +212,7 @@ macro_rules! claim_from_row {
             in_doubt: previous == LedgerState::Uploading,
             attempts: to_u32(row.try_get("attempts")?)?,
             previous,
+            first_seen: row.try_get("created_at")?,
         }
     }};
 }
@@ -320,7 +327,7 @@ impl Store {
                  updated_at = {now} \
                  WHERE portal = $2 AND call_id = $3 AND state <> 'uploaded' \
                  AND (lease_until IS NULL OR lease_until <= {now}) \
-                 RETURNING fence, state, attempts",
+                 RETURNING fence, state, attempts, created_at",
             );
             let row = sqlx::query(&sql)
                 .bind(lease.as_secs_f64())
@@ -362,7 +369,7 @@ impl Store {
                  UPDATE ledger SET lease_owner = $3, lease_until = {{lease_until}}, fence = fence + 1, \
                  updated_at = {{now}} \
                  FROM pick WHERE portal = $2 AND call_id = pick.pick_id \
-                 RETURNING call_id, fence, state, attempts",
+                 RETURNING call_id, fence, state, attempts, created_at",
                 states = state_list(&states)
             ));
             let rows = sqlx::query(&sql)
@@ -433,7 +440,7 @@ impl Store {
             let sql = d.sql(
                 "UPDATE ledger SET state = $5, reason = $6, detail = $7, talk_id = COALESCE($8, talk_id), \
                  mono = $9, reuploaded_after_crash = $10, attempts = attempts + 1, \
-                 lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
                  WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
             );
             let done = sqlx::query(&sql)
@@ -453,8 +460,76 @@ impl Store {
         })
     }
 
+    /// Fenced: the call has no recording yet and is checked again in `delay` (continuous sync): it stays `pending`
+    /// with reason `awaiting_recording` and `retry_at`; the lease is released. False when the claim is stale.
+    pub async fn wait_for_recording(&self, claim: &Claim, delay: Duration) -> Result<bool, Error> {
+        let id = to_i64(claim.call_id)?;
+        on_db!(self, |pool, d| {
+            // `{lease_until}` is "now + $1 seconds" in each dialect.
+            let sql = d.sql(
+                "UPDATE ledger SET state = 'pending', reason = 'awaiting_recording', detail = NULL, \
+                 retry_at = {lease_until}, lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+                 WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
+                 AND state <> 'uploaded'",
+            );
+            let done = sqlx::query(&sql)
+                .bind(delay.as_secs_f64())
+                .bind(&claim.portal)
+                .bind(id)
+                .bind(claim.fence)
+                .bind(&claim.owner)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Calls of `portal` a continuous sync must take up again, ascending, with `after_id < ID ≤ up_to`, at most
+    /// `limit`: `pending` or `uploading` rows (left by a stopped or crashed run) except those awaiting a recording
+    /// whose next check is still ahead.
+    pub async fn due(
+        &self,
+        portal: &str,
+        after_id: u64,
+        up_to: u64,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>, Error> {
+        let (after, up_to) = (to_i64(after_id)?, to_i64(up_to)?);
+        on_db!(self, |pool, d| {
+            let sql = d.sql(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND state IN ('pending', 'uploading') \
+                 AND call_id > $2 AND call_id <= $3 AND (retry_at IS NULL OR retry_at <= {{now}}) \
+                 ORDER BY call_id LIMIT $4"
+            ));
+            let rows = sqlx::query(&sql)
+                .bind(portal)
+                .bind(after)
+                .bind(up_to)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(entry_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Portals with a call whose recording is due for another check now.
+    pub async fn portals_due(&self) -> Result<Vec<String>, Error> {
+        on_db!(self, |pool, d| {
+            let sql = d.sql(
+                "SELECT DISTINCT portal FROM ledger WHERE retry_at IS NOT NULL AND retry_at <= {now} \
+                 AND state = 'pending' ORDER BY portal",
+            );
+            Ok(sqlx::query_scalar(&sql).fetch_all(pool).await?)
+        })
+    }
+
     /// Fenced: gives the lease back without an outcome (shutdown before the upload began). The row becomes
-    /// `pending` again, except an `uploading` row, which stays in doubt.
+    /// `pending` again (due at once, also if it was awaiting a recording), except an `uploading` row, which stays
+    /// in doubt.
     pub async fn release(&self, claim: &Claim) -> Result<bool, Error> {
         self.fenced(
             claim,
@@ -462,7 +537,7 @@ impl Store {
              state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
              reason = CASE WHEN state = 'uploading' THEN reason ELSE NULL END, \
              detail = CASE WHEN state = 'uploading' THEN detail ELSE NULL END, \
-             lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+             lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
              WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
         )
         .await

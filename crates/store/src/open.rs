@@ -21,8 +21,12 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 pub struct OpenOptions {
     /// How long to wait for the server (PostgreSQL) or a free connection.
     pub connect_timeout: Duration,
-    /// Pool size. SQLite has one writer anyway; a few connections let readers proceed.
+    /// PostgreSQL pool size.
     pub max_connections: u32,
+    /// SQLite pool size. SQLite lets one writer in at a time and nearly every ledger statement writes: with
+    /// several connections they queue on the file lock through SQLite's busy handler (sleeps and retries that
+    /// cost CPU) and each keeps its own page cache. One connection serialises them in the pool instead.
+    pub sqlite_connections: u32,
     /// How long a SQLite statement waits for the write lock before failing with "database is locked".
     pub busy_timeout: Duration,
     /// PostgreSQL only: keep the tables in this schema (created if missing).
@@ -34,6 +38,7 @@ impl Default for OpenOptions {
         OpenOptions {
             connect_timeout: Duration::from_secs(10),
             max_connections: 8,
+            sqlite_connections: 1,
             busy_timeout: Duration::from_secs(10),
             schema: None,
         }
@@ -111,7 +116,7 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         .max_connections(if memory {
             1
         } else {
-            options.max_connections.max(1)
+            options.sqlite_connections.max(1)
         })
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)

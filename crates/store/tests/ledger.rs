@@ -825,6 +825,10 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
     fx.raw("DROP TABLE portal_settings").await.unwrap();
     fx.raw("DROP TABLE portals").await.unwrap();
     fx.raw("DROP TABLE portal_leases").await.unwrap();
+    fx.raw("DROP INDEX ledger_waiting").await.unwrap();
+    fx.raw("ALTER TABLE ledger DROP COLUMN retry_at")
+        .await
+        .unwrap();
     fx.raw("DELETE FROM _sqlx_migrations WHERE version > 1")
         .await
         .unwrap();
@@ -928,6 +932,80 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
     assert_eq!(winners, 1);
 }
 
+async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
+    let store = fx.store().await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let calls: Vec<Call> = (1..=5).map(|id| call(id, None)).collect();
+    store.register(P, &calls).await.unwrap();
+    let long = Duration::from_secs(30);
+    let claim = |id| {
+        let store = store.clone();
+        async move { store.claim(P, id, "w", long).await.unwrap().unwrap() }
+    };
+
+    // 1 is checked again soon, 2 in an hour; 3 uploaded, 5 failed, 4 left pending by a stopped run.
+    let c1 = claim(1).await;
+    assert!(c1.first_seen >= before && c1.first_seen <= chrono::Utc::now());
+    assert!(store
+        .wait_for_recording(&c1, Duration::from_millis(600))
+        .await
+        .unwrap());
+    assert!(
+        !store.wait_for_recording(&c1, long).await.unwrap(),
+        "a released claim is stale"
+    );
+    let e1 = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e1.state, e1.reason.as_deref(), e1.lease_owner.as_deref()),
+        (LedgerState::Pending, Some("awaiting_recording"), None)
+    );
+    assert!(e1.retry_at.is_some_and(|t| t > chrono::Utc::now()));
+    let c2 = claim(2).await;
+    assert!(store
+        .wait_for_recording(&c2, Duration::from_secs(3600))
+        .await
+        .unwrap());
+    let c3 = claim(3).await;
+    assert!(store.finish(&c3, &uploaded("t3")).await.unwrap());
+    let c5 = claim(5).await;
+    assert!(store
+        .finish(&c5, &failed(FailReason::DownloadFailed))
+        .await
+        .unwrap());
+
+    let ids = |entries: Vec<b24sense_store::LedgerEntry>| -> Vec<u64> {
+        entries.iter().map(|e| e.call_id).collect()
+    };
+    assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![4]);
+    assert!(store.portals_due().await.unwrap().is_empty());
+
+    // Once its time has come, 1 is due too; the range and the limit hold.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.portals_due().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "call 1 never became due");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.portals_due().await.unwrap(), vec![P.to_string()]);
+    assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![1, 4]);
+    assert_eq!(ids(store.due(P, 0, 3, 100).await.unwrap()), vec![1]);
+    assert_eq!(ids(store.due(P, 1, 5, 100).await.unwrap()), vec![4]);
+    assert_eq!(ids(store.due(P, 0, 5, 1).await.unwrap()), vec![1]);
+    assert!(store.due("other.portal", 0, 5, 100).await.unwrap().is_empty());
+    let due = store.due(P, 0, 5, 100).await.unwrap();
+    assert_eq!(due[0].call.as_ref().map(|c| c.id), Some(1), "the stored call comes along");
+
+    // An outcome ends the wait; so does a release (the call is taken up at once next time).
+    let c1 = claim(1).await;
+    assert!(store.finish(&c1, &uploaded("t1")).await.unwrap());
+    assert_eq!(store.entry(P, 1).await.unwrap().unwrap().retry_at, None);
+    assert!(store.portals_due().await.unwrap().is_empty());
+    let c2 = claim(2).await;
+    assert!(store.release(&c2).await.unwrap());
+    let e2 = store.entry(P, 2).await.unwrap().unwrap();
+    assert_eq!((e2.state, e2.retry_at, e2.reason), (LedgerState::Pending, None, None));
+    assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2, 4]);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -968,6 +1046,7 @@ suite!(
     one_replica_holds_a_portal,
     a_ledger_from_an_older_version_is_upgraded_in_place,
     a_failed_migration_leaves_the_data_as_it_was,
+    calls_awaiting_a_recording_wait_their_turn,
 );
 
 // Backend-specific failures.

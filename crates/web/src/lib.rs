@@ -58,6 +58,10 @@ pub struct WebConfig {
     pub concurrency: usize,
     /// Catch-up pass for portals with continuous sync.
     pub sync_interval: Duration,
+    /// How often to look for calls whose late recording is due for another check.
+    pub recheck_interval: Duration,
+    /// How long continuous sync keeps checking for a recording the portal has not attached yet.
+    pub recording_horizon: Duration,
     /// Accept portals over plain http (only for the local emulator; real portals are https).
     pub allow_http_portals: bool,
     pub rate: RatePlan,
@@ -82,6 +86,8 @@ impl WebConfig {
             speechsense_endpoint,
             concurrency: 8,
             sync_interval: Duration::from_secs(300),
+            recheck_interval: Duration::from_secs(60),
+            recording_horizon: Duration::from_secs(48 * 3600),
             allow_http_portals: false,
             rate: RatePlan::STANDARD,
             session_ttl: Duration::from_secs(8 * 3600),
@@ -186,6 +192,12 @@ impl AppServer {
     pub async fn sync_pass(&self) -> usize {
         sync_once(&self.state).await
     }
+
+    /// Starts an incremental pass for every idle portal with continuous sync that has a call whose late recording
+    /// is due for another check (what the recheck timer does).
+    pub async fn recheck_pass(&self) -> usize {
+        recheck_once(&self.state).await
+    }
 }
 
 fn static_file(ct: &'static str, body: &'static str) -> Response {
@@ -247,6 +259,7 @@ fn env(state: &AppState) -> RunEnv {
         speechsense_endpoint: state.config.speechsense_endpoint.clone(),
         concurrency: state.config.concurrency,
         rate: state.config.rate,
+        recording_horizon: state.config.recording_horizon,
     }
 }
 
@@ -665,13 +678,54 @@ async fn sync_once(state: &Arc<AppState>) -> usize {
     started
 }
 
+/// Portals with a call whose late recording is due: an incremental pass each (its first step reads those calls
+/// again by ID). The ledger holds the schedule, so it survives restarts and needs no timer per call.
+async fn recheck_once(state: &Arc<AppState>) -> usize {
+    let due = match state.store.portals_due().await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read which recordings are due for a check");
+            return 0;
+        }
+    };
+    let mut started = 0;
+    for member in due {
+        if state.runner.is_running(&member) {
+            continue;
+        }
+        let Ok(Some(portal)) = state.store.portal(&state.key, &member).await else {
+            continue;
+        };
+        if portal.status != PortalStatus::Installed {
+            continue;
+        }
+        if start_for(state, portal, "recheck", true).await.is_ok() {
+            tracing::info!(member_id = %member, "checking late recordings");
+            started += 1;
+        }
+    }
+    started
+}
+
 async fn sync_loop(state: Arc<AppState>, shutdown: CancellationToken) {
+    let start = tokio::time::Instant::now();
+    let mut catch_up = tokio::time::interval_at(
+        start + state.config.sync_interval,
+        state.config.sync_interval,
+    );
+    let mut recheck = tokio::time::interval_at(
+        start + state.config.recheck_interval,
+        state.config.recheck_interval,
+    );
+    // A pass that takes longer than the interval is not followed by a burst of passes.
+    catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(state.config.sync_interval) => {}
+            _ = catch_up.tick() => { sync_once(&state).await; }
+            _ = recheck.tick() => { recheck_once(&state).await; }
         }
-        sync_once(&state).await;
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Progress {
     pub listing_done: bool,
     pub settled: u64,
     pub uploaded: u64,
+    /// Calls without a recording yet, waiting in the ledger for the next check.
+    pub awaiting_recording: u64,
     pub skipped: BTreeMap<String, u64>,
     pub failed: BTreeMap<String, u64>,
     pub bytes: u64,
@@ -74,6 +76,9 @@ pub struct RunEnv {
     pub speechsense_endpoint: String,
     pub concurrency: usize,
     pub rate: RatePlan,
+    /// With continuous sync on, how long a call without a recording is checked again before it counts as
+    /// `no_recording`.
+    pub recording_horizon: Duration,
 }
 
 /// Runs of all portals.
@@ -281,14 +286,15 @@ impl Runner {
             .clone();
         let elapsed = h.state.started.elapsed().as_secs_f64();
         if !p.finished {
+            let done = p.settled + p.awaiting_recording;
             p.elapsed_secs = elapsed as u64;
             p.rate = if elapsed > 0.0 {
-                p.settled as f64 / elapsed
+                done as f64 / elapsed
             } else {
                 0.0
             };
             p.eta_secs = (p.listing_done && p.rate > 0.0)
-                .then(|| (p.found.saturating_sub(p.settled) as f64 / p.rate).ceil() as u64);
+                .then(|| (p.found.saturating_sub(done) as f64 / p.rate).ceil() as u64);
         }
         p.last_errors = h
             .state
@@ -358,6 +364,10 @@ impl Runner {
     }
 
     /// Starts an export for the portal unless one runs. `Err` carries a message for the page.
+    ///
+    /// `trigger` `page` ("Start export") goes through every qualifying call from the start; every other trigger
+    /// (`event`, `schedule`, `recheck`, …) is the continuous sync's incremental pass: what the ledger left
+    /// unfinished or due for a recording check, then the calls after the high-water mark.
     pub fn start(
         self: &Arc<Self>,
         env: RunEnv,
@@ -435,6 +445,9 @@ impl Runner {
         config.mono_policy = plan.mono;
         config.language = settings.language.trim().to_string();
         config.concurrency = env.concurrency;
+        config.incremental = trigger != "page";
+        // Only continuous sync comes back for a recording attached late; without it, a later "Start export" does.
+        config.await_recordings = settings.sync_enabled.then_some(env.recording_horizon);
 
         let metrics = env.metrics.clone();
         env.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
@@ -478,6 +491,10 @@ impl Runner {
                         }
                     }
                     p.calls.push(r.clone());
+                }
+                ProgressEvent::AwaitingRecording { .. } => {
+                    p.awaiting_recording += 1;
+                    m.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 }
                 ProgressEvent::BadRow { detail } => {
                     let mut errs = st.errors.lock().unwrap_or_else(|e| e.into_inner());
@@ -539,9 +556,10 @@ impl Runner {
             {
                 let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
                 // What the pipeline listed but never settled no longer waits in the queue.
-                metrics
-                    .queue_depth
-                    .fetch_sub(p.found.saturating_sub(p.settled) as i64, Ordering::Relaxed);
+                metrics.queue_depth.fetch_sub(
+                    p.found.saturating_sub(p.settled + p.awaiting_recording) as i64,
+                    Ordering::Relaxed,
+                );
                 p.running = false;
                 p.finished = true;
                 let elapsed = state.started.elapsed().as_secs_f64();

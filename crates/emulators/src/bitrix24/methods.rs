@@ -102,7 +102,8 @@ fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
     // CALL_RECORD_URL points at the "external" recording host (another port), like Voximplant's storage.
     let base = inner.records_base.as_str();
-    let calls = &inner.data.calls;
+    let live = inner.live.view();
+    let calls = live.visible(&inner.data.calls);
     let conds = filter::parse(p.get_ci("FILTER"));
     let start = start_param(p);
     // SORT and ORDER must both be given, else no ordering is applied (natural order = ID ascending).
@@ -126,7 +127,7 @@ fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
         _ => None,
     };
     let eval = |i: usize| -> Result<bool, ApiError> {
-        let c = &calls[i];
+        let c = live.row(&calls[i]);
         filter::matches(&conds, tz, &|f| c.field(f, base), true)
     };
     // Keyset fast path: `>ID`/`>=ID` bounds let a scan start in the middle.
@@ -177,7 +178,10 @@ fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
         }
     }
     let (page, total, next) = page_of(&idx, start);
-    let rows: Vec<Value> = page.into_iter().map(|i| calls[i].to_json(base)).collect();
+    let rows: Vec<Value> = page
+        .into_iter()
+        .map(|i| live.row(&calls[i]).to_json(base))
+        .collect();
     Ok(MethodOk {
         result: Value::Array(rows),
         total,
@@ -397,7 +401,7 @@ fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> 
         .data
         .files
         .get(&id)
-        .filter(|&&i| !inner.vanished(i))
+        .filter(|&&i| !inner.vanished(i) && !inner.not_yet_recorded(i))
         .map(|i| &inner.data.calls[*i])
         .ok_or_else(|| {
             ApiError::new(

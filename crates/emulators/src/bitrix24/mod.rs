@@ -13,6 +13,7 @@ mod data;
 mod faults;
 mod filter;
 mod limits;
+mod live;
 mod methods;
 mod params;
 
@@ -255,6 +256,8 @@ pub(crate) struct Inner {
     sha_cache: Mutex<HashMap<u64, String>>,
     /// The application flow (install, OAuth, events): `app.rs`.
     app: app::AppState,
+    /// Calls still to come and recordings still to be attached (tests of continuous sync).
+    live: live::Live,
     epoch: tokio::time::Instant,
 }
 
@@ -500,6 +503,14 @@ impl Inner {
         })
     }
 
+    /// The call at `idx` has not ended yet or its recording is not attached yet ([`live`]).
+    pub(crate) fn not_yet_recorded(&self, idx: usize) -> bool {
+        self.data
+            .calls
+            .get(idx)
+            .is_some_and(|c| self.live.recording_missing(c.id))
+    }
+
     /// The recording of the call at `idx` was made to vanish by a fault (counted when asked).
     pub(crate) fn vanished(&self, idx: usize) -> bool {
         let gone = self
@@ -575,6 +586,7 @@ impl Bitrix24Emulator {
             bytes_sent: Arc::new(AtomicU64::new(0)),
             sha_cache: Mutex::new(HashMap::new()),
             app: app::AppState::new(config.seed),
+            live: live::Live::default(),
             epoch: tokio::time::Instant::now(),
             config,
             data,
@@ -652,12 +664,33 @@ impl Bitrix24Emulator {
 
     /// Every call exactly as `voximplant.statistic.get` returns it, ascending ID.
     pub fn call_rows(&self) -> Vec<Value> {
-        self.inner
-            .data
-            .calls
+        let live = self.inner.live.view();
+        live.visible(&self.inner.data.calls)
             .iter()
-            .map(|c| c.to_json(&self.inner.records_base))
+            .map(|c| live.row(c).to_json(&self.inner.records_base))
             .collect()
+    }
+
+    /// From now on only calls with statistic `ID` ≤ `id` exist: the later ones have not happened yet.
+    pub fn hide_calls_after(&self, id: u64) {
+        self.inner.live.hide_after(id);
+    }
+
+    /// Calls up to `id` end (their rows appear); send `send_call_end` for them to play the portal's events.
+    pub fn reveal_calls_up_to(&self, id: u64) {
+        self.inner.live.reveal_up_to(id);
+    }
+
+    /// The call's row shows no recording (no `CALL_RECORD_URL`, no `RECORD_FILE_ID`) until
+    /// [`attach_recording`](Self::attach_recording), like a recording the portal attaches late.
+    pub fn withhold_recording(&self, call_stat_id: u64) {
+        self.inner.live.withhold(call_stat_id);
+    }
+
+    /// Attaches a withheld recording (no event fires, as with `telephony.externalCall.attachRecord`).
+    /// False when it was not withheld.
+    pub fn attach_recording(&self, call_stat_id: u64) -> bool {
+        self.inner.live.attach(call_stat_id)
     }
 
     /// The recording of the call with this statistic `ID` (computes its SHA-256 on first use).
@@ -1083,7 +1116,7 @@ async fn download(State(inner): State<Arc<Inner>>, RawQuery(query): RawQuery) ->
         }
         _ => None,
     };
-    let Some(idx) = file.filter(|&i| !inner.vanished(i)) else {
+    let Some(idx) = file.filter(|&i| !inner.vanished(i) && !inner.not_yet_recorded(i)) else {
         return error_response(
             &inner,
             &ApiError::new(404, "ERROR_NOT_FOUND", "File not found"),
@@ -1107,7 +1140,7 @@ async fn record_file(State(inner): State<Arc<Inner>>, Path(file): Path<String>) 
     let Some(&idx) = inner.data.by_call_id.get(call_id) else {
         return not_found();
     };
-    if inner.vanished(idx) {
+    if inner.vanished(idx) || inner.not_yet_recorded(idx) {
         return not_found();
     }
     match &inner.data.calls[idx].record {

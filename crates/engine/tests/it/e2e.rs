@@ -9,8 +9,7 @@ use b24sense_core::{Call, CallFilter, CallType, Container, TimeBound};
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::report::no_progress;
-use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
+use b24sense_engine::{run_export, EngineError, ExportConfig};
 use b24sense_speechsense::{
     ClientConfig as SsConfig, Credentials as SsCredentials, SpeechSenseClient,
 };
@@ -19,7 +18,7 @@ use chrono::FixedOffset;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{postgres_store, test_store};
+use crate::support::{collector, postgres_store, test_store, Ran};
 
 struct Env {
     portal: Bitrix24Emulator,
@@ -74,17 +73,19 @@ impl Env {
         store: &Store,
         config: ExportConfig,
         key: &str,
-    ) -> Result<Summary, EngineError> {
+    ) -> Result<Ran, EngineError> {
         let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
-        run_export(
+        let (progress, calls) = collector();
+        let summary = run_export(
             source,
             self.sink(key),
             store.clone(),
             config,
-            no_progress(),
+            progress,
             CancellationToken::new(),
         )
-        .await
+        .await?;
+        Ok(Ran::new(summary, &calls))
     }
 
     /// The portal's calls as the engine parses them.

@@ -136,6 +136,22 @@ impl FakeSource {
 impl CallSource for FakeSource {
     type Error = FakeError;
 
+    async fn calls_by_id(&self, ids: &[u64]) -> Result<CallPage, FakeError> {
+        self.list_requests.fetch_add(1, Ordering::SeqCst);
+        let calls: Vec<Call> = self
+            .calls
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+            .cloned()
+            .collect();
+        Ok(CallPage {
+            last_id: calls.last().map(|c| c.id),
+            calls,
+            exhausted: true,
+            bad_rows: vec![],
+        })
+    }
+
     async fn list_calls(&self, filter: &CallFilter, after_id: u64) -> Result<CallPage, FakeError> {
         self.list_requests.fetch_add(1, Ordering::SeqCst);
         if self.fatal_listing {

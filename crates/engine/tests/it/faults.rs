@@ -27,7 +27,7 @@ use chrono::FixedOffset;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{postgres_store, test_store};
+use crate::support::{collector, postgres_store, test_store, Ran};
 
 const PORTAL: &str = "emulated.bitrix24.test";
 const TOKEN_A: &str = "oauth-token-a";
@@ -174,20 +174,22 @@ impl Env {
         c
     }
 
-    async fn export(&self, store: &Store, search: bool) -> Summary {
+    async fn export(&self, store: &Store, search: bool) -> Ran {
         let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
+        let (progress, calls) = collector();
         let run = run_export(
             source,
             self.sink(search),
             store.clone(),
             self.config(),
-            no_progress(),
+            progress,
             CancellationToken::new(),
         );
-        tokio::time::timeout(Duration::from_secs(30), run)
+        let summary = tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .expect("the export finishes")
-            .expect("the export is not stopped")
+            .expect("the export is not stopped");
+        Ran::new(summary, &calls)
     }
 
     /// The calls the filter selects, as the engine parses them.

@@ -8,13 +8,13 @@ use b24sense_core::{
 };
 use b24sense_engine::report::no_progress;
 use b24sense_engine::retry::Backoff;
-use b24sense_engine::{run_export, EngineError, ExportConfig, Summary};
+use b24sense_engine::{run_export, EngineError, ExportConfig};
 use b24sense_store::Store;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::fakes::{wav, Download, FakeSink, FakeSource, Upload};
-use crate::support::test_store;
+use crate::support::{collector, test_store, Ran};
 
 fn config() -> ExportConfig {
     let mut c = ExportConfig::new("fake.bitrix24.test", "conn-1");
@@ -31,17 +31,19 @@ async fn run(
     sink: &Arc<FakeSink>,
     store: &Store,
     config: ExportConfig,
-) -> Summary {
-    run_export(
+) -> Ran {
+    let (progress, calls) = collector();
+    let summary = run_export(
         source.clone(),
         sink.clone(),
         store.clone(),
         config,
-        no_progress(),
+        progress,
         CancellationToken::new(),
     )
     .await
-    .expect("run completes")
+    .expect("run completes");
+    Ran::new(summary, &calls)
 }
 
 #[tokio::test]
@@ -342,7 +344,7 @@ async fn dry_run_counts_and_writes_nothing() {
     let mut c = config();
     c.dry_run = true;
     let s = run(&source, &sink, &store, c).await;
-    let w = s.would_upload.unwrap();
+    let w = s.would_upload.clone().unwrap();
     assert_eq!(w.calls, 40);
     assert_eq!(w.without_recording, 10);
     assert_eq!(w.minutes, (40 * 45u64).div_ceil(60));

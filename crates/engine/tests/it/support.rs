@@ -1,6 +1,45 @@
 //! Shared test helpers: ledgers on SQLite (temp file) and PostgreSQL (a schema per test).
 
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+
+use b24sense_engine::{CallReport, ProgressEvent, ProgressFn, Summary};
 use b24sense_store::Store;
+
+/// A run's summary with every call's report, collected from the progress events.
+#[derive(Debug)]
+pub struct Ran {
+    pub summary: Summary,
+    pub calls: Vec<CallReport>,
+}
+
+impl Deref for Ran {
+    type Target = Summary;
+    fn deref(&self) -> &Summary {
+        &self.summary
+    }
+}
+
+/// A progress callback that keeps every call's report.
+pub fn collector() -> (ProgressFn, Arc<Mutex<Vec<CallReport>>>) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let keep = calls.clone();
+    let f: ProgressFn = Arc::new(move |ev: &ProgressEvent| {
+        if let ProgressEvent::Settled(r) = ev {
+            keep.lock().unwrap().push(r.clone());
+        }
+    });
+    (f, calls)
+}
+
+impl Ran {
+    pub fn new(summary: Summary, calls: &Mutex<Vec<CallReport>>) -> Ran {
+        Ran {
+            summary,
+            calls: std::mem::take(&mut *calls.lock().unwrap()),
+        }
+    }
+}
 
 /// A fresh ledger for one test: SQLite in a temporary directory (kept alive by the returned guard), or — with
 /// `B24SENSE_TEST_LEDGER=postgres`, as CI runs the engine suite a second time — PostgreSQL in a schema of its own.
