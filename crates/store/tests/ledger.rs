@@ -825,6 +825,11 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
     fx.raw("DROP TABLE portal_settings").await.unwrap();
     fx.raw("DROP TABLE portals").await.unwrap();
     fx.raw("DROP TABLE portal_leases").await.unwrap();
+    for column in ["progress", "updated_at"] {
+        fx.raw(&format!("ALTER TABLE runs DROP COLUMN {column}"))
+            .await
+            .unwrap();
+    }
     fx.raw("DELETE FROM _sqlx_migrations WHERE version > 1")
         .await
         .unwrap();
