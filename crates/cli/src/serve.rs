@@ -42,6 +42,17 @@ pub struct ServeArgs {
     pub sync_interval: u64,
     #[arg(long, value_enum, default_value = "standard")]
     pub rate_plan: RatePlanArg,
+    /// Seconds between keep-alive passes that refresh the tokens of idle installations.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=86_400))]
+    pub token_keepalive_interval: u64,
+    /// Days after a token rotation at which an idle installation's tokens are refreshed (refresh tokens may
+    /// expire after 28 days: keep it well below).
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub token_keepalive_age: u64,
+    /// Seconds without a heartbeat after which a running export is taken for one whose server is gone: it is
+    /// shown as interrupted and resumed (the heartbeat beats every 10 s at most).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(40..=3600))]
+    pub run_stale_after: u64,
     /// Allowed OAuth servers (host or host:port) an installation may name as its server_endpoint.
     #[arg(long = "oauth-server", env = "B24SENSE_OAUTH_SERVERS", value_delimiter = ',', default_values_t = b24sense_web::DEFAULT_OAUTH_SERVERS.map(String::from))]
     pub oauth_servers: Vec<String>,
@@ -82,6 +93,9 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
     config.allow_http_portals = a.allow_http_portals;
     config.oauth_servers = a.oauth_servers;
+    config.keepalive_interval = Duration::from_secs(a.token_keepalive_interval);
+    config.keepalive_age = Duration::from_secs(a.token_keepalive_age * 86_400);
+    config.run_stale_after = Duration::from_secs(a.run_stale_after);
     config.rate = match a.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
         RatePlanArg::Enterprise => RatePlan::ENTERPRISE,

@@ -100,3 +100,32 @@ async fn serves_health_and_metrics() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn keepalive_flags_are_validated() {
+    // An age past the refresh token's shortest lifetime (28 days, maybe 20 to be safe) is refused up front.
+    let out = bin()
+        .env("B24SENSE_SECRET_KEY", "ab".repeat(32))
+        .args([
+            "serve",
+            "--public-url",
+            "https://b24sense.example.com/",
+            "--client-id",
+            "local.x.1",
+        ])
+        .args(["--client-secret", "s3cret", "--token-keepalive-age", "30"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--token-keepalive-age"), "{err}");
+    let help = bin().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--token-keepalive-interval",
+        "--token-keepalive-age",
+        "--run-stale-after",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+}

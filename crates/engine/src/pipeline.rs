@@ -686,7 +686,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
         let delay = recheck_delay(waited).min(horizon - waited);
         if self.store.wait_for_recording(&claim, delay).await? {
-            tracing::debug!(call = call.id, ?delay, "no recording yet; checking again later");
+            tracing::debug!(
+                call = call.id,
+                ?delay,
+                "no recording yet; checking again later"
+            );
             self.summary.lock().unwrap().awaiting_recording += 1;
             (self.progress)(&ProgressEvent::AwaitingRecording { call_id: call.id });
         }
@@ -806,7 +810,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                         mono: false,
                         reuploaded_after_crash: false,
                     };
-                    return self.commit(&claim, &item.call, outcome, Sent::NOTHING).await;
+                    return self
+                        .commit(&claim, &item.call, outcome, Sent::NOTHING)
+                        .await;
                 }
                 Some(Err(())) => {}
                 None => reupload = true,

@@ -5,7 +5,7 @@
 //!   `skipped` | `failed`), the stored call, and a *lease* with a *fence* so that only the worker holding the
 //!   current lease can commit an outcome (`shared/spec/mapping.md`, "Once and only once");
 //! - the listing **cursors** (keyset high-water marks per portal and filter);
-//! - the **runs** journal;
+//! - the **runs** journal, with the application server's live progress and heartbeat per run;
 //! - **portal leases**, so that with several replicas on one PostgreSQL only one calls a given portal.
 //! - **installed applications** (`portals`): tokens and settings per portal, secrets encrypted ([`SecretKey`]).
 //!
@@ -855,5 +855,9 @@ fn to_u32(n: i64) -> Result<u32, Error> {
 // Installed applications; declared here, after `Dialect`, because it reuses the store's private parts.
 mod portals;
 pub use portals::{
-    Installation, Portal, PortalSettings, PortalStatus, PortalTokens, SecretKey, StoredSettings,
+    DueRefresh, Installation, Portal, PortalSettings, PortalStatus, PortalTokens, SecretKey,
+    StoredSettings,
 };
+// The application server's progress journal and report pages; after the macros it uses.
+mod journal;
+pub use journal::{run_status, RunProgress};

@@ -5,6 +5,7 @@
 //! and column (associated data), so a value copied into another row or column does not decrypt.
 
 use std::fmt;
+use std::time::Duration;
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -221,6 +222,19 @@ pub struct Portal {
     pub lang: Option<String>,
     pub installed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the OAuth pair was last rotated (install, refresh, or a page open that brought a fresh pair).
+    pub tokens_rotated_at: Option<DateTime<Utc>>,
+    /// The OAuth server's error code when it refused the last refresh of the stored pair (`invalid_grant`, …);
+    /// cleared by the next rotation. The administrator must reopen or reinstall the application.
+    pub refresh_refused: Option<String>,
+}
+
+/// An installed portal whose tokens are due for a keep-alive refresh (see [`Store::portals_due_for_refresh`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRefresh {
+    pub member_id: String,
+    /// The token version that was found old: refresh only if it is still current.
+    pub token_version: i64,
 }
 
 /// The portal's current OAuth pair; `version` is what [`Store::rotate_tokens`] compares against.
@@ -299,7 +313,7 @@ macro_rules! on_db2 {
 
 const PORTAL_COLUMNS: &str =
     "member_id, domain, client_endpoint, server_endpoint, application_token, \
-     status, lang, installed_at, updated_at";
+     status, lang, installed_at, updated_at, tokens_rotated_at, refresh_refused";
 
 macro_rules! portal_from_row {
     ($key:expr, $row:expr) => {{
@@ -319,6 +333,8 @@ macro_rules! portal_from_row {
             lang: row.try_get("lang")?,
             installed_at: row.try_get("installed_at")?,
             updated_at: row.try_get("updated_at")?,
+            tokens_rotated_at: row.try_get("tokens_rotated_at")?,
+            refresh_refused: row.try_get("refresh_refused")?,
             member_id,
         }
     }};
@@ -338,14 +354,16 @@ impl Store {
         on_db2!(self, |pool, d| {
             let sql = d.sql(
                 "INSERT INTO portals (member_id, domain, client_endpoint, server_endpoint, application_token, \
-                 access_token, refresh_token, expires_at, token_version, status, lang, installed_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'installed', $9, {now}, {now}) \
+                 access_token, refresh_token, expires_at, token_version, status, lang, installed_at, updated_at, \
+                 tokens_rotated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'installed', $9, {now}, {now}, {now}) \
                  ON CONFLICT (member_id) DO UPDATE SET domain = excluded.domain, \
                  client_endpoint = excluded.client_endpoint, server_endpoint = excluded.server_endpoint, \
                  application_token = excluded.application_token, access_token = excluded.access_token, \
                  refresh_token = excluded.refresh_token, expires_at = excluded.expires_at, \
                  token_version = portals.token_version + 1, status = 'installed', \
-                 lang = COALESCE(excluded.lang, portals.lang), updated_at = {now}",
+                 lang = COALESCE(excluded.lang, portals.lang), updated_at = {now}, \
+                 tokens_rotated_at = {now}, refresh_refused = NULL",
             );
             sqlx::query(&sql)
                 .bind(m)
@@ -447,7 +465,8 @@ impl Store {
         on_db2!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE portals SET access_token = $3, refresh_token = $4, expires_at = $5, \
-                 token_version = token_version + 1, updated_at = {now} \
+                 token_version = token_version + 1, updated_at = {now}, tokens_rotated_at = {now}, \
+                 refresh_refused = NULL \
                  WHERE member_id = $1 AND token_version = $2 AND status = 'installed'",
             );
             let done = sqlx::query(&sql)
@@ -462,6 +481,56 @@ impl Store {
         })
     }
 
+    /// Installed portals whose token pair was last rotated at least `age` ago (by the database's clock, so
+    /// replicas agree), oldest first: the keep-alive refresh keeps their refresh tokens from aging out.
+    pub async fn portals_due_for_refresh(&self, age: Duration) -> Result<Vec<DueRefresh>, Error> {
+        on_db2!(self, |pool, d| {
+            // `{lease_until}` is now + $1 seconds; a negative $1 makes it "now - age".
+            let sql = d.sql(
+                "SELECT member_id, token_version FROM portals \
+                 WHERE status = 'installed' AND refresh_token IS NOT NULL \
+                 AND COALESCE(tokens_rotated_at, updated_at) <= {lease_until} \
+                 ORDER BY COALESCE(tokens_rotated_at, updated_at), member_id",
+            );
+            let rows = sqlx::query(&sql)
+                .bind(-age.as_secs_f64())
+                .fetch_all(pool)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(DueRefresh {
+                    member_id: row.try_get("member_id")?,
+                    token_version: row.try_get("token_version")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records that the OAuth server refused to refresh the pair at `token_version` (`code`: its error code,
+    /// never a secret). Only while that pair is current: a rotation that happened meanwhile (another replica,
+    /// a page open) means the portal is fine. Returns whether it was recorded.
+    pub async fn set_refresh_refused(
+        &self,
+        member_id: &str,
+        token_version: i64,
+        code: &str,
+    ) -> Result<bool, Error> {
+        on_db2!(self, |pool, d| {
+            let sql = d.sql(
+                "UPDATE portals SET refresh_refused = $3, updated_at = {now} \
+                 WHERE member_id = $1 AND token_version = $2 AND status = 'installed'",
+            );
+            let done = sqlx::query(&sql)
+                .bind(member_id)
+                .bind(token_version)
+                .bind(code)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     /// Marks the portal uninstalled and deletes its secrets (tokens, application token, API key). The
     /// non-secret settings and the ledger stay, so a re-install continues where it stopped.
     pub async fn uninstall_portal(&self, member_id: &str) -> Result<bool, Error> {
@@ -469,7 +538,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let sql = d.sql(
                 "UPDATE portals SET status = 'uninstalled', application_token = NULL, access_token = NULL, \
-                 refresh_token = NULL, expires_at = NULL, token_version = token_version + 1, \
+                 refresh_token = NULL, expires_at = NULL, refresh_refused = NULL, token_version = token_version + 1, \
                  updated_at = {now} WHERE member_id = $1",
             );
             let done = sqlx::query(&sql).bind(member_id).execute(&mut *tx).await?;

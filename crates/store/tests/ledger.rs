@@ -725,6 +725,145 @@ async fn runs_are_journaled(fx: &Fx) {
     ));
 }
 
+/// The application server's journal: progress with a heartbeat, which runs need resuming, and one winner
+/// when replicas take an interrupted run over.
+async fn web_runs_journal_progress_and_are_taken_over_once(fx: &Fx) {
+    let store = fx.store().await;
+    let stale = Duration::from_secs(3600);
+    assert!(store.last_run_progress(P, stale).await.unwrap().is_none());
+    // A CLI run (no progress) is not the application's.
+    store.start_run(P, &json!({})).await.unwrap();
+    assert!(store.last_run_progress(P, stale).await.unwrap().is_none());
+
+    let first = json!({"running": true, "settled": 0});
+    let r1 = store
+        .start_web_run(P, &json!({"trigger": "page"}), &first)
+        .await
+        .unwrap();
+    let run = store.last_run_progress(P, stale).await.unwrap().unwrap();
+    assert_eq!(
+        (run.id, run.status.as_deref(), &run.progress, run.stale),
+        (r1, None, &first, false)
+    );
+    let beat = run.updated_at;
+    let later = json!({"running": true, "settled": 7});
+    assert!(store.set_run_progress(r1, &later).await.unwrap());
+    let run = store.last_run_progress(P, stale).await.unwrap().unwrap();
+    assert_eq!(run.progress, later);
+    assert!(run.updated_at >= beat);
+    // A live heartbeat: nothing to resume, and no one can take it over.
+    assert!(store.runs_to_resume(stale).await.unwrap().is_empty());
+    assert!(!store.take_over_run(r1, stale, &json!({})).await.unwrap());
+
+    // The heartbeat stops (a crash): stale after the limit, resumable, taken over exactly once.
+    fx.raw(&format!(
+        "UPDATE runs SET updated_at = '2000-01-01T00:00:00Z' WHERE id = {r1}"
+    ))
+    .await
+    .unwrap();
+    let run = store.last_run_progress(P, stale).await.unwrap().unwrap();
+    assert!(run.stale);
+    let due = store.runs_to_resume(stale).await.unwrap();
+    assert_eq!(due.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r1]);
+    let marked = json!({"interrupted": true});
+    let takers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, marked) = (store.clone(), marked.clone());
+            tokio::spawn(async move { store.take_over_run(r1, stale, &marked).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    let run = store.last_run_progress(P, stale).await.unwrap().unwrap();
+    assert_eq!(
+        (run.status.as_deref(), &run.progress, run.stale),
+        (Some("interrupted"), &marked, false)
+    );
+    assert!(
+        !store.set_run_progress(r1, &later).await.unwrap(),
+        "taken over: no more writes"
+    );
+    assert!(store.runs_to_resume(stale).await.unwrap().is_empty());
+
+    // A run stopped by a shutdown is resumable at once; only the portal's latest run counts.
+    let r2 = store.start_web_run(P, &json!({}), &first).await.unwrap();
+    store
+        .finish_web_run(
+            r2,
+            "shutdown",
+            &json!({"uploaded": 1}),
+            &json!({"interrupted": true}),
+        )
+        .await
+        .unwrap();
+    let r3 = store
+        .start_web_run("other", &json!({}), &first)
+        .await
+        .unwrap();
+    store
+        .finish_web_run(r3, "finished", &json!({}), &json!({"finished": true}))
+        .await
+        .unwrap();
+    let due = store.runs_to_resume(stale).await.unwrap();
+    assert_eq!(due.iter().map(|r| r.id).collect::<Vec<_>>(), vec![r2]);
+    assert!(store.take_over_run(r2, stale, &marked).await.unwrap());
+    assert!(store.runs_to_resume(stale).await.unwrap().is_empty());
+    let r4 = store.start_web_run(P, &json!({}), &first).await.unwrap();
+    store
+        .finish_web_run(r4, "shutdown", &json!({}), &first)
+        .await
+        .unwrap();
+    let r5 = store.start_web_run(P, &json!({}), &first).await.unwrap();
+    store
+        .finish_web_run(r5, "finished", &json!({}), &first)
+        .await
+        .unwrap();
+    assert!(
+        store.runs_to_resume(stale).await.unwrap().is_empty(),
+        "an older shutdown run is history"
+    );
+    assert!(matches!(
+        store
+            .finish_web_run(r5 + 100, "finished", &json!({}), &first)
+            .await,
+        Err(Error::Data(_))
+    ));
+}
+
+/// The report's pages: keyset by call ID, every row once, the stored call not read.
+async fn ledger_pages_walk_every_row_once(fx: &Fx) {
+    let store = fx.store().await;
+    let calls: Vec<Call> = (1..=25).map(|i| call(i * 3, None)).collect();
+    store.register(P, &calls).await.unwrap();
+    store.register("other", &[call(4, None)]).await.unwrap();
+    settle(&store, P, 6, failed(FailReason::DownloadFailed)).await;
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..10 {
+        let page = store.ledger_page(P, after, 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        assert!(page.iter().all(|e| e.portal == P && e.call.is_none()));
+        after = page.last().map(|e| e.call_id);
+        seen.extend(page);
+    }
+    assert_eq!(
+        seen.iter().map(|e| e.call_id).collect::<Vec<_>>(),
+        (1..=25).map(|i| i * 3).collect::<Vec<_>>()
+    );
+    let six = seen.iter().find(|e| e.call_id == 6).unwrap();
+    assert_eq!(
+        (six.state, six.reason.as_deref(), six.attempts),
+        (LedgerState::Failed, Some("download_failed"), 1)
+    );
+    assert_eq!(six.detail.as_deref(), Some("detail of download_failed"));
+}
+
 async fn reopening_keeps_everything_and_rows_cannot_be_deleted(fx: &Fx) {
     let store = fx.store().await;
     store
@@ -829,6 +968,11 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
     fx.raw("ALTER TABLE ledger DROP COLUMN retry_at")
         .await
         .unwrap();
+    for column in ["progress", "updated_at"] {
+        fx.raw(&format!("ALTER TABLE runs DROP COLUMN {column}"))
+            .await
+            .unwrap();
+    }
     fx.raw("DELETE FROM _sqlx_migrations WHERE version > 1")
         .await
         .unwrap();
@@ -990,9 +1134,17 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     assert_eq!(ids(store.due(P, 0, 3, 100).await.unwrap()), vec![1]);
     assert_eq!(ids(store.due(P, 1, 5, 100).await.unwrap()), vec![4]);
     assert_eq!(ids(store.due(P, 0, 5, 1).await.unwrap()), vec![1]);
-    assert!(store.due("other.portal", 0, 5, 100).await.unwrap().is_empty());
+    assert!(store
+        .due("other.portal", 0, 5, 100)
+        .await
+        .unwrap()
+        .is_empty());
     let due = store.due(P, 0, 5, 100).await.unwrap();
-    assert_eq!(due[0].call.as_ref().map(|c| c.id), Some(1), "the stored call comes along");
+    assert_eq!(
+        due[0].call.as_ref().map(|c| c.id),
+        Some(1),
+        "the stored call comes along"
+    );
 
     // An outcome ends the wait; so does a release (the call is taken up at once next time).
     let c1 = claim(1).await;
@@ -1002,7 +1154,10 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     let c2 = claim(2).await;
     assert!(store.release(&c2).await.unwrap());
     let e2 = store.entry(P, 2).await.unwrap().unwrap();
-    assert_eq!((e2.state, e2.retry_at, e2.reason), (LedgerState::Pending, None, None));
+    assert_eq!(
+        (e2.state, e2.retry_at, e2.reason),
+        (LedgerState::Pending, None, None)
+    );
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2, 4]);
 }
 
@@ -1047,6 +1202,8 @@ suite!(
     a_ledger_from_an_older_version_is_upgraded_in_place,
     a_failed_migration_leaves_the_data_as_it_was,
     calls_awaiting_a_recording_wait_their_turn,
+    web_runs_journal_progress_and_are_taken_over_once,
+    ledger_pages_walk_every_row_once,
 );
 
 // Backend-specific failures.

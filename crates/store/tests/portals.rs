@@ -1,7 +1,9 @@
 //! Installed applications: tokens rotate atomically, secrets are encrypted at rest and deleted on uninstall.
 //! Runs on SQLite (a temp file) and PostgreSQL (a random schema, dropped afterwards).
 
-use b24sense_store::{Error, Installation, PortalSettings, PortalStatus, SecretKey, Store};
+use b24sense_store::{
+    DueRefresh, Error, Installation, PortalSettings, PortalStatus, SecretKey, Store,
+};
 use chrono::{Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection, Executor, Row};
@@ -135,6 +137,47 @@ async fn lifecycle(db: Db) {
     let t2 = store.portal_tokens(&key, "m1").await.unwrap().unwrap();
     assert_eq!(t2.access_token.expose_secret(), "access-B-SECRET");
     assert_eq!(t2.version, t.version + 1);
+
+    // Keep-alive: the pair was rotated just now, so it is due only for a zero age; a refusal is recorded for
+    // the current version only and cleared by the next rotation.
+    let p = store.portal(&key, "m1").await.unwrap().unwrap();
+    assert!(p.tokens_rotated_at.is_some() && p.refresh_refused.is_none());
+    assert!(store
+        .portals_due_for_refresh(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .is_empty());
+    let due = store
+        .portals_due_for_refresh(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        due,
+        vec![DueRefresh {
+            member_id: "m1".into(),
+            token_version: t2.version
+        }]
+    );
+    assert!(!store
+        .set_refresh_refused("m1", t.version, "invalid_grant")
+        .await
+        .unwrap());
+    assert!(store
+        .set_refresh_refused("m1", t2.version, "invalid_grant")
+        .await
+        .unwrap());
+    let p = store.portal(&key, "m1").await.unwrap().unwrap();
+    assert_eq!(p.refresh_refused.as_deref(), Some("invalid_grant"));
+    let rotated = p.tokens_rotated_at.unwrap();
+    let a4 = SecretString::from("access-B2-SECRET");
+    assert!(store
+        .rotate_tokens(&key, "m1", t2.version, &a4, &r2, exp)
+        .await
+        .unwrap());
+    let p = store.portal(&key, "m1").await.unwrap().unwrap();
+    assert!(p.refresh_refused.is_none());
+    assert!(p.tokens_rotated_at.unwrap() >= rotated);
+    let t2 = store.portal_tokens(&key, "m1").await.unwrap().unwrap();
 
     // Settings, with the API key kept when not given again.
     let mut s = PortalSettings {

@@ -15,6 +15,10 @@ pub enum Error {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The OAuth server refused to refresh the portal's tokens (`invalid_grant`: the refresh token expired or
+    /// was used; `invalid_client`, `PAYMENT_REQUIRED`, …). Only opening the application or reinstalling it helps.
+    #[error("the OAuth server refused the refresh: {code} ({description}) — open the application in Bitrix24 again or reinstall it")]
+    RefreshRefused { code: String, description: String },
     #[error("configuration: {0}")]
     Config(String),
     #[error("I/O: {0}")]

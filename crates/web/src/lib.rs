@@ -5,19 +5,23 @@
 //! `BX24.installFinish()`), uninstall (stops work, deletes the portal's secrets), OAuth refresh against the
 //! installation's `server_endpoint` ([`oauth::StoreTokenSource`]), the settings page opened in the portal's
 //! iframe with its JSON API (signed session token in the page, CSRF token on changes, CSP `frame-ancestors`
-//! limited to the portal), live progress of export runs ([`runner`]), continuous sync (events + a periodic
-//! catch-up pass), `/healthz`, `/readyz` and `/metrics`.
+//! limited to the portal), live progress of export runs ([`runner`], journaled in the store and resumed after a
+//! restart: [`resume`]), continuous sync (events + a periodic catch-up pass), a keep-alive refresh of idle
+//! installations ([`keepalive`]), the per-call CSV report from the ledger ([`report`]), `/healthz`, `/readyz`
+//! and `/metrics`.
 //! Exports themselves are the engine's `run_export`; the store keeps portals, settings and the ledger.
 
 mod error;
+pub mod keepalive;
 pub mod metrics;
 pub mod oauth;
 mod page;
+mod report;
+pub mod resume;
 pub mod runner;
 pub mod session;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +74,14 @@ pub struct WebConfig {
     /// OAuth servers (`host` or `host:port`) an installation's `server_endpoint` may name: the refresh sends the
     /// client secret there, so a forged install must not pick its own. Default: Bitrix24's global and Russian ones.
     pub oauth_servers: Vec<String>,
+    /// How often the keep-alive task looks for idle installations.
+    pub keepalive_interval: Duration,
+    /// Refresh an installation whose tokens were last rotated this long ago (refresh tokens may expire after
+    /// 28 days or at first use; `bitrix24-api.md` §6.3 asks for a refresh at least every ~20 days).
+    pub keepalive_age: Duration,
+    /// A run journaled as running whose heartbeat is older than this belongs to a process that is gone: it is
+    /// shown as interrupted and resumed. Must be well above the heartbeat (at most 10 s).
+    pub run_stale_after: Duration,
 }
 
 impl WebConfig {
@@ -95,6 +107,10 @@ impl WebConfig {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            keepalive_interval: Duration::from_secs(3600),
+            keepalive_age: Duration::from_secs(14 * 86_400),
+            // The engine's portal lease lasts as long: a crashed run's portal is free again by then anyway.
+            run_stale_after: Duration::from_secs(60),
         }
     }
 }
@@ -173,19 +189,51 @@ impl AppServer {
             .with_state(self.state.clone())
     }
 
-    /// Serves until `shutdown`, with the periodic catch-up pass for portals with continuous sync.
+    /// Serves until `shutdown`, with the periodic catch-up pass for portals with continuous sync, the token
+    /// keep-alive, and the resumption of runs a restart interrupted (first pass at once). On shutdown the
+    /// running exports stop like the engine's shutdown (uploads in flight finish) and are journaled as
+    /// interrupted, so the next start resumes them.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
+        // A child token: the tasks also stop when serving fails, without cancelling the caller's token.
+        let shutdown = shutdown.child_token();
         let sync = tokio::spawn(sync_loop(self.state.clone(), shutdown.clone()));
+        let keepalive = tokio::spawn(keepalive::run(self.state.clone(), shutdown.clone()));
+        let resume = tokio::spawn(resume::run(self.state.clone(), shutdown.clone()));
+        let stopping = {
+            let (state, s) = (self.state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                s.cancelled().await;
+                resume::stop_runs(&state).await;
+            })
+        };
         let s = shutdown.clone();
         let r = axum::serve(listener, self.router())
             .with_graceful_shutdown(async move { s.cancelled().await })
             .await;
+        shutdown.cancel();
         sync.abort();
+        resume.abort();
+        // Not aborted: a refresh cut short after the OAuth server answered would lose the refresh token; the
+        // task stops after the portal it is at.
+        let _ = keepalive.await;
+        let _ = stopping.await;
         r.map_err(Error::Io)
+    }
+
+    /// One keep-alive pass (what the periodic task does): refreshes every installed portal whose tokens were
+    /// last rotated at least [`WebConfig::keepalive_age`] ago.
+    pub async fn keepalive_pass(&self) -> keepalive::PassReport {
+        keepalive::pass(&self.state, &CancellationToken::new()).await
+    }
+
+    /// One resumption pass (what `serve` does at start and then periodically): takes over every portal's run
+    /// that a shutdown or a crash interrupted and starts it again. Returns how many were started.
+    pub async fn resume_pass(&self) -> usize {
+        resume::pass(&self.state).await
     }
 
     /// Starts an export for every installed portal with continuous sync that is idle (what the periodic pass does).
@@ -260,6 +308,7 @@ fn env(state: &AppState) -> RunEnv {
         concurrency: state.config.concurrency,
         rate: state.config.rate,
         recording_horizon: state.config.recording_horizon,
+        stale_after: state.config.run_stale_after,
     }
 }
 
@@ -433,10 +482,7 @@ async fn install(
     // An installed portal keeps its domain: a request naming another one cannot take it over.
     if let Ok(Some(p)) = state.store.portal(&state.key, &member_id).await {
         if p.status == PortalStatus::Installed && !p.domain.eq_ignore_ascii_case(&domain) {
-            state
-                .metrics
-                .events_rejected
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.events_rejected.inc();
             return text_error(
                 StatusCode::FORBIDDEN,
                 "member_id is installed on another domain",
@@ -491,7 +537,7 @@ async fn install(
             "cannot store the installation",
         );
     }
-    state.metrics.installs.fetch_add(1, Ordering::Relaxed);
+    state.metrics.installs.inc();
     tracing::info!(member_id = %member_id, domain = %inst.domain, "application installed");
     // Bind the events (re-binding an existing handler is an idempotent error).
     if let Ok(Some(portal)) = state.store.portal(&state.key, &member_id).await {
@@ -577,10 +623,7 @@ async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let portal = match state.store.portal(&state.key, &member_id).await {
         Ok(Some(p)) if p.status == PortalStatus::Installed => p,
         _ => {
-            state
-                .metrics
-                .events_rejected
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.events_rejected.inc();
             return text_error(StatusCode::FORBIDDEN, "unknown installation");
         }
     };
@@ -589,23 +632,17 @@ async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         .as_ref()
         .is_some_and(|t| same_secret(t.expose_secret(), &token));
     if !valid {
-        state
-            .metrics
-            .events_rejected
-            .fetch_add(1, Ordering::Relaxed);
+        state.metrics.events_rejected.inc();
         tracing::warn!(member_id = %member_id, "event with a wrong application token rejected");
         return text_error(StatusCode::FORBIDDEN, "wrong application token");
     }
-    state
-        .metrics
-        .events_accepted
-        .fetch_add(1, Ordering::Relaxed);
+    state.metrics.events_accepted.inc();
     match g("event").to_ascii_uppercase().as_str() {
         "ONAPPUNINSTALL" => {
             state.runner.stop(&member_id);
             match state.store.uninstall_portal(&member_id).await {
                 Ok(_) => {
-                    state.metrics.uninstalls.fetch_add(1, Ordering::Relaxed);
+                    state.metrics.uninstalls.inc();
                     tracing::info!(member_id = %member_id, "application uninstalled; secrets deleted");
                 }
                 Err(e) => tracing::error!(member_id = %member_id, error = %e, "uninstall failed"),
@@ -1028,7 +1065,8 @@ async fn api_state(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     Json(json!({
         "lang": s.l, "domain": portal.domain, "saved": settings.is_some(),
         "settings": settings.unwrap_or_default(), "api_key_set": has_key,
-        "progress": state.runner.progress(&portal.member_id),
+        "progress": current_progress(&state, &portal, &s.l).await,
+        "token_problem": token_problem(&portal, &s.l),
     }))
     .into_response()
 }
@@ -1144,11 +1182,63 @@ async fn api_stop(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
 }
 
 async fn api_progress(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let (_, portal) = match authorize(&state, &headers, false).await {
+    let (s, portal) = match authorize(&state, &headers, false).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    Json(json!({"progress": state.runner.progress(&portal.member_id)})).into_response()
+    Json(json!({
+        "progress": current_progress(&state, &portal, &s.l).await,
+        "token_problem": token_problem(&portal, &s.l),
+    }))
+    .into_response()
+}
+
+/// The live progress while this process runs the portal's export, else its last journaled run (another
+/// replica's live one, or one whose process is gone: then shown as interrupted).
+async fn current_progress(
+    state: &AppState,
+    portal: &Portal,
+    lang: &str,
+) -> Option<runner::Progress> {
+    if let Some(p) = state.runner.live_progress(&portal.member_id) {
+        return Some(p);
+    }
+    let stored = tokio::time::timeout(
+        Duration::from_secs(5),
+        state
+            .store
+            .last_run_progress(&portal.member_id, state.config.run_stale_after),
+    )
+    .await;
+    match stored {
+        Ok(Ok(Some(run))) => {
+            let p: runner::Progress = serde_json::from_value(run.progress).unwrap_or_default();
+            Some(if run.stale {
+                p.into_interrupted(lang != "en")
+            } else {
+                p
+            })
+        }
+        Ok(Ok(None)) => state.runner.progress(&portal.member_id),
+        // The store is unreachable: what this process remembers is better than nothing.
+        Ok(Err(_)) | Err(_) => state.runner.progress(&portal.member_id),
+    }
+}
+
+/// What the administrator must do when the OAuth server refused to refresh the portal's tokens.
+fn token_problem(portal: &Portal, lang: &str) -> Option<String> {
+    let code = portal.refresh_refused.as_deref()?;
+    Some(if lang == "en" {
+        format!(
+            "Bitrix24 refused to renew the application's access ({code}). Open the application in Bitrix24 \
+             again or reinstall it; until then exports and continuous sync cannot run."
+        )
+    } else {
+        format!(
+            "Битрикс24 отказался продлить доступ приложения ({code}). Откройте приложение в Битрикс24 заново \
+             или переустановите его; до этого выгрузка и непрерывная синхронизация не работают."
+        )
+    })
 }
 
 /// The portal's active users for the "List of users" picker (`user.get`, at most 10 pages of 50).
@@ -1196,45 +1286,12 @@ async fn api_users(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Re
     Json(json!({"users": users})).into_response()
 }
 
-/// The per-call report of the current or last run, as CSV.
+/// The per-call report: every ledger row of the portal as CSV, read page by page and streamed.
 async fn api_report(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let (_, portal) = match authorize(&state, &headers, false).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let calls = state
-        .runner
-        .progress(&portal.member_id)
-        .map(|p| p.calls)
-        .unwrap_or_default();
-    let mut csv = String::from("call_id,outcome,reason,talk_id,seconds,bytes,detail\n");
-    for c in calls {
-        let (outcome, reason, talk, detail) = match &c.outcome {
-            b24sense_core::Outcome::Uploaded { talk_id, mono, .. } => (
-                "uploaded",
-                if *mono { "mono" } else { "" }.to_string(),
-                talk_id.clone(),
-                String::new(),
-            ),
-            b24sense_core::Outcome::Skipped { reason } => (
-                "skipped",
-                reason.as_str().to_string(),
-                String::new(),
-                String::new(),
-            ),
-            b24sense_core::Outcome::Failed { reason, detail } => (
-                "failed",
-                reason.as_str().to_string(),
-                String::new(),
-                detail.clone(),
-            ),
-        };
-        let detail = detail.replace('"', "\"\"");
-        csv.push_str(&format!(
-            "{},{outcome},{reason},{talk},{},{},\"{detail}\"\n",
-            c.call_id, c.seconds, c.bytes
-        ));
-    }
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -1243,7 +1300,7 @@ async fn api_report(State(state): State<Arc<AppState>>, headers: HeaderMap) -> R
                 "attachment; filename=\"b24sense-report.csv\"",
             ),
         ],
-        csv,
+        axum::body::Body::from_stream(report::csv_stream(state.store.clone(), portal.member_id)),
     )
         .into_response()
 }
@@ -1262,11 +1319,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_route(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.queue_depth.set(state.runner.queue_depth());
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()

@@ -1,6 +1,7 @@
 //! OAuth access tokens of an installed portal, refreshed against the installation's own `server_endpoint`.
 //! One refresh at a time per portal (refresh tokens are single-use: two concurrent refreshes would break the
-//! chain), and the new pair is stored with a compare-and-swap before it is used.
+//! chain), and the new pair is stored with a compare-and-swap before it is used. A refresh the OAuth server
+//! refuses is recorded on the portal, so the settings page can ask the administrator to reopen or reinstall.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::metrics::Metrics;
+use crate::Error;
 
 /// One async lock per portal, shared by every token source of that portal in this process.
 #[derive(Default)]
@@ -111,13 +113,17 @@ impl StoreTokenSource {
         ))
     }
 
-    async fn do_refresh(&self, stale: &AccessToken) -> Result<AccessToken, B24Error> {
+    /// Refreshes under the portal's lock if `is_stale(current pair, its version)` still holds once the lock is
+    /// held; otherwise someone refreshed while we waited and their pair is the answer.
+    async fn refresh_locked(
+        &self,
+        is_stale: impl FnOnce(&AccessToken, i64) -> bool,
+    ) -> Result<Refresh, Error> {
         let lock = self.locks.get(&self.member_id);
         let _guard = lock.lock().await;
         let (current, version, refresh) = self.current().await?;
-        // Someone refreshed while we waited: use theirs.
-        if current.token.expose_secret() != stale.token.expose_secret() {
-            return Ok(current);
+        if !is_stale(&current, version) {
+            return Ok(Refresh::Theirs(current));
         }
         let url = self.token_url()?;
         let resp = self
@@ -143,20 +149,10 @@ impl StoreTokenSource {
             ))
         })?;
         if let Some(code) = body.error {
-            let hint = if code == "invalid_grant" {
-                " — the refresh token is no longer valid; reinstall the application or open it in Bitrix24"
-            } else {
-                ""
-            };
-            return Err(B24Error::Token(format!(
-                "the OAuth server refused the refresh: {code} ({}){hint}",
-                body.error_description.unwrap_or_default()
-            )));
+            return self.refused(version, &code, body.error_description).await;
         }
         let (Some(access), Some(new_refresh)) = (body.access_token, body.refresh_token) else {
-            return Err(B24Error::Token(
-                "the OAuth server answered without tokens".into(),
-            ));
+            return Err(B24Error::Token("the OAuth server answered without tokens".into()).into());
         };
         let access = SecretString::from(access);
         let new_refresh = SecretString::from(new_refresh);
@@ -173,19 +169,70 @@ impl StoreTokenSource {
             )
             .await
             .map_err(|e| B24Error::Token(format!("cannot store the refreshed tokens: {e}")))?;
-        self.metrics
-            .token_refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.token_refreshes.inc();
         if !stored {
             // Uninstalled or re-installed meanwhile: the stored pair is the truth.
-            return self.current().await.map(|(t, _, _)| t);
+            return Ok(Refresh::Theirs(self.current().await?.0));
         }
         tracing::info!(member_id = %self.member_id, "OAuth tokens refreshed");
-        Ok(AccessToken {
+        Ok(Refresh::Done(AccessToken {
             token: access,
             client_endpoint: self.client_endpoint.clone(),
+        }))
+    }
+
+    /// The OAuth server refused to refresh the pair at `version`: recorded for the administrator (only while
+    /// that pair is current), counted, logged without secrets.
+    async fn refused(
+        &self,
+        version: i64,
+        code: &str,
+        description: Option<String>,
+    ) -> Result<Refresh, Error> {
+        // Another replica may have used the same refresh token a moment earlier: then its new pair is stored
+        // (or about to be, and that rotation clears the mark) and the portal is fine.
+        let (current, now_version, _) = self.current().await?;
+        if now_version != version {
+            return Ok(Refresh::Theirs(current));
+        }
+        // Codes are short identifiers; anything else from the server is not echoed.
+        let code: String = code
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        self.metrics.token_refresh_refusals.inc();
+        tracing::warn!(member_id = %self.member_id, code = %code,
+            "the OAuth server refused to refresh the tokens; an administrator must open the application again or reinstall it");
+        if let Err(e) = self
+            .store
+            .set_refresh_refused(&self.member_id, version, &code)
+            .await
+        {
+            tracing::warn!(member_id = %self.member_id, error = %e, "could not record the refused refresh");
+        }
+        Err(Error::RefreshRefused {
+            code,
+            description: description.unwrap_or_default().chars().take(200).collect(),
         })
     }
+
+    /// Keep-alive: refreshes the pair if it is still at `version` (what the caller found old). `Ok(false)`
+    /// when it was rotated meanwhile (nothing to do).
+    pub async fn refresh_if_current(&self, version: i64) -> Result<bool, Error> {
+        match self.refresh_locked(|_, v| v == version).await? {
+            Refresh::Done(_) => Ok(true),
+            Refresh::Theirs(_) => Ok(false),
+        }
+    }
+}
+
+/// What a refresh under the lock ended with.
+enum Refresh {
+    /// This call rotated the pair.
+    Done(AccessToken),
+    /// Someone else did (or the installation changed): their current pair.
+    Theirs(AccessToken),
 }
 
 /// A transport error without its URL (the query holds the client secret and refresh token).
@@ -200,6 +247,15 @@ impl TokenSource for StoreTokenSource {
 
     fn refresh(&self, stale: &AccessToken) -> BoxFuture<'_, Result<AccessToken, B24Error>> {
         let stale = stale.clone();
-        Box::pin(async move { self.do_refresh(&stale).await })
+        Box::pin(async move {
+            let still_stale = |current: &AccessToken, _: i64| {
+                current.token.expose_secret() == stale.token.expose_secret()
+            };
+            match self.refresh_locked(still_stale).await {
+                Ok(Refresh::Done(t) | Refresh::Theirs(t)) => Ok(t),
+                Err(Error::Bitrix24(e)) => Err(e),
+                Err(e) => Err(B24Error::Token(e.to_string())),
+            }
+        })
     }
 }

@@ -153,6 +153,7 @@ pub fn render(lang: &str, session: &str, csrf: &str, domain: &str) -> String {
 <body>
 <header><h1>{title}</h1><span class="domain">{domain}</span></header>
 <main>
+<div class="alert" id="token-problem" role="alert" hidden></div>
 <section class="card" id="view">
   <div class="card-head"><h2>{settings}</h2><button type="button" id="edit">{edit}</button></div>
   <dl id="summary"></dl>
@@ -170,6 +171,7 @@ pub fn render(lang: &str, session: &str, csrf: &str, domain: &str) -> String {
   <p id="export-error" class="error" role="alert"></p>
   <div id="progress">
     <p id="p-status">{idle}</p>
+    <p id="p-notice" class="notice" role="status" hidden></p>
     <div class="bar"><div id="p-bar"></div></div>
     <div class="stats">
       <div><span class="num" id="p-found">0</span><span class="lbl">{found}</span></div>

@@ -1,8 +1,10 @@
-//! Export runs per portal: one at a time per portal, started from the page, by a call-end event or by the
-//! periodic catch-up pass, each with live progress the page polls.
+//! Export runs per portal: one at a time per portal, started from the page, by a call-end event, by the
+//! periodic catch-up pass or by a restart that interrupted one, each with live progress the page polls.
+//! The progress is journaled in the store's `runs` row (about once a second, and at the end) by a task of its
+//! own, so the engine's progress callback never waits for the database and the progress survives a restart.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,17 +16,18 @@ use b24sense_speechsense::{
     ClientConfig as SpeechConfig, ConnectionCheck, Credentials as SpeechCredentials, Lang,
     SearchScope, SpeechSenseClient,
 };
-use b24sense_store::{Portal, PortalSettings, SecretKey, Store};
+use b24sense_store::{run_status, Portal, PortalSettings, SecretKey, Store};
 use secrecy::SecretString;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::metrics::Metrics;
 use crate::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
 
-/// What the page shows about the current or last run.
-#[derive(Debug, Clone, Default, Serialize)]
+/// What the page shows about the current or last run (also what the store journals, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Progress {
     pub running: bool,
     /// `page`, `event` or `schedule`.
@@ -48,14 +51,103 @@ pub struct Progress {
     /// Why the run ended early (stopped by the user, refused credentials, …).
     pub stopped: Option<String>,
     pub finished: bool,
-    #[serde(skip)]
-    pub calls: Vec<CallReport>,
+    /// The run's server stopped or crashed before it ended; it is resumed when a server starts again.
+    pub interrupted: bool,
+    /// A note for the page (this run resumes one that a restart interrupted).
+    pub notice: Option<String>,
 }
+
+/// «Выгрузка прервана: сервер перезапускался» in the page's language.
+pub fn interrupted_message(ru: bool) -> &'static str {
+    if ru {
+        "Выгрузка прервана: сервер перезапускался."
+    } else {
+        "The export was interrupted: the server restarted."
+    }
+}
+
+fn resumed_message(ru: bool) -> &'static str {
+    if ru {
+        "Выгрузка прервана: сервер перезапускался. Продолжаем с того места, где она остановилась; выгруженные звонки не повторяются."
+    } else {
+        "The export was interrupted: the server restarted. It continues where it stopped; uploaded calls are not sent again."
+    }
+}
+
+impl Progress {
+    /// A journaled run whose process is gone, as the page shows it.
+    pub fn into_interrupted(mut self, ru: bool) -> Progress {
+        self.running = false;
+        self.finished = true;
+        self.interrupted = true;
+        self.eta_secs = None;
+        self.stopped = Some(interrupted_message(ru).to_string());
+        self
+    }
+}
+
+/// The progress journal's pace: a write when something changed, at most once per this…
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// …and a heartbeat at least this often (a quarter of the staleness limit, so a live run is never taken for
+/// a dead one), between these bounds.
+const HEARTBEAT_MIN: Duration = Duration::from_secs(1);
+const HEARTBEAT_MAX: Duration = Duration::from_secs(10);
+/// How long one journal write may take before it is skipped (the next tick tries again).
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct RunState {
     progress: Mutex<Progress>,
     started: Instant,
     errors: Mutex<VecDeque<String>>,
+    /// Bumped by every progress event: the journal writes only when it moved (or for the heartbeat).
+    changes: AtomicU64,
+}
+
+impl RunState {
+    /// The progress with rate, ETA and the last errors filled in.
+    fn snapshot(&self) -> Progress {
+        let mut p = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if !p.finished {
+            // A call left waiting for its recording is done for this run.
+            let done = p.settled + p.awaiting_recording;
+            p.elapsed_secs = elapsed as u64;
+            p.rate = if elapsed > 0.0 {
+                done as f64 / elapsed
+            } else {
+                0.0
+            };
+            p.eta_secs = (p.listing_done && p.rate > 0.0)
+                .then(|| (p.found.saturating_sub(done) as f64 / p.rate).ceil() as u64);
+        }
+        p.last_errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        p
+    }
+
+    fn finished(&self) -> bool {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished
+    }
+
+    fn push_error(&self, msg: String) {
+        let mut errs = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errs.push_back(msg);
+        while errs.len() > 10 {
+            errs.pop_front();
+        }
+    }
 }
 
 struct Handle {
@@ -63,6 +155,10 @@ struct Handle {
     state: Arc<RunState>,
     /// An event arrived during this run: run again when it ends.
     again: Arc<AtomicBool>,
+    /// Cancelled because the server shuts down (not by the user): the run is resumed on the next start.
+    shutdown: Arc<AtomicBool>,
+    /// Cancelled once the run has ended and its end is journaled.
+    ended: CancellationToken,
 }
 
 /// Everything a run needs besides the portal.
@@ -79,6 +175,8 @@ pub struct RunEnv {
     /// With continuous sync on, how long a call without a recording is checked again before it counts as
     /// `no_recording`.
     pub recording_horizon: Duration,
+    /// A run row without a heartbeat for this long belongs to a process that is gone.
+    pub stale_after: Duration,
 }
 
 /// Runs of all portals.
@@ -275,36 +373,17 @@ fn describe(report: &CallReport, ru: bool) -> Option<String> {
 }
 
 impl Runner {
+    /// The progress of this process's current or last run of the portal.
     pub fn progress(&self, member_id: &str) -> Option<Progress> {
         let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let h = runs.get(member_id)?;
-        let mut p = h
-            .state
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let elapsed = h.state.started.elapsed().as_secs_f64();
-        if !p.finished {
-            let done = p.settled + p.awaiting_recording;
-            p.elapsed_secs = elapsed as u64;
-            p.rate = if elapsed > 0.0 {
-                done as f64 / elapsed
-            } else {
-                0.0
-            };
-            p.eta_secs = (p.listing_done && p.rate > 0.0)
-                .then(|| (p.found.saturating_sub(done) as f64 / p.rate).ceil() as u64);
-        }
-        p.last_errors = h
-            .state
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        Some(p)
+        Some(runs.get(member_id)?.state.snapshot())
+    }
+
+    /// The progress while this process runs an export of the portal (until its end is journaled).
+    pub fn live_progress(&self, member_id: &str) -> Option<Progress> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let h = runs.get(member_id).filter(|h| !h.state.finished())?;
+        Some(h.state.snapshot())
     }
 
     pub fn is_running(&self, member_id: &str) -> bool {
@@ -312,15 +391,49 @@ impl Runner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(member_id)
-            .is_some_and(|h| {
-                !h.cancel.is_cancelled()
-                    && !h
-                        .state
-                        .progress
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .finished
+            .is_some_and(|h| !h.cancel.is_cancelled() && !h.state.finished())
+    }
+
+    /// Whether this process has a run of the portal that has not ended yet (also one that is stopping).
+    pub fn has_run(&self, member_id: &str) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+            .is_some_and(|h| !h.state.finished())
+    }
+
+    /// Calls listed and not yet settled, over all runs of this process.
+    pub fn queue_depth(&self) -> i64 {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|h| {
+                let p = h.state.progress.lock().unwrap_or_else(|e| e.into_inner());
+                if p.finished {
+                    0
+                } else {
+                    p.found.saturating_sub(p.settled + p.awaiting_recording) as i64
+                }
             })
+            .sum()
+    }
+
+    /// The server shuts down: every run stops taking calls (uploads in flight finish, as the engine's shutdown
+    /// does) and is journaled as interrupted by the shutdown, to be resumed on the next start. Returns tokens
+    /// cancelled once each run has ended.
+    pub fn shutdown_all(&self) -> Vec<CancellationToken> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.values()
+            .filter(|h| !h.state.finished())
+            .map(|h| {
+                h.shutdown.store(true, Ordering::Relaxed);
+                h.again.store(false, Ordering::Relaxed);
+                h.cancel.cancel();
+                h.ended.clone()
+            })
+            .collect()
     }
 
     /// Asks the run to stop (in-flight uploads finish). False when nothing runs.
@@ -423,19 +536,25 @@ impl Runner {
             progress: Mutex::new(Progress {
                 running: true,
                 trigger: trigger.to_string(),
+                notice: (trigger == "resume").then(|| resumed_message(ru).to_string()),
                 ..Progress::default()
             }),
             started: Instant::now(),
             errors: Mutex::new(VecDeque::new()),
+            changes: AtomicU64::new(0),
         });
         let cancel = CancellationToken::new();
         let again = Arc::new(AtomicBool::new(false));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ended = CancellationToken::new();
         runs.insert(
             portal.member_id.clone(),
             Handle {
                 cancel: cancel.clone(),
                 state: state.clone(),
                 again: again.clone(),
+                shutdown: shutdown.clone(),
+                ended: ended.clone(),
             },
         );
         drop(runs);
@@ -450,65 +569,8 @@ impl Runner {
         config.await_recordings = settings.sync_enabled.then_some(env.recording_horizon);
 
         let metrics = env.metrics.clone();
-        env.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-        let st = state.clone();
-        let m = metrics.clone();
-        let progress_fn: b24sense_engine::ProgressFn = Arc::new(move |ev: &ProgressEvent| {
-            let mut p = st.progress.lock().unwrap_or_else(|e| e.into_inner());
-            match ev {
-                ProgressEvent::Found { n } => {
-                    p.found += n;
-                    m.queue_depth.fetch_add(*n as i64, Ordering::Relaxed);
-                }
-                ProgressEvent::ListingDone { total } => {
-                    p.listing_done = true;
-                    p.found = p.found.max(*total);
-                }
-                ProgressEvent::Settled(r) => {
-                    p.settled += 1;
-                    p.bytes += r.bytes;
-                    m.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    m.upload_bytes.fetch_add(r.bytes, Ordering::Relaxed);
-                    match &r.outcome {
-                        Outcome::Uploaded { .. } => {
-                            p.uploaded += 1;
-                            m.call_settled("uploaded");
-                        }
-                        Outcome::Skipped { reason } => {
-                            *p.skipped.entry(reason.as_str().to_string()).or_insert(0) += 1;
-                            m.call_settled("skipped");
-                        }
-                        Outcome::Failed { reason, .. } => {
-                            *p.failed.entry(reason.as_str().to_string()).or_insert(0) += 1;
-                            m.call_settled("failed");
-                            if let Some(msg) = describe(r, ru) {
-                                let mut errs = st.errors.lock().unwrap_or_else(|e| e.into_inner());
-                                errs.push_back(msg);
-                                while errs.len() > 10 {
-                                    errs.pop_front();
-                                }
-                            }
-                        }
-                    }
-                    p.calls.push(r.clone());
-                }
-                ProgressEvent::AwaitingRecording { .. } => {
-                    p.awaiting_recording += 1;
-                    m.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                }
-                ProgressEvent::BadRow { detail } => {
-                    let mut errs = st.errors.lock().unwrap_or_else(|e| e.into_inner());
-                    errs.push_back(if ru {
-                        format!("Нечитаемая строка звонка: {detail}")
-                    } else {
-                        format!("Unreadable call row: {detail}")
-                    });
-                    while errs.len() > 10 {
-                        errs.pop_front();
-                    }
-                }
-            }
-        });
+        env.metrics.runs_started.inc();
+        let progress_fn = progress_callback(state.clone(), metrics.clone(), ru);
 
         let this = self.clone();
         let member = portal.member_id.clone();
@@ -516,7 +578,25 @@ impl Runner {
         let settings2 = settings.clone();
         let lang = lang.to_string();
         tokio::spawn(async move {
-            let run_id = env.store.start_run(&member, &serde_json::json!({"trigger": state.progress.lock().unwrap_or_else(|e| e.into_inner()).trigger, "connection_id": config.connection_id})).await.ok();
+            let params = serde_json::json!({"trigger": trigger_of(&state), "connection_id": config.connection_id});
+            let first = serde_json::to_value(state.snapshot()).unwrap_or_default();
+            let run_id = match env.store.start_web_run(&member, &params, &first).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(member_id = %member, error = %e, "could not journal the run; its progress lives in memory only");
+                    None
+                }
+            };
+            let journal_done = CancellationToken::new();
+            let journal = run_id.map(|id| {
+                tokio::spawn(journal_progress(
+                    env.store.clone(),
+                    id,
+                    state.clone(),
+                    heartbeat(env.stale_after),
+                    journal_done.clone(),
+                ))
+            });
             let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
             let sink = Arc::new(SpeechSenseSink::new(speech, plan.search));
             let before = bitrix.stats();
@@ -530,73 +610,40 @@ impl Runner {
             )
             .await;
             let after = bitrix.stats();
-            metrics.rest_requests.fetch_add(
-                after.requests.saturating_sub(before.requests),
-                Ordering::Relaxed,
-            );
-            metrics.rest_rejections.fetch_add(
+            metrics
+                .rest_requests
+                .inc_by(after.requests.saturating_sub(before.requests));
+            metrics.rest_rejections.inc_by(
                 (after.rate_limited + after.operating_limited)
                     .saturating_sub(before.rate_limited + before.operating_limited),
-                Ordering::Relaxed,
             );
-            let (stopped, summary) = match &result {
-                Ok(s) => (
-                    s.stopped.clone(),
-                    serde_json::to_value(s).unwrap_or_default(),
-                ),
-                Err(EngineError::Stopped { reason, summary }) => (
-                    Some(reason.clone()),
-                    serde_json::to_value(summary).unwrap_or_default(),
-                ),
-                Err(e) => (
-                    Some(e.to_string()),
-                    serde_json::json!({"error": e.to_string()}),
-                ),
-            };
-            {
-                let mut p = state.progress.lock().unwrap_or_else(|e| e.into_inner());
-                // What the pipeline listed but never settled no longer waits in the queue.
-                metrics.queue_depth.fetch_sub(
-                    p.found.saturating_sub(p.settled + p.awaiting_recording) as i64,
-                    Ordering::Relaxed,
-                );
-                p.running = false;
-                p.finished = true;
-                let elapsed = state.started.elapsed().as_secs_f64();
-                p.elapsed_secs = elapsed as u64;
-                p.rate = if elapsed > 0.0 {
-                    p.settled as f64 / elapsed
-                } else {
-                    0.0
-                };
-                p.eta_secs = Some(0);
-                p.stopped = match (&stopped, cancel.is_cancelled()) {
-                    (_, true) => Some(if ru {
-                        "Остановлено пользователем.".into()
-                    } else {
-                        "Stopped by the user.".into()
-                    }),
-                    (s, false) => s.clone(),
-                };
-                if let Some(reason) = &stopped {
-                    state
-                        .errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_back(reason.clone());
-                }
+            journal_done.cancel();
+            if let Some(j) = journal {
+                let _ = j.await;
             }
+            let by_shutdown = shutdown.load(Ordering::Relaxed);
+            let (status, summary, last) = end_of_run(&state, &result, &cancel, by_shutdown, ru);
             if let Some(id) = run_id {
-                let status = if stopped.is_some() {
-                    "stopped"
-                } else {
-                    "finished"
-                };
-                if let Err(e) = env.store.finish_run(id, status, &summary).await {
-                    tracing::warn!(error = %e, "could not record the run");
+                let stored = tokio::time::timeout(
+                    JOURNAL_TIMEOUT,
+                    env.store.finish_web_run(
+                        id,
+                        status,
+                        &summary,
+                        &serde_json::to_value(&last).unwrap_or_default(),
+                    ),
+                )
+                .await;
+                match stored {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not record the run's end"),
+                    Err(_) => tracing::warn!("recording the run's end timed out"),
                 }
             }
-            tracing::info!(member_id = %member, ?stopped, "export run ended");
+            // Only now the run counts as ended here: until its end is journaled the page reads it from memory.
+            *state.progress.lock().unwrap_or_else(|e| e.into_inner()) = last;
+            ended.cancel();
+            tracing::info!(member_id = %member, status, "export run ended");
             if again.load(Ordering::Relaxed) && !cancel.is_cancelled() {
                 let key = env2.key.clone();
                 if let Ok(Some(portal)) = env2.store.portal(&key, &member).await {
@@ -617,4 +664,167 @@ impl Runner {
         });
         Ok(())
     }
+}
+
+fn trigger_of(state: &RunState) -> String {
+    state
+        .progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .trigger
+        .clone()
+}
+
+/// The journal's heartbeat for a staleness limit: a quarter of it, between 1 s and 10 s.
+fn heartbeat(stale_after: Duration) -> Duration {
+    (stale_after / 4).clamp(HEARTBEAT_MIN, HEARTBEAT_MAX)
+}
+
+/// The engine's progress events applied to the run's in-memory progress and the metrics. Called from the
+/// pipeline's tasks: it only takes the progress lock, never waits for the database.
+fn progress_callback(st: Arc<RunState>, m: Arc<Metrics>, ru: bool) -> b24sense_engine::ProgressFn {
+    Arc::new(move |ev: &ProgressEvent| {
+        let mut p = st.progress.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            ProgressEvent::Found { n } => p.found += n,
+            ProgressEvent::ListingDone { total } => {
+                p.listing_done = true;
+                p.found = p.found.max(*total);
+            }
+            ProgressEvent::Settled(r) => {
+                p.settled += 1;
+                p.bytes += r.bytes;
+                m.upload_bytes.inc_by(r.bytes);
+                match &r.outcome {
+                    Outcome::Uploaded { .. } => {
+                        p.uploaded += 1;
+                        m.call_settled("uploaded");
+                        if let Some(t) = r.upload_time {
+                            m.upload_duration.observe(t.as_secs_f64());
+                        }
+                    }
+                    Outcome::Skipped { reason } => {
+                        *p.skipped.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                        m.call_settled("skipped");
+                    }
+                    Outcome::Failed { reason, .. } => {
+                        *p.failed.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                        m.call_settled("failed");
+                        if let Some(msg) = describe(r, ru) {
+                            st.push_error(msg);
+                        }
+                    }
+                }
+            }
+            ProgressEvent::AwaitingRecording { .. } => p.awaiting_recording += 1,
+            ProgressEvent::BadRow { detail } => st.push_error(if ru {
+                format!("Нечитаемая строка звонка: {detail}")
+            } else {
+                format!("Unreadable call row: {detail}")
+            }),
+        }
+        drop(p);
+        st.changes.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// Writes the run's progress to its `runs` row while it goes: when it changed, at most once per
+/// [`PROGRESS_EVERY`], and at least every `heartbeat` (the sign of life other replicas look for). Ends with
+/// the run (`done`); each write is bounded in time.
+async fn journal_progress(
+    store: Store,
+    run_id: i64,
+    state: Arc<RunState>,
+    heartbeat: Duration,
+    done: CancellationToken,
+) {
+    let mut written = 0u64;
+    let mut beat = Instant::now();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+        }
+        let changes = state.changes.load(Ordering::Relaxed);
+        if changes == written && beat.elapsed() < heartbeat {
+            continue;
+        }
+        let progress = serde_json::to_value(state.snapshot()).unwrap_or_default();
+        match tokio::time::timeout(JOURNAL_TIMEOUT, store.set_run_progress(run_id, &progress)).await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    run_id,
+                    "the run's journal row was taken over by another server"
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(run_id, error = %e, "could not journal the run's progress")
+            }
+            Err(_) => tracing::warn!(run_id, "journaling the run's progress timed out"),
+        }
+        written = changes;
+        beat = Instant::now();
+    }
+}
+
+/// The run's final progress, its journal status and the summary to store.
+fn end_of_run(
+    state: &RunState,
+    result: &Result<b24sense_engine::Summary, EngineError>,
+    cancel: &CancellationToken,
+    by_shutdown: bool,
+    ru: bool,
+) -> (&'static str, serde_json::Value, Progress) {
+    let (stopped, summary) = match result {
+        Ok(s) => (
+            s.stopped.clone(),
+            serde_json::to_value(s).unwrap_or_default(),
+        ),
+        Err(EngineError::Stopped { reason, summary }) => (
+            Some(reason.clone()),
+            serde_json::to_value(summary).unwrap_or_default(),
+        ),
+        Err(e) => (
+            Some(e.to_string()),
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    };
+    if let (Some(reason), false) = (&stopped, by_shutdown) {
+        state.push_error(reason.clone());
+    }
+    let mut p = state.snapshot();
+    p.running = false;
+    p.finished = true;
+    let elapsed = state.started.elapsed().as_secs_f64();
+    p.elapsed_secs = elapsed as u64;
+    p.rate = if elapsed > 0.0 {
+        (p.settled + p.awaiting_recording) as f64 / elapsed
+    } else {
+        0.0
+    };
+    p.eta_secs = Some(0);
+    let status = if by_shutdown {
+        p.interrupted = true;
+        p.eta_secs = None;
+        p.stopped = Some(interrupted_message(ru).to_string());
+        run_status::SHUTDOWN
+    } else {
+        p.stopped = if cancel.is_cancelled() {
+            Some(if ru {
+                "Остановлено пользователем.".into()
+            } else {
+                "Stopped by the user.".into()
+            })
+        } else {
+            stopped.clone()
+        };
+        if stopped.is_some() {
+            "stopped"
+        } else {
+            "finished"
+        }
+    };
+    (status, summary, p)
 }

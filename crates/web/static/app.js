@@ -115,7 +115,10 @@
   function renderProgress(p) {
     if (!p) { return; }
     var done = p.finished;
-    text($("p-status"), done ? (p.stopped ? T.stopped + ": " + p.stopped : T.done) : T.running);
+    // An interrupted run's message says it all («Выгрузка прервана: сервер перезапускался»).
+    text($("p-status"), done ? (p.interrupted ? p.stopped : p.stopped ? T.stopped + ": " + p.stopped : T.done) : T.running);
+    text($("p-notice"), p.notice || "");
+    $("p-notice").hidden = !p.notice;
     $("p-status").className = done ? (p.stopped ? "status bad" : "status ok") : "status";
     text($("p-found"), p.found);
     text($("p-uploaded"), p.uploaded);
@@ -140,8 +143,14 @@
     if (!done && !pollTimer) { pollTimer = setInterval(poll, 1000); }
   }
 
+  // The OAuth server refused to renew the portal's tokens: the administrator must reopen or reinstall.
+  function renderTokenProblem(msg) {
+    text($("token-problem"), msg || "");
+    $("token-problem").hidden = !msg;
+  }
+
   function poll() {
-    api("GET", "progress").then(function (r) { renderProgress(r.body.progress); })
+    api("GET", "progress").then(function (r) { renderTokenProblem(r.body.token_problem); renderProgress(r.body.progress); })
       .catch(function (e) { text($("export-error"), e.message); });
   }
 
@@ -149,6 +158,7 @@
     return api("GET", "state").then(function (r) {
       state = r.body;
       renderSummary();
+      renderTokenProblem(state.token_problem);
       if (state.progress) { renderProgress(state.progress); } else { $("stop").disabled = true; }
     }).catch(function (e) { text($("export-error"), e.message); });
   }

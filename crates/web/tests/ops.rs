@@ -1,0 +1,820 @@
+//! Operating the application server, against the Bitrix24 and SpeechSense emulators over real sockets on
+//! 127.0.0.1: Prometheus metrics with the upload latency histogram, the keep-alive refresh of idle
+//! installations, progress journaled in the store across restarts (and resumed exports), and the per-call
+//! CSV report streamed from the ledger.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use b24sense_core::{Call, FailReason, LedgerState, Outcome};
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_store::{SecretKey, Store};
+use b24sense_web::{AppServer, WebConfig};
+use chrono::FixedOffset;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One emulated portal, one SpeechSense, one SQLite store on disk; servers are started on it as needed (a
+/// restart is a new server on the same file).
+struct Fx {
+    emu: Bitrix24Emulator,
+    speech: SpeechSenseEmulator,
+    key: SecretKey,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A running server: its base URL, the [`AppServer`] handle, and how to stop it.
+struct Srv {
+    base: String,
+    app: AppServer,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), b24sense_web::Error>>,
+}
+
+impl Srv {
+    /// Shuts the server down like SIGTERM does and waits until `serve` has returned (its exports stopped).
+    async fn shut_down(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(90), self.task)
+            .await
+            .expect("serve returns after a shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Fx {
+    async fn new(portal: PortalConfig, speech: SpeechSenseConfig) -> Fx {
+        let emu = Bitrix24Emulator::start(portal).await.unwrap();
+        let speech = SpeechSenseEmulator::start(speech).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        Fx {
+            emu,
+            speech,
+            key: SecretKey::generate(),
+            db: dir.path().join("b24sense.db"),
+            _dir: dir,
+        }
+    }
+
+    async fn small(calls: usize) -> Fx {
+        Fx::new(
+            PortalConfig {
+                calls,
+                rate: (500, 100),
+                ..PortalConfig::default()
+            },
+            SpeechSenseConfig::default(),
+        )
+        .await
+    }
+
+    /// A new connection pool on the store file (what a restarted process opens).
+    async fn store(&self) -> Store {
+        Store::open(&format!("sqlite:{}", self.db.display()))
+            .await
+            .unwrap()
+    }
+
+    fn config(&self, base: &str) -> WebConfig {
+        let (id, secret) = self.emu.app_credentials();
+        let mut config = WebConfig::new(
+            Url::parse(base).unwrap(),
+            id.to_string(),
+            SecretString::from(secret.to_string()),
+            self.speech.endpoint(),
+        );
+        config.allow_http_portals = true;
+        config.concurrency = 2;
+        config.oauth_servers = vec![format!("127.0.0.1:{}", self.emu.addr().port())];
+        config
+    }
+
+    /// A server as `b24sense serve` runs it (with its periodic tasks).
+    async fn serve(&self, tweak: impl FnOnce(&mut WebConfig)) -> Srv {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let mut config = self.config(&base);
+        tweak(&mut config);
+        let app = AppServer::new(config, self.store().await, self.key.clone()).unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(app.clone().serve(listener, stop.clone()));
+        Srv {
+            base,
+            app,
+            stop,
+            task,
+        }
+    }
+
+    /// A server answering HTTP without the periodic tasks, so a test decides when a pass runs.
+    async fn router_only(&self, tweak: impl FnOnce(&mut WebConfig)) -> Srv {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let mut config = self.config(&base);
+        tweak(&mut config);
+        let app = AppServer::new(config, self.store().await, self.key.clone()).unwrap();
+        let stop = CancellationToken::new();
+        let router = app.router();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { s.cancelled().await })
+                .await
+                .map_err(b24sense_web::Error::Io)
+        });
+        Srv {
+            base,
+            app,
+            stop,
+            task,
+        }
+    }
+
+    /// Installs the application through `srv`, opens the settings page and saves working settings.
+    async fn install(&self, srv: &Srv) -> Session {
+        let done = self
+            .emu
+            .install_app(&format!("{}install", srv.base), "ru")
+            .await
+            .unwrap();
+        assert!(done.installed, "{done:?}");
+        let s = self.open_page(srv).await;
+        let (st, v) = s.call("POST", "settings", Some(self.settings())).await;
+        assert_eq!(st, 200, "{v}");
+        s
+    }
+
+    /// Opens the settings page on `srv` as Bitrix24's iframe POST does.
+    async fn open_page(&self, srv: &Srv) -> Session {
+        let frame = self.emu.app_frame_request(1, "ru");
+        let r = http()
+            .post(frame.url(&format!("{}app", srv.base)))
+            .form(&frame.form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let page = r.text().await.unwrap();
+        let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
+        let end = start + page[start..].find("</script>").unwrap();
+        let v: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
+        Session {
+            base: srv.base.clone(),
+            token: v["session"].as_str().unwrap().to_string(),
+            csrf: v["csrf"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn settings(&self) -> Value {
+        json!({
+            "connection_id": self.speech.config().connections[0].id,
+            "api_key": self.speech.config().api_keys[0],
+            "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
+            "mono_policy": "upload", "sync_enabled": false
+        })
+    }
+
+    /// Statistic IDs of the portal's calls that have a recording (what must end up in SpeechSense).
+    fn recorded_calls(&self) -> BTreeSet<u64> {
+        self.emu
+            .call_rows()
+            .iter()
+            .map(|r| r["ID"].as_str().unwrap().parse::<u64>().unwrap())
+            .filter(|id| self.emu.recording(*id).is_some())
+            .collect()
+    }
+
+    /// Asserts SpeechSense holds exactly one talk per recorded call and the ledger agrees.
+    async fn assert_one_talk_per_recorded_call(&self) {
+        let talks = self.speech.talks();
+        let ids: Vec<u64> = talks
+            .iter()
+            .map(|t| t.fields["id"].parse::<u64>().unwrap())
+            .collect();
+        let unique: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(
+            ids.len(),
+            unique.len(),
+            "a call was uploaded twice: {ids:?}"
+        );
+        assert_eq!(unique, self.recorded_calls());
+        let store = self.store().await;
+        let uploaded: BTreeSet<u64> = store
+            .entries(&self.emu.app_member_id(), &[LedgerState::Uploaded], 100_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.call_id)
+            .collect();
+        assert_eq!(uploaded, unique);
+        let open = store
+            .entries(
+                &self.emu.app_member_id(),
+                &[
+                    LedgerState::Pending,
+                    LedgerState::Uploading,
+                    LedgerState::Failed,
+                ],
+                100,
+            )
+            .await
+            .unwrap();
+        assert!(open.is_empty(), "{open:?}");
+    }
+}
+
+/// A settings-page session on one server.
+struct Session {
+    base: String,
+    token: String,
+    csrf: String,
+}
+
+impl Session {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}api/{path}", self.base);
+        let mut req = if method == "GET" {
+            http().get(url)
+        } else {
+            http()
+                .post(url)
+                .header("X-CSRF-Token", &self.csrf)
+                .json(&body.unwrap_or(json!({})))
+        };
+        req = req.bearer_auth(&self.token);
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn progress(&self) -> Value {
+        let (st, v) = self.call("GET", "progress", None).await;
+        assert_eq!(st, 200, "{v}");
+        v["progress"].clone()
+    }
+
+    /// Polls the progress until `done(progress)` (bounded: 90 s); every answer seen goes to `seen`.
+    async fn wait_for(&self, mut seen: impl FnMut(&Value), done: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let p = self.progress().await;
+            seen(&p);
+            if done(&p) {
+                return p;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "waited in vain: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_finished(&self) -> Value {
+        self.wait_for(|_| {}, |p| p["finished"] == true).await
+    }
+
+    async fn export(&self) -> Value {
+        let (st, v) = self.call("POST", "export/start", None).await;
+        assert_eq!(st, 200, "{v}");
+        self.wait_finished().await
+    }
+}
+
+/// Sample lines of a Prometheus text exposition: `name{labels}` → value. Panics on a line that is neither a
+/// comment nor a sample.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+fn sample(samples: &[(String, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no sample {name}: {samples:?}"))
+        .1
+}
+
+#[tokio::test]
+async fn metrics_show_upload_latency_rest_requests_and_queue_depth() {
+    let fx = Fx::small(30).await;
+    let srv = fx.serve(|_| {}).await;
+    let s = fx.install(&srv).await;
+    let p = s.export().await;
+    assert!(p["stopped"].is_null(), "{p}");
+    let uploaded = p["uploaded"].as_u64().unwrap();
+    assert!(uploaded > 0, "{p}");
+
+    let r = http()
+        .get(format!("{}metrics", srv.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    let m = parse_metrics(&text);
+    assert!(
+        text.contains("# TYPE b24sense_upload_duration_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "b24sense_upload_duration_seconds_count"),
+        uploaded as f64
+    );
+    assert!(
+        sample(&m, "b24sense_upload_duration_seconds_sum") > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&m, "b24sense_upload_duration_seconds_bucket{le=\"+Inf\"}"),
+        uploaded as f64
+    );
+    // The buckets cover 50 ms to 10 min.
+    sample(&m, "b24sense_upload_duration_seconds_bucket{le=\"0.05\"}");
+    sample(&m, "b24sense_upload_duration_seconds_bucket{le=\"600\"}");
+    assert_eq!(
+        sample(&m, "b24sense_calls_total{outcome=\"uploaded\"}"),
+        uploaded as f64
+    );
+    assert_eq!(
+        sample(&m, "b24sense_calls_total{outcome=\"skipped\"}"),
+        p["skipped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum::<f64>()
+    );
+    assert!(sample(&m, "b24sense_rest_requests_total") > 0.0, "{text}");
+    assert_eq!(sample(&m, "b24sense_rest_rejections_total"), 0.0);
+    assert_eq!(
+        sample(&m, "b24sense_upload_bytes_total"),
+        fx.speech.stats().bytes_received as f64
+    );
+    assert_eq!(sample(&m, "b24sense_queue_depth"), 0.0);
+    assert_eq!(sample(&m, "b24sense_export_runs_total"), 1.0);
+    assert_eq!(sample(&m, "b24sense_installs_total"), 1.0);
+    srv.shut_down().await;
+}
+
+#[tokio::test]
+async fn keepalive_refreshes_idle_installations_once_per_pass() {
+    let fx = Fx::small(20).await;
+    let srv = fx.serve(|_| {}).await;
+    let s = fx.install(&srv).await;
+    let member = fx.emu.app_member_id();
+    let store = fx.store().await;
+    let before = store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Freshly installed (the default age is 14 days): nothing to do.
+    let r = srv.app.keepalive_pass().await;
+    assert_eq!((r.due, r.refreshed), (0, 0), "{r:?}");
+    assert_eq!(fx.emu.oauth_refreshes(), (0, 0));
+
+    // A replica whose age limit this installation has passed: one refresh per pass, rotated in the store.
+    let old = fx
+        .router_only(|c| c.keepalive_age = Duration::from_millis(500))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = old.app.keepalive_pass().await;
+    assert_eq!((r.due, r.refreshed, r.refused, r.failed), (1, 1, 0, 0));
+    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+    let after = store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.version, before.version + 1);
+    assert_ne!(
+        after.access_token.expose_secret(),
+        before.access_token.expose_secret()
+    );
+    assert_ne!(
+        after.refresh_token.expose_secret(),
+        before.refresh_token.expose_secret()
+    );
+    // Just rotated: the next pass leaves it alone…
+    let r = old.app.keepalive_pass().await;
+    assert_eq!((r.due, r.refreshed), (0, 0), "{r:?}");
+    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+    // …until it is old again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = old.app.keepalive_pass().await;
+    assert_eq!(r.refreshed, 1, "{r:?}");
+    assert_eq!(fx.emu.oauth_refreshes(), (2, 0));
+    assert!(old
+        .app
+        .metrics()
+        .render()
+        .contains("b24sense_token_keepalive_refreshes_total 2"));
+
+    // The rotated pair works: an export runs without another refresh.
+    let p = s.export().await;
+    assert!(p["stopped"].is_null(), "{p}");
+    assert!(p["uploaded"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(fx.emu.oauth_refreshes(), (2, 0));
+    fx.assert_one_talk_per_recorded_call().await;
+    old.shut_down().await;
+    srv.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_refused_keepalive_refresh_is_reported_and_changes_no_tokens() {
+    let fx = Fx::small(5).await;
+    let srv = fx.serve(|_| {}).await;
+    let s = fx.install(&srv).await;
+    let member = fx.emu.app_member_id();
+    let store = fx.store().await;
+    let before = store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    let (st, v) = s.call("GET", "state", None).await;
+    assert_eq!(st, 200);
+    assert!(v["token_problem"].is_null(), "{v}");
+
+    // Someone else used the stored refresh token (refresh tokens are single-use): ours is dead now.
+    let (id, secret) = fx.emu.app_credentials();
+    let r = http()
+        .get(format!("{}oauth/token/", fx.emu.base_url()))
+        .query(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", id),
+            ("client_secret", secret),
+            ("refresh_token", before.refresh_token.expose_secret()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let old = fx.router_only(|c| c.keepalive_age = Duration::ZERO).await;
+    let r = old.app.keepalive_pass().await;
+    assert_eq!((r.due, r.refreshed, r.refused, r.failed), (1, 0, 1, 0));
+    assert_eq!(fx.emu.oauth_refreshes(), (1, 1), "ours was rejected");
+    assert!(old
+        .app
+        .metrics()
+        .render()
+        .contains("b24sense_token_refresh_refusals_total 1"));
+    // The stored pair is as it was.
+    let after = store
+        .portal_tokens(&fx.key, &member)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.version, before.version);
+    assert_eq!(
+        after.refresh_token.expose_secret(),
+        before.refresh_token.expose_secret()
+    );
+    assert_eq!(
+        after.access_token.expose_secret(),
+        before.access_token.expose_secret()
+    );
+
+    // The page tells the administrator what to do, without any secret.
+    let (_, v) = s.call("GET", "state", None).await;
+    let msg = v["token_problem"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        msg.contains("invalid_grant")
+            && msg.contains("Откройте приложение в Битрикс24 заново")
+            && msg.contains("переустановите"),
+        "{msg}"
+    );
+    assert!(!v.to_string().contains(before.refresh_token.expose_secret()));
+    let (_, v) = s.call("GET", "progress", None).await;
+    assert_eq!(v["token_problem"].as_str(), Some(msg));
+
+    // Opening the application brings a fresh pair from Bitrix24 and clears the warning.
+    let s = fx.open_page(&srv).await;
+    let (_, v) = s.call("GET", "state", None).await;
+    assert!(v["token_problem"].is_null(), "{v}");
+    old.shut_down().await;
+    srv.shut_down().await;
+}
+
+#[tokio::test]
+async fn an_export_stopped_by_a_restart_is_shown_interrupted_and_resumed() {
+    // Slow uploads, so the restart comes mid-run.
+    let fx = Fx::new(
+        PortalConfig {
+            calls: 40,
+            rate: (500, 100),
+            ..PortalConfig::default()
+        },
+        SpeechSenseConfig {
+            upload_latency: Duration::from_millis(150),
+            ..SpeechSenseConfig::default()
+        },
+    )
+    .await;
+    let a = fx.serve(|_| {}).await;
+    let s = fx.install(&a).await;
+    let (st, v) = s.call("POST", "export/start", None).await;
+    assert_eq!(st, 200, "{v}");
+    s.wait_for(|_| {}, |p| p["settled"].as_u64().unwrap_or(0) >= 4)
+        .await;
+    a.shut_down().await;
+
+    // The journal says the run was interrupted mid-way.
+    let member = fx.emu.app_member_id();
+    let run = fx
+        .store()
+        .await
+        .last_run_progress(&member, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status.as_deref(), Some("shutdown"));
+    assert_eq!(run.progress["interrupted"], true, "{}", run.progress);
+    assert!(
+        run.progress["settled"].as_u64().unwrap() < fx.recorded_calls().len() as u64,
+        "{}",
+        run.progress
+    );
+    let talks_before = fx.speech.talk_count();
+    assert!(talks_before < fx.recorded_calls().len());
+
+    // A new server on the same store resumes it by itself; the page says what happened.
+    let b = fx.serve(|_| {}).await;
+    let s = fx.open_page(&b).await;
+    let mut notices = HashSet::new();
+    let p = s
+        .wait_for(
+            |p| {
+                for k in ["notice", "stopped"] {
+                    if let Some(t) = p[k].as_str() {
+                        notices.insert(t.to_string());
+                    }
+                }
+            },
+            |p| p["finished"] == true && p["trigger"] == "resume",
+        )
+        .await;
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("Выгрузка прервана: сервер перезапускался")),
+        "{notices:?}"
+    );
+    assert!(p["stopped"].is_null(), "{p}");
+    assert_eq!(p["interrupted"], false, "{p}");
+    // Nothing was uploaded twice: what the first run uploaded is skipped now.
+    assert_eq!(
+        p["skipped"]["already_uploaded"].as_u64().unwrap_or(0),
+        talks_before as u64,
+        "{p}"
+    );
+    fx.assert_one_talk_per_recorded_call().await;
+    assert!(b
+        .app
+        .metrics()
+        .render()
+        .contains("b24sense_export_runs_resumed_total 1"));
+    assert_eq!(b.app.resume_pass().await, 0, "resumed once only");
+    b.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_dead_run_is_shown_interrupted_and_resumed_once_a_live_one_is_left_alone() {
+    let fx = Fx::small(20).await;
+    let page = fx.router_only(|_| {}).await;
+    let s = fx.install(&page).await;
+    let member = fx.emu.app_member_id();
+    let store = fx.store().await;
+
+    // A run another replica is running: its heartbeat is fresh.
+    let progress =
+        json!({"running": true, "trigger": "page", "found": 20, "settled": 3, "uploaded": 3});
+    let run = store
+        .start_web_run(&member, &json!({"trigger": "page"}), &progress)
+        .await
+        .unwrap();
+    assert_eq!(page.app.resume_pass().await, 0);
+    let p = s.progress().await;
+    assert_eq!(
+        (&p["running"], &p["interrupted"], &p["settled"]),
+        (&json!(true), &json!(false), &json!(3)),
+        "{p}"
+    );
+
+    // Its process died: the heartbeat stopped long ago (as a crash leaves the row).
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite:{}", fx.db.display()))
+        .await
+        .unwrap();
+    raw.execute(
+        format!("UPDATE runs SET updated_at = '2000-01-01T00:00:00.000Z' WHERE id = {run}")
+            .as_str(),
+    )
+    .await
+    .unwrap();
+    let p = s.progress().await;
+    assert_eq!(
+        (&p["running"], &p["interrupted"]),
+        (&json!(false), &json!(true)),
+        "{p}"
+    );
+    assert_eq!(
+        p["stopped"].as_str(),
+        Some("Выгрузка прервана: сервер перезапускался.")
+    );
+    assert_eq!(p["settled"], 3, "the last journaled counts stay visible");
+
+    // Two replicas recover at the same moment: exactly one resumes it.
+    let other = fx.router_only(|_| {}).await;
+    let (x, y) = tokio::join!(page.app.resume_pass(), other.app.resume_pass());
+    assert_eq!(x + y, 1);
+    let p = s
+        .wait_for(
+            |_| {},
+            |p| p["finished"] == true && p["trigger"] == "resume",
+        )
+        .await;
+    assert!(p["stopped"].is_null(), "{p}");
+    fx.assert_one_talk_per_recorded_call().await;
+    assert_eq!(
+        page.app.resume_pass().await + other.app.resume_pass().await,
+        0
+    );
+    page.shut_down().await;
+    other.shut_down().await;
+}
+
+#[tokio::test]
+async fn finished_progress_survives_a_restart() {
+    let fx = Fx::small(25).await;
+    let a = fx.serve(|_| {}).await;
+    let s = fx.install(&a).await;
+    let p = s.export().await;
+    assert!(p["stopped"].is_null(), "{p}");
+    a.shut_down().await;
+
+    let b = fx.serve(|_| {}).await;
+    let s = fx.open_page(&b).await;
+    let after = s.progress().await;
+    for k in [
+        "found", "settled", "uploaded", "skipped", "failed", "bytes", "finished", "trigger",
+    ] {
+        assert_eq!(after[k], p[k], "{k}: {after} vs {p}");
+    }
+    assert_eq!(after["interrupted"], false);
+    let (_, state) = s.call("GET", "state", None).await;
+    assert_eq!(state["progress"]["uploaded"], p["uploaded"]);
+    assert_eq!(
+        b.app.resume_pass().await,
+        0,
+        "a finished run is not resumed"
+    );
+    b.shut_down().await;
+}
+
+fn call(id: u64) -> Call {
+    let row = json!({
+        "ID": id.to_string(), "CALL_ID": format!("call-{id}"), "CALL_DURATION": "60", "CALL_TYPE": "1",
+        "CALL_START_DATE": "2026-03-10T11:19:38+03:00", "CALL_RECORD_URL": "",
+        "PORTAL_USER_ID": "1", "PHONE_NUMBER": "+79001234567",
+    });
+    Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_report_is_every_ledger_row_streamed_as_csv() {
+    let fx = Fx::small(30).await;
+    let srv = fx.serve(|_| {}).await;
+    let s = fx.install(&srv).await;
+    s.export().await;
+
+    // More rows than a page holds (several pages), and a detail CSV must quote.
+    let member = fx.emu.app_member_id();
+    let store = fx.store().await;
+    let extra: Vec<Call> = (1_000_000..1_001_234).map(call).collect();
+    store.register(&member, &extra).await.unwrap();
+    let detail = "download failed, \"HTTP 500\"\nsecond line; третья, строка";
+    let claim = store
+        .claim(&member, 1_000_500, "test", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .finish(
+            &claim,
+            &Outcome::Failed {
+                reason: FailReason::DownloadFailed,
+                detail: detail.into(),
+            },
+        )
+        .await
+        .unwrap());
+
+    let r = http()
+        .get(format!("{}api/report", srv.base))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    // Streamed: no length known up front.
+    assert!(r.headers().get("content-length").is_none());
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("\"download failed, \"\"HTTP 500\"\"\nsecond line; третья, строка\""),
+        "the detail is quoted as RFC 4180 says"
+    );
+
+    let mut reader = csv::Reader::from_reader(body.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec![
+            "call_id",
+            "state",
+            "reason",
+            "talk_id",
+            "attempts",
+            "detail",
+            "updated_at"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let total: u64 = store
+        .counts(Some(&member))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(rows.len() as u64, total);
+    assert!(rows.len() > 1_234);
+    let ids: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
+    for row in &rows {
+        let e = store
+            .entry(&member, row[0].parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&row[1], e.state.as_str());
+        assert_eq!(&row[2], e.reason.as_deref().unwrap_or(""));
+        assert_eq!(&row[3], e.talk_id.as_deref().unwrap_or(""));
+        assert_eq!(row[4].parse::<u32>().unwrap(), e.attempts);
+        assert_eq!(&row[5], e.detail.as_deref().unwrap_or(""));
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(&row[6]).unwrap(),
+            e.updated_at
+        );
+    }
+    let special = rows.iter().find(|r| &r[0] == "1000500").unwrap();
+    assert_eq!(
+        (&special[1], &special[2], &special[5]),
+        ("failed", "download_failed", detail)
+    );
+    // Uploaded calls carry their talk IDs.
+    let talks: BTreeSet<String> = fx.speech.talks().into_iter().map(|t| t.id).collect();
+    let reported: BTreeSet<String> = rows
+        .iter()
+        .filter(|r| &r[1] == "uploaded" && !r[3].is_empty())
+        .map(|r| r[3].to_string())
+        .collect();
+    assert_eq!(reported, talks);
+    srv.shut_down().await;
+}
