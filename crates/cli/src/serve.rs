@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Seconds between catch-up passes for portals with continuous sync.
     #[arg(long, default_value = "300")]
     pub sync_interval: u64,
+    /// Hours during which continuous sync keeps checking for a recording Bitrix24 has not attached yet (first
+    /// check after 2 minutes, then with doubling spacing, at most hourly); after that the call is `no_recording`.
+    #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=720))]
+    pub recording_horizon: u64,
     #[arg(long, value_enum, default_value = "standard")]
     pub rate_plan: RatePlanArg,
     /// Seconds between keep-alive passes that refresh the tokens of idle installations.
@@ -91,6 +95,7 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     );
     config.concurrency = a.concurrency.clamp(1, 64);
     config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
+    config.late_recordings.horizon = Duration::from_secs(a.recording_horizon * 3600);
     config.allow_http_portals = a.allow_http_portals;
     config.oauth_servers = a.oauth_servers;
     config.keepalive_interval = Duration::from_secs(a.token_keepalive_interval);

@@ -233,6 +233,17 @@ impl Call {
         self.call_record_url.is_some() || self.record_file_id.is_some()
     }
 
+    /// Whether a recording may still be attached to this call: it was a conversation (`CALL_DURATION` > 0 and no
+    /// failure code other than 200). A missed, busy or rejected call never gets one (`bitrix24-api.md` §4.3), so
+    /// nothing waits for it.
+    pub fn may_get_recording(&self) -> bool {
+        self.call_duration > 0
+            && self
+                .call_failed_code
+                .as_deref()
+                .is_none_or(|c| c.trim().is_empty() || c.trim() == "200")
+    }
+
     /// Best known length of the recording in seconds.
     pub fn recording_seconds(&self) -> u64 {
         self.record_duration
@@ -356,5 +367,20 @@ mod tests {
         assert!(!CallType::from(3).is_outgoing());
         assert_eq!(CallType::parse_name("Callback"), Some(CallType::Callback));
         assert_eq!(CallType::parse_name("sideways"), None);
+    }
+
+    #[test]
+    fn only_conversations_may_get_a_recording_later() {
+        let with = |duration: &str, code: Value| {
+            let mut row = example_row();
+            row["CALL_DURATION"] = json!(duration);
+            row["CALL_FAILED_CODE"] = code;
+            Call::from_bitrix(&row, msk()).unwrap().may_get_recording()
+        };
+        assert!(with("95", json!("200")));
+        assert!(with("95", json!(null)), "no failure code");
+        assert!(!with("0", json!("200")), "no conversation");
+        assert!(!with("0", json!("304")), "missed");
+        assert!(!with("12", json!("486")), "busy");
     }
 }

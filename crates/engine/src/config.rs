@@ -25,11 +25,10 @@ pub struct ExportConfig {
     /// after the high-water mark. `false`: list every qualifying call from the start and try again whatever is not
     /// uploaded (a one-shot export, "Start export").
     pub incremental: bool,
-    /// How long to keep checking for a recording the portal has not attached yet, counted from when the ledger
-    /// first saw the call; such a call waits in the ledger (`pending`, `awaiting_recording`) and is checked again
-    /// with backoff. `None`: a call without a recording is skipped as `no_recording` at once (a later run looks
-    /// again) — what a one-shot export does.
-    pub await_recordings: Option<Duration>,
+    /// Wait for recordings the portal has not attached yet: such a call waits in the ledger (`pending`,
+    /// `awaiting_recording`) and is checked again with backoff until the horizon. `None`: a call without a
+    /// recording is skipped as `no_recording` at once (a later run looks again) — what a one-shot export does.
+    pub await_recordings: Option<LateRecordings>,
     /// Attempts per call for retryable failures (download or upload), including the first.
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -56,6 +55,42 @@ pub struct ExportConfig {
     pub worker_id: String,
 }
 
+/// How long and how often a call without a recording is checked again (`bitrix24-api.md` §4.3: built-in telephony
+/// attaches the file within a minute or so, an external PBX seconds to hours later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LateRecordings {
+    /// Give up this long after the ledger first saw the call (not after the call's own date: PBXs backdate).
+    pub horizon: Duration,
+    /// The first check comes this long after the call was first seen; each later one after as long as the call
+    /// has waited so far (2, 4, 8, 16… minutes with the default), but at most `max_interval` apart.
+    pub first_check: Duration,
+    pub max_interval: Duration,
+}
+
+impl Default for LateRecordings {
+    /// 48 hours, first check after 2 minutes, then at most hourly: about 50 checks in all, each one command of a
+    /// batch that reads 2,500 calls per request.
+    fn default() -> Self {
+        LateRecordings {
+            horizon: Duration::from_secs(48 * 3600),
+            first_check: Duration::from_secs(120),
+            max_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl LateRecordings {
+    /// The wait before the next check of a call that has waited `waited` so far; `None` once the horizon is
+    /// reached (the call is then `no_recording`). The last check falls on the horizon.
+    pub fn next_check(&self, waited: Duration) -> Option<Duration> {
+        if waited >= self.horizon {
+            return None;
+        }
+        let delay = waited.clamp(self.first_check, self.max_interval.max(self.first_check));
+        Some(delay.min(self.horizon - waited))
+    }
+}
+
 impl ExportConfig {
     pub fn new(portal: impl Into<String>, connection_id: impl Into<String>) -> Self {
         ExportConfig {
@@ -78,5 +113,38 @@ impl ExportConfig {
             search_settle: Duration::from_secs(2),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_recordings_are_checked_with_doubling_spacing_until_the_horizon() {
+        let late = LateRecordings::default();
+        let min = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(late.next_check(Duration::ZERO), Some(min(2)));
+        assert_eq!(late.next_check(min(2)), Some(min(2)), "checked at 4 min");
+        assert_eq!(late.next_check(min(4)), Some(min(4)), "checked at 8 min");
+        assert_eq!(late.next_check(min(100)), Some(min(60)), "at most hourly");
+        assert_eq!(
+            late.next_check(min(48 * 60 - 10)),
+            Some(min(10)),
+            "the last check falls on the horizon"
+        );
+        assert_eq!(late.next_check(min(48 * 60)), None);
+        // Walking the schedule: about 50 checks in 48 hours, never two closer than the first delay.
+        let (mut waited, mut checks) = (Duration::ZERO, 0);
+        while let Some(d) = late.next_check(waited) {
+            assert!(
+                d >= min(2) || waited + d == late.horizon,
+                "{d:?} at {waited:?}"
+            );
+            waited += d;
+            checks += 1;
+        }
+        assert_eq!(waited, late.horizon);
+        assert!((45..=55).contains(&checks), "{checks} checks");
     }
 }

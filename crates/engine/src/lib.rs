@@ -12,7 +12,7 @@ pub mod ports;
 pub mod report;
 pub mod retry;
 
-pub use config::ExportConfig;
+pub use config::{ExportConfig, LateRecordings};
 pub use pipeline::run_export;
 pub use report::{CallReport, DryRunTotals, ProgressEvent, ProgressFn, Summary};
 

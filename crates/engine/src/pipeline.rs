@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::config::ExportConfig;
+use crate::config::{ExportConfig, LateRecordings};
 use crate::ports::{CallSource, Classified, Names, TalkSink};
 use crate::report::{CallReport, DryRunTotals, ProgressEvent, ProgressFn, Summary};
 use crate::EngineError;
@@ -655,8 +655,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             return Ok(None);
         }
         match self.config.await_recordings {
-            Some(horizon) => self.await_recording(&item.call, horizon).await?,
-            None => {
+            Some(late) if item.call.may_get_recording() => {
+                self.await_recording(&item.call, late).await?
+            }
+            _ => {
                 let outcome = Outcome::Skipped {
                     reason: SkipReason::NoRecording,
                 };
@@ -667,15 +669,15 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// A call without a recording yet (the portal may attach it minutes or hours later): it waits in the ledger
-    /// for its next check, until `horizon` after the ledger first saw it; then it is skipped as `no_recording`.
-    async fn await_recording(&self, call: &Call, horizon: Duration) -> Result<(), EngineError> {
+    /// for its next check, until the horizon after the ledger first saw it; then it is skipped as `no_recording`.
+    async fn await_recording(&self, call: &Call, late: LateRecordings) -> Result<(), EngineError> {
         let Some(claim) = self.claim_or_wait(call).await? else {
             return Ok(());
         };
         let waited = (chrono::Utc::now() - claim.first_seen)
             .to_std()
             .unwrap_or_default();
-        if waited >= horizon {
+        let Some(delay) = late.next_check(waited) else {
             let outcome = Outcome::Skipped {
                 reason: SkipReason::NoRecording,
             };
@@ -683,8 +685,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 self.report(call, outcome, Sent::NOTHING);
             }
             return Ok(());
-        }
-        let delay = recheck_delay(waited).min(horizon - waited);
+        };
         if self.store.wait_for_recording(&claim, delay).await? {
             tracing::debug!(
                 call = call.id,
@@ -1247,13 +1248,6 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         summary.would_upload = Some(totals);
         Ok(())
     }
-}
-
-/// The wait before the next check for a late recording: 2 minutes after the call was first seen, then as long
-/// as it has waited so far (the checks double their spacing: 2, 4, 8, 16… minutes), at most an hour apart. Over a
-/// 48-hour horizon that is about 50 checks, each one command in a batch that reads 2,500 calls per request.
-fn recheck_delay(waited: Duration) -> Duration {
-    waited.clamp(Duration::from_secs(120), Duration::from_secs(3600))
 }
 
 fn unsupported(detail: String) -> AttemptError {

@@ -34,6 +34,7 @@ use axum::{Json, Router};
 use b24sense_bitrix24::{
     AccessToken, Bitrix24Client, BoxFuture, ClientConfig, Credentials, RatePlan, TokenSource,
 };
+use b24sense_engine::LateRecordings;
 use b24sense_store::{Installation, Portal, PortalSettings, PortalStatus, SecretKey, Store};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
@@ -44,7 +45,7 @@ use url::Url;
 
 pub use error::Error;
 pub use metrics::Metrics;
-use oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
+use oauth::{OAuthClient, RefreshLocks};
 use runner::{RunEnv, Runner};
 use session::{same_secret, Session, Signer};
 
@@ -64,8 +65,8 @@ pub struct WebConfig {
     pub sync_interval: Duration,
     /// How often to look for calls whose late recording is due for another check.
     pub recheck_interval: Duration,
-    /// How long continuous sync keeps checking for a recording the portal has not attached yet.
-    pub recording_horizon: Duration,
+    /// How long and how often continuous sync checks again for a recording the portal has not attached yet.
+    pub late_recordings: LateRecordings,
     /// Accept portals over plain http (only for the local emulator; real portals are https).
     pub allow_http_portals: bool,
     pub rate: RatePlan,
@@ -99,7 +100,7 @@ impl WebConfig {
             concurrency: 8,
             sync_interval: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(60),
-            recording_horizon: Duration::from_secs(48 * 3600),
+            late_recordings: LateRecordings::default(),
             allow_http_portals: false,
             rate: RatePlan::STANDARD,
             session_ttl: Duration::from_secs(8 * 3600),
@@ -307,7 +308,7 @@ fn env(state: &AppState) -> RunEnv {
         speechsense_endpoint: state.config.speechsense_endpoint.clone(),
         concurrency: state.config.concurrency,
         rate: state.config.rate,
-        recording_horizon: state.config.recording_horizon,
+        late_recordings: state.config.late_recordings,
         stale_after: state.config.run_stale_after,
     }
 }
@@ -355,26 +356,9 @@ async fn verify_user(
         .map_err(|e| e.to_string())
 }
 
+/// The portal's shared REST client (one limiter for its runs and its page requests).
 fn portal_client(state: &AppState, portal: &Portal) -> Result<Bitrix24Client, String> {
-    let e = env(state);
-    let source = StoreTokenSource::new(
-        e.store,
-        e.key,
-        portal.member_id.clone(),
-        Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?,
-        Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?,
-        e.oauth,
-        e.locks,
-        e.metrics,
-    );
-    Bitrix24Client::new(
-        Credentials::OAuth(Arc::new(source)),
-        ClientConfig {
-            rate: state.config.rate,
-            ..ClientConfig::default()
-        },
-    )
-    .map_err(|e| e.to_string())
+    state.runner.portal_client(&env(state), portal)
 }
 
 /// `https://DOMAIN/rest/` (http only when allowed, for the emulator); `None` for a domain that is not a host.
@@ -640,6 +624,7 @@ async fn events(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     match g("event").to_ascii_uppercase().as_str() {
         "ONAPPUNINSTALL" => {
             state.runner.stop(&member_id);
+            state.runner.forget_client(&member_id);
             match state.store.uninstall_portal(&member_id).await {
                 Ok(_) => {
                     state.metrics.uninstalls.inc();

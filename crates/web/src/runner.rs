@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use b24sense_bitrix24::{Bitrix24Client, ClientConfig, Credentials, RatePlan};
 use b24sense_core::{CallFilter, CallType, MonoPolicy, Outcome, TimeBound};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::{run_export, CallReport, EngineError, ExportConfig, ProgressEvent};
+use b24sense_engine::{
+    run_export, CallReport, EngineError, ExportConfig, LateRecordings, ProgressEvent,
+};
 use b24sense_speechsense::{
     ClientConfig as SpeechConfig, ConnectionCheck, Credentials as SpeechCredentials, Lang,
     SearchScope, SpeechSenseClient,
@@ -172,9 +174,8 @@ pub struct RunEnv {
     pub speechsense_endpoint: String,
     pub concurrency: usize,
     pub rate: RatePlan,
-    /// With continuous sync on, how long a call without a recording is checked again before it counts as
-    /// `no_recording`.
-    pub recording_horizon: Duration,
+    /// With continuous sync on: how long and how often a call without a recording is checked again.
+    pub late_recordings: LateRecordings,
     /// A run row without a heartbeat for this long belongs to a process that is gone.
     pub stale_after: Duration,
 }
@@ -183,6 +184,14 @@ pub struct RunEnv {
 #[derive(Default)]
 pub struct Runner {
     runs: Mutex<HashMap<String, Handle>>,
+    /// One REST client per portal (see [`Runner::portal_client`]), keyed by `member_id`.
+    clients: Mutex<HashMap<String, PortalClient>>,
+}
+
+struct PortalClient {
+    /// The endpoints it was made for: a reinstall that changes them gets a new client.
+    endpoints: (String, String),
+    client: Bitrix24Client,
 }
 
 /// Validated settings turned into what the engine takes.
@@ -476,6 +485,56 @@ impl Runner {
         }
     }
 
+    /// The portal's REST client: one per portal in this process, as long as its endpoints stay the same. Its request
+    /// limiter then spans every run, event and page request of the portal, so runs that follow each other (an event
+    /// during a run, a catch-up right after) never start with a fresh burst against a bucket the last run filled.
+    pub fn portal_client(&self, env: &RunEnv, portal: &Portal) -> Result<Bitrix24Client, String> {
+        let endpoints = (
+            portal.client_endpoint.clone(),
+            portal.server_endpoint.clone(),
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&portal.member_id) {
+            if c.endpoints == endpoints {
+                return Ok(c.client.clone());
+            }
+        }
+        let source = StoreTokenSource::new(
+            env.store.clone(),
+            env.key.clone(),
+            portal.member_id.clone(),
+            Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?,
+            Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?,
+            env.oauth.clone(),
+            env.locks.clone(),
+            env.metrics.clone(),
+        );
+        let client = Bitrix24Client::new(
+            Credentials::OAuth(Arc::new(source)),
+            ClientConfig {
+                rate: env.rate,
+                ..ClientConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        clients.insert(
+            portal.member_id.clone(),
+            PortalClient {
+                endpoints,
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
+
+    /// Drops the portal's client (uninstalled).
+    pub fn forget_client(&self, member_id: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(member_id);
+    }
+
     /// Starts an export for the portal unless one runs. `Err` carries a message for the page.
     ///
     /// `trigger` `page` ("Start export") goes through every qualifying call from the start; every other trigger
@@ -493,27 +552,8 @@ impl Runner {
         let ru = lang != "en";
         let plan = plan(&settings, lang)
             .map_err(|errs| errs.into_values().collect::<Vec<_>>().join(" "))?;
-        let client_endpoint = Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?;
-        let server_endpoint = Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?;
         let speech = speech_client(&env.speechsense_endpoint, api_key)?;
-        let source = StoreTokenSource::new(
-            env.store.clone(),
-            env.key.clone(),
-            portal.member_id.clone(),
-            client_endpoint,
-            server_endpoint,
-            env.oauth.clone(),
-            env.locks.clone(),
-            env.metrics.clone(),
-        );
-        let bitrix = Bitrix24Client::new(
-            Credentials::OAuth(Arc::new(source)),
-            ClientConfig {
-                rate: env.rate,
-                ..ClientConfig::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let bitrix = self.portal_client(&env, &portal)?;
 
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = runs.get(&portal.member_id) {
@@ -566,7 +606,7 @@ impl Runner {
         config.concurrency = env.concurrency;
         config.incremental = trigger != "page";
         // Only continuous sync comes back for a recording attached late; without it, a later "Start export" does.
-        config.await_recordings = settings.sync_enabled.then_some(env.recording_horizon);
+        config.await_recordings = settings.sync_enabled.then_some(env.late_recordings);
 
         let metrics = env.metrics.clone();
         env.metrics.runs_started.inc();

@@ -2,12 +2,15 @@
 //! install, the settings page and its API, check connection, export with live progress, OAuth refresh
 //! (single-flight), events with the application token, metrics, uninstall.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use b24sense_bitrix24::{AccessToken, TokenSource};
+use b24sense_core::LedgerState;
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
+use b24sense_engine::LateRecordings;
 use b24sense_store::{PortalStatus, SecretKey, Store};
 use b24sense_web::metrics::Metrics;
 use b24sense_web::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
@@ -37,6 +40,10 @@ fn http() -> reqwest::Client {
 }
 
 async fn fixture(calls: usize) -> Fx {
+    fixture_with(calls, |_| {}).await
+}
+
+async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
     let emu = Bitrix24Emulator::start(PortalConfig {
         calls,
         rate: (500, 100),
@@ -64,6 +71,7 @@ async fn fixture(calls: usize) -> Fx {
     config.allow_http_portals = true;
     config.concurrency = 4;
     config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
+    adjust(&mut config);
     let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(server.clone().serve(listener, stop.clone()));
@@ -470,6 +478,145 @@ async fn continuous_sync_runs_on_call_end_events() {
     let p = wait_finished(&fx, &s).await;
     assert_eq!(p["trigger"], "schedule");
     assert_eq!(p["uploaded"], 0, "{p}");
+}
+
+/// Talks SpeechSense holds, by call statistic `ID` (a call uploaded twice shows up twice).
+fn talks_by_call(fx: &Fx) -> BTreeMap<u64, usize> {
+    let mut by_call = BTreeMap::new();
+    for t in fx.speech.talks() {
+        *by_call
+            .entry(t.fields["id"].parse::<u64>().unwrap())
+            .or_insert(0) += 1;
+    }
+    by_call
+}
+
+#[tokio::test]
+async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon() {
+    let late = LateRecordings {
+        horizon: Duration::from_secs(4),
+        first_check: Duration::from_millis(300),
+        max_interval: Duration::from_millis(600),
+    };
+    let fx = fixture_with(30, |c| c.late_recordings = late).await;
+    let recorded: Vec<u64> = (1..=30)
+        .filter(|id| fx.emu.recording(*id).is_some())
+        .collect();
+    // Conversations without a recording at all wait too (recording may be off); missed calls do not.
+    let talked_unrecorded = |ids: std::ops::RangeInclusive<u64>| {
+        let rows = fx.emu.call_rows();
+        ids.filter(|id| {
+            let row = rows.iter().find(|r| r["ID"] == id.to_string()).unwrap();
+            fx.emu.recording(*id).is_none()
+                && row["CALL_DURATION"] != "0"
+                && row["CALL_FAILED_CODE"] == "200"
+        })
+        .count() as u64
+    };
+    let (unrecorded_old, unrecorded_new) = (talked_unrecorded(1..=20), talked_unrecorded(21..=30));
+    let (old, new): (Vec<u64>, Vec<u64>) = recorded.iter().partition(|id| **id <= 20);
+    // Calls 1–20 have ended, 21–30 are still to come. Three recordings are attached late: `a` (an old call) and
+    // `b` (a new one) during the horizon, `c` never.
+    fx.emu.hide_calls_after(20);
+    let (a, c, b) = (old[0], old[1], new[0]);
+    for id in [a, b, c] {
+        fx.emu.withhold_recording(id);
+    }
+    assert!(
+        fx.emu
+            .install_app(&format!("{}install", fx.base), "ru")
+            .await
+            .unwrap()
+            .installed
+    );
+    let (_, _, page) = open_page(&fx, "ru").await;
+    let s = boot(&page);
+    let mut settings = good_settings(&fx);
+    settings["sync_enabled"] = json!(true);
+    assert_eq!(
+        api(&fx, &s, "POST", "settings", Some(settings)).await.0,
+        200
+    );
+    assert_eq!(api(&fx, &s, "POST", "export/start", None).await.0, 200);
+    let p = wait_finished(&fx, &s).await;
+    assert_eq!(
+        (p["found"].as_u64(), p["awaiting_recording"].as_u64()),
+        (Some(20), Some(2 + unrecorded_old)),
+        "{p}"
+    );
+    assert_eq!(p["uploaded"].as_u64(), Some(old.len() as u64 - 2), "{p}");
+    let member = fx.emu.app_member_id();
+    let waiting = fx.store.entry(&member, a).await.unwrap().unwrap();
+    assert_eq!(
+        (waiting.state, waiting.reason.as_deref()),
+        (LedgerState::Pending, Some("awaiting_recording"))
+    );
+    assert!(waiting.retry_at.is_some());
+
+    // New calls end; one event brings them all in, and only them (an incremental pass from the high-water mark),
+    // plus the waiting calls whose check has come (still without a recording: they wait on).
+    fx.emu.reveal_calls_up_to(30);
+    assert_eq!(fx.emu.send_call_end(25).await, Some(vec![200]));
+    let p = wait_finished(&fx, &s).await;
+    assert_eq!(p["trigger"], "event", "{p}");
+    let found = p["found"].as_u64().unwrap();
+    let rechecked = found - 10;
+    assert!(
+        rechecked <= 2 + unrecorded_old,
+        "only new and due calls: {p}"
+    );
+    assert_eq!(
+        p["awaiting_recording"].as_u64(),
+        Some(1 + unrecorded_new + rechecked),
+        "{p}"
+    );
+    assert_eq!(p["uploaded"].as_u64(), Some(new.len() as u64 - 1), "{p}");
+
+    // The late recordings arrive (no event fires for that); the rechecks the ledger schedules find them, and give
+    // up on `c` at the horizon.
+    assert!(fx.emu.attach_recording(a) && fx.emu.attach_recording(b));
+    let t0 = Instant::now();
+    loop {
+        let c_entry = fx.store.entry(&member, c).await.unwrap().unwrap();
+        let by_call = talks_by_call(&fx);
+        if by_call.contains_key(&a)
+            && by_call.contains_key(&b)
+            && c_entry.state == LedgerState::Skipped
+        {
+            assert_eq!(c_entry.reason.as_deref(), Some("no_recording"));
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "late recordings not picked up: {by_call:?} {c_entry:?}"
+        );
+        if fx.server.recheck_pass().await > 0 {
+            let p = wait_finished(&fx, &s).await;
+            assert_eq!(p["trigger"], "recheck", "{p}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every call with a recording is in SpeechSense exactly once; nothing is left waiting.
+    let expected: BTreeMap<u64, usize> = recorded
+        .iter()
+        .filter(|id| **id != c)
+        .map(|id| (*id, 1))
+        .collect();
+    assert_eq!(talks_by_call(&fx), expected);
+    assert!(fx.store.portals_due().await.unwrap().is_empty());
+    assert_eq!(fx.server.recheck_pass().await, 0, "nothing is due any more");
+    // A catch-up pass with nothing new lists nothing and uploads nothing.
+    assert_eq!(fx.server.sync_pass().await, 1);
+    let p = wait_finished(&fx, &s).await;
+    assert_eq!(
+        (
+            p["trigger"].as_str(),
+            p["found"].as_u64(),
+            p["uploaded"].as_u64()
+        ),
+        (Some("schedule"), Some(0), Some(0)),
+        "{p}"
+    );
 }
 
 #[tokio::test]
