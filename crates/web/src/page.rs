@@ -71,6 +71,7 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("session_expired", "Сессия истекла — откройте приложение заново.", "The session expired — open the application again."),
     ("reason_already_uploaded", "уже выгружены", "already uploaded"),
     ("reason_no_recording", "нет записи", "no recording"),
+    ("awaiting_recording", "ждут записи (Битрикс24 прикрепляет её позже; проверим ещё раз)", "awaiting their recording (Bitrix24 attaches it later; checked again)"),
     ("reason_too_short", "короче минимума", "too short"),
     ("reason_mono_recording", "моно-запись", "mono recording"),
 ];

@@ -128,8 +128,11 @@
     Object.keys(p.failed).forEach(function (k) { failed += p.failed[k]; });
     text($("p-skipped"), skipped);
     text($("p-failed"), failed);
-    text($("p-skipped-detail"), parts.length ? T.skipped + " — " + parts.join(", ") : "");
-    var pct = done && !p.stopped ? 100 : (p.found ? Math.min(100, Math.round(100 * p.settled / p.found)) : 0);
+    var detail = parts.length ? T.skipped + " — " + parts.join(", ") : "";
+    if (p.awaiting_recording) { detail += (detail ? "; " : "") + T.awaiting_recording + ": " + p.awaiting_recording; }
+    text($("p-skipped-detail"), detail);
+    var handled = p.settled + (p.awaiting_recording || 0);
+    var pct = done && !p.stopped ? 100 : (p.found ? Math.min(100, Math.round(100 * handled / p.found)) : 0);
     $("p-bar").style.width = pct + "%";
     text($("p-rate"), (p.rate * 60).toFixed(1) + " " + T.per_min);
     text($("p-eta"), done ? "0 с" : (boot.lang === "en" ? fmtSecs(p.eta_secs).replace(" мин ", " min ").replace(" с", " s") : fmtSecs(p.eta_secs)));

@@ -506,7 +506,10 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
     let talked_unrecorded = |ids: std::ops::RangeInclusive<u64>| {
         let rows = fx.emu.call_rows();
         ids.filter(|id| {
-            let row = rows.iter().find(|r| r["ID"] == id.to_string()).unwrap();
+            let row = rows
+                .iter()
+                .find(|r| r["ID"].as_str().and_then(|v| v.parse::<u64>().ok()) == Some(*id))
+                .unwrap();
             fx.emu.recording(*id).is_none()
                 && row["CALL_DURATION"] != "0"
                 && row["CALL_FAILED_CODE"] == "200"
