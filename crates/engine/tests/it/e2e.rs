@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use b24sense_bitrix24::{Bitrix24Client, ClientConfig, Credentials, WebhookUrl};
-use b24sense_core::{Call, CallFilter, CallType, Container, TimeBound};
+use b24sense_core::{Call, CallFilter, CallType, Container, LedgerState, TimeBound};
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
@@ -171,6 +171,96 @@ async fn full_export_is_exact_and_idempotent() {
         Some(expected.len() as u64)
     );
     assert_eq!(env.speech.talks().len(), expected.len());
+}
+
+#[tokio::test]
+async fn incremental_passes_take_up_what_was_left_and_list_only_new_calls() {
+    let env = Env::start(120).await;
+    let (store, _dir) = test_store().await;
+    let portal = "emulated.bitrix24.test";
+    // The client reads calls again by ID: 50 per command, one batch; IDs the portal does not have are absent.
+    let ids: Vec<u64> = (1..=120).chain([9_999]).collect();
+    let before = env.portal.stats();
+    let again = env.bitrix.calls_by_id(&ids).await.unwrap();
+    let after = env.portal.stats();
+    assert_eq!(again.calls.len(), 120);
+    assert!(again.calls.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(
+        after.by_method["batch"] - before.by_method.get("batch").copied().unwrap_or(0),
+        1
+    );
+    assert_eq!(
+        after.by_method["voximplant.statistic.get"]
+            - before
+                .by_method
+                .get("voximplant.statistic.get")
+                .copied()
+                .unwrap_or(0),
+        3,
+        "121 IDs in 3 commands"
+    );
+
+    // Calls 61–120 have not happened yet; a full pass exports the first 60.
+    env.portal.hide_calls_after(60);
+    let first = env
+        .export(&store, env.config(CallFilter::default()), &env.api_key)
+        .await
+        .unwrap();
+    assert_eq!(first.found, 60);
+    // A run stopped mid-way leaves calls `pending` (here: three calls without a recording handed back).
+    let skipped = store
+        .entries(portal, &[LedgerState::Skipped], 3)
+        .await
+        .unwrap();
+    assert_eq!(skipped.len(), 3);
+    for e in &skipped {
+        let claim = store
+            .claim(
+                portal,
+                e.call_id,
+                "old-run",
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.release(&claim).await.unwrap());
+    }
+
+    // The incremental pass takes those three up (read again by ID) and lists only the calls after the mark.
+    env.portal.reveal_calls_up_to(120);
+    let mut config = env.config(CallFilter::default());
+    config.incremental = true;
+    let listing_before = env.portal.stats().by_method["voximplant.statistic.get"];
+    let second = env
+        .export(&store, config.clone(), &env.api_key)
+        .await
+        .unwrap();
+    assert_eq!(second.found, 3 + 60, "{:?}", second.summary);
+    let reported: BTreeSet<u64> = second.calls.iter().map(|c| c.call_id).collect();
+    let expected: BTreeSet<u64> = skipped.iter().map(|e| e.call_id).chain(61..=120).collect();
+    assert_eq!(reported, expected, "no uploaded call was listed again");
+    assert_eq!(
+        env.portal.stats().by_method["voximplant.statistic.get"] - listing_before,
+        1 + 50,
+        "one command reads the three again; one listing request (50 chained keyset pages) finds the 60 new calls"
+    );
+    for e in &skipped {
+        assert_eq!(
+            store.entry(portal, e.call_id).await.unwrap().unwrap().state,
+            LedgerState::Skipped
+        );
+    }
+    assert_eq!(env.uploaded_ids(), env.expected(&CallFilter::default()));
+    assert_eq!(
+        env.speech.talks().len(),
+        env.uploaded_ids().len(),
+        "no duplicates"
+    );
+
+    // Nothing new, nothing left: the next pass lists nothing and uploads nothing.
+    let third = env.export(&store, config, &env.api_key).await.unwrap();
+    assert_eq!((third.found, third.uploaded), (0, 0));
 }
 
 #[tokio::test]
