@@ -461,13 +461,15 @@ impl Store {
     }
 
     /// Fenced: the call has no recording yet and is checked again in `delay` (continuous sync): it stays `pending`
-    /// with reason `awaiting_recording` and `retry_at`; the lease is released. False when the claim is stale.
+    /// with reason `awaiting_recording` and `retry_at`; the lease is released. A row in doubt (`uploading`) stays
+    /// in doubt, so that once its recording is back the duplicate check still runs. False when the claim is stale.
     pub async fn wait_for_recording(&self, claim: &Claim, delay: Duration) -> Result<bool, Error> {
         let id = to_i64(claim.call_id)?;
         on_db!(self, |pool, d| {
             // `{lease_until}` is "now + $1 seconds" in each dialect.
             let sql = d.sql(
-                "UPDATE ledger SET state = 'pending', reason = 'awaiting_recording', detail = NULL, \
+                "UPDATE ledger SET state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
+                 reason = 'awaiting_recording', detail = NULL, \
                  retry_at = {lease_until}, lease_owner = NULL, lease_until = NULL, updated_at = {now} \
                  WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
                  AND state <> 'uploaded'",

@@ -1159,6 +1159,17 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
         (LedgerState::Pending, None, None)
     );
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2, 4]);
+
+    // A call in doubt whose recording is gone for now stays in doubt while it waits.
+    let c4 = claim(4).await;
+    assert!(store.mark_uploading(&c4).await.unwrap());
+    assert!(store.wait_for_recording(&c4, long).await.unwrap());
+    let e4 = store.entry(P, 4).await.unwrap().unwrap();
+    assert_eq!(
+        (e4.state, e4.reason.as_deref()),
+        (LedgerState::Uploading, Some("awaiting_recording"))
+    );
+    assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2]);
 }
 
 macro_rules! suite {
