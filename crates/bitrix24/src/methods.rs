@@ -26,6 +26,26 @@ pub struct CallChunk {
     pub bad_rows: Vec<String>,
 }
 
+impl CallChunk {
+    /// Adds call-history rows: readable ones to `calls`, the others to `bad_rows` with the reason; every row's `ID`
+    /// moves `last_id` on (an unreadable row must not be listed again and again).
+    fn read(&mut self, rows: &[&Value], offset: FixedOffset) {
+        for row in rows {
+            let raw_id = row.get("ID").and_then(lenient::id);
+            if let Some(id) = raw_id {
+                self.last_id = Some(self.last_id.map_or(id, |l| l.max(id)));
+            }
+            match Call::from_bitrix(row, offset) {
+                Ok(c) => self.calls.push(c),
+                Err(e) => self.bad_rows.push(match raw_id {
+                    Some(id) => format!("ID {id}: {e}"),
+                    None => e.to_string(),
+                }),
+            }
+        }
+    }
+}
+
 /// Names for the mapping. IDs the portal did not return are absent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lookup {
@@ -125,20 +145,8 @@ impl Bitrix24Client {
                 );
                 break;
             }
-            for row in &page {
-                let raw_id = row.get("ID").and_then(lenient::id);
-                if let Some(id) = raw_id {
-                    prev_last = prev_last.max(id);
-                    chunk.last_id = Some(chunk.last_id.map_or(id, |l| l.max(id)));
-                }
-                match Call::from_bitrix(row, offset) {
-                    Ok(c) => chunk.calls.push(c),
-                    Err(e) => chunk.bad_rows.push(match raw_id {
-                        Some(id) => format!("ID {id}: {e}"),
-                        None => e.to_string(),
-                    }),
-                }
-            }
+            chunk.read(&page, offset);
+            prev_last = prev_last.max(chunk.last_id.unwrap_or(0));
             if page.len() < PAGE {
                 chunk.exhausted = true;
                 break;
@@ -181,19 +189,7 @@ impl Bitrix24Client {
             ..CallChunk::default()
         };
         for v in resp.results.values() {
-            for row in rows(Some(v)) {
-                let raw_id = row.get("ID").and_then(lenient::id);
-                if let Some(id) = raw_id {
-                    chunk.last_id = Some(chunk.last_id.map_or(id, |l| l.max(id)));
-                }
-                match Call::from_bitrix(row, offset) {
-                    Ok(c) => chunk.calls.push(c),
-                    Err(e) => chunk.bad_rows.push(match raw_id {
-                        Some(id) => format!("ID {id}: {e}"),
-                        None => e.to_string(),
-                    }),
-                }
-            }
+            chunk.read(&rows(Some(v)), offset);
         }
         chunk.calls.sort_by_key(|c| c.id);
         Ok(chunk)

@@ -404,23 +404,14 @@ impl Store {
 
     /// Fenced: extends the lease to now + `lease` during a long upload.
     pub async fn renew(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
-        let id = to_i64(claim.call_id)?;
-        on_db!(self, |pool, d| {
-            let sql = d.sql(
-                "UPDATE ledger SET lease_until = {lease_until}, updated_at = {now} \
-                 WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
-                 AND state <> 'uploaded'",
-            );
-            let done = sqlx::query(&sql)
-                .bind(lease.as_secs_f64())
-                .bind(&claim.portal)
-                .bind(id)
-                .bind(claim.fence)
-                .bind(&claim.owner)
-                .execute(pool)
-                .await?;
-            Ok(done.rows_affected() == 1)
-        })
+        self.fenced_in(
+            claim,
+            lease,
+            "UPDATE ledger SET lease_until = {lease_until}, updated_at = {now} \
+             WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
+             AND state <> 'uploaded'",
+        )
+        .await
     }
 
     /// Fenced commit of the outcome; clears the lease and counts the attempt. False (and nothing changed) when
@@ -464,18 +455,31 @@ impl Store {
     /// with reason `awaiting_recording` and `retry_at`; the lease is released. A row in doubt (`uploading`) stays
     /// in doubt, so that once its recording is back the duplicate check still runs. False when the claim is stale.
     pub async fn wait_for_recording(&self, claim: &Claim, delay: Duration) -> Result<bool, Error> {
+        // `{lease_until}` is "now + $1 seconds": here the time of the next check.
+        self.fenced_in(
+            claim,
+            delay,
+            "UPDATE ledger SET state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
+             reason = 'awaiting_recording', detail = NULL, \
+             retry_at = {lease_until}, lease_owner = NULL, lease_until = NULL, updated_at = {now} \
+             WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
+             AND state <> 'uploaded'",
+        )
+        .await
+    }
+
+    /// A fenced statement with a time span: `$1` seconds (for `{lease_until}` = now + `$1`), `$2` portal, `$3` call
+    /// ID, `$4` fence, `$5` owner.
+    async fn fenced_in(
+        &self,
+        claim: &Claim,
+        span: Duration,
+        template: &str,
+    ) -> Result<bool, Error> {
         let id = to_i64(claim.call_id)?;
         on_db!(self, |pool, d| {
-            // `{lease_until}` is "now + $1 seconds" in each dialect.
-            let sql = d.sql(
-                "UPDATE ledger SET state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
-                 reason = 'awaiting_recording', detail = NULL, \
-                 retry_at = {lease_until}, lease_owner = NULL, lease_until = NULL, updated_at = {now} \
-                 WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
-                 AND state <> 'uploaded'",
-            );
-            let done = sqlx::query(&sql)
-                .bind(delay.as_secs_f64())
+            let done = sqlx::query(&d.sql(template))
+                .bind(span.as_secs_f64())
                 .bind(&claim.portal)
                 .bind(id)
                 .bind(claim.fence)
