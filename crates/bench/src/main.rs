@@ -92,9 +92,23 @@ impl Args {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    // The export child runs on the runtime `b24sense export` uses: one worker thread (see the CLI's `runtime`).
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.child && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        rt.worker_threads(1);
+    }
+    match rt.enable_all().build() {
+        Ok(rt) => rt.block_on(run(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()

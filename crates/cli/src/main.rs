@@ -60,10 +60,32 @@ impl Failure {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    let serving = matches!(cli.command, Command::Serve(_));
+    match runtime(serving) {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(exit::UNAVAILABLE)
+        }
+    }
+}
+
+/// `serve` (many portals at once) gets a worker thread per core. Everything else exports one portal, whose pace
+/// the portal's 2 requests/s set: one worker thread does that with ~20 % less CPU than two (`scale-1k`,
+/// docs/benchmarks.md), because two idle workers keep waking each other for every task. `TOKIO_WORKER_THREADS`
+/// overrides both.
+fn runtime(serving: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if !serving && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        b.worker_threads(1);
+    }
+    b.enable_all().build()
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Export(a) => {
             let a = *a;
