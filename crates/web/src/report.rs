@@ -82,9 +82,9 @@ fn encode(rows: &[LedgerEntry], header: bool) -> Result<Bytes, std::io::Error> {
             e.call_id.to_string().as_str(),
             e.state.as_str(),
             e.reason.as_deref().unwrap_or(""),
-            e.talk_id.as_deref().unwrap_or(""),
+            &inert(e.talk_id.as_deref().unwrap_or("")),
             e.attempts.to_string().as_str(),
-            e.detail.as_deref().unwrap_or(""),
+            &inert(e.detail.as_deref().unwrap_or("")),
             e.updated_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true)
                 .as_str(),
@@ -93,4 +93,27 @@ fn encode(rows: &[LedgerEntry], header: bool) -> Result<Bytes, std::io::Error> {
     w.into_inner()
         .map(Bytes::from)
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A cell a spreadsheet will not run as a formula (OWASP "CSV injection"): text from outside (error details, talk
+/// IDs) that starts with `=`, `+`, `-`, `@` or a control character gets a leading apostrophe.
+fn inert(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inert;
+
+    #[test]
+    fn formulas_are_made_inert() {
+        assert_eq!(inert("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(inert("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(inert("-1+2"), "'-1+2");
+        assert_eq!(inert("Disk file 9: not found"), "Disk file 9: not found");
+        assert_eq!(inert(""), "");
+    }
 }
