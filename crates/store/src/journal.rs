@@ -40,21 +40,6 @@ pub mod run_status {
 /// `{lease_until}` is now + `$1` seconds: bound to minus `stale_after` it is the oldest live heartbeat.
 const STALE: &str = "(status IS NULL AND COALESCE(updated_at, started_at) <= {lease_until})";
 
-macro_rules! on_db3 {
-    ($self:expr, |$pool:ident, $d:ident| $body:expr) => {
-        match &$self.db {
-            Db::Sqlite($pool) => {
-                let $d = &Dialect::SQLITE;
-                $body
-            }
-            Db::Postgres($pool) => {
-                let $d = &Dialect::POSTGRES;
-                $body
-            }
-        }
-    };
-}
-
 macro_rules! progress_from_row {
     ($row:expr) => {{
         let row = &$row;
@@ -84,7 +69,7 @@ impl Store {
         params: &serde_json::Value,
         progress: &serde_json::Value,
     ) -> Result<i64, Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "INSERT INTO runs (portal, params, progress, updated_at) VALUES ($1, $2, $3, {now}) \
                  RETURNING id",
@@ -106,7 +91,7 @@ impl Store {
         run_id: i64,
         progress: &serde_json::Value,
     ) -> Result<bool, Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE runs SET progress = $2, updated_at = {now} WHERE id = $1 AND status IS NULL",
             );
@@ -127,7 +112,7 @@ impl Store {
         summary: &serde_json::Value,
         progress: &serde_json::Value,
     ) -> Result<(), Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE runs SET finished_at = {now}, status = $2, summary = $3, progress = $4, \
                  updated_at = {now} WHERE id = $1",
@@ -153,7 +138,7 @@ impl Store {
         portal: &str,
         stale_after: Duration,
     ) -> Result<Option<RunProgress>, Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(&format!(
                 "SELECT {} FROM runs WHERE portal = $2 AND progress IS NOT NULL ORDER BY id DESC LIMIT 1",
                 progress_columns()
@@ -174,7 +159,7 @@ impl Store {
     /// running with no heartbeat for `stale_after` (its process is gone; a run another live replica is
     /// running keeps beating).
     pub async fn runs_to_resume(&self, stale_after: Duration) -> Result<Vec<RunProgress>, Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(&format!(
                 "SELECT {} FROM runs r WHERE progress IS NOT NULL \
                  AND id = (SELECT MAX(q.id) FROM runs q WHERE q.portal = r.portal AND q.progress IS NOT NULL) \
@@ -203,7 +188,7 @@ impl Store {
         stale_after: Duration,
         progress: &serde_json::Value,
     ) -> Result<bool, Error> {
-        on_db3!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(&format!(
                 "UPDATE runs SET status = '{}', finished_at = COALESCE(finished_at, {{now}}), progress = $3, \
                  updated_at = {{now}} WHERE id = $2 AND (status = '{}' OR {STALE})",
@@ -231,7 +216,7 @@ impl Store {
     ) -> Result<Vec<LedgerEntry>, Error> {
         let after = after.map(to_i64).transpose()?.unwrap_or(-1);
         let columns = ENTRY_COLUMNS.replace("call_json", "NULL AS call_json");
-        on_db3!(self, |pool, _d| {
+        on_db!(self, |pool, _d| {
             let sql = format!(
                 "SELECT {columns} FROM ledger WHERE portal = $1 AND call_id > $2 ORDER BY call_id LIMIT $3"
             );
@@ -241,11 +226,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(entry_from_row!(row));
-            }
-            Ok(out)
+            entries_from_rows!(rows)
         })
     }
 }

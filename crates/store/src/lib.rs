@@ -200,6 +200,16 @@ macro_rules! entry_from_row {
     }};
 }
 
+/// Every row of a `SELECT {ENTRY_COLUMNS}` as a [`LedgerEntry`]; the first unreadable row is the error.
+macro_rules! entries_from_rows {
+    ($rows:expr) => {
+        $rows
+            .iter()
+            .map(|row| -> Result<LedgerEntry, Error> { Ok(entry_from_row!(row)) })
+            .collect::<Result<Vec<LedgerEntry>, Error>>()
+    };
+}
+
 macro_rules! claim_from_row {
     ($row:expr, $portal:expr, $call_id:expr, $owner:expr) => {{
         let row = &$row;
@@ -514,11 +524,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(entry_from_row!(row));
-            }
-            Ok(out)
+            entries_from_rows!(rows)
         })
     }
 
@@ -602,11 +608,7 @@ impl Store {
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(entry_from_row!(row));
-            }
-            Ok(out)
+            entries_from_rows!(rows)
         })
     }
 

@@ -296,21 +296,6 @@ pub struct StoredSettings {
     pub updated_at: DateTime<Utc>,
 }
 
-macro_rules! on_db2 {
-    ($self:expr, |$pool:ident, $d:ident| $body:expr) => {
-        match &$self.db {
-            Db::Sqlite($pool) => {
-                let $d = &Dialect::SQLITE;
-                $body
-            }
-            Db::Postgres($pool) => {
-                let $d = &Dialect::POSTGRES;
-                $body
-            }
-        }
-    };
-}
-
 const PORTAL_COLUMNS: &str =
     "member_id, domain, client_endpoint, server_endpoint, application_token, \
      status, lang, installed_at, updated_at, tokens_rotated_at, refresh_refused";
@@ -351,7 +336,7 @@ impl Store {
         );
         let access = key.seal(inst.access_token.expose_secret(), &aad(m, "access_token"));
         let refresh = key.seal(inst.refresh_token.expose_secret(), &aad(m, "refresh_token"));
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "INSERT INTO portals (member_id, domain, client_endpoint, server_endpoint, application_token, \
                  access_token, refresh_token, expires_at, token_version, status, lang, installed_at, updated_at, \
@@ -383,7 +368,7 @@ impl Store {
 
     /// One portal by `member_id` (installed or not).
     pub async fn portal(&self, key: &SecretKey, member_id: &str) -> Result<Option<Portal>, Error> {
-        on_db2!(self, |pool, _d| {
+        on_db!(self, |pool, _d| {
             let sql = format!("SELECT {PORTAL_COLUMNS} FROM portals WHERE member_id = $1");
             let row = sqlx::query(&sql)
                 .bind(member_id)
@@ -398,7 +383,7 @@ impl Store {
 
     /// Every portal where the application is installed.
     pub async fn installed_portals(&self, key: &SecretKey) -> Result<Vec<Portal>, Error> {
-        on_db2!(self, |pool, _d| {
+        on_db!(self, |pool, _d| {
             let sql = format!(
                 "SELECT {PORTAL_COLUMNS} FROM portals WHERE status = 'installed' ORDER BY member_id"
             );
@@ -417,7 +402,7 @@ impl Store {
         key: &SecretKey,
         member_id: &str,
     ) -> Result<Option<PortalTokens>, Error> {
-        on_db2!(self, |pool, _d| {
+        on_db!(self, |pool, _d| {
             let row = sqlx::query(
                 "SELECT access_token, refresh_token, expires_at, token_version FROM portals \
                  WHERE member_id = $1 AND status = 'installed'",
@@ -462,7 +447,7 @@ impl Store {
             refresh_token.expose_secret(),
             &aad(member_id, "refresh_token"),
         );
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE portals SET access_token = $3, refresh_token = $4, expires_at = $5, \
                  token_version = token_version + 1, updated_at = {now}, tokens_rotated_at = {now}, \
@@ -484,7 +469,7 @@ impl Store {
     /// Installed portals whose token pair was last rotated at least `age` ago (by the database's clock, so
     /// replicas agree), oldest first: the keep-alive refresh keeps their refresh tokens from aging out.
     pub async fn portals_due_for_refresh(&self, age: Duration) -> Result<Vec<DueRefresh>, Error> {
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             // `{lease_until}` is now + $1 seconds; a negative $1 makes it "now - age".
             let sql = d.sql(
                 "SELECT member_id, token_version FROM portals \
@@ -516,7 +501,7 @@ impl Store {
         token_version: i64,
         code: &str,
     ) -> Result<bool, Error> {
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "UPDATE portals SET refresh_refused = $3, updated_at = {now} \
                  WHERE member_id = $1 AND token_version = $2 AND status = 'installed'",
@@ -534,7 +519,7 @@ impl Store {
     /// Marks the portal uninstalled and deletes its secrets (tokens, application token, API key). The
     /// non-secret settings and the ledger stay, so a re-install continues where it stopped.
     pub async fn uninstall_portal(&self, member_id: &str) -> Result<bool, Error> {
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let mut tx = pool.begin().await?;
             let sql = d.sql(
                 "UPDATE portals SET status = 'uninstalled', application_token = NULL, access_token = NULL, \
@@ -561,7 +546,7 @@ impl Store {
         api_key: Option<&SecretString>,
     ) -> Result<(), Error> {
         let sealed = api_key.map(|k| key.seal(k.expose_secret(), &aad(member_id, "api_key")));
-        on_db2!(self, |pool, d| {
+        on_db!(self, |pool, d| {
             let sql = d.sql(
                 "INSERT INTO portal_settings (member_id, settings, api_key, updated_at) \
                  VALUES ($1, $2, $3, {now}) \
@@ -590,7 +575,7 @@ impl Store {
         key: &SecretKey,
         member_id: &str,
     ) -> Result<Option<StoredSettings>, Error> {
-        on_db2!(self, |pool, _d| {
+        on_db!(self, |pool, _d| {
             let row = sqlx::query(
                 "SELECT settings, api_key, updated_at FROM portal_settings WHERE member_id = $1",
             )

@@ -448,9 +448,8 @@ async fn install_settings_export_events_uninstall() {
     assert_eq!(st, 403);
 }
 
-#[tokio::test]
-async fn continuous_sync_runs_on_call_end_events() {
-    let fx = fixture(10).await;
+/// Installs the application, opens the page and saves good settings with continuous sync on; the page session.
+async fn install_with_sync(fx: &Fx) -> (String, String) {
     assert!(
         fx.emu
             .install_app(&format!("{}install", fx.base), "ru")
@@ -458,12 +457,19 @@ async fn continuous_sync_runs_on_call_end_events() {
             .unwrap()
             .installed
     );
-    let (_, _, page) = open_page(&fx, "ru").await;
+    let (_, _, page) = open_page(fx, "ru").await;
     let s = boot(&page);
-    let mut settings = good_settings(&fx);
+    let mut settings = good_settings(fx);
     settings["sync_enabled"] = json!(true);
-    let (st, _) = api(&fx, &s, "POST", "settings", Some(settings)).await;
+    let (st, _) = api(fx, &s, "POST", "settings", Some(settings)).await;
     assert_eq!(st, 200);
+    s
+}
+
+#[tokio::test]
+async fn continuous_sync_runs_on_call_end_events() {
+    let fx = fixture(10).await;
+    let s = install_with_sync(&fx).await;
     let id: u64 = fx.emu.call_rows()[0]["ID"]
         .as_str()
         .unwrap()
@@ -525,21 +531,7 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
     for id in [a, b, c] {
         fx.emu.withhold_recording(id);
     }
-    assert!(
-        fx.emu
-            .install_app(&format!("{}install", fx.base), "ru")
-            .await
-            .unwrap()
-            .installed
-    );
-    let (_, _, page) = open_page(&fx, "ru").await;
-    let s = boot(&page);
-    let mut settings = good_settings(&fx);
-    settings["sync_enabled"] = json!(true);
-    assert_eq!(
-        api(&fx, &s, "POST", "settings", Some(settings)).await.0,
-        200
-    );
+    let s = install_with_sync(&fx).await;
     assert_eq!(api(&fx, &s, "POST", "export/start", None).await.0, 200);
     let p = wait_finished(&fx, &s).await;
     assert_eq!(
