@@ -7,13 +7,16 @@
 //!   and hands the calls on;
 //! - the **resolver** passes calls with a `CALL_RECORD_URL` straight through and gathers the others until it can
 //!   resolve 50 Disk files in one `disk.file.get` batch, just before they are downloaded; calls whose direct URL
-//!   turned out dead come back to it for the Disk route;
-//! - `concurrency` **workers** each claim a call in the ledger, stream its recording from the portal into
-//!   SpeechSense (never holding it whole), and commit the outcome.
+//!   turned out dead come back to it for the Disk route. It claims the calls it hands on in the ledger, a worker's
+//!   worth per statement;
+//! - `concurrency` **workers** each take a claimed call, stream its recording from the portal into SpeechSense
+//!   (never holding it whole), and commit the outcome.
 //!
-//! Delivery guarantee: a call is marked `uploading` before its first byte is sent and `uploaded` with its talk ID
-//! after; a call left `uploading` is *in doubt* and is resolved by a SpeechSense search when one is configured, or
-//! uploaded again and reported as `reuploaded_after_crash` — so a duplicate is never silent and a loss never happens.
+//! Delivery guarantee: a call is marked `uploading` right before the half-close that lets SpeechSense store its
+//! talk, and `uploaded` with its talk ID after; a call left `uploading` is *in doubt* and is resolved by a
+//! SpeechSense search when one is configured, or uploaded again and reported as `reuploaded_after_crash` — so a
+//! duplicate is never silent and a loss never happens. A stream abandoned before its half-close stores nothing,
+//! so a call whose upload broke off earlier is not in doubt.
 //!
 //! Several processes (replicas on one PostgreSQL, or a restart after a crash) coordinate through leases:
 //! - one **portal lease** per portal: only its holder lists, downloads and uploads, so together the replicas stay
@@ -22,10 +25,11 @@
 //!   lease another process still holds is waited for, not skipped: with the portal lease held, that process is dead
 //!   or paused, and its lease runs out.
 //! - Every write is fenced, and so is the end of every upload: right before the half-close that makes SpeechSense
-//!   store the talk, the worker renews its call lease and abandons the stream (nothing stored) if it was taken over.
+//!   store the talk, the worker marks the call `uploading` (renewing its lease, fenced) and abandons the stream
+//!   (nothing stored) if it was taken over.
 //!   A worker paused past its lease (SIGSTOP, a suspended VM) therefore neither commits nor stores a second talk.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +68,8 @@ struct WorkItem {
     /// `disk.file.get` links handed out for this call so far. A link can die before it is used (an OAuth
     /// `DOWNLOAD_URL` dies with its access token), so a dead one earns one fresh link, not more.
     disk_links: u8,
+    /// The ledger claim taken for this call ahead of the workers, and when (see [`Run::dispatch`]).
+    claim: Option<(Claim, Instant)>,
 }
 
 /// Disk links tried per call before its recording counts as unavailable.
@@ -173,6 +179,14 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
             })
         };
         let result = run.clone().export().await;
+        // Calls claimed ahead of the workers and never taken up (the run stopped) are due at once for the next run.
+        if let Err(e) = run
+            .store
+            .release_held(&run.config.portal, &run.config.worker_id)
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the calls this run held; their leases expire by themselves");
+        }
         grace.abort();
         held.cancel();
         let _ = holder.await;
@@ -536,6 +550,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 url: None,
                 via_disk: false,
                 disk_links: 0,
+                claim: None,
             };
             tokio::select! {
                 sent = input.send(item) => if sent.is_err() { return Ok(false) },
@@ -594,11 +609,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             if flush && !self.stop.is_cancelled() {
                 let batch: Vec<WorkItem> =
                     via_disk.drain(..via_disk.len().min(DISK_BATCH)).collect();
-                for item in self.resolve_disk(batch).await? {
-                    outstanding += 1;
-                    if work.send(item).await.is_err() {
-                        return Ok(());
-                    }
+                let ready = self.resolve_disk(batch).await?;
+                outstanding += ready.len();
+                if !self.dispatch(ready, &work).await? {
+                    return Ok(());
                 }
                 continue;
             }
@@ -613,11 +627,20 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             tokio::select! {
                 item = input.recv(), if input_open => match item {
                     Some(item) => {
-                        if let Some(item) = self.route(item, &mut via_disk).await? {
-                            outstanding += 1;
-                            if work.send(item).await.is_err() {
-                                return Ok(());
+                        // Take what else is queued (up to a worker each) so that one ledger statement claims it all.
+                        let mut ready = Vec::new();
+                        let mut next = Some(item);
+                        while let Some(item) = next.take() {
+                            if let Some(item) = self.route(item, &mut via_disk).await? {
+                                ready.push(item);
                             }
+                            if ready.len() < self.workers() {
+                                next = input.try_recv().ok();
+                            }
+                        }
+                        outstanding += ready.len();
+                        if !self.dispatch(ready, &work).await? {
+                            return Ok(());
                         }
                     }
                     None => input_open = false,
@@ -633,6 +656,47 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 _ = self.stop.cancelled(), if input_open => {}
             }
         }
+    }
+
+    fn workers(&self) -> usize {
+        self.config.concurrency.max(1)
+    }
+
+    /// Hands calls to the workers, claiming them in the ledger first, a worker's worth per statement: one statement
+    /// instead of one per call, and a claim that waits for at most two rounds of the workers before its worker
+    /// takes it up. A call someone else holds goes on unclaimed, and its worker waits for it. False when the
+    /// workers are gone. Claims of calls no worker took up (the run stopped) are given back when the run ends.
+    async fn dispatch(
+        &self,
+        items: Vec<WorkItem>,
+        work: &mpsc::Sender<WorkItem>,
+    ) -> Result<bool, EngineError> {
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut chunk: Vec<WorkItem> = items.by_ref().take(self.workers()).collect();
+            let ids: Vec<u64> = chunk.iter().map(|i| i.call.id).collect();
+            let claims = self
+                .store
+                .claim_many(
+                    &self.config.portal,
+                    &ids,
+                    &self.config.worker_id,
+                    self.config.lease,
+                )
+                .await?;
+            let at = Instant::now();
+            let mut claims: HashMap<u64, Claim> =
+                claims.into_iter().map(|c| (c.call_id, c)).collect();
+            for item in &mut chunk {
+                item.claim = claims.remove(&item.call.id).map(|c| (c, at));
+            }
+            for item in chunk {
+                if work.send(item).await.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Sends a call with a direct URL on; keeps a Disk-only call for the next batch; settles a call with no recording.
@@ -784,9 +848,17 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// Claims one call and drives it to an outcome, holding the call's lease throughout.
-    async fn process(&self, item: WorkItem) -> Result<Feedback, EngineError> {
-        let Some(claim) = self.claim_or_wait(&item.call).await? else {
-            return Ok(Feedback::Done);
+    async fn process(&self, mut item: WorkItem) -> Result<Feedback, EngineError> {
+        let ahead = match item.claim.take() {
+            Some((claim, at)) => self.still_held(claim, at).await?,
+            None => None,
+        };
+        let claim = match ahead {
+            Some(claim) => claim,
+            None => match self.claim_or_wait(&item.call).await? {
+                Some(claim) => claim,
+                None => return Ok(Feedback::Done),
+            },
         };
         tokio::select! {
             done = self.keep_lease(&claim, self.drive(item, &claim)) => done,
@@ -798,6 +870,19 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 Ok(Feedback::Done)
             }
         }
+    }
+
+    /// A claim taken ahead of the workers, renewed first if it has waited long (so that a long wait in the queue
+    /// does not leave it to expire mid-upload); `None` when another worker took the call over meanwhile.
+    async fn still_held(&self, claim: Claim, at: Instant) -> Result<Option<Claim>, EngineError> {
+        if at.elapsed() < self.config.lease / 3 {
+            return Ok(Some(claim));
+        }
+        Ok(self
+            .store
+            .renew(&claim, self.config.lease)
+            .await?
+            .then_some(claim))
     }
 
     async fn drive(&self, item: WorkItem, claim: &Claim) -> Result<Feedback, EngineError> {
@@ -1051,12 +1136,6 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             &self.config.language,
         );
 
-        match self.store.mark_uploading(claim).await {
-            Ok(true) => {}
-            Ok(false) => return Err(AttemptError::LostLease),
-            Err(e) => return Err(AttemptError::Fatal(format!("ledger error: {e}"))),
-        }
-
         let sent = Arc::new(AtomicU64::new(0));
         let source_broke = Arc::new(AtomicBool::new(false));
         let gate_closed = Arc::new(Mutex::new(None::<bool>));
@@ -1135,10 +1214,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    /// The end of an upload's audio: renews the call's lease right before the stream ends (the half-close is what
-    /// makes SpeechSense store the talk). If the lease was taken over, or the ledger cannot say, the stream ends in
-    /// an error instead, which abandons the upload so that nothing is stored; `closed` tells why
-    /// (`Some(true)` taken over, `Some(false)` ledger error).
+    /// The end of an upload's audio: marks the call `uploading` (fenced, renewing its lease) right before the stream
+    /// ends. The half-close is what makes SpeechSense store the talk, so this is the one moment the ledger must be
+    /// written before: a crash earlier leaves nothing stored and nothing in doubt. If the lease was taken over, or
+    /// the ledger cannot say, the stream ends in an error instead, which abandons the upload so that nothing is
+    /// stored; `closed` tells why (`Some(true)` taken over, `Some(false)` ledger error).
     fn fence_gate(
         &self,
         claim: &Claim,
@@ -1148,7 +1228,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let claim = claim.clone();
         let lease = self.config.lease;
         stream::once(async move {
-            let why = match store.renew(&claim, lease).await {
+            let why = match store.mark_uploading(&claim, lease).await {
                 Ok(true) => return None,
                 Ok(false) => {
                     *closed.lock().unwrap() = Some(true);

@@ -87,9 +87,6 @@ impl Stream for AudioStream {
                     // Large source items are cut without copying.
                     return Poll::Ready(Some(chunk(this.pending.split_to(CHUNK_SIZE))));
                 }
-                if this.buf.capacity() == 0 {
-                    this.buf.reserve(CHUNK_SIZE);
-                }
                 let take = (CHUNK_SIZE - this.buf.len()).min(this.pending.len());
                 this.buf.extend_from_slice(&this.pending.split_to(take));
                 if this.buf.len() == CHUNK_SIZE {

@@ -120,6 +120,8 @@ pub struct RunRecord {
 struct Dialect {
     now: &'static str,
     lease_until: &'static str,
+    /// `lease_until` up to its span, for queries that bind the span themselves; closed by `))`.
+    lease_until_open: &'static str,
     /// Appended to row-picking subqueries so that replicas skip each other's rows instead of waiting.
     skip_locked: &'static str,
     /// SQLite: take the write lock up front so the busy timeout applies (a deferred transaction that
@@ -131,6 +133,7 @@ impl Dialect {
     const SQLITE: Dialect = Dialect {
         now: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
         lease_until: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', $1))",
+        lease_until_open: "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', printf('%+.3f seconds', ",
         skip_locked: "",
         begin: "BEGIN IMMEDIATE",
     };
@@ -138,6 +141,7 @@ impl Dialect {
     const POSTGRES: Dialect = Dialect {
         now: "now()",
         lease_until: "(now() + make_interval(secs => $1))",
+        lease_until_open: "(now() + make_interval(secs => ",
         skip_locked: "FOR UPDATE SKIP LOCKED",
         begin: "BEGIN",
     };
@@ -226,6 +230,13 @@ macro_rules! claim_from_row {
         }
     }};
 }
+
+/// The `SET` of a release: the row becomes `pending` again, except an `uploading` row, which stays in doubt.
+const RELEASE: &str = "UPDATE ledger SET \
+     state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
+     reason = CASE WHEN state = 'uploading' THEN reason ELSE NULL END, \
+     detail = CASE WHEN state = 'uploading' THEN detail ELSE NULL END, \
+     lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now}";
 
 /// Rows per multi-row statement in `register` (3 parameters each, far below both backends' limits).
 const REGISTER_CHUNK: usize = 500;
@@ -400,14 +411,70 @@ impl Store {
         Ok(claims)
     }
 
-    /// Fenced: the row becomes `uploading` — written right before the upload starts. False when the claim is
-    /// stale (fence moved on, lease released or already expired).
-    pub async fn mark_uploading(&self, claim: &Claim) -> Result<bool, Error> {
-        self.fenced(
+    /// [`Store::claim`] for many calls in one statement: those of `call_ids` that are not `uploaded` and whose lease
+    /// is free or expired, ascending by call ID. Calls left out are held by someone else, uploaded or unknown (ask
+    /// again one by one). Replicas on PostgreSQL skip rows another replica is claiming at that moment.
+    pub async fn claim_many(
+        &self,
+        portal: &str,
+        call_ids: &[u64],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, Error> {
+        let mut ids = call_ids
+            .iter()
+            .map(|&id| to_i64(id))
+            .collect::<Result<Vec<i64>, Error>>()?;
+        ids.sort_unstable();
+        ids.dedup();
+        let mut claims = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(REGISTER_CHUNK) {
+            on_db!(self, |pool, d| {
+                let mut qb = QueryBuilder::new(
+                    "WITH pick AS (SELECT call_id AS pick_id FROM ledger WHERE portal = ",
+                );
+                qb.push_bind(portal).push(" AND call_id IN (");
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(d.sql(&format!(
+                    ") AND state <> 'uploaded' AND (lease_until IS NULL OR lease_until <= {{now}}) \
+                     ORDER BY call_id {{skip_locked}}) \
+                     UPDATE ledger SET lease_owner = "
+                )));
+                qb.push_bind(owner).push(", lease_until = ");
+                // `{lease_until}` with its span bound here: a built query numbers its binds as they are pushed.
+                qb.push(d.lease_until_open).push_bind(lease.as_secs_f64());
+                qb.push(d.sql(
+                    ")), fence = fence + 1, updated_at = {now} \
+                     FROM pick WHERE portal = ",
+                ));
+                qb.push_bind(portal).push(
+                    " AND call_id = pick.pick_id RETURNING call_id, fence, state, attempts, created_at",
+                );
+                for row in qb.build().persistent(false).fetch_all(pool).await? {
+                    let call_id = to_u64(row.try_get("call_id")?)?;
+                    claims.push(claim_from_row!(row, portal, call_id, owner));
+                }
+            });
+        }
+        claims.sort_by_key(|c| c.call_id);
+        Ok(claims)
+    }
+
+    /// Fenced: the row becomes `uploading` and the lease runs until now + `lease`. Written at the upload's fence,
+    /// right before the half-close: SpeechSense stores a talk only once the client half-closes the stream, and an
+    /// abandoned stream stores nothing, so a talk can exist only for rows marked here. False when the claim is
+    /// stale (another worker took the call over, or it was released). An expired lease nobody took over is still
+    /// this claim's: the fence has not moved.
+    pub async fn mark_uploading(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
+        self.fenced_in(
             claim,
-            "UPDATE ledger SET state = 'uploading', updated_at = {now} \
-             WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4 \
-             AND state <> 'uploaded' AND lease_until > {now}",
+            lease,
+            "UPDATE ledger SET state = 'uploading', lease_until = {lease_until}, updated_at = {now} \
+             WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
+             AND state <> 'uploaded'",
         )
         .await
     }
@@ -545,14 +612,28 @@ impl Store {
     pub async fn release(&self, claim: &Claim) -> Result<bool, Error> {
         self.fenced(
             claim,
-            "UPDATE ledger SET \
-             state = CASE WHEN state = 'uploading' THEN 'uploading' ELSE 'pending' END, \
-             reason = CASE WHEN state = 'uploading' THEN reason ELSE NULL END, \
-             detail = CASE WHEN state = 'uploading' THEN detail ELSE NULL END, \
-             lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
-             WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
+            &format!(
+                "{RELEASE} WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4"
+            ),
         )
         .await
+    }
+
+    /// [`Store::release`] for every call of `portal` that `owner` still holds: the end of a run gives back what it
+    /// claimed and did not finish (calls claimed ahead of the workers when it stopped). Only for the holder of the
+    /// portal's lease, which is the only one claiming this portal's calls. Returns how many were released.
+    pub async fn release_held(&self, portal: &str, owner: &str) -> Result<u64, Error> {
+        on_db!(self, |pool, d| {
+            let sql = d.sql(&format!(
+                "{RELEASE} WHERE portal = $1 AND lease_owner = $2 AND state <> 'uploaded'"
+            ));
+            let done = sqlx::query(&sql)
+                .bind(portal)
+                .bind(owner)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 
     /// A fenced statement with parameters `$1` portal, `$2` call ID, `$3` fence, `$4` owner.

@@ -356,7 +356,7 @@ async fn fencing_stops_a_worker_whose_lease_was_taken_over(fx: &Fx) {
     let before = store.entry(P, 5).await.unwrap().unwrap();
 
     assert!(!store.finish(&a, &uploaded("talk-from-a")).await.unwrap());
-    assert!(!store.mark_uploading(&a).await.unwrap());
+    assert!(!store.mark_uploading(&a, LEASE).await.unwrap());
     assert!(!store.renew(&a, LEASE).await.unwrap());
     assert!(!store.release(&a).await.unwrap());
     assert_eq!(
@@ -365,7 +365,7 @@ async fn fencing_stops_a_worker_whose_lease_was_taken_over(fx: &Fx) {
         "a's calls changed nothing"
     );
 
-    assert!(store.mark_uploading(&b).await.unwrap());
+    assert!(store.mark_uploading(&b, LEASE).await.unwrap());
     let done = Outcome::Uploaded {
         talk_id: "talk-from-b".into(),
         mono: true,
@@ -392,7 +392,7 @@ async fn an_expired_upload_is_in_doubt(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(9, None)]).await.unwrap();
     let a = store.claim(P, 9, "a", LEASE).await.unwrap().unwrap();
-    assert!(store.mark_uploading(&a).await.unwrap());
+    assert!(store.mark_uploading(&a, LEASE).await.unwrap());
     assert_eq!(
         store.entry(P, 9).await.unwrap().unwrap().state,
         LedgerState::Uploading
@@ -420,7 +420,10 @@ async fn an_expired_lease_nobody_took_still_commits(fx: &Fx) {
         .await
         .unwrap()
         .unwrap();
-    assert!(store.mark_uploading(&a).await.unwrap());
+    assert!(store
+        .mark_uploading(&a, Duration::from_millis(200))
+        .await
+        .unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The fence has not moved: the finished upload must be recorded, not lost.
     assert!(store.finish(&a, &uploaded("t11")).await.unwrap());
@@ -564,7 +567,7 @@ async fn release_gives_the_row_back(fx: &Fx) {
         .await
         .unwrap()
         .unwrap();
-    assert!(store.mark_uploading(&a).await.unwrap());
+    assert!(store.mark_uploading(&a, LEASE).await.unwrap());
     assert!(store.release(&a).await.unwrap());
     let e = store.entry(P, 2).await.unwrap().unwrap();
     assert_eq!((e.state, e.lease_owner), (LedgerState::Uploading, None));
@@ -580,6 +583,114 @@ async fn release_gives_the_row_back(fx: &Fx) {
     assert_eq!(
         (e.state, e.reason, e.attempts),
         (LedgerState::Pending, None, 1)
+    );
+}
+
+async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
+    let store = fx.store().await;
+    let calls: Vec<Call> = (1..=6).map(|id| call(id, None)).collect();
+    store.register(P, &calls).await.unwrap();
+    settle(&store, P, 2, uploaded("t2")).await;
+    let other = store
+        .claim(P, 3, "other", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    // 4 was left in doubt by a crashed worker whose lease ran out.
+    let crashed = store
+        .claim(P, 4, "crashed", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .mark_uploading(&crashed, Duration::from_millis(50))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // Unknown (99), uploaded (2) and held (3) calls are left out; duplicates count once; ascending order.
+    let claims = store
+        .claim_many(P, &[5, 4, 99, 3, 2, 1, 5], "w", LEASE)
+        .await
+        .unwrap();
+    let ids: Vec<u64> = claims.iter().map(|c| c.call_id).collect();
+    assert_eq!(ids, vec![1, 4, 5]);
+    let four = &claims[1];
+    assert!(four.in_doubt && four.previous == LedgerState::Uploading);
+    assert!(four.fence > crashed.fence);
+    assert!(!claims[0].in_doubt && claims[0].previous == LedgerState::Pending);
+    assert!(
+        store.claim(P, 1, "x", LEASE).await.unwrap().is_none(),
+        "a claim taken in a batch holds like one taken alone"
+    );
+    assert!(store
+        .claim_many(P, &[1, 4, 5], "x", LEASE)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        !store.finish(&crashed, &uploaded("stale")).await.unwrap(),
+        "the batch claim fenced out the crashed worker"
+    );
+    // Each batch claim works as a claim: 5 is finished, the rest stays held by w.
+    assert!(store.finish(&claims[2], &uploaded("t5")).await.unwrap());
+
+    // The run ends: what w still holds is given back (an in-doubt row stays in doubt); others' leases stay.
+    assert_eq!(store.release_held(P, "w").await.unwrap(), 2);
+    let e = |id| {
+        let store = store.clone();
+        async move { store.entry(P, id).await.unwrap().unwrap() }
+    };
+    assert_eq!(
+        (e(1).await.state, e(1).await.lease_owner),
+        (LedgerState::Pending, None)
+    );
+    assert_eq!(
+        (e(4).await.state, e(4).await.lease_owner),
+        (LedgerState::Uploading, None)
+    );
+    assert_eq!(e(5).await.state, LedgerState::Uploaded);
+    assert_eq!(e(3).await.lease_owner.as_deref(), Some("other"));
+    assert_eq!(store.release_held(P, "w").await.unwrap(), 0);
+    assert!(store
+        .claim(P, 1, "next-run", LEASE)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.release(&other).await.unwrap());
+
+    // A batch larger than one statement's chunk.
+    let many: Vec<Call> = (1_000..2_200).map(|id| call(id, None)).collect();
+    store.register(P, &many).await.unwrap();
+    let ids: Vec<u64> = many.iter().map(|c| c.id).collect();
+    assert_eq!(
+        store.claim_many(P, &ids, "big", LEASE).await.unwrap().len(),
+        1_200
+    );
+}
+
+async fn the_upload_mark_needs_the_fence_not_an_unexpired_lease(fx: &Fx) {
+    let store = fx.store().await;
+    store.register(P, &[call(8, None)]).await.unwrap();
+    let a = store
+        .claim(P, 8, "a", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Expired, but nobody took it over: the mark (at the half-close) succeeds and renews the lease.
+    assert!(store
+        .mark_uploading(&a, Duration::from_secs(30))
+        .await
+        .unwrap());
+    let e = store.entry(P, 8).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.lease_owner.as_deref()),
+        (LedgerState::Uploading, Some("a"))
+    );
+    assert!(
+        store.claim(P, 8, "b", LEASE).await.unwrap().is_none(),
+        "renewed by the mark"
     );
 }
 
@@ -1162,7 +1273,7 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
 
     // A call in doubt whose recording is gone for now stays in doubt while it waits.
     let c4 = claim(4).await;
-    assert!(store.mark_uploading(&c4).await.unwrap());
+    assert!(store.mark_uploading(&c4, LEASE).await.unwrap());
     assert!(store.wait_for_recording(&c4, long).await.unwrap());
     let e4 = store.entry(P, 4).await.unwrap().unwrap();
     assert_eq!(
@@ -1204,6 +1315,8 @@ suite!(
     concurrent_claims_have_one_winner,
     claim_next_hands_out_disjoint_rows,
     release_gives_the_row_back,
+    claim_many_takes_what_is_free_and_release_held_gives_it_back,
+    the_upload_mark_needs_the_fence_not_an_unexpired_lease,
     counts_entries_and_reset_failed,
     cursor_only_moves_forward,
     runs_are_journaled,
