@@ -18,6 +18,9 @@ use crate::tracking::SendProgress;
 /// Audio chunk size on the wire: 1 MiB, as the official uploader.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
+/// The first chunk buffer's size when the source has yielded less so far.
+const MIN_BUFFER: usize = 64 * 1024;
+
 /// gRPC message size limit used on both sides (a single `Upload` carries < 128 MB of audio).
 pub const MAX_MESSAGE_SIZE: usize = 130 * 1024 * 1024;
 
@@ -33,6 +36,9 @@ pub(crate) struct AudioStream {
     pending: Bytes,
     /// A chunk being assembled from small source items (never more than CHUNK_SIZE).
     buf: BytesMut,
+    /// Source bytes so far: sizes the next chunk's buffer, so that a short recording does not take a whole MiB
+    /// (freshly mapped pages on every upload cost more CPU than the copy) and a long one is not regrown per chunk.
+    seen: usize,
     on_failure: Option<oneshot::Sender<String>>,
     progress: SendProgress,
     failed: bool,
@@ -53,6 +59,7 @@ impl AudioStream {
             source: Some(source),
             pending: Bytes::new(),
             buf: BytesMut::new(),
+            seen: 0,
             on_failure: Some(on_failure),
             progress,
             failed: false,
@@ -87,6 +94,9 @@ impl Stream for AudioStream {
                     // Large source items are cut without copying.
                     return Poll::Ready(Some(chunk(this.pending.split_to(CHUNK_SIZE))));
                 }
+                if this.buf.capacity() == 0 {
+                    this.buf.reserve(CHUNK_SIZE.min(this.seen.max(MIN_BUFFER)));
+                }
                 let take = (CHUNK_SIZE - this.buf.len()).min(this.pending.len());
                 this.buf.extend_from_slice(&this.pending.split_to(take));
                 if this.buf.len() == CHUNK_SIZE {
@@ -98,7 +108,10 @@ impl Stream for AudioStream {
                 return Poll::Ready(None);
             };
             match ready!(source.poll_next_unpin(cx)) {
-                Some(Ok(bytes)) => this.pending = bytes,
+                Some(Ok(bytes)) => {
+                    this.seen += bytes.len();
+                    this.pending = bytes;
+                }
                 Some(Err(e)) => {
                     this.failed = true;
                     this.source = None;

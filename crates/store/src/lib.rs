@@ -453,7 +453,8 @@ impl Store {
                 qb.push_bind(portal).push(
                     " AND call_id = pick.pick_id RETURNING call_id, fence, state, attempts, created_at",
                 );
-                for row in qb.build().persistent(false).fetch_all(pool).await? {
+                // Prepared once per batch length: the engine claims a worker's worth at a time, so a run uses a few.
+                for row in qb.build().fetch_all(pool).await? {
                     let call_id = to_u64(row.try_get("call_id")?)?;
                     claims.push(claim_from_row!(row, portal, call_id, owner));
                 }
