@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use b24sense_core::{
-    CallFilter, Container, ErrorClass, FailReason, MonoPolicy, Outcome, SkipReason,
+    CallFilter, Container, ErrorClass, FailReason, LedgerState, MonoPolicy, Outcome, SkipReason,
 };
 use b24sense_engine::report::no_progress;
 use b24sense_engine::retry::Backoff;
@@ -408,4 +408,72 @@ async fn a_long_upload_keeps_its_lease() {
     assert_eq!(summary.uploaded, 1);
     let entry = store.entry("fake.bitrix24.test", 1).await.unwrap().unwrap();
     assert_eq!(entry.talk_id.as_deref(), Some("aud00001"));
+}
+
+#[tokio::test]
+async fn a_stopped_run_holds_no_call_and_the_next_run_takes_the_rest_at_once() {
+    let (store, _dir) = test_store().await;
+    let source = Arc::new(FakeSource::portal(60));
+    let recorded = (1..=60).filter(|id| id % 5 != 0).count(); // every 5th call has no recording
+    let sink = Arc::new(FakeSink {
+        delay: Duration::from_millis(40),
+        ..FakeSink::default()
+    });
+    let token = CancellationToken::new();
+    let stopped = tokio::spawn(run_export(
+        source.clone(),
+        sink.clone(),
+        store.clone(),
+        config(),
+        no_progress(),
+        token.clone(),
+    ));
+    // Stop once a few uploads are done: the resolver has claimed calls ahead of the workers by then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.talks().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no uploads");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    token.cancel();
+    let first = stopped.await.unwrap().unwrap();
+    assert_eq!(first.stopped.as_deref(), Some("shutdown requested"));
+    assert!((first.uploaded as usize) < recorded, "stopped mid-way");
+
+    let all = [
+        LedgerState::Pending,
+        LedgerState::Uploading,
+        LedgerState::Uploaded,
+        LedgerState::Skipped,
+        LedgerState::Failed,
+    ];
+    let rows = store
+        .entries("fake.bitrix24.test", &all, 1_000)
+        .await
+        .unwrap();
+    let held: Vec<u64> = rows
+        .iter()
+        .filter(|e| e.lease_owner.is_some())
+        .map(|e| e.call_id)
+        .collect();
+    assert!(
+        held.is_empty(),
+        "calls still leased after the run: {held:?}"
+    );
+    assert!(
+        rows.iter().all(|e| e.state != LedgerState::Uploading),
+        "nothing was in doubt: every upload either finished or never reached its half-close"
+    );
+
+    // With the default 60 s lease, a call left held would make the next run wait for minutes.
+    let second = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(&source, &sink, &store, config()),
+    )
+    .await
+    .expect("the next run does not wait for leases");
+    assert_eq!(
+        first.uploaded as usize + second.summary.uploaded as usize,
+        recorded
+    );
+    assert_eq!(sink.talks().len(), recorded, "each recorded call once");
 }
