@@ -438,11 +438,11 @@ impl Store {
                 for id in chunk {
                     list.push_bind(*id);
                 }
-                qb.push(d.sql(&format!(
-                    ") AND state <> 'uploaded' AND (lease_until IS NULL OR lease_until <= {{now}}) \
-                     ORDER BY call_id {{skip_locked}}) \
-                     UPDATE ledger SET lease_owner = "
-                )));
+                qb.push(d.sql(
+                    ") AND state <> 'uploaded' AND (lease_until IS NULL OR lease_until <= {now}) \
+                     ORDER BY call_id {skip_locked}) \
+                     UPDATE ledger SET lease_owner = ",
+                ));
                 qb.push_bind(owner).push(", lease_until = ");
                 // `{lease_until}` with its span bound here: a built query numbers its binds as they are pushed.
                 qb.push(d.lease_until_open).push_bind(lease.as_secs_f64());
