@@ -639,18 +639,15 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
     assert_eq!(store.release_held(P, "w").await.unwrap(), 2);
     let e = |id| {
         let store = store.clone();
-        async move { store.entry(P, id).await.unwrap().unwrap() }
+        async move {
+            let e = store.entry(P, id).await.unwrap().unwrap();
+            (e.state, e.lease_owner)
+        }
     };
-    assert_eq!(
-        (e(1).await.state, e(1).await.lease_owner),
-        (LedgerState::Pending, None)
-    );
-    assert_eq!(
-        (e(4).await.state, e(4).await.lease_owner),
-        (LedgerState::Uploading, None)
-    );
-    assert_eq!(e(5).await.state, LedgerState::Uploaded);
-    assert_eq!(e(3).await.lease_owner.as_deref(), Some("other"));
+    assert_eq!(e(1).await, (LedgerState::Pending, None));
+    assert_eq!(e(4).await, (LedgerState::Uploading, None));
+    assert_eq!(e(5).await.0, LedgerState::Uploaded);
+    assert_eq!(e(3).await.1.as_deref(), Some("other"));
     assert_eq!(store.release_held(P, "w").await.unwrap(), 0);
     assert!(store
         .claim(P, 1, "next-run", LEASE)
