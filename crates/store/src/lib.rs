@@ -14,10 +14,12 @@
 //! `migrations/postgres`). Ledger rows are never deleted — the migrations even forbid it with a trigger.
 
 mod error;
+mod group;
 mod open;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use b24sense_core::{Call, LedgerState, Outcome};
@@ -28,10 +30,15 @@ use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
 pub use error::Error;
 pub use open::OpenOptions;
 
+use group::{Group, GroupWrite};
+
 /// The ledger store. Cheap to clone (it wraps a connection pool); share one per process.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// The writes every upload makes, grouped when they coincide ([`group`]).
+    marks: Arc<Group<UploadingMark>>,
+    outcomes: Arc<Group<OutcomeWrite>>,
 }
 
 #[derive(Clone)]
@@ -241,7 +248,75 @@ const RELEASE: &str = "UPDATE ledger SET \
 /// Rows per multi-row statement in `register` (3 parameters each, far below both backends' limits).
 const REGISTER_CHUNK: usize = 500;
 
+/// [`Store::mark_uploading`] of one claim, queued for a grouped write.
+struct UploadingMark {
+    portal: String,
+    call_id: i64,
+    fence: i64,
+    owner: String,
+    lease_secs: f64,
+}
+
+/// [`Store::finish`] of one claim, queued for a grouped write.
+struct OutcomeWrite {
+    portal: String,
+    call_id: i64,
+    fence: i64,
+    owner: String,
+    state: &'static str,
+    reason: Option<&'static str>,
+    detail: Option<String>,
+    talk_id: Option<String>,
+    mono: bool,
+    reuploaded: bool,
+}
+
+impl GroupWrite for UploadingMark {
+    type Target = Store;
+    fn write_all(
+        store: &Store,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<bool>, Error>> + Send {
+        store.write_marks(batch)
+    }
+}
+
+impl GroupWrite for OutcomeWrite {
+    type Target = Store;
+    fn write_all(
+        store: &Store,
+        batch: &[Self],
+    ) -> impl std::future::Future<Output = Result<Vec<bool>, Error>> + Send {
+        store.write_outcomes(batch)
+    }
+}
+
+/// The common tail of the grouped fenced writes: `v` is the `VALUES` list, whose first four columns are the claim.
+const GROUPED_CLAIM_MATCH: &str =
+    ") AS v WHERE ledger.portal = v.column1 AND ledger.call_id = v.column2 \
+     AND ledger.fence = v.column3 AND ledger.lease_owner = v.column4";
+const GROUPED_RETURNING: &str = " RETURNING ledger.portal, ledger.call_id, ledger.fence";
+
+/// Which writes of a batch changed their row, from the `(portal, call_id, fence)` rows the statement returned.
+fn written<'a>(
+    rows: impl IntoIterator<Item = (String, i64, i64)>,
+    batch: impl Iterator<Item = (&'a str, i64, i64)>,
+) -> Vec<bool> {
+    let done: HashSet<(String, i64, i64)> = rows.into_iter().collect();
+    batch
+        .map(|(portal, id, fence)| done.contains(&(portal.to_owned(), id, fence)))
+        .collect()
+}
+
 impl Store {
+    fn with_db(db: Db) -> Store {
+        Store {
+            db,
+            marks: Arc::new(Group::new()),
+            outcomes: Arc::new(Group::new()),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self.db {
             Db::Sqlite(_) => Backend::Sqlite,
@@ -469,15 +544,53 @@ impl Store {
     /// abandoned stream stores nothing, so a talk can exist only for rows marked here. False when the claim is
     /// stale (another worker took the call over, or it was released). An expired lease nobody took over is still
     /// this claim's: the fence has not moved.
+    ///
+    /// Marks that coincide are written together, as one statement ([`group`]).
     pub async fn mark_uploading(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
-        self.fenced_in(
-            claim,
-            lease,
-            "UPDATE ledger SET state = 'uploading', lease_until = {lease_until}, updated_at = {now} \
-             WHERE portal = $2 AND call_id = $3 AND fence = $4 AND lease_owner = $5 \
-             AND state <> 'uploaded'",
-        )
-        .await
+        let mark = UploadingMark {
+            portal: claim.portal.clone(),
+            call_id: to_i64(claim.call_id)?,
+            fence: claim.fence,
+            owner: claim.owner.clone(),
+            lease_secs: lease.as_secs_f64(),
+        };
+        self.marks.submit(self, mark).await
+    }
+
+    async fn write_marks(&self, batch: &[UploadingMark]) -> Result<Vec<bool>, Error> {
+        on_db!(self, |pool, d| {
+            let mut qb = QueryBuilder::new(
+                d.sql("UPDATE ledger SET state = 'uploading', updated_at = {now}, lease_until = "),
+            );
+            qb.push(d.lease_until_open).push("v.column5)) FROM (");
+            qb.push_values(batch, |mut row, m| {
+                row.push_bind(&m.portal)
+                    .push_bind(m.call_id)
+                    .push_bind(m.fence)
+                    .push_bind(&m.owner)
+                    .push_bind(m.lease_secs);
+            });
+            qb.push(GROUPED_CLAIM_MATCH)
+                .push(" AND ledger.state <> 'uploaded'")
+                .push(GROUPED_RETURNING);
+            let rows = qb.build().fetch_all(pool).await?;
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("portal")?,
+                        r.try_get("call_id")?,
+                        r.try_get("fence")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            Ok(written(
+                rows,
+                batch
+                    .iter()
+                    .map(|m| (m.portal.as_str(), m.call_id, m.fence)),
+            ))
+        })
     }
 
     /// Fenced: extends the lease to now + `lease` during a long upload.
@@ -494,38 +607,71 @@ impl Store {
 
     /// Fenced commit of the outcome; clears the lease and counts the attempt. False (and nothing changed) when
     /// another worker took the lease since. An expired lease nobody took over still commits: the work is done.
+    ///
+    /// Outcomes that coincide are written together, as one statement ([`group`]).
     pub async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Result<bool, Error> {
-        let id = to_i64(claim.call_id)?;
         let (talk_id, mono, reuploaded, detail) = match outcome {
             Outcome::Uploaded {
                 talk_id,
                 mono,
                 reuploaded_after_crash,
-            } => (Some(talk_id.as_str()), *mono, *reuploaded_after_crash, None),
+            } => (Some(talk_id.clone()), *mono, *reuploaded_after_crash, None),
             Outcome::Skipped { .. } => (None, false, false, None),
-            Outcome::Failed { detail, .. } => (None, false, false, Some(detail.as_str())),
+            Outcome::Failed { detail, .. } => (None, false, false, Some(detail.clone())),
         };
+        let write = OutcomeWrite {
+            portal: claim.portal.clone(),
+            call_id: to_i64(claim.call_id)?,
+            fence: claim.fence,
+            owner: claim.owner.clone(),
+            state: outcome.state().as_str(),
+            reason: outcome.reason(),
+            detail,
+            talk_id,
+            mono,
+            reuploaded,
+        };
+        self.outcomes.submit(self, write).await
+    }
+
+    async fn write_outcomes(&self, batch: &[OutcomeWrite]) -> Result<Vec<bool>, Error> {
         on_db!(self, |pool, d| {
-            let sql = d.sql(
-                "UPDATE ledger SET state = $5, reason = $6, detail = $7, talk_id = COALESCE($8, talk_id), \
-                 mono = $9, reuploaded_after_crash = $10, attempts = attempts + 1, \
-                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
-                 WHERE portal = $1 AND call_id = $2 AND fence = $3 AND lease_owner = $4",
-            );
-            let done = sqlx::query(&sql)
-                .bind(&claim.portal)
-                .bind(id)
-                .bind(claim.fence)
-                .bind(&claim.owner)
-                .bind(outcome.state().as_str())
-                .bind(outcome.reason())
-                .bind(detail)
-                .bind(talk_id)
-                .bind(mono)
-                .bind(reuploaded)
-                .execute(pool)
-                .await?;
-            Ok(done.rows_affected() == 1)
+            let mut qb = QueryBuilder::new(d.sql(
+                "UPDATE ledger SET state = v.column5, reason = v.column6, detail = v.column7, \
+                 talk_id = COALESCE(v.column8, ledger.talk_id), mono = v.column9, \
+                 reuploaded_after_crash = v.column10, attempts = ledger.attempts + 1, \
+                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} FROM (",
+            ));
+            qb.push_values(batch, |mut row, w| {
+                row.push_bind(&w.portal)
+                    .push_bind(w.call_id)
+                    .push_bind(w.fence)
+                    .push_bind(&w.owner)
+                    .push_bind(w.state)
+                    .push_bind(w.reason)
+                    .push_bind(&w.detail)
+                    .push_bind(&w.talk_id)
+                    .push_bind(w.mono)
+                    .push_bind(w.reuploaded);
+            });
+            qb.push(GROUPED_CLAIM_MATCH).push(GROUPED_RETURNING);
+            let rows = qb.build().fetch_all(pool).await?;
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("portal")?,
+                        r.try_get("call_id")?,
+                        r.try_get("fence")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            Ok(written(
+                rows,
+                batch
+                    .iter()
+                    .map(|w| (w.portal.as_str(), w.call_id, w.fence)),
+            ))
         })
     }
 

@@ -119,6 +119,9 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
             options.sqlite_connections.max(1)
         })
         .acquire_timeout(options.connect_timeout)
+        // A ping before each acquire is one more round trip to the connection's thread per statement,
+        // and a local file has no peer that could have gone away meanwhile.
+        .test_before_acquire(false)
         .connect_with(connect)
         .await
         .map_err(|e| sqlite_open_error(e, &file))?;
@@ -134,9 +137,7 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         });
     }
     tracing::debug!(path = %file.display(), "opened SQLite ledger");
-    Ok(Store {
-        db: Db::Sqlite(pool),
-    })
+    Ok(Store::with_db(Db::Sqlite(pool)))
 }
 
 fn sqlite_open_error(e: sqlx::Error, file: &Path) -> Error {
@@ -227,9 +228,7 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
         return Err(migrate_error(e, &POSTGRES_MIGRATIONS));
     }
     tracing::debug!(url = %shown, schema = ?options.schema, "opened PostgreSQL ledger");
-    Ok(Store {
-        db: Db::Postgres(pool),
-    })
+    Ok(Store::with_db(Db::Postgres(pool)))
 }
 
 fn pg_connect_error(e: sqlx::Error, shown: &str) -> Error {

@@ -1280,6 +1280,124 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2]);
 }
 
+/// Many workers marking and finishing at once: the store writes coinciding writes together, and each answer and
+/// each row must still be that claim's own — a stale claim of the same call in the same batch changes nothing, and
+/// the same call ID under another portal is another row.
+async fn coinciding_writes_are_each_answered_for_their_own_claim(fx: &Fx) {
+    const P2: &str = "other.bitrix24.ru";
+    let store = fx.store().await;
+    let calls: Vec<Call> = (1..=40).map(|id| call(id, None)).collect();
+    store.register(P, &calls).await.unwrap();
+    store.register(P2, &calls[..4]).await.unwrap();
+    // Calls 1..=6 were claimed by a worker whose lease ran out before "live" took them over.
+    let mut stale = Vec::new();
+    for id in 1..=6 {
+        stale.push(
+            store
+                .claim(P, id, "crashed", Duration::from_millis(50))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let ids: Vec<u64> = (1..=40).collect();
+    let live = store.claim_many(P, &ids, "live", LEASE).await.unwrap();
+    assert_eq!(live.len(), 40);
+    let elsewhere = store
+        .claim_many(P2, &ids[..4], "live", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.len(), 4);
+
+    // Every mark at once, as separate tasks: the stale ones must be refused, all others accepted.
+    let mut marks = tokio::task::JoinSet::new();
+    for (claim, expect) in live
+        .iter()
+        .chain(&elsewhere)
+        .map(|c| (c.clone(), true))
+        .chain(stale.iter().map(|c| (c.clone(), false)))
+    {
+        let store = store.clone();
+        marks.spawn(async move {
+            let got = store.mark_uploading(&claim, LEASE).await.unwrap();
+            assert_eq!(
+                got, expect,
+                "mark of {} {} fence {}",
+                claim.portal, claim.call_id, claim.fence
+            );
+        });
+    }
+    while let Some(done) = marks.join_next().await {
+        done.unwrap();
+    }
+    for id in ids.iter().copied() {
+        let e = store.entry(P, id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.lease_owner.as_deref()),
+            (LedgerState::Uploading, Some("live")),
+            "call {id}"
+        );
+    }
+
+    // Every outcome at once: mixed kinds, the stale ones (claiming other talks) refused and leaving no trace.
+    let outcome = |id: u64| match id % 3 {
+        0 => uploaded(&format!("talk-{id}")),
+        1 => failed(FailReason::DownloadFailed),
+        _ => Outcome::Skipped {
+            reason: SkipReason::NoRecording,
+        },
+    };
+    let mut outcomes = tokio::task::JoinSet::new();
+    for (claim, out, expect) in live
+        .iter()
+        .map(|c| (c.clone(), outcome(c.call_id), true))
+        .chain(
+            elsewhere
+                .iter()
+                .map(|c| (c.clone(), uploaded(&format!("p2-{}", c.call_id)), true)),
+        )
+        .chain(stale.iter().map(|c| (c.clone(), uploaded("stale"), false)))
+    {
+        let store = store.clone();
+        outcomes.spawn(async move {
+            let got = store.finish(&claim, &out).await.unwrap();
+            assert_eq!(
+                got, expect,
+                "outcome of {} {} fence {}",
+                claim.portal, claim.call_id, claim.fence
+            );
+        });
+    }
+    while let Some(done) = outcomes.join_next().await {
+        done.unwrap();
+    }
+    for id in ids.iter().copied() {
+        let e = store.entry(P, id).await.unwrap().unwrap();
+        let want = outcome(id);
+        assert_eq!(e.state, want.state(), "call {id}");
+        assert_eq!(e.reason.as_deref(), want.reason(), "call {id}");
+        let (talk, detail) = match &want {
+            Outcome::Uploaded { talk_id, .. } => (Some(talk_id.clone()), None),
+            Outcome::Failed { detail, .. } => (None, Some(detail.clone())),
+            Outcome::Skipped { .. } => (None, None),
+        };
+        assert_eq!((e.talk_id, e.detail), (talk, detail), "call {id}");
+        assert_eq!(
+            (e.attempts, e.lease_owner),
+            (1, None),
+            "call {id}: one attempt, lease cleared"
+        );
+    }
+    for id in 1..=4 {
+        let e = store.entry(P2, id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.talk_id.as_deref()),
+            (LedgerState::Uploaded, Some(format!("p2-{id}").as_str()))
+        );
+    }
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1314,6 +1432,7 @@ suite!(
     release_gives_the_row_back,
     claim_many_takes_what_is_free_and_release_held_gives_it_back,
     the_upload_mark_needs_the_fence_not_an_unexpired_lease,
+    coinciding_writes_are_each_answered_for_their_own_claim,
     counts_entries_and_reset_failed,
     cursor_only_moves_forward,
     runs_are_journaled,
