@@ -69,7 +69,7 @@ impl Store {
         params: &serde_json::Value,
         progress: &serde_json::Value,
     ) -> Result<i64, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "INSERT INTO runs (portal, params, progress, updated_at) VALUES ($1, $2, $3, {now}) \
                  RETURNING id",
@@ -78,7 +78,7 @@ impl Store {
                 .bind(portal)
                 .bind(Json(params))
                 .bind(Json(progress))
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await?;
             Ok(id)
         })
@@ -91,14 +91,14 @@ impl Store {
         run_id: i64,
         progress: &serde_json::Value,
     ) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE runs SET progress = $2, updated_at = {now} WHERE id = $1 AND status IS NULL",
             );
             let done = sqlx::query(&sql)
                 .bind(run_id)
                 .bind(Json(progress))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -112,7 +112,7 @@ impl Store {
         summary: &serde_json::Value,
         progress: &serde_json::Value,
     ) -> Result<(), Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE runs SET finished_at = {now}, status = $2, summary = $3, progress = $4, \
                  updated_at = {now} WHERE id = $1",
@@ -122,7 +122,7 @@ impl Store {
                 .bind(status)
                 .bind(Json(summary))
                 .bind(Json(progress))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             if done.rows_affected() == 0 {
                 return Err(Error::Data(format!("run {run_id} does not exist")));
@@ -138,7 +138,7 @@ impl Store {
         portal: &str,
         stale_after: Duration,
     ) -> Result<Option<RunProgress>, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "SELECT {} FROM runs WHERE portal = $2 AND progress IS NOT NULL ORDER BY id DESC LIMIT 1",
                 progress_columns()
@@ -146,7 +146,7 @@ impl Store {
             let row = sqlx::query(&sql)
                 .bind(-stale_after.as_secs_f64())
                 .bind(portal)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             match row {
                 Some(row) => Ok(Some(progress_from_row!(row))),
@@ -159,7 +159,7 @@ impl Store {
     /// running with no heartbeat for `stale_after` (its process is gone; a run another live replica is
     /// running keeps beating).
     pub async fn runs_to_resume(&self, stale_after: Duration) -> Result<Vec<RunProgress>, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "SELECT {} FROM runs r WHERE progress IS NOT NULL \
                  AND id = (SELECT MAX(q.id) FROM runs q WHERE q.portal = r.portal AND q.progress IS NOT NULL) \
@@ -169,7 +169,7 @@ impl Store {
             ));
             let rows = sqlx::query(&sql)
                 .bind(-stale_after.as_secs_f64())
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
@@ -188,7 +188,7 @@ impl Store {
         stale_after: Duration,
         progress: &serde_json::Value,
     ) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "UPDATE runs SET status = '{}', finished_at = COALESCE(finished_at, {{now}}), progress = $3, \
                  updated_at = {{now}} WHERE id = $2 AND (status = '{}' OR {STALE})",
@@ -199,7 +199,7 @@ impl Store {
                 .bind(-stale_after.as_secs_f64())
                 .bind(run_id)
                 .bind(Json(progress))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -216,7 +216,7 @@ impl Store {
     ) -> Result<Vec<LedgerEntry>, Error> {
         let after = after.map(to_i64).transpose()?.unwrap_or(-1);
         let columns = ENTRY_COLUMNS.replace("call_json", "NULL AS call_json");
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let sql = format!(
                 "SELECT {columns} FROM ledger WHERE portal = $1 AND call_id > $2 ORDER BY call_id LIMIT $3"
             );
@@ -224,7 +224,7 @@ impl Store {
                 .bind(portal)
                 .bind(after)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             entries_from_rows!(rows)
         })

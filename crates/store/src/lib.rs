@@ -24,27 +24,37 @@ use std::time::Duration;
 
 use b24sense_core::{Call, LedgerState, Outcome};
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
-use sqlx::{PgPool, QueryBuilder, Row, SqlitePool};
+use sqlx::{Connection, PgPool, QueryBuilder, Row, Sqlite, SqlitePool};
 
 pub use error::Error;
 pub use open::OpenOptions;
 
 use group::{Group, GroupWrite};
 
-/// The ledger store. Cheap to clone (it wraps a connection pool); share one per process.
+/// The ledger store. Cheap to clone (it shares its connections); share one per process.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
-    /// The writes every upload makes, grouped when they coincide ([`group`]).
-    marks: Arc<Group<UploadingMark>>,
-    outcomes: Arc<Group<OutcomeWrite>>,
+    /// The writes every upload makes (its `uploading` mark and its outcome), grouped when they coincide
+    /// ([`group`]).
+    fenced: Arc<Group<FencedWrite>>,
 }
 
 #[derive(Clone)]
 enum Db {
-    Sqlite(SqlitePool),
+    Sqlite(Arc<SqliteDb>),
     Postgres(PgPool),
+}
+
+/// SQLite runs on one connection (one writer at a time, one page cache), which the store takes from its pool once
+/// and keeps: statements wait for it in turn. Going through the pool for each statement would cost a round trip
+/// to sqlx's connection thread every time a statement gives the connection back (the pool pings it on release).
+struct SqliteDb {
+    pool: SqlitePool,
+    /// `None` once the store is closed.
+    connection: tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>,
 }
 
 /// Which database a [`Store`] talks to.
@@ -161,16 +171,23 @@ impl Dialect {
     }
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool and `$d` to its dialect. The body is written once
-/// and compiled for each backend (no `dyn`, no `Any` driver).
+/// Runs `$body` with `$conn` bound to a connection of the store's database and `$d` to its dialect. The body is
+/// written once and compiled for each backend (no `dyn`, no `Any` driver).
 macro_rules! on_db {
-    ($self:expr, |$pool:ident, $d:ident| $body:expr) => {
+    ($self:expr, |$conn:ident, $d:ident| $body:expr) => {
         match &$self.db {
-            Db::Sqlite($pool) => {
+            Db::Sqlite(sqlite) => {
+                let mut held = sqlite.connection.lock().await;
+                let $conn: &mut sqlx::SqliteConnection = match held.as_mut() {
+                    Some(c) => &mut **c,
+                    None => return Err(Error::Database(sqlx::Error::PoolClosed)),
+                };
                 let $d = &Dialect::SQLITE;
                 $body
             }
-            Db::Postgres($pool) => {
+            Db::Postgres(pool) => {
+                let mut held = pool.acquire().await?;
+                let $conn: &mut sqlx::PgConnection = &mut *held;
                 let $d = &Dialect::POSTGRES;
                 $body
             }
@@ -248,22 +265,16 @@ const RELEASE: &str = "UPDATE ledger SET \
 /// Rows per multi-row statement in `register` (3 parameters each, far below both backends' limits).
 const REGISTER_CHUNK: usize = 500;
 
-/// [`Store::mark_uploading`] of one claim, queued for a grouped write.
-struct UploadingMark {
+/// A fenced write queued for a grouped statement: [`Store::mark_uploading`] or [`Store::finish`] of one claim.
+struct FencedWrite {
     portal: String,
     call_id: i64,
     fence: i64,
     owner: String,
-    lease_secs: f64,
-}
-
-/// [`Store::finish`] of one claim, queued for a grouped write.
-struct OutcomeWrite {
-    portal: String,
-    call_id: i64,
-    fence: i64,
-    owner: String,
+    /// `uploading` for a mark; the outcome's state otherwise.
     state: &'static str,
+    /// A mark's lease, in seconds from now (0 for an outcome, which clears the lease).
+    lease_secs: f64,
     reason: Option<&'static str>,
     detail: Option<String>,
     talk_id: Option<String>,
@@ -271,49 +282,42 @@ struct OutcomeWrite {
     reuploaded: bool,
 }
 
-impl GroupWrite for UploadingMark {
+impl GroupWrite for FencedWrite {
     type Target = Store;
     fn write_all(
         store: &Store,
         batch: &[Self],
     ) -> impl std::future::Future<Output = Result<Vec<bool>, Error>> + Send {
-        store.write_marks(batch)
+        store.write_fenced(batch)
     }
 }
 
-impl GroupWrite for OutcomeWrite {
-    type Target = Store;
-    fn write_all(
-        store: &Store,
-        batch: &[Self],
-    ) -> impl std::future::Future<Output = Result<Vec<bool>, Error>> + Send {
-        store.write_outcomes(batch)
-    }
-}
-
-/// The common tail of the grouped fenced writes: `v` is the `VALUES` list, whose first four columns are the claim.
-const GROUPED_CLAIM_MATCH: &str =
-    ") AS v WHERE ledger.portal = v.column1 AND ledger.call_id = v.column2 \
-     AND ledger.fence = v.column3 AND ledger.lease_owner = v.column4";
-const GROUPED_RETURNING: &str = " RETURNING ledger.portal, ledger.call_id, ledger.fence";
-
-/// Which writes of a batch changed their row, from the `(portal, call_id, fence)` rows the statement returned.
-fn written<'a>(
-    rows: impl IntoIterator<Item = (String, i64, i64)>,
-    batch: impl Iterator<Item = (&'a str, i64, i64)>,
-) -> Vec<bool> {
-    let done: HashSet<(String, i64, i64)> = rows.into_iter().collect();
-    batch
-        .map(|(portal, id, fence)| done.contains(&(portal.to_owned(), id, fence)))
-        .collect()
-}
+/// Marks and outcomes in one statement. `v` is the `VALUES` list: (1) portal, (2) call ID, (3) fence, (4) owner,
+/// (5) state — `uploading` marks, anything else is an outcome —, (6) lease seconds, (7) reason, (8) detail,
+/// (9) talk ID, (10) mono, (11) re-uploaded after a crash. A mark sets the state and renews the lease, and needs the
+/// row not `uploaded`; an outcome sets its fields, counts the attempt and clears the lease. `{mark}` is
+/// `v.column5 = 'uploading'`; `{lease_until_v}` is now + column 6.
+const FENCED_SET: &str = "UPDATE ledger SET state = v.column5, \
+     reason = CASE WHEN {mark} THEN ledger.reason ELSE v.column7 END, \
+     detail = CASE WHEN {mark} THEN ledger.detail ELSE v.column8 END, \
+     talk_id = COALESCE(v.column9, ledger.talk_id), \
+     mono = CASE WHEN {mark} THEN ledger.mono ELSE v.column10 END, \
+     reuploaded_after_crash = CASE WHEN {mark} THEN ledger.reuploaded_after_crash ELSE v.column11 END, \
+     attempts = CASE WHEN {mark} THEN ledger.attempts ELSE ledger.attempts + 1 END, \
+     lease_owner = CASE WHEN {mark} THEN ledger.lease_owner ELSE NULL END, \
+     lease_until = CASE WHEN {mark} THEN {lease_until_v} ELSE NULL END, \
+     retry_at = CASE WHEN {mark} THEN ledger.retry_at ELSE NULL END, \
+     updated_at = {now} FROM (";
+const FENCED_WHERE: &str = ") AS v WHERE ledger.portal = v.column1 AND ledger.call_id = v.column2 \
+     AND ledger.fence = v.column3 AND ledger.lease_owner = v.column4 \
+     AND NOT ({mark} AND ledger.state = 'uploaded') \
+     RETURNING ledger.portal, ledger.call_id, ledger.fence";
 
 impl Store {
     fn with_db(db: Db) -> Store {
         Store {
             db,
-            marks: Arc::new(Group::new()),
-            outcomes: Arc::new(Group::new()),
+            fenced: Arc::new(Group::new()),
         }
     }
 
@@ -324,10 +328,13 @@ impl Store {
         }
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Closes the database connections, waiting for statements in progress to finish. Later calls fail.
     pub async fn close(&self) {
         match &self.db {
-            Db::Sqlite(p) => p.close().await,
+            Db::Sqlite(sqlite) => {
+                drop(sqlite.connection.lock().await.take());
+                sqlite.pool.close().await
+            }
             Db::Postgres(p) => p.close().await,
         }
     }
@@ -357,8 +364,8 @@ impl Store {
             position.insert(*id as u64, i);
         }
         let mut found: HashMap<u64, LedgerEntry> = HashMap::with_capacity(unique.len());
-        on_db!(self, |pool, d| {
-            let mut tx = pool.begin_with(d.begin).await?;
+        on_db!(self, |conn, d| {
+            let mut tx = conn.begin_with(d.begin).await?;
             let upsert_tail = d.sql(
                 " ON CONFLICT (portal, call_id) DO UPDATE SET call_json = excluded.call_json, \
                  updated_at = {now} WHERE ledger.state <> 'uploaded' \
@@ -417,7 +424,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Claim>, Error> {
         let id = to_i64(call_id)?;
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE ledger SET lease_owner = $4, lease_until = {lease_until}, fence = fence + 1, \
                  updated_at = {now} \
@@ -430,7 +437,7 @@ impl Store {
                 .bind(portal)
                 .bind(id)
                 .bind(owner)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             match row {
                 Some(row) => Ok(Some(claim_from_row!(row, portal, call_id, owner))),
@@ -457,7 +464,7 @@ impl Store {
         if states.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut claims = on_db!(self, |pool, d| {
+        let mut claims = on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "WITH pick AS (SELECT call_id AS pick_id FROM ledger \
                  WHERE portal = $2 AND state IN ({states}) AND (lease_until IS NULL OR lease_until <= {{now}}) \
@@ -473,7 +480,7 @@ impl Store {
                 .bind(portal)
                 .bind(owner)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             let mut claims = Vec::with_capacity(rows.len());
             for row in rows {
@@ -504,7 +511,7 @@ impl Store {
         ids.dedup();
         let mut claims = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(REGISTER_CHUNK) {
-            on_db!(self, |pool, d| {
+            on_db!(self, |conn, d| {
                 let mut qb = QueryBuilder::new(
                     "WITH pick AS (SELECT call_id AS pick_id FROM ledger WHERE portal = ",
                 );
@@ -529,7 +536,7 @@ impl Store {
                     " AND call_id = pick.pick_id RETURNING call_id, fence, state, attempts, created_at",
                 );
                 // Prepared once per batch length: the engine claims a worker's worth at a time, so a run uses a few.
-                for row in qb.build().fetch_all(pool).await? {
+                for row in qb.build().fetch_all(&mut *conn).await? {
                     let call_id = to_u64(row.try_get("call_id")?)?;
                     claims.push(claim_from_row!(row, portal, call_id, owner));
                 }
@@ -547,50 +554,20 @@ impl Store {
     ///
     /// Marks that coincide are written together, as one statement ([`group`]).
     pub async fn mark_uploading(&self, claim: &Claim, lease: Duration) -> Result<bool, Error> {
-        let mark = UploadingMark {
+        let mark = FencedWrite {
             portal: claim.portal.clone(),
             call_id: to_i64(claim.call_id)?,
             fence: claim.fence,
             owner: claim.owner.clone(),
+            state: LedgerState::Uploading.as_str(),
             lease_secs: lease.as_secs_f64(),
+            reason: None,
+            detail: None,
+            talk_id: None,
+            mono: false,
+            reuploaded: false,
         };
-        self.marks.submit(self, mark).await
-    }
-
-    async fn write_marks(&self, batch: &[UploadingMark]) -> Result<Vec<bool>, Error> {
-        on_db!(self, |pool, d| {
-            let mut qb = QueryBuilder::new(
-                d.sql("UPDATE ledger SET state = 'uploading', updated_at = {now}, lease_until = "),
-            );
-            qb.push(d.lease_until_open).push("v.column5)) FROM (");
-            qb.push_values(batch, |mut row, m| {
-                row.push_bind(&m.portal)
-                    .push_bind(m.call_id)
-                    .push_bind(m.fence)
-                    .push_bind(&m.owner)
-                    .push_bind(m.lease_secs);
-            });
-            qb.push(GROUPED_CLAIM_MATCH)
-                .push(" AND ledger.state <> 'uploaded'")
-                .push(GROUPED_RETURNING);
-            let rows = qb.build().fetch_all(pool).await?;
-            let rows = rows
-                .iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get("portal")?,
-                        r.try_get("call_id")?,
-                        r.try_get("fence")?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            Ok(written(
-                rows,
-                batch
-                    .iter()
-                    .map(|m| (m.portal.as_str(), m.call_id, m.fence)),
-            ))
-        })
+        self.fenced.submit(self, mark).await
     }
 
     /// Fenced: extends the lease to now + `lease` during a long upload.
@@ -619,44 +596,49 @@ impl Store {
             Outcome::Skipped { .. } => (None, false, false, None),
             Outcome::Failed { detail, .. } => (None, false, false, Some(detail.clone())),
         };
-        let write = OutcomeWrite {
+        let write = FencedWrite {
             portal: claim.portal.clone(),
             call_id: to_i64(claim.call_id)?,
             fence: claim.fence,
             owner: claim.owner.clone(),
             state: outcome.state().as_str(),
+            lease_secs: 0.0,
             reason: outcome.reason(),
             detail,
             talk_id,
             mono,
             reuploaded,
         };
-        self.outcomes.submit(self, write).await
+        self.fenced.submit(self, write).await
     }
 
-    async fn write_outcomes(&self, batch: &[OutcomeWrite]) -> Result<Vec<bool>, Error> {
-        on_db!(self, |pool, d| {
-            let mut qb = QueryBuilder::new(d.sql(
-                "UPDATE ledger SET state = v.column5, reason = v.column6, detail = v.column7, \
-                 talk_id = COALESCE(v.column8, ledger.talk_id), mono = v.column9, \
-                 reuploaded_after_crash = v.column10, attempts = ledger.attempts + 1, \
-                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} FROM (",
-            ));
+    /// One statement for a batch of [`FencedWrite`]s; answers, in order, whether each changed its row.
+    async fn write_fenced(&self, batch: &[FencedWrite]) -> Result<Vec<bool>, Error> {
+        on_db!(self, |conn, d| {
+            let mark = "v.column5 = 'uploading'";
+            let lease_until = format!("{}v.column6))", d.lease_until_open);
+            let fill = |sql: &str| {
+                d.sql(sql)
+                    .replace("{mark}", mark)
+                    .replace("{lease_until_v}", &lease_until)
+            };
+            let mut qb = QueryBuilder::new(fill(FENCED_SET));
             qb.push_values(batch, |mut row, w| {
                 row.push_bind(&w.portal)
                     .push_bind(w.call_id)
                     .push_bind(w.fence)
                     .push_bind(&w.owner)
                     .push_bind(w.state)
+                    .push_bind(w.lease_secs)
                     .push_bind(w.reason)
                     .push_bind(&w.detail)
                     .push_bind(&w.talk_id)
                     .push_bind(w.mono)
                     .push_bind(w.reuploaded);
             });
-            qb.push(GROUPED_CLAIM_MATCH).push(GROUPED_RETURNING);
-            let rows = qb.build().fetch_all(pool).await?;
-            let rows = rows
+            qb.push(fill(FENCED_WHERE));
+            let rows = qb.build().fetch_all(&mut *conn).await?;
+            let done: HashSet<(String, i64, i64)> = rows
                 .iter()
                 .map(|r| {
                     Ok((
@@ -665,13 +647,11 @@ impl Store {
                         r.try_get("fence")?,
                     ))
                 })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            Ok(written(
-                rows,
-                batch
-                    .iter()
-                    .map(|w| (w.portal.as_str(), w.call_id, w.fence)),
-            ))
+                .collect::<Result<_, sqlx::Error>>()?;
+            Ok(batch
+                .iter()
+                .map(|w| done.contains(&(w.portal.clone(), w.call_id, w.fence)))
+                .collect())
         })
     }
 
@@ -701,14 +681,14 @@ impl Store {
         template: &str,
     ) -> Result<bool, Error> {
         let id = to_i64(claim.call_id)?;
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let done = sqlx::query(&d.sql(template))
                 .bind(span.as_secs_f64())
                 .bind(&claim.portal)
                 .bind(id)
                 .bind(claim.fence)
                 .bind(&claim.owner)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -725,7 +705,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LedgerEntry>, Error> {
         let (after, up_to) = (to_i64(after_id)?, to_i64(up_to)?);
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND state IN ('pending', 'uploading') \
                  AND call_id > $2 AND call_id <= $3 AND (retry_at IS NULL OR retry_at <= {{now}}) \
@@ -736,7 +716,7 @@ impl Store {
                 .bind(after)
                 .bind(up_to)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             entries_from_rows!(rows)
         })
@@ -744,12 +724,12 @@ impl Store {
 
     /// Portals with a call whose recording is due for another check now.
     pub async fn portals_due(&self) -> Result<Vec<String>, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "SELECT DISTINCT portal FROM ledger WHERE retry_at IS NOT NULL AND retry_at <= {now} \
                  AND state = 'pending' ORDER BY portal",
             );
-            Ok(sqlx::query_scalar(&sql).fetch_all(pool).await?)
+            Ok(sqlx::query_scalar(&sql).fetch_all(&mut *conn).await?)
         })
     }
 
@@ -770,14 +750,14 @@ impl Store {
     /// claimed and did not finish (calls claimed ahead of the workers when it stopped). Only for the holder of the
     /// portal's lease, which is the only one claiming this portal's calls. Returns how many were released.
     pub async fn release_held(&self, portal: &str, owner: &str) -> Result<u64, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "{RELEASE} WHERE portal = $1 AND lease_owner = $2 AND state <> 'uploaded'"
             ));
             let done = sqlx::query(&sql)
                 .bind(portal)
                 .bind(owner)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected())
         })
@@ -786,13 +766,13 @@ impl Store {
     /// A fenced statement with parameters `$1` portal, `$2` call ID, `$3` fence, `$4` owner.
     async fn fenced(&self, claim: &Claim, template: &str) -> Result<bool, Error> {
         let id = to_i64(claim.call_id)?;
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let done = sqlx::query(&d.sql(template))
                 .bind(&claim.portal)
                 .bind(id)
                 .bind(claim.fence)
                 .bind(&claim.owner)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -800,13 +780,13 @@ impl Store {
 
     pub async fn entry(&self, portal: &str, call_id: u64) -> Result<Option<LedgerEntry>, Error> {
         let id = to_i64(call_id)?;
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let sql =
                 format!("SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND call_id = $2");
             let row = sqlx::query(&sql)
                 .bind(portal)
                 .bind(id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             match row {
                 Some(row) => Ok(Some(entry_from_row!(row))),
@@ -825,7 +805,7 @@ impl Store {
         if states.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM ledger WHERE portal = $1 AND state IN ({}) \
                  ORDER BY call_id LIMIT $2",
@@ -834,7 +814,7 @@ impl Store {
             let rows = sqlx::query(&sql)
                 .bind(portal)
                 .bind(i64::from(limit))
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             entries_from_rows!(rows)
         })
@@ -842,13 +822,13 @@ impl Store {
 
     /// Counts by (state, reason), for one portal or all, ordered by state name then reason (none first).
     pub async fn counts(&self, portal: Option<&str>) -> Result<Vec<StateCount>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let rows = sqlx::query(
                 "SELECT state, reason, COUNT(*) AS n FROM ledger WHERE ($1 IS NULL OR portal = $1) \
                  GROUP BY state, reason",
             )
             .bind(portal)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
@@ -871,7 +851,7 @@ impl Store {
         portal: Option<&str>,
         reason: Option<&str>,
     ) -> Result<u64, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE ledger SET state = 'pending', reason = NULL, detail = NULL, updated_at = {now} \
                  WHERE state = 'failed' AND ($1 IS NULL OR portal = $1) AND ($2 IS NULL OR reason = $2)",
@@ -879,7 +859,7 @@ impl Store {
             let done = sqlx::query(&sql)
                 .bind(portal)
                 .bind(reason)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected())
         })
@@ -887,12 +867,12 @@ impl Store {
 
     /// The keyset high-water mark of (portal, filter key).
     pub async fn cursor(&self, portal: &str, key: &str) -> Result<Option<u64>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let last: Option<i64> =
                 sqlx::query_scalar("SELECT last_id FROM cursors WHERE portal = $1 AND key = $2")
                     .bind(portal)
                     .bind(key)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *conn)
                     .await?;
             last.map(to_u64).transpose()
         })
@@ -901,7 +881,7 @@ impl Store {
     /// Moves the cursor forward to `last_id`; a lower value leaves it where it is.
     pub async fn set_cursor(&self, portal: &str, key: &str, last_id: u64) -> Result<(), Error> {
         let last = to_i64(last_id)?;
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "INSERT INTO cursors (portal, key, last_id) VALUES ($1, $2, $3) \
                  ON CONFLICT (portal, key) DO UPDATE SET last_id = excluded.last_id, updated_at = {now} \
@@ -911,7 +891,7 @@ impl Store {
                 .bind(portal)
                 .bind(key)
                 .bind(last)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })
@@ -919,13 +899,13 @@ impl Store {
 
     /// Records the start of a run; returns its ID.
     pub async fn start_run(&self, portal: &str, params: &serde_json::Value) -> Result<i64, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO runs (portal, params) VALUES ($1, $2) RETURNING id",
             )
             .bind(portal)
             .bind(Json(params))
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
             Ok(id)
         })
@@ -937,7 +917,7 @@ impl Store {
         status: &str,
         summary: &serde_json::Value,
     ) -> Result<(), Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE runs SET finished_at = {now}, status = $2, summary = $3 WHERE id = $1",
             );
@@ -945,7 +925,7 @@ impl Store {
                 .bind(run_id)
                 .bind(status)
                 .bind(Json(summary))
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             if done.rows_affected() == 0 {
                 return Err(Error::Data(format!("run {run_id} does not exist")));
@@ -956,13 +936,13 @@ impl Store {
 
     /// The most recent run (of one portal or any).
     pub async fn last_run(&self, portal: Option<&str>) -> Result<Option<RunRecord>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let row = sqlx::query(
                 "SELECT id, portal, started_at, finished_at, status, params, summary FROM runs \
                  WHERE ($1 IS NULL OR portal = $1) ORDER BY id DESC LIMIT 1",
             )
             .bind(portal)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             let Some(row) = row else { return Ok(None) };
             let params: Json<serde_json::Value> = row.try_get("params")?;
@@ -990,7 +970,7 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<PortalLease>, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "INSERT INTO portal_leases (portal, owner, fence, lease_until, updated_at) \
                  VALUES ($2, $3, 1, {lease_until}, {now}) \
@@ -1003,7 +983,7 @@ impl Store {
                 .bind(lease.as_secs_f64())
                 .bind(portal)
                 .bind(owner)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             Ok(fence.map(|fence| PortalLease {
                 portal: portal.to_owned(),
@@ -1019,7 +999,7 @@ impl Store {
         lease: &PortalLease,
         duration: Duration,
     ) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE portal_leases SET lease_until = {lease_until}, updated_at = {now} \
                  WHERE portal = $2 AND owner = $3 AND fence = $4",
@@ -1029,7 +1009,7 @@ impl Store {
                 .bind(&lease.portal)
                 .bind(&lease.owner)
                 .bind(lease.fence)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -1037,7 +1017,7 @@ impl Store {
 
     /// Fenced: gives the portal lease up (it expires now) so another replica can take over at once.
     pub async fn release_portal(&self, lease: &PortalLease) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE portal_leases SET lease_until = {now}, updated_at = {now} \
                  WHERE portal = $1 AND owner = $2 AND fence = $3",
@@ -1046,7 +1026,7 @@ impl Store {
                 .bind(&lease.portal)
                 .bind(&lease.owner)
                 .bind(lease.fence)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })

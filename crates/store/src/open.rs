@@ -11,7 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::error::{is_not_a_database, Error};
-use crate::{Db, Store};
+use crate::{Db, SqliteDb, Store};
+
+use std::sync::Arc;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -23,10 +25,6 @@ pub struct OpenOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL pool size.
     pub max_connections: u32,
-    /// SQLite pool size. SQLite lets one writer in at a time and nearly every ledger statement writes: with
-    /// several connections they queue on the file lock through SQLite's busy handler (sleeps and retries that
-    /// cost CPU) and each keeps its own page cache. One connection serialises them in the pool instead.
-    pub sqlite_connections: u32,
     /// How long a SQLite statement waits for the write lock before failing with "database is locked".
     pub busy_timeout: Duration,
     /// PostgreSQL only: keep the tables in this schema (created if missing).
@@ -38,7 +36,6 @@ impl Default for OpenOptions {
         OpenOptions {
             connect_timeout: Duration::from_secs(10),
             max_connections: 8,
-            sqlite_connections: 1,
             busy_timeout: Duration::from_secs(10),
             schema: None,
         }
@@ -112,16 +109,12 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
             // With WAL, NORMAL loses no committed transaction on an application crash.
             .synchronous(SqliteSynchronous::Normal);
     }
+    // One connection (see `SqliteDb`): SQLite lets one writer in at a time and nearly every ledger statement
+    // writes; with several connections they would queue on the file lock through SQLite's busy handler (sleeps
+    // and retries that cost CPU), each with its own page cache. An in-memory database exists once per connection.
     let pool = SqlitePoolOptions::new()
-        .max_connections(if memory {
-            1
-        } else {
-            options.sqlite_connections.max(1)
-        })
+        .max_connections(1)
         .acquire_timeout(options.connect_timeout)
-        // A ping before each acquire is one more round trip to the connection's thread per statement,
-        // and a local file has no peer that could have gone away meanwhile.
-        .test_before_acquire(false)
         .connect_with(connect)
         .await
         .map_err(|e| sqlite_open_error(e, &file))?;
@@ -137,7 +130,14 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         });
     }
     tracing::debug!(path = %file.display(), "opened SQLite ledger");
-    Ok(Store::with_db(Db::Sqlite(pool)))
+    let connection = pool
+        .acquire()
+        .await
+        .map_err(|e| sqlite_open_error(e, &file))?;
+    Ok(Store::with_db(Db::Sqlite(Arc::new(SqliteDb {
+        pool,
+        connection: tokio::sync::Mutex::new(Some(connection)),
+    }))))
 }
 
 fn sqlite_open_error(e: sqlx::Error, file: &Path) -> Error {

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::types::Json;
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use crate::{Db, Dialect, Error, Store};
 
@@ -336,7 +336,7 @@ impl Store {
         );
         let access = key.seal(inst.access_token.expose_secret(), &aad(m, "access_token"));
         let refresh = key.seal(inst.refresh_token.expose_secret(), &aad(m, "refresh_token"));
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "INSERT INTO portals (member_id, domain, client_endpoint, server_endpoint, application_token, \
                  access_token, refresh_token, expires_at, token_version, status, lang, installed_at, updated_at, \
@@ -360,7 +360,7 @@ impl Store {
                 .bind(refresh)
                 .bind(inst.expires_at)
                 .bind(&inst.lang)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(())
         })
@@ -368,11 +368,11 @@ impl Store {
 
     /// One portal by `member_id` (installed or not).
     pub async fn portal(&self, key: &SecretKey, member_id: &str) -> Result<Option<Portal>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let sql = format!("SELECT {PORTAL_COLUMNS} FROM portals WHERE member_id = $1");
             let row = sqlx::query(&sql)
                 .bind(member_id)
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             match row {
                 Some(row) => Ok(Some(portal_from_row!(key, row))),
@@ -383,11 +383,11 @@ impl Store {
 
     /// Every portal where the application is installed.
     pub async fn installed_portals(&self, key: &SecretKey) -> Result<Vec<Portal>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let sql = format!(
                 "SELECT {PORTAL_COLUMNS} FROM portals WHERE status = 'installed' ORDER BY member_id"
             );
-            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 out.push(portal_from_row!(key, row));
@@ -402,13 +402,13 @@ impl Store {
         key: &SecretKey,
         member_id: &str,
     ) -> Result<Option<PortalTokens>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let row = sqlx::query(
                 "SELECT access_token, refresh_token, expires_at, token_version FROM portals \
                  WHERE member_id = $1 AND status = 'installed'",
             )
             .bind(member_id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             let Some(row) = row else { return Ok(None) };
             let access: Option<String> = row.try_get("access_token")?;
@@ -447,7 +447,7 @@ impl Store {
             refresh_token.expose_secret(),
             &aad(member_id, "refresh_token"),
         );
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE portals SET access_token = $3, refresh_token = $4, expires_at = $5, \
                  token_version = token_version + 1, updated_at = {now}, tokens_rotated_at = {now}, \
@@ -460,7 +460,7 @@ impl Store {
                 .bind(access)
                 .bind(refresh)
                 .bind(expires_at)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -469,7 +469,7 @@ impl Store {
     /// Installed portals whose token pair was last rotated at least `age` ago (by the database's clock, so
     /// replicas agree), oldest first: the keep-alive refresh keeps their refresh tokens from aging out.
     pub async fn portals_due_for_refresh(&self, age: Duration) -> Result<Vec<DueRefresh>, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             // `{lease_until}` is now + $1 seconds; a negative $1 makes it "now - age".
             let sql = d.sql(
                 "SELECT member_id, token_version FROM portals \
@@ -479,7 +479,7 @@ impl Store {
             );
             let rows = sqlx::query(&sql)
                 .bind(-age.as_secs_f64())
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
@@ -501,7 +501,7 @@ impl Store {
         token_version: i64,
         code: &str,
     ) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE portals SET refresh_refused = $3, updated_at = {now} \
                  WHERE member_id = $1 AND token_version = $2 AND status = 'installed'",
@@ -510,7 +510,7 @@ impl Store {
                 .bind(member_id)
                 .bind(token_version)
                 .bind(code)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -519,8 +519,8 @@ impl Store {
     /// Marks the portal uninstalled and deletes its secrets (tokens, application token, API key). The
     /// non-secret settings and the ledger stay, so a re-install continues where it stopped.
     pub async fn uninstall_portal(&self, member_id: &str) -> Result<bool, Error> {
-        on_db!(self, |pool, d| {
-            let mut tx = pool.begin().await?;
+        on_db!(self, |conn, d| {
+            let mut tx = conn.begin().await?;
             let sql = d.sql(
                 "UPDATE portals SET status = 'uninstalled', application_token = NULL, access_token = NULL, \
                  refresh_token = NULL, expires_at = NULL, refresh_refused = NULL, token_version = token_version + 1, \
@@ -546,7 +546,7 @@ impl Store {
         api_key: Option<&SecretString>,
     ) -> Result<(), Error> {
         let sealed = api_key.map(|k| key.seal(k.expose_secret(), &aad(member_id, "api_key")));
-        on_db!(self, |pool, d| {
+        on_db!(self, |conn, d| {
             let sql = d.sql(
                 "INSERT INTO portal_settings (member_id, settings, api_key, updated_at) \
                  VALUES ($1, $2, $3, {now}) \
@@ -557,7 +557,7 @@ impl Store {
                 .bind(member_id)
                 .bind(Json(settings))
                 .bind(sealed)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| match e {
                     sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
@@ -575,12 +575,12 @@ impl Store {
         key: &SecretKey,
         member_id: &str,
     ) -> Result<Option<StoredSettings>, Error> {
-        on_db!(self, |pool, _d| {
+        on_db!(self, |conn, _d| {
             let row = sqlx::query(
                 "SELECT settings, api_key, updated_at FROM portal_settings WHERE member_id = $1",
             )
             .bind(member_id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
             let Some(row) = row else { return Ok(None) };
             let settings: Json<PortalSettings> = row.try_get("settings").map_err(|e| match e {

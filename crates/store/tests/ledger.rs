@@ -1280,25 +1280,54 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2]);
 }
 
-/// Many workers marking and finishing at once: the store writes coinciding writes together, and each answer and
-/// each row must still be that claim's own — a stale claim of the same call in the same batch changes nothing, and
-/// the same call ID under another portal is another row.
+/// A fenced write in a wave of concurrent ones, and the answer it must get.
+enum Wave {
+    Mark(Claim, bool),
+    Finish(Claim, Outcome, bool),
+}
+
+/// Runs every write of a wave at once, each in its own task, and checks each answer.
+async fn run_wave(store: &Store, wave: Vec<Wave>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for write in wave {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let (claim, got, expect) = match write {
+                Wave::Mark(c, expect) => {
+                    let got = store.mark_uploading(&c, LEASE).await.unwrap();
+                    (c, got, expect)
+                }
+                Wave::Finish(c, outcome, expect) => {
+                    let got = store.finish(&c, &outcome).await.unwrap();
+                    (c, got, expect)
+                }
+            };
+            assert_eq!(
+                got, expect,
+                "{} {} fence {}",
+                claim.portal, claim.call_id, claim.fence
+            );
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+/// Many workers marking and finishing at once: the store writes coinciding writes together (marks and outcomes in
+/// one statement), and each answer and each row must still be that claim's own — a stale claim of the same call in
+/// the same batch changes nothing, and the same call ID under another portal is another row.
 async fn coinciding_writes_are_each_answered_for_their_own_claim(fx: &Fx) {
     const P2: &str = "other.bitrix24.ru";
     let store = fx.store().await;
     let calls: Vec<Call> = (1..=40).map(|id| call(id, None)).collect();
     store.register(P, &calls).await.unwrap();
     store.register(P2, &calls[..4]).await.unwrap();
-    // Calls 1..=6 were claimed by a worker whose lease ran out before "live" took them over.
+    // Calls 1..=6 and 21..=26 were claimed by a worker whose lease ran out before "live" took them over.
     let mut stale = Vec::new();
-    for id in 1..=6 {
-        stale.push(
-            store
-                .claim(P, id, "crashed", Duration::from_millis(50))
-                .await
-                .unwrap()
-                .unwrap(),
-        );
+    for id in (1..=6).chain(21..=26) {
+        let c = store.claim(P, id, "crashed", Duration::from_millis(50));
+        stale.push(c.await.unwrap().unwrap());
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     let ids: Vec<u64> = (1..=40).collect();
@@ -1309,38 +1338,7 @@ async fn coinciding_writes_are_each_answered_for_their_own_claim(fx: &Fx) {
         .await
         .unwrap();
     assert_eq!(elsewhere.len(), 4);
-
-    // Every mark at once, as separate tasks: the stale ones must be refused, all others accepted.
-    let mut marks = tokio::task::JoinSet::new();
-    for (claim, expect) in live
-        .iter()
-        .chain(&elsewhere)
-        .map(|c| (c.clone(), true))
-        .chain(stale.iter().map(|c| (c.clone(), false)))
-    {
-        let store = store.clone();
-        marks.spawn(async move {
-            let got = store.mark_uploading(&claim, LEASE).await.unwrap();
-            assert_eq!(
-                got, expect,
-                "mark of {} {} fence {}",
-                claim.portal, claim.call_id, claim.fence
-            );
-        });
-    }
-    while let Some(done) = marks.join_next().await {
-        done.unwrap();
-    }
-    for id in ids.iter().copied() {
-        let e = store.entry(P, id).await.unwrap().unwrap();
-        assert_eq!(
-            (e.state, e.lease_owner.as_deref()),
-            (LedgerState::Uploading, Some("live")),
-            "call {id}"
-        );
-    }
-
-    // Every outcome at once: mixed kinds, the stale ones (claiming other talks) refused and leaving no trace.
+    let (first, second) = live.split_at(20);
     let outcome = |id: u64| match id % 3 {
         0 => uploaded(&format!("talk-{id}")),
         1 => failed(FailReason::DownloadFailed),
@@ -1348,30 +1346,52 @@ async fn coinciding_writes_are_each_answered_for_their_own_claim(fx: &Fx) {
             reason: SkipReason::NoRecording,
         },
     };
-    let mut outcomes = tokio::task::JoinSet::new();
-    for (claim, out, expect) in live
+
+    // Wave 1: the first half and the other portal are marked; the stale claims' marks are refused.
+    let mut wave: Vec<Wave> = first
         .iter()
-        .map(|c| (c.clone(), outcome(c.call_id), true))
+        .chain(&elsewhere)
+        .map(|c| Wave::Mark(c.clone(), true))
+        .collect();
+    wave.extend(stale.iter().map(|c| Wave::Mark(c.clone(), false)));
+    run_wave(&store, wave).await;
+    // Wave 2: the first half finishes while the second half is marked; stale outcomes are refused.
+    let mut wave: Vec<Wave> = first
+        .iter()
+        .map(|c| Wave::Finish(c.clone(), outcome(c.call_id), true))
+        .chain(second.iter().map(|c| Wave::Mark(c.clone(), true)))
         .chain(
             elsewhere
                 .iter()
-                .map(|c| (c.clone(), uploaded(&format!("p2-{}", c.call_id)), true)),
+                .map(|c| Wave::Finish(c.clone(), uploaded(&format!("p2-{}", c.call_id)), true)),
         )
-        .chain(stale.iter().map(|c| (c.clone(), uploaded("stale"), false)))
-    {
-        let store = store.clone();
-        outcomes.spawn(async move {
-            let got = store.finish(&claim, &out).await.unwrap();
-            assert_eq!(
-                got, expect,
-                "outcome of {} {} fence {}",
-                claim.portal, claim.call_id, claim.fence
-            );
-        });
+        .collect();
+    wave.extend(
+        stale
+            .iter()
+            .map(|c| Wave::Finish(c.clone(), uploaded("stale"), false)),
+    );
+    run_wave(&store, wave).await;
+    for c in second {
+        let e = store.entry(P, c.call_id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.state, e.lease_owner.as_deref(), e.attempts, e.reason),
+            (LedgerState::Uploading, Some("live"), 0, None),
+            "call {} is marked, not finished",
+            c.call_id
+        );
+        assert!(e.lease_until.is_some());
     }
-    while let Some(done) = outcomes.join_next().await {
-        done.unwrap();
-    }
+    // Wave 3: the second half finishes.
+    run_wave(
+        &store,
+        second
+            .iter()
+            .map(|c| Wave::Finish(c.clone(), outcome(c.call_id), true))
+            .collect(),
+    )
+    .await;
+
     for id in ids.iter().copied() {
         let e = store.entry(P, id).await.unwrap().unwrap();
         let want = outcome(id);
@@ -1384,8 +1404,8 @@ async fn coinciding_writes_are_each_answered_for_their_own_claim(fx: &Fx) {
         };
         assert_eq!((e.talk_id, e.detail), (talk, detail), "call {id}");
         assert_eq!(
-            (e.attempts, e.lease_owner),
-            (1, None),
+            (e.attempts, e.lease_owner, e.lease_until),
+            (1, None, None),
             "call {id}: one attempt, lease cleared"
         );
     }
