@@ -811,8 +811,17 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         Ok(ready)
     }
 
-    /// Records an outcome reached without any upload (claim, then commit).
+    /// Records an outcome reached without any upload: in one statement when nobody holds the call, else by the
+    /// usual claim (which waits for the holder) and commit.
     async fn settle_directly(&self, call: &Call, outcome: Outcome) -> Result<(), EngineError> {
+        if self
+            .store
+            .settle_unheld(&self.config.portal, call.id, &outcome)
+            .await?
+        {
+            self.report(call, outcome, Sent::NOTHING);
+            return Ok(());
+        }
         if let Some(claim) = self.claim_or_wait(call).await? {
             self.store.finish(&claim, &outcome).await?;
             self.report(call, outcome, Sent::NOTHING);

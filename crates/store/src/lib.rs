@@ -446,6 +446,53 @@ impl Store {
         })
     }
 
+    /// Claims and commits at once: records `outcome` for a call nobody holds, in one statement (the fence moves on,
+    /// as with a claim, so no earlier claim can commit afterwards). For outcomes reached without an upload. False,
+    /// and nothing changed, when the call is `uploaded`, unknown or leased to someone: then take the usual way
+    /// ([`Store::claim`], then [`Store::finish`]).
+    pub async fn settle_unheld(
+        &self,
+        portal: &str,
+        call_id: u64,
+        outcome: &Outcome,
+    ) -> Result<bool, Error> {
+        let id = to_i64(call_id)?;
+        let (talk_id, detail) = match outcome {
+            Outcome::Uploaded { talk_id, .. } => (Some(talk_id.as_str()), None),
+            Outcome::Skipped { .. } => (None, None),
+            Outcome::Failed { detail, .. } => (None, Some(detail.as_str())),
+        };
+        let (mono, reuploaded) = match outcome {
+            Outcome::Uploaded {
+                mono,
+                reuploaded_after_crash,
+                ..
+            } => (*mono, *reuploaded_after_crash),
+            _ => (false, false),
+        };
+        on_db!(self, |conn, d| {
+            let sql = d.sql(
+                "UPDATE ledger SET state = $3, reason = $4, detail = $5, talk_id = COALESCE($6, talk_id), \
+                 mono = $7, reuploaded_after_crash = $8, attempts = attempts + 1, fence = fence + 1, \
+                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
+                 WHERE portal = $1 AND call_id = $2 AND state <> 'uploaded' \
+                 AND (lease_until IS NULL OR lease_until <= {now})",
+            );
+            let done = sqlx::query(&sql)
+                .bind(portal)
+                .bind(id)
+                .bind(outcome.state().as_str())
+                .bind(outcome.reason())
+                .bind(detail)
+                .bind(talk_id)
+                .bind(mono)
+                .bind(reuploaded)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     /// Claims up to `limit` calls of `portal` in `states` (never `uploaded`) whose lease is free or expired,
     /// lowest call ID first. Replicas on PostgreSQL skip rows another replica is claiming at that moment.
     pub async fn claim_next(

@@ -1280,6 +1280,86 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2]);
 }
 
+/// Claim and commit in one statement, for outcomes reached without an upload: only for a call nobody holds.
+async fn settling_a_call_nobody_holds_takes_one_statement(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register(P, &(1..=4).map(|id| call(id, None)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let no_recording = Outcome::Skipped {
+        reason: SkipReason::NoRecording,
+    };
+    // 1 is free; 2 is held; 3 is uploaded; 4 was claimed by a worker whose lease has run out; 99 is unknown.
+    let held = store
+        .claim(P, 2, "w", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    settle(&store, P, 3, uploaded("t3")).await;
+    let expired = store
+        .claim(P, 4, "gone", Duration::from_millis(50))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    assert!(store.settle_unheld(P, 1, &no_recording).await.unwrap());
+    let e = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.reason.as_deref(), e.attempts, e.lease_owner),
+        (LedgerState::Skipped, Some("no_recording"), 1, None)
+    );
+    assert!(
+        !store.settle_unheld(P, 2, &no_recording).await.unwrap(),
+        "held by w"
+    );
+    let e = store.entry(P, 2).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.lease_owner.as_deref()),
+        (LedgerState::Pending, Some("w"))
+    );
+    assert!(
+        store
+            .finish(&held, &failed(FailReason::DownloadFailed))
+            .await
+            .unwrap(),
+        "w's claim still stands"
+    );
+    assert!(
+        !store.settle_unheld(P, 3, &no_recording).await.unwrap(),
+        "uploaded"
+    );
+    assert_eq!(
+        store.entry(P, 3).await.unwrap().unwrap().talk_id.as_deref(),
+        Some("t3")
+    );
+    assert!(
+        !store.settle_unheld(P, 99, &no_recording).await.unwrap(),
+        "unknown"
+    );
+
+    let failure = failed(FailReason::RecordingUnavailable);
+    assert!(
+        store.settle_unheld(P, 4, &failure).await.unwrap(),
+        "an expired lease is free"
+    );
+    assert!(
+        !store.finish(&expired, &uploaded("late")).await.unwrap(),
+        "the settle moved the fence on: the earlier claim can commit nothing"
+    );
+    let e = store.entry(P, 4).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.detail, e.talk_id, e.attempts),
+        (
+            LedgerState::Failed,
+            Some("detail of recording_unavailable".to_string()),
+            None,
+            1
+        )
+    );
+}
+
 /// A fenced write in a wave of concurrent ones, and the answer it must get.
 enum Wave {
     Mark(Claim, bool),
@@ -1453,6 +1533,7 @@ suite!(
     claim_many_takes_what_is_free_and_release_held_gives_it_back,
     the_upload_mark_needs_the_fence_not_an_unexpired_lease,
     coinciding_writes_are_each_answered_for_their_own_claim,
+    settling_a_call_nobody_holds_takes_one_statement,
     counts_entries_and_reset_failed,
     cursor_only_moves_forward,
     runs_are_journaled,
