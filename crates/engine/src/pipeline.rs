@@ -1089,14 +1089,22 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let content_length = recording.content_length;
         let mut body = recording.bytes;
 
-        // Read just enough of the head to know the container and channels.
-        let mut head = BytesMut::new();
+        // Read just enough of the head to know the container and channels. The first piece nearly always holds the
+        // whole header: it is kept as it is, and copied only if more must be appended.
+        let mut head = Bytes::new();
         let probe = loop {
             match audio::probe(&head) {
                 Ok(p) => break p,
                 Err(ProbeError::NeedMore(_)) if head.len() < MAX_PROBE_BYTES => {
                     match body.next().await {
-                        Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                        Some(Ok(chunk)) if head.is_empty() => head = chunk,
+                        Some(Ok(chunk)) => {
+                            // Takes the buffer back without a copy once it is this head's alone (from the
+                            // second join on), so that many small pieces still cost one copy each.
+                            let mut joined = BytesMut::from(std::mem::take(&mut head));
+                            joined.extend_from_slice(&chunk);
+                            head = joined.freeze();
+                        }
                         Some(Err(e)) => {
                             return Err(AttemptError::Retry {
                                 reason: FailReason::DownloadFailed,
@@ -1151,7 +1159,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let audio = {
             let sent = sent.clone();
             let broke = source_broke.clone();
-            stream::once(async move { Ok::<Bytes, String>(head.freeze()) })
+            stream::once(async move { Ok::<Bytes, String>(head) })
                 .chain(body)
                 .inspect(move |r| match r {
                     Ok(b) => {

@@ -313,6 +313,19 @@ const FENCED_WHERE: &str = ") AS v WHERE ledger.portal = v.column1 AND ledger.ca
      AND NOT ({mark} AND ledger.state = 'uploaded') \
      RETURNING ledger.portal, ledger.call_id, ledger.fence";
 
+/// An outcome's own columns: talk ID, detail, mono, re-uploaded after a crash.
+fn outcome_columns(outcome: &Outcome) -> (Option<&str>, Option<&str>, bool, bool) {
+    match outcome {
+        Outcome::Uploaded {
+            talk_id,
+            mono,
+            reuploaded_after_crash,
+        } => (Some(talk_id), None, *mono, *reuploaded_after_crash),
+        Outcome::Skipped { .. } => (None, None, false, false),
+        Outcome::Failed { detail, .. } => (None, Some(detail), false, false),
+    }
+}
+
 impl Store {
     fn with_db(db: Db) -> Store {
         Store {
@@ -403,12 +416,17 @@ impl Store {
             }
             tx.commit().await?;
         });
+        // Each entry is moved out, unless the page lists its call more than once.
+        let repeated = unique.len() != calls.len();
         calls
             .iter()
             .map(|c| {
-                found
-                    .get(&c.id)
-                    .cloned()
+                let entry = if repeated {
+                    found.get(&c.id).cloned()
+                } else {
+                    found.remove(&c.id)
+                };
+                entry
                     .ok_or_else(|| Error::Data(format!("call {} vanished while registering", c.id)))
             })
             .collect()
@@ -457,19 +475,7 @@ impl Store {
         outcome: &Outcome,
     ) -> Result<bool, Error> {
         let id = to_i64(call_id)?;
-        let (talk_id, detail) = match outcome {
-            Outcome::Uploaded { talk_id, .. } => (Some(talk_id.as_str()), None),
-            Outcome::Skipped { .. } => (None, None),
-            Outcome::Failed { detail, .. } => (None, Some(detail.as_str())),
-        };
-        let (mono, reuploaded) = match outcome {
-            Outcome::Uploaded {
-                mono,
-                reuploaded_after_crash,
-                ..
-            } => (*mono, *reuploaded_after_crash),
-            _ => (false, false),
-        };
+        let (talk_id, detail, mono, reuploaded) = outcome_columns(outcome);
         on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE ledger SET state = $3, reason = $4, detail = $5, talk_id = COALESCE($6, talk_id), \
@@ -634,15 +640,7 @@ impl Store {
     ///
     /// Outcomes that coincide are written together, as one statement ([`group`]).
     pub async fn finish(&self, claim: &Claim, outcome: &Outcome) -> Result<bool, Error> {
-        let (talk_id, mono, reuploaded, detail) = match outcome {
-            Outcome::Uploaded {
-                talk_id,
-                mono,
-                reuploaded_after_crash,
-            } => (Some(talk_id.clone()), *mono, *reuploaded_after_crash, None),
-            Outcome::Skipped { .. } => (None, false, false, None),
-            Outcome::Failed { detail, .. } => (None, false, false, Some(detail.clone())),
-        };
+        let (talk_id, detail, mono, reuploaded) = outcome_columns(outcome);
         let write = FencedWrite {
             portal: claim.portal.clone(),
             call_id: to_i64(claim.call_id)?,
@@ -651,8 +649,8 @@ impl Store {
             state: outcome.state().as_str(),
             lease_secs: 0.0,
             reason: outcome.reason(),
-            detail,
-            talk_id,
+            detail: detail.map(str::to_owned),
+            talk_id: talk_id.map(str::to_owned),
             mono,
             reuploaded,
         };
