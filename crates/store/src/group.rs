@@ -89,6 +89,9 @@ impl<W: GroupWrite> Group<W> {
         // Should a write panic, the queue must not stay "being written" with nobody writing it.
         let _reset = Reset(&self);
         loop {
+            // Let the tasks that are ready to run go first: those finishing an upload at the same moment add their
+            // writes to this batch. Costs nothing when none are (the task is polled again at once).
+            tokio::task::yield_now().await;
             let (writes, answers) = {
                 let mut queue = self.state.lock().unwrap();
                 if queue.writes.is_empty() {
