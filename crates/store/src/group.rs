@@ -1,11 +1,11 @@
-//! Group commit: fenced writes of one kind that callers make at the same time reach the database together, as one
-//! statement.
+//! Group commit: writes of one kind (the store's fenced marks and outcomes) that callers make at the same time reach
+//! the database together, as one statement.
 //!
 //! Why: a statement's own work is small next to what surrounds it — on SQLite the hop to sqlx's connection thread
 //! and back and a transaction (the `-shm` locks, WAL frames), on PostgreSQL a round trip — about 0.2 ms of CPU each
-//! on SQLite. With eight uploads finishing at once, their outcomes queue behind the statement being written; the
+//! on SQLite. With eight uploads finishing at once, their writes queue behind the statement being written; the
 //! next statement then carries all of them. A write that arrives alone is written alone at once: grouping never
-//! waits for company.
+//! waits for company (it only lets the tasks that are ready to run go first).
 //!
 //! The batch is written by a task of its own, spawned when the first write arrives and ending when the queue is
 //! empty, so a caller that gives up (its future dropped mid-write) cannot take the other callers' writes down
