@@ -284,6 +284,34 @@ async fn download_broken_midway_is_retried_and_never_stored_partially() {
 }
 
 #[tokio::test]
+async fn a_header_spread_over_many_pieces_is_probed_and_uploaded_whole() {
+    // A 3.5 KB `LIST` chunk before `fmt `: the fake download yields 1,000-byte pieces, so the probe must join four of
+    // them before it knows the channels, and the upload must still carry every byte once, in order.
+    let plain = wav(2, 4000, 7);
+    let mut audio = plain[..12].to_vec();
+    audio.extend(b"LIST");
+    audio.extend(3500u32.to_le_bytes());
+    audio.extend((0..3500u32).map(|i| (i % 251) as u8));
+    audio.extend(&plain[12..]);
+    let riff_size = (audio.len() - 8) as u32;
+    audio[4..8].copy_from_slice(&riff_size.to_le_bytes());
+
+    let (store, _dir) = test_store().await;
+    let source = Arc::new(FakeSource::portal(1));
+    source.set_download(&FakeSource::rec_url(1), Download::Bytes(audio.clone()));
+    let sink = Arc::new(FakeSink::default());
+    let s = run(&source, &sink, &store, config()).await;
+    assert_eq!(s.uploaded, 1, "{:?}", s.failed);
+    let talk = &sink.talks()[0];
+    assert_eq!(talk.container, Container::Wav);
+    assert_eq!(
+        talk.connection_id, "conn-1",
+        "stereo, from the fmt chunk after the LIST chunk"
+    );
+    assert_eq!(talk.audio, audio);
+}
+
+#[tokio::test]
 async fn mono_policies() {
     for (policy, expect_uploaded, expect_conn) in [
         (MonoPolicy::Upload, true, "conn-1"),
