@@ -341,7 +341,7 @@ impl SpeechSenseEmulator {
         let addr = listener.local_addr()?;
         let state = Arc::new(State::new(config));
         let (tx, rx) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder().add_service(server(state.clone()));
+        let router = grpc_server().add_service(server(state.clone()));
         let task = tokio::spawn(async move {
             let incoming = TcpListenerStream::new(listener);
             if let Err(e) = router
@@ -513,12 +513,23 @@ impl http_body::Body for FailingBody {
     }
 }
 
+/// The gRPC server with HTTP/2 receive windows of a production gRPC server: 1 MiB per stream (grpc-java's default
+/// flow-control window; grpc-go and grpc-core grow theirs by probing the round trip) and 8 MiB per connection, room for
+/// the client's 8 concurrent uploads. h2's own default of 64 KiB makes an upload wait for a window update every
+/// 64 KiB, which held a 200 MB upload over loopback to ~100 MB/s (docs/benchmarks.md) — a limit of the emulator, not
+/// of the client or of SpeechSense.
+fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+}
+
 /// Serves until the process ends (for `b24sense emulate speechsense`).
 pub async fn serve_forever(config: SpeechSenseConfig, addr: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(endpoint = %format!("http://{}", listener.local_addr()?), "SpeechSense emulator listening");
     let state = Arc::new(State::new(config));
-    tonic::transport::Server::builder()
+    grpc_server()
         .add_service(server(state))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
