@@ -513,11 +513,12 @@ impl http_body::Body for FailingBody {
     }
 }
 
-/// The gRPC server with HTTP/2 receive windows of a production gRPC server: 1 MiB per stream (grpc-java's default
-/// flow-control window; grpc-go and grpc-core grow theirs by probing the round trip) and 8 MiB per connection, room for
-/// the client's 8 concurrent uploads. h2's own default of 64 KiB makes an upload wait for a window update every
-/// 64 KiB, which held a 200 MB upload over loopback to ~100 MB/s (docs/benchmarks.md) — a limit of the emulator, not
-/// of the client or of SpeechSense.
+/// The gRPC server with HTTP/2 receive windows a production gRPC server reaches on a fast link: 1 MiB per stream
+/// (hyper's default and grpc-java's) and 8 MiB per connection (grpc-go grows both windows by probing the round
+/// trip, up to 16 MiB), room for the client's 8 concurrent uploads of 1 MiB messages. hyper's default of
+/// 1 MiB per connection made the uploads take turns: a 200 MB recording went at ~100 MB/s over loopback and
+/// `cpu-10k` took 20 % longer (docs/benchmarks.md) — a limit of the emulator, not of the client. The real
+/// service's windows are not documented (speechsense-api.md); against it they and the round trip set the rate.
 fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(1 << 20))
