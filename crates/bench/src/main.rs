@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
     about = "Benchmark the export against the emulators"
 )]
 struct Args {
-    /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k.
+    /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k,
+    /// cpu-10k.
     #[arg(long, default_value = "smoke", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// One scenario (with --child: run it in this process and print its row as one JSON line).
