@@ -517,7 +517,7 @@ impl http_body::Body for FailingBody {
 /// (hyper's default and grpc-java's) and 8 MiB per connection (grpc-go grows both windows by probing the round
 /// trip, up to 16 MiB), room for the client's 8 concurrent uploads of 1 MiB messages. hyper's default of
 /// 1 MiB per connection made the uploads take turns: a 200 MB recording went at ~100 MB/s over loopback and
-/// `cpu-10k` took 20 % longer (docs/benchmarks.md) — a limit of the emulator, not of the client. The real
+/// `cpu-10k` took ~15 % longer (docs/benchmarks.md) — a limit of the emulator, not of the client. The real
 /// service's windows are not documented (speechsense-api.md); against it they and the round trip set the rate.
 fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
