@@ -1,4 +1,5 @@
-//! Recording format detection from the first bytes of the file, never from its name (`mapping.md`, "Audio").
+//! Recording format detection from the first bytes of the file, never from its name
+//! (`docs/mapping.md`, "Audio").
 //!
 //! `RIFF....WAVE` → WAV (channels from the `fmt ` chunk); `ID3` or an MPEG frame sync → MP3 (channels from the
 //! first frame's channel mode); `OggS` → Ogg/Opus (channels from `OpusHead`). Anything else is unsupported.

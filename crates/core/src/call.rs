@@ -30,7 +30,7 @@ impl CallType {
         }
     }
 
-    /// Operator-initiated: outgoing calls and callbacks (`mapping.md`, `direction_outgoing`).
+    /// Operator-initiated: outgoing calls and callbacks (`docs/mapping.md`, `direction_outgoing`).
     pub fn is_outgoing(self) -> bool {
         matches!(self, CallType::Outgoing | CallType::Callback)
     }
@@ -234,8 +234,8 @@ impl Call {
     }
 
     /// Whether a recording may still be attached to this call: it was a conversation (`CALL_DURATION` > 0 and no
-    /// failure code other than 200). A missed, busy or rejected call never gets one (`bitrix24-api.md` §4.3), so
-    /// nothing waits for it.
+    /// failure code other than 200). A missed, busy or rejected call never gets one, so nothing waits for it
+    /// (`docs/mapping.md`, "Late recordings").
     pub fn may_get_recording(&self) -> bool {
         self.call_duration > 0
             && self
@@ -282,7 +282,7 @@ mod tests {
         FixedOffset::east_opt(3 * 3600).unwrap()
     }
 
-    /// The synthetic example row from `bitrix24-api.md` §4.1.
+    /// A synthetic `voximplant.statistic.get` row, every field as the portal sends it.
     fn example_row() -> Value {
         json!({"ID":"7","PORTAL_USER_ID":"12","PORTAL_NUMBER":"reg1234","PHONE_NUMBER":"+79001234567",
          "CALL_ID":"AB12CD34EF56AB78.1754478570.11438214","EXTERNAL_CALL_ID":null,"CALL_CATEGORY":"external",

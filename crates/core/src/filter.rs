@@ -1,4 +1,4 @@
-//! Which calls qualify for export — the settings form's filters (`mapping.md`, "Which calls qualify").
+//! Which calls qualify for export — the settings form's filters (`docs/mapping.md`, "Which calls qualify").
 //!
 //! The filter is applied by Bitrix24 (`FILTER[...]` of `voximplant.statistic.get`), never by downloading everything;
 //! [`CallFilter::matches`] exists for rows read back from the ledger and for tests.

@@ -1,8 +1,8 @@
 //! Lenient readers for Bitrix24's JSON values.
 //!
 //! The portal sends numbers as strings (`"17"`), sometimes as numbers (`RECORD_FILE_ID`), and says "no value" with
-//! `null`, `""`, `"0"`, `0` or `false` depending on field and version (`bitrix24-api.md` §1.3). These helpers turn
-//! any of those into `Option`s so that one odd value never fails a whole page.
+//! `null`, `""`, `"0"`, `0` or `false` depending on field and version. These helpers turn any of those into
+//! `Option`s so that one odd value never fails a whole page.
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;

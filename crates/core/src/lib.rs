@@ -4,7 +4,7 @@
 //! - [`Call`]: one typed row of Bitrix24's `voximplant.statistic.get`, parsed leniently (numbers as strings,
 //!   `null`/`""`/`"0"` for "no value");
 //! - [`CallFilter`]: which calls qualify (the settings form's filters);
-//! - [`mapping`]: how a call becomes SpeechSense talk metadata (`shared/spec/mapping.md`);
+//! - [`mapping`]: how a call becomes SpeechSense talk metadata (`docs/mapping.md`);
 //! - [`audio`]: container and channel detection from a recording's first bytes;
 //! - [`outcome`]: ledger states and the per-call outcome with its reasons;
 //! - [`ErrorClass`]: the retry taxonomy every adapter error maps onto.

@@ -1,4 +1,4 @@
-//! How a Bitrix24 call becomes SpeechSense talk metadata (`shared/spec/mapping.md`, "One call → one talk").
+//! How a Bitrix24 call becomes SpeechSense talk metadata (`docs/mapping.md`, "One call → one talk").
 
 use std::collections::BTreeMap;
 

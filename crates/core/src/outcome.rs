@@ -1,4 +1,4 @@
-//! Ledger states and per-call outcomes (`mapping.md`, "Once and only once").
+//! Ledger states and per-call outcomes (`docs/mapping.md`, "The ledger: states of a call").
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum LedgerState {
     Pending,
-    /// Written before the upload starts; found after a crash it means "in doubt".
+    /// Written right before the upload's half-close; found with nobody holding it, it means "in doubt".
     Uploading,
     Uploaded,
     Skipped,
