@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use b24sense_bitrix24::WebhookUrl;
 use b24sense_core::filter::parse_user_ids;
 use b24sense_core::{CallType, MonoPolicy, TimeBound};
+use b24sense_speechsense::Lang;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub const DEFAULT_SPEECHSENSE_ENDPOINT: &str = "https://api.speechsense.yandexcloud.net:443";
@@ -184,19 +186,12 @@ pub enum RatePlanArg {
     Enterprise,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Default)]
-pub enum Lang {
-    #[default]
-    Ru,
-    En,
-}
-
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub speechsense: SpeechSenseArgs,
     /// Language of the result message.
-    #[arg(long, value_enum, default_value = "ru")]
+    #[arg(long, default_value = "ru", value_parser = lang_parser())]
     pub lang: Lang,
 }
 
@@ -328,6 +323,11 @@ fn parse_concurrency(s: &str) -> Result<usize, String> {
         Ok(n @ 1..=256) => Ok(n),
         _ => Err(format!("{s:?} is not between 1 and 256")),
     }
+}
+
+/// `--lang ru|en`: the language of user-facing texts (the one type the settings page uses too).
+fn lang_parser() -> impl TypedValueParser<Value = Lang> {
+    PossibleValuesParser::new(["ru", "en"]).map(|s| if s == "en" { Lang::En } else { Lang::Ru })
 }
 
 fn parse_language(s: &str) -> Result<String, String> {

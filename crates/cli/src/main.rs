@@ -489,10 +489,7 @@ async fn check_command(a: args::CheckArgs) -> Result<u8, Failure> {
         SpeechSenseCredentials::ApiKey(SecretString::from(a.speechsense.api_key)),
     ))
     .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))?;
-    let lang = match a.lang {
-        args::Lang::Ru => b24sense_speechsense::Lang::Ru,
-        args::Lang::En => b24sense_speechsense::Lang::En,
-    };
+    let lang = a.lang;
     let check = tokio::time::timeout(
         Duration::from_secs(30),
         client.check_connection(&a.speechsense.connection_id),

@@ -1,4 +1,4 @@
-//! Keep-alive refresh of idle installations (`bitrix24-api.md` §6.3): a refresh token may expire 28 days after
+//! Keep-alive refresh of idle installations: a refresh token may expire 28 days after
 //! it was issued, or be single-use, so an installation nobody used for weeks would lose its access. Every
 //! `keepalive_interval` this task refreshes, through the single-flight [`StoreTokenSource`] path (rotation is a
 //! compare-and-swap in the store), each installed portal whose tokens were last rotated at least
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::oauth::StoreTokenSource;
-use crate::{env, AppState, Error};
+use crate::{AppState, Error};
 
 /// How long reading the due portals may take. (A refresh itself is never cut short from outside: cancelled
 /// between the OAuth server's answer and the store's rotation it would lose the only valid refresh token; the
@@ -124,7 +124,7 @@ async fn token_source(
     let url = |u: &str, what: &str| {
         Url::parse(u).map_err(|e| Error::Config(format!("stored {what} of {member_id}: {e}")))
     };
-    let e = env(state);
+    let e = state.run_env();
     Ok(Some(StoreTokenSource::new(
         e.store,
         e.key,

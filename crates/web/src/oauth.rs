@@ -87,7 +87,7 @@ impl StoreTokenSource {
         }
     }
 
-    /// `server_endpoint`'s origin + `/oauth/token/` (`bitrix24-api.md` §6.1).
+    /// `server_endpoint`'s origin + `/oauth/token/` (where Bitrix24 refreshes tokens).
     fn token_url(&self) -> Result<Url, B24Error> {
         self.server_endpoint
             .join("/oauth/token/")

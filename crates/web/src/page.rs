@@ -3,6 +3,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::i18n::{self, Lang};
+
 pub const APP_JS: &str = include_str!("../static/app.js");
 pub const APP_CSS: &str = include_str!("../static/app.css");
 
@@ -76,11 +78,14 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("reason_mono_recording", "моно-запись", "mono recording"),
 ];
 
-fn t(lang: &str, key: &str) -> &'static str {
+fn t(lang: Lang, key: &str) -> &'static str {
     TEXTS
         .iter()
         .find(|(k, _, _)| *k == key)
-        .map(|(_, ru, en)| if lang == "en" { *en } else { *ru })
+        .map(|(_, ru, en)| match lang {
+            Lang::Ru => *ru,
+            Lang::En => *en,
+        })
         .unwrap_or("")
 }
 
@@ -92,7 +97,7 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn field(lang: &str, name: &str, input: &str, hint: Option<&str>) -> String {
+fn field(lang: Lang, name: &str, input: &str, hint: Option<&str>) -> String {
     let hint = hint
         .map(|h| format!("<p class=\"hint\">{}</p>", esc(t(lang, h))))
         .unwrap_or_default();
@@ -104,13 +109,14 @@ fn field(lang: &str, name: &str, input: &str, hint: Option<&str>) -> String {
 }
 
 /// The whole page. `session`/`csrf` go into a JSON data block the script reads (not executed: CSP-safe).
-pub fn render(lang: &str, session: &str, csrf: &str, domain: &str) -> String {
+pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
     let l = |k: &str| esc(t(lang, k));
     let mut texts = Map::new();
     for (k, _, _) in TEXTS {
         texts.insert((*k).to_string(), Value::String(t(lang, k).to_string()));
     }
-    let boot = json!({"session": session, "csrf": csrf, "lang": lang, "t": texts}).to_string();
+    let boot =
+        json!({"session": session, "csrf": csrf, "lang": i18n::code(lang), "t": texts}).to_string();
     // `</` cannot appear inside the data block.
     let boot = boot.replace("</", "<\\/");
     let dirs = ["outgoing", "incoming", "redirected", "callback"]
@@ -142,7 +148,7 @@ pub fn render(lang: &str, session: &str, csrf: &str, domain: &str) -> String {
     .concat();
     format!(
         r##"<!doctype html>
-<html lang="{lang}">
+<html lang="{html_lang}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -190,6 +196,7 @@ pub fn render(lang: &str, session: &str, csrf: &str, domain: &str) -> String {
 </body>
 </html>
 "##,
+        html_lang = i18n::code(lang),
         title = l("title"),
         domain = esc(domain),
         settings = l("settings"),

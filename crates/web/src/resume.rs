@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::i18n::lang_of;
 use crate::runner::Progress;
-use crate::{page_lang, start_for, AppState};
+use crate::sync::start_for;
+use crate::trigger::Trigger;
+use crate::AppState;
 
 /// How long the runs of a shutting-down server may take to stop: the engine lets uploads in flight finish
 /// within its 30 s grace, then the end is journaled.
@@ -57,10 +60,9 @@ pub(crate) async fn pass(state: &Arc<AppState>) -> usize {
             Ok(Some(p)) if p.status == b24sense_store::PortalStatus::Installed => p,
             _ => continue,
         };
-        let ru = page_lang(portal.lang.as_deref()) == "ru";
         let progress = serde_json::from_value::<Progress>(run.progress)
             .unwrap_or_default()
-            .into_interrupted(ru);
+            .into_interrupted(lang_of(portal.lang.as_deref()));
         let progress = serde_json::to_value(progress).unwrap_or_default();
         match state
             .store
@@ -76,7 +78,7 @@ pub(crate) async fn pass(state: &Arc<AppState>) -> usize {
             }
         }
         let member = portal.member_id.clone();
-        match start_for(state, portal, "resume", false).await {
+        match start_for(state, portal, Trigger::Resume, false).await {
             Ok(()) => {
                 started += 1;
                 state.metrics.runs_resumed.inc();

@@ -1,24 +1,30 @@
 //! Signed session tokens carried by the settings page (no cookies: third-party iframe cookies are blocked),
-//! and CSRF tokens bound to a session.
+//! and CSRF tokens bound to a session. How a request proves its session is [`crate::auth`].
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::i18n::Lang;
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Who a session belongs to.
+/// Who a session belongs to. The wire names are one letter each: the token travels in every API request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// `member_id` of the portal.
-    pub m: String,
+    #[serde(rename = "m")]
+    pub member_id: String,
     /// Bitrix24 user ID (an administrator).
-    pub u: u64,
-    /// Page language: `ru` or `en`.
-    pub l: String,
+    #[serde(rename = "u")]
+    pub user_id: u64,
+    /// Page language, on the wire `ru` or `en`.
+    #[serde(rename = "l", with = "crate::i18n::lang_code")]
+    pub lang: Lang,
     /// Expiry, Unix seconds.
-    pub e: i64,
+    #[serde(rename = "e")]
+    pub expires: i64,
 }
 
 /// Signs and checks sessions; two independent keys for sessions and CSRF tokens.
@@ -68,7 +74,7 @@ impl Signer {
             return None;
         }
         let s: Session = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
-        (s.e > now).then_some(s)
+        (s.expires > now).then_some(s)
     }
 
     /// The CSRF token of a session token.
@@ -98,10 +104,10 @@ mod tests {
     fn sessions_and_csrf() {
         let s = Signer::new([1; 32], [2; 32]);
         let sess = Session {
-            m: "m1".into(),
-            u: 1,
-            l: "ru".into(),
-            e: 1000,
+            member_id: "m1".into(),
+            user_id: 1,
+            lang: Lang::Ru,
+            expires: 1000,
         };
         let t = s.sign(&sess);
         assert_eq!(s.check(&t, 999), Some(sess.clone()));
@@ -117,5 +123,21 @@ mod tests {
         assert!(!s.check_csrf(&t, "nope"));
         assert!(same_secret("abc", "abc"));
         assert!(!same_secret("abc", "abd"));
+    }
+
+    #[test]
+    fn tokens_keep_their_short_wire_names() {
+        let s = Signer::new([1; 32], [2; 32]);
+        let sess = Session {
+            member_id: "m1".into(),
+            user_id: 7,
+            lang: Lang::En,
+            expires: 1000,
+        };
+        let body = s.sign(&sess).split('.').next().unwrap().to_string();
+        assert_eq!(
+            B64.decode(body).unwrap(),
+            br#"{"m":"m1","u":7,"l":"en","e":1000}"#
+        );
     }
 }

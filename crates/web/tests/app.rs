@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use b24sense_bitrix24::{AccessToken, TokenSource};
 use b24sense_core::LedgerState;
-use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
+use b24sense_emulators::bitrix24::{Bitrix24Emulator, FrameRequest, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_engine::LateRecordings;
-use b24sense_store::{PortalStatus, SecretKey, Store};
+use b24sense_store::{PortalStatus, PortalTokens, SecretKey, Store};
 use b24sense_web::metrics::Metrics;
 use b24sense_web::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
 use b24sense_web::{AppServer, WebConfig};
@@ -61,16 +61,8 @@ async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
     let key = SecretKey::generate();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
-    let (id, secret) = emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(&base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        speech.endpoint(),
-    );
-    config.allow_http_portals = true;
+    let mut config = web_config(&base, &emu, &speech, &[&emu]);
     config.concurrency = 4;
-    config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
     adjust(&mut config);
     let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
     let stop = CancellationToken::new();
@@ -87,9 +79,70 @@ async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
     }
 }
 
+/// A server's configuration at `base` for the portals of `oauth_of` (their OAuth servers are allowed), with the
+/// application credentials of `emu`.
+fn web_config(
+    base: &str,
+    emu: &Bitrix24Emulator,
+    speech: &SpeechSenseEmulator,
+    oauth_of: &[&Bitrix24Emulator],
+) -> WebConfig {
+    let (id, secret) = emu.app_credentials();
+    let mut config = WebConfig::new(
+        Url::parse(base).unwrap(),
+        id.to_string(),
+        SecretString::from(secret.to_string()),
+        speech.endpoint(),
+    );
+    config.allow_http_portals = true;
+    config.oauth_servers = oauth_of
+        .iter()
+        .map(|e| format!("127.0.0.1:{}", e.addr().port()))
+        .collect();
+    config
+}
+
+/// POSTs a Bitrix24 form (an install or an iframe open) to `path` of the server; the status.
+async fn post_frame(fx: &Fx, path: &str, frame: &FrameRequest) -> u16 {
+    http()
+        .post(frame.url(&format!("{}{path}", fx.base)))
+        .form(&frame.form)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A change that forges a Bitrix24 form.
+type Forge = fn(&mut FrameRequest);
+
+/// Sets one field of a Bitrix24 form.
+fn set_field(frame: &mut FrameRequest, key: &str, value: &str) {
+    frame.form.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.into();
+}
+
+/// The portal's stored token pair.
+async fn tokens(fx: &Fx, member: &str) -> PortalTokens {
+    fx.store
+        .portal_tokens(&fx.key, member)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Opens the settings page as Bitrix24's iframe POST does; returns (status, headers, body).
 async fn open_page(fx: &Fx, lang: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let frame = fx.emu.app_frame_request(1, lang);
+    open_page_of(fx, &fx.emu, lang).await
+}
+
+/// [`open_page`] for the portal of `emu`.
+async fn open_page_of(
+    fx: &Fx,
+    emu: &Bitrix24Emulator,
+    lang: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let frame = emu.app_frame_request(1, lang);
     let r = http()
         .post(frame.url(&format!("{}app", fx.base)))
         .form(&frame.form)
@@ -168,19 +221,12 @@ async fn install_settings_export_events_uninstall() {
 
     // A forged install naming its own OAuth server (where the client secret would go) is refused.
     let mut forged = fx.emu.app_frame_request(1, "ru");
-    forged
-        .form
-        .iter_mut()
-        .find(|(k, _)| k == "SERVER_ENDPOINT")
-        .unwrap()
-        .1 = "https://oauth.evil.example/rest/".into();
-    let r = http()
-        .post(forged.url(&format!("{}install", fx.base)))
-        .form(&forged.form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    set_field(
+        &mut forged,
+        "SERVER_ENDPOINT",
+        "https://oauth.evil.example/rest/",
+    );
+    assert_eq!(post_frame(&fx, "install", &forged).await, 403);
     assert!(fx
         .store
         .portal(&fx.key, &fx.emu.app_member_id())
@@ -234,12 +280,7 @@ async fn install_settings_export_events_uninstall() {
     assert!(en.contains("SpeechSense connection ID") && en.contains("Check connection"));
     let s = boot(&page);
     // Opening the page keeps the administrator's fresh, verified token pair.
-    let t = fx
-        .store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let t = tokens(&fx, &member).await;
     assert!(
         t.version >= 3,
         "install + two page opens rotate the pair: {}",
@@ -247,29 +288,19 @@ async fn install_settings_export_events_uninstall() {
     );
 
     // A request naming another domain, or an unknown installation, gets nothing.
-    let mut frame = fx.emu.app_frame_request(1, "ru");
-    frame.query[0].1 = "evil.example.com".into();
-    let r = http()
-        .post(frame.url(&format!("{}app", fx.base)))
-        .form(&frame.form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
-    let mut frame = fx.emu.app_frame_request(1, "ru");
-    frame
-        .form
-        .iter_mut()
-        .find(|(k, _)| k == "member_id")
-        .unwrap()
-        .1 = "nobody".into();
-    let r = http()
-        .post(frame.url(&format!("{}app", fx.base)))
-        .form(&frame.form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    let forgeries: [(&str, Forge); 2] = [
+        ("another domain", |f| {
+            f.query[0].1 = "evil.example.com".into()
+        }),
+        ("an unknown installation", |f| {
+            set_field(f, "member_id", "nobody")
+        }),
+    ];
+    for (label, forge) in forgeries {
+        let mut frame = fx.emu.app_frame_request(1, "ru");
+        forge(&mut frame);
+        assert_eq!(post_frame(&fx, "app", &frame).await, 403, "{label}");
+    }
 
     // Changes need the CSRF token and a valid session.
     let r = http()
@@ -358,12 +389,7 @@ async fn install_settings_export_events_uninstall() {
 
     // Expired access token: the run refreshes it once (rotation stored) and skips what is done.
     fx.emu.expire_access_tokens();
-    let before = fx
-        .store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = tokens(&fx, &member).await;
     let (st, _) = api(&fx, &s, "POST", "export/start", None).await;
     assert_eq!(st, 200);
     let p = wait_finished(&fx, &s).await;
@@ -371,12 +397,7 @@ async fn install_settings_export_events_uninstall() {
     assert_eq!(p["uploaded"], 0);
     assert_eq!(p["skipped"]["already_uploaded"].as_u64().unwrap(), uploaded);
     assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
-    let after = fx
-        .store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = tokens(&fx, &member).await;
     assert_eq!(after.version, before.version + 1);
     assert_eq!(fx.speech.talk_count() as u64, uploaded);
 
@@ -393,12 +414,7 @@ async fn install_settings_export_events_uninstall() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let id: u64 = fx.emu.call_rows()[0]["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(fx.emu.send_call_end(id).await, Some(vec![200]));
+    assert_eq!(end_first_call(&fx).await, Some(vec![200]));
 
     // Metrics.
     let m = http()
@@ -448,6 +464,16 @@ async fn install_settings_export_events_uninstall() {
     assert_eq!(st, 403);
 }
 
+/// Sends the call-end event of the portal's first call; the statuses our handler answered.
+async fn end_first_call(fx: &Fx) -> Option<Vec<u16>> {
+    let id: u64 = fx.emu.call_rows()[0]["ID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    fx.emu.send_call_end(id).await
+}
+
 /// Installs the application, opens the page and saves good settings with continuous sync on; the page session.
 async fn install_with_sync(fx: &Fx) -> (String, String) {
     assert!(
@@ -470,12 +496,7 @@ async fn install_with_sync(fx: &Fx) -> (String, String) {
 async fn continuous_sync_runs_on_call_end_events() {
     let fx = fixture(10).await;
     let s = install_with_sync(&fx).await;
-    let id: u64 = fx.emu.call_rows()[0]["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(fx.emu.send_call_end(id).await, Some(vec![200]));
+    assert_eq!(end_first_call(&fx).await, Some(vec![200]));
     let p = wait_finished(&fx, &s).await;
     assert_eq!(p["trigger"], "event");
     assert!(p["uploaded"].as_u64().unwrap() > 0, "{p}");
@@ -687,18 +708,7 @@ async fn two_portals_export_side_by_side() {
     // The second portal's OAuth server must be allowed too: a server built for both.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
-    let (id, secret) = fx.emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(&base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        fx.speech.endpoint(),
-    );
-    config.allow_http_portals = true;
-    config.oauth_servers = vec![
-        format!("127.0.0.1:{}", fx.emu.addr().port()),
-        format!("127.0.0.1:{}", other.addr().port()),
-    ];
+    let config = web_config(&base, &fx.emu, &fx.speech, &[&fx.emu, &other]);
     let server = AppServer::new(config, fx.store.clone(), fx.key.clone()).unwrap();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
@@ -716,15 +726,9 @@ async fn two_portals_export_side_by_side() {
                 .unwrap()
                 .installed
         );
-        let frame = emu.app_frame_request(1, "ru");
-        let r = http()
-            .post(frame.url(&format!("{base}app")))
-            .form(&frame.form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        let s = boot(&r.text().await.unwrap());
+        let (st, _, page) = open_page_of(&fx2, emu, "ru").await;
+        assert_eq!(st, 200);
+        let s = boot(&page);
         let (st, _) = api(&fx2, &s, "POST", "settings", Some(good_settings(&fx2))).await;
         assert_eq!(st, 200);
         sessions.push(s);

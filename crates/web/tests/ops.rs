@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use b24sense_core::{Call, FailReason, LedgerState, Outcome};
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
-use b24sense_store::{SecretKey, Store};
+use b24sense_store::{PortalTokens, SecretKey, Store};
 use b24sense_web::{AppServer, WebConfig};
 use chrono::FixedOffset;
 use secrecy::{ExposeSecret, SecretString};
@@ -104,13 +104,22 @@ impl Fx {
         config
     }
 
-    /// A server as `b24sense serve` runs it (with its periodic tasks).
-    async fn serve(&self, tweak: impl FnOnce(&mut WebConfig)) -> Srv {
+    /// A listener on a free port, its base URL and a server configured for it (not serving yet).
+    async fn app(
+        &self,
+        tweak: impl FnOnce(&mut WebConfig),
+    ) -> (tokio::net::TcpListener, String, AppServer) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/", listener.local_addr().unwrap());
         let mut config = self.config(&base);
         tweak(&mut config);
         let app = AppServer::new(config, self.store().await, self.key.clone()).unwrap();
+        (listener, base, app)
+    }
+
+    /// A server as `b24sense serve` runs it (with its periodic tasks).
+    async fn serve(&self, tweak: impl FnOnce(&mut WebConfig)) -> Srv {
+        let (listener, base, app) = self.app(tweak).await;
         let stop = CancellationToken::new();
         let task = tokio::spawn(app.clone().serve(listener, stop.clone()));
         Srv {
@@ -123,11 +132,7 @@ impl Fx {
 
     /// A server answering HTTP without the periodic tasks, so a test decides when a pass runs.
     async fn router_only(&self, tweak: impl FnOnce(&mut WebConfig)) -> Srv {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        let mut config = self.config(&base);
-        tweak(&mut config);
-        let app = AppServer::new(config, self.store().await, self.key.clone()).unwrap();
+        let (listener, base, app) = self.app(tweak).await;
         let stop = CancellationToken::new();
         let router = app.router();
         let s = stop.clone();
@@ -187,6 +192,15 @@ impl Fx {
             "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
             "mono_policy": "upload", "sync_enabled": false
         })
+    }
+
+    /// The portal's stored token pair, read through `store`.
+    async fn tokens(&self, store: &Store) -> PortalTokens {
+        store
+            .portal_tokens(&self.key, &self.emu.app_member_id())
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// Statistic IDs of the portal's calls that have a recording (what must end up in SpeechSense).
@@ -318,6 +332,25 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// `(which, after, before)` for the access and the refresh token of two stored pairs.
+fn token_pairs<'a>(
+    after: &'a PortalTokens,
+    before: &'a PortalTokens,
+) -> [(&'static str, &'a str, &'a str); 2] {
+    [
+        (
+            "access",
+            after.access_token.expose_secret(),
+            before.access_token.expose_secret(),
+        ),
+        (
+            "refresh",
+            after.refresh_token.expose_secret(),
+            before.refresh_token.expose_secret(),
+        ),
+    ]
+}
+
 fn sample(samples: &[(String, f64)], name: &str) -> f64 {
     samples
         .iter()
@@ -396,13 +429,8 @@ async fn keepalive_refreshes_idle_installations_once_per_pass() {
     let fx = Fx::small(20).await;
     let srv = fx.serve(|_| {}).await;
     let s = fx.install(&srv).await;
-    let member = fx.emu.app_member_id();
     let store = fx.store().await;
-    let before = store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = fx.tokens(&store).await;
 
     // Freshly installed (the default age is 14 days): nothing to do.
     let r = srv.app.keepalive_pass().await;
@@ -417,20 +445,11 @@ async fn keepalive_refreshes_idle_installations_once_per_pass() {
     let r = old.app.keepalive_pass().await;
     assert_eq!((r.due, r.refreshed, r.refused, r.failed), (1, 1, 0, 0));
     assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
-    let after = store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = fx.tokens(&store).await;
     assert_eq!(after.version, before.version + 1);
-    assert_ne!(
-        after.access_token.expose_secret(),
-        before.access_token.expose_secret()
-    );
-    assert_ne!(
-        after.refresh_token.expose_secret(),
-        before.refresh_token.expose_secret()
-    );
+    for (what, after, before) in token_pairs(&after, &before) {
+        assert_ne!(after, before, "the {what} token is new");
+    }
     // Just rotated: the next pass leaves it alone…
     let r = old.app.keepalive_pass().await;
     assert_eq!((r.due, r.refreshed), (0, 0), "{r:?}");
@@ -461,13 +480,8 @@ async fn a_refused_keepalive_refresh_is_reported_and_changes_no_tokens() {
     let fx = Fx::small(5).await;
     let srv = fx.serve(|_| {}).await;
     let s = fx.install(&srv).await;
-    let member = fx.emu.app_member_id();
     let store = fx.store().await;
-    let before = store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = fx.tokens(&store).await;
     let (st, v) = s.call("GET", "state", None).await;
     assert_eq!(st, 200);
     assert!(v["token_problem"].is_null(), "{v}");
@@ -497,20 +511,11 @@ async fn a_refused_keepalive_refresh_is_reported_and_changes_no_tokens() {
         .render()
         .contains("b24sense_token_refresh_refusals_total 1"));
     // The stored pair is as it was.
-    let after = store
-        .portal_tokens(&fx.key, &member)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = fx.tokens(&store).await;
     assert_eq!(after.version, before.version);
-    assert_eq!(
-        after.refresh_token.expose_secret(),
-        before.refresh_token.expose_secret()
-    );
-    assert_eq!(
-        after.access_token.expose_secret(),
-        before.access_token.expose_secret()
-    );
+    for (what, after, before) in token_pairs(&after, &before) {
+        assert_eq!(after, before, "the {what} token is unchanged");
+    }
 
     // The page tells the administrator what to do, without any secret.
     let (_, v) = s.call("GET", "state", None).await;

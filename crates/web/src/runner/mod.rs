@@ -1,0 +1,307 @@
+//! Export runs per portal: one at a time per portal, started from the page, by a call-end event, by the
+//! periodic catch-up pass or by a restart that interrupted one, each with live progress the page polls.
+//!
+//! Parts: [`progress`] (what the page shows and how engine events update it), [`journal`] (the progress and
+//! the end written to the store's `runs` row, so they survive a restart), [`clients`] (one REST client per
+//! portal). This file keeps the registry of runs and starts them.
+
+mod clients;
+mod journal;
+mod progress;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use b24sense_bitrix24::RatePlan;
+use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
+use b24sense_engine::{run_export, ExportConfig, LateRecordings};
+use b24sense_store::{Portal, PortalSettings, SecretKey, Store};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::check::speech_client;
+use crate::i18n::{Lang, Msg};
+use crate::metrics::Metrics;
+use crate::oauth::{OAuthClient, RefreshLocks};
+use crate::settings::plan;
+use crate::trigger::Trigger;
+use progress::{progress_callback, RunState};
+
+pub use progress::Progress;
+
+struct Handle {
+    cancel: CancellationToken,
+    state: Arc<RunState>,
+    /// An event arrived during this run: run again when it ends.
+    again: Arc<AtomicBool>,
+    /// Cancelled because the server shuts down (not by the user): the run is resumed on the next start.
+    shutdown: Arc<AtomicBool>,
+    /// Cancelled once the run has ended and its end is journaled.
+    ended: CancellationToken,
+}
+
+/// Everything a run needs besides the portal.
+#[derive(Clone)]
+pub struct RunEnv {
+    pub store: Store,
+    pub key: SecretKey,
+    pub oauth: OAuthClient,
+    pub locks: Arc<RefreshLocks>,
+    pub metrics: Arc<Metrics>,
+    pub speechsense_endpoint: String,
+    pub concurrency: usize,
+    pub rate: RatePlan,
+    /// With continuous sync on: how long and how often a call without a recording is checked again.
+    pub late_recordings: LateRecordings,
+    /// A run row without a heartbeat for this long belongs to a process that is gone.
+    pub stale_after: Duration,
+}
+
+/// Runs of all portals.
+#[derive(Default)]
+pub struct Runner {
+    runs: Mutex<HashMap<String, Handle>>,
+    /// One REST client per portal (see [`Runner::portal_client`]), keyed by `member_id`.
+    clients: Mutex<HashMap<String, clients::PortalClient>>,
+}
+
+impl Runner {
+    /// The progress of this process's current or last run of the portal.
+    pub fn progress(&self, member_id: &str) -> Option<Progress> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        Some(runs.get(member_id)?.state.snapshot())
+    }
+
+    /// The progress while this process runs an export of the portal (until its end is journaled).
+    pub fn live_progress(&self, member_id: &str) -> Option<Progress> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        let h = runs.get(member_id).filter(|h| !h.state.finished())?;
+        Some(h.state.snapshot())
+    }
+
+    pub fn is_running(&self, member_id: &str) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+            .is_some_and(|h| !h.cancel.is_cancelled() && !h.state.finished())
+    }
+
+    /// Whether this process has a run of the portal that has not ended yet (also one that is stopping).
+    pub fn has_run(&self, member_id: &str) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+            .is_some_and(|h| !h.state.finished())
+    }
+
+    /// Calls listed and not yet settled, over all runs of this process.
+    pub fn queue_depth(&self) -> i64 {
+        self.runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|h| {
+                let p = h.state.lock();
+                if p.finished {
+                    0
+                } else {
+                    p.found.saturating_sub(p.settled + p.awaiting_recording) as i64
+                }
+            })
+            .sum()
+    }
+
+    /// The server shuts down: every run stops taking calls (uploads in flight finish, as the engine's shutdown
+    /// does) and is journaled as interrupted by the shutdown, to be resumed on the next start. Returns tokens
+    /// cancelled once each run has ended.
+    pub fn shutdown_all(&self) -> Vec<CancellationToken> {
+        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        runs.values()
+            .filter(|h| !h.state.finished())
+            .map(|h| {
+                h.shutdown.store(true, Ordering::Relaxed);
+                h.again.store(false, Ordering::Relaxed);
+                h.cancel.cancel();
+                h.ended.clone()
+            })
+            .collect()
+    }
+
+    /// Asks the run to stop (in-flight uploads finish). False when nothing runs.
+    pub fn stop(&self, member_id: &str) -> bool {
+        match self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+        {
+            Some(h) => {
+                h.again.store(false, Ordering::Relaxed);
+                h.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks that new calls may exist; the running run is followed by another one.
+    pub fn poke(&self, member_id: &str) -> bool {
+        match self
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(member_id)
+        {
+            Some(h) if !h.state.finished() => {
+                h.again.store(true, Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts an export for the portal unless one runs. `Err` carries a message for the page.
+    ///
+    /// [`Trigger::Page`] ("Start export") goes through every qualifying call from the start; every other trigger
+    /// is the continuous sync's incremental pass: what the ledger left unfinished or due for a recording check,
+    /// then the calls after the high-water mark.
+    pub fn start(
+        self: &Arc<Self>,
+        env: RunEnv,
+        portal: Portal,
+        settings: PortalSettings,
+        api_key: SecretString,
+        trigger: Trigger,
+        lang: Lang,
+    ) -> Result<(), String> {
+        let plan = plan(&settings, lang)
+            .map_err(|errs| errs.into_values().collect::<Vec<_>>().join(" "))?;
+        let speech = speech_client(&env.speechsense_endpoint, api_key)?;
+        let bitrix = self.portal_client(&env, &portal)?;
+
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        if runs
+            .get(&portal.member_id)
+            .is_some_and(|h| !h.state.finished())
+        {
+            return Err(Msg::AlreadyRunning.text(lang).to_string());
+        }
+        let state = Arc::new(RunState::new(Progress {
+            running: true,
+            trigger: Some(trigger),
+            notice: (trigger == Trigger::Resume).then(|| Msg::Resumed.text(lang).to_string()),
+            ..Progress::default()
+        }));
+        let cancel = CancellationToken::new();
+        let again = Arc::new(AtomicBool::new(false));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ended = CancellationToken::new();
+        runs.insert(
+            portal.member_id.clone(),
+            Handle {
+                cancel: cancel.clone(),
+                state: state.clone(),
+                again: again.clone(),
+                shutdown: shutdown.clone(),
+                ended: ended.clone(),
+            },
+        );
+        drop(runs);
+
+        let mut config = ExportConfig::new(portal.member_id.clone(), settings.connection_id.trim());
+        config.filter = plan.filter;
+        config.mono_policy = plan.mono;
+        config.language = settings.language.trim().to_string();
+        config.concurrency = env.concurrency;
+        config.incremental = trigger.is_incremental();
+        // Only continuous sync comes back for a recording attached late; without it, a later "Start export" does.
+        config.await_recordings = settings.sync_enabled.then_some(env.late_recordings);
+
+        let metrics = env.metrics.clone();
+        env.metrics.runs_started.inc();
+        let progress_fn = progress_callback(state.clone(), metrics.clone(), lang);
+
+        let this = self.clone();
+        let member = portal.member_id.clone();
+        let env2 = env.clone();
+        let settings2 = settings.clone();
+        tokio::spawn(async move {
+            let params =
+                serde_json::json!({"trigger": trigger, "connection_id": config.connection_id});
+            let first = serde_json::to_value(state.snapshot()).unwrap_or_default();
+            let run_id = match env.store.start_web_run(&member, &params, &first).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!(member_id = %member, error = %e, "could not journal the run; its progress lives in memory only");
+                    None
+                }
+            };
+            let journal_done = CancellationToken::new();
+            let journal = run_id.map(|id| {
+                tokio::spawn(journal::journal_progress(
+                    env.store.clone(),
+                    id,
+                    state.clone(),
+                    journal::heartbeat(env.stale_after),
+                    journal_done.clone(),
+                ))
+            });
+            let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
+            let sink = Arc::new(SpeechSenseSink::new(speech, plan.search));
+            let before = bitrix.stats();
+            let result = run_export(
+                source,
+                sink,
+                env.store.clone(),
+                config,
+                progress_fn,
+                cancel.clone(),
+            )
+            .await;
+            let after = bitrix.stats();
+            metrics
+                .rest_requests
+                .inc_by(after.requests.saturating_sub(before.requests));
+            metrics.rest_rejections.inc_by(
+                (after.rate_limited + after.operating_limited)
+                    .saturating_sub(before.rate_limited + before.operating_limited),
+            );
+            journal_done.cancel();
+            if let Some(j) = journal {
+                let _ = j.await;
+            }
+            let by_shutdown = shutdown.load(Ordering::Relaxed);
+            let (status, summary, last) =
+                journal::end_of_run(&state, &result, &cancel, by_shutdown, lang);
+            if let Some(id) = run_id {
+                journal::finish(&env.store, id, status, &summary, &last).await;
+            }
+            // Only now the run counts as ended here: until its end is journaled the page reads it from memory.
+            *state.lock() = last;
+            ended.cancel();
+            tracing::info!(member_id = %member, status, "export run ended");
+            if again.load(Ordering::Relaxed) && !cancel.is_cancelled() {
+                let key = env2.key.clone();
+                if let Ok(Some(portal)) = env2.store.portal(&key, &member).await {
+                    if let Ok(Some(stored)) = env2.store.settings(&key, &member).await {
+                        if let Some(api_key) = stored.api_key {
+                            let _ = this.start(
+                                env2.clone(),
+                                portal,
+                                settings2,
+                                api_key,
+                                Trigger::Event,
+                                lang,
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,182 @@
+//! A run's progress: what the page shows and the store journals ([`Progress`]), the live state it is computed
+//! from ([`RunState`]), and the engine's progress events applied to it ([`progress_callback`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use b24sense_core::Outcome;
+use b24sense_engine::{CallReport, ProgressEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::i18n::{self, Lang, Msg};
+use crate::metrics::Metrics;
+use crate::trigger::{self, Trigger};
+
+/// What the page shows about the current or last run (also what the store journals, as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Progress {
+    pub running: bool,
+    /// What started the run; `""` in JSON while unknown.
+    #[serde(with = "trigger::or_empty")]
+    pub trigger: Option<Trigger>,
+    pub found: u64,
+    pub listing_done: bool,
+    pub settled: u64,
+    pub uploaded: u64,
+    /// Calls without a recording yet, waiting in the ledger for the next check.
+    pub awaiting_recording: u64,
+    pub skipped: BTreeMap<String, u64>,
+    pub failed: BTreeMap<String, u64>,
+    pub bytes: u64,
+    /// Calls per second since the start.
+    pub rate: f64,
+    /// Seconds left at the current rate (when the total is known).
+    pub eta_secs: Option<u64>,
+    pub elapsed_secs: u64,
+    /// The newest last, in words a person understands.
+    pub last_errors: Vec<String>,
+    /// Why the run ended early (stopped by the user, refused credentials, …).
+    pub stopped: Option<String>,
+    pub finished: bool,
+    /// The run's server stopped or crashed before it ended; it is resumed when a server starts again.
+    pub interrupted: bool,
+    /// A note for the page (this run resumes one that a restart interrupted).
+    pub notice: Option<String>,
+}
+
+impl Progress {
+    /// A journaled run whose process is gone, as the page shows it.
+    pub fn into_interrupted(mut self, lang: Lang) -> Progress {
+        self.running = false;
+        self.finished = true;
+        self.interrupted = true;
+        self.eta_secs = None;
+        self.stopped = Some(Msg::Interrupted.text(lang).to_string());
+        self
+    }
+}
+
+/// The live state of one run in this process.
+pub(super) struct RunState {
+    pub(super) progress: Mutex<Progress>,
+    pub(super) started: Instant,
+    errors: Mutex<VecDeque<String>>,
+    /// Bumped by every progress event: the journal writes only when it moved (or for the heartbeat).
+    pub(super) changes: AtomicU64,
+}
+
+impl RunState {
+    pub(super) fn new(progress: Progress) -> RunState {
+        RunState {
+            progress: Mutex::new(progress),
+            started: Instant::now(),
+            errors: Mutex::new(VecDeque::new()),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The progress with rate, ETA and the last errors filled in.
+    pub(super) fn snapshot(&self) -> Progress {
+        let mut p = self.lock().clone();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        if !p.finished {
+            // A call left waiting for its recording is done for this run.
+            let done = p.settled + p.awaiting_recording;
+            p.elapsed_secs = elapsed as u64;
+            p.rate = if elapsed > 0.0 {
+                done as f64 / elapsed
+            } else {
+                0.0
+            };
+            p.eta_secs = (p.listing_done && p.rate > 0.0)
+                .then(|| (p.found.saturating_sub(done) as f64 / p.rate).ceil() as u64);
+        }
+        p.last_errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        p
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        self.lock().finished
+    }
+
+    pub(super) fn push_error(&self, msg: String) {
+        let mut errs = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        errs.push_back(msg);
+        while errs.len() > 10 {
+            errs.pop_front();
+        }
+    }
+}
+
+/// The engine's progress events applied to the run's in-memory progress and the metrics. Called from the
+/// pipeline's tasks: it only takes the progress lock, never waits for the database.
+pub(super) fn progress_callback(
+    st: Arc<RunState>,
+    m: Arc<Metrics>,
+    lang: Lang,
+) -> b24sense_engine::ProgressFn {
+    Arc::new(move |ev: &ProgressEvent| {
+        let mut p = st.lock();
+        match ev {
+            ProgressEvent::Found { n } => p.found += n,
+            ProgressEvent::ListingDone { total } => {
+                p.listing_done = true;
+                p.found = p.found.max(*total);
+            }
+            ProgressEvent::Settled(r) => {
+                p.settled += 1;
+                p.bytes += r.bytes;
+                m.upload_bytes.inc_by(r.bytes);
+                match &r.outcome {
+                    Outcome::Uploaded { .. } => {
+                        p.uploaded += 1;
+                        m.call_settled("uploaded");
+                        if let Some(t) = r.upload_time {
+                            m.upload_duration.observe(t.as_secs_f64());
+                        }
+                    }
+                    Outcome::Skipped { reason } => {
+                        *p.skipped.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                        m.call_settled("skipped");
+                    }
+                    Outcome::Failed { reason, .. } => {
+                        *p.failed.entry(reason.as_str().to_string()).or_insert(0) += 1;
+                        m.call_settled("failed");
+                        if let Some(msg) = describe(r, lang) {
+                            st.push_error(msg);
+                        }
+                    }
+                }
+            }
+            ProgressEvent::AwaitingRecording { .. } => p.awaiting_recording += 1,
+            ProgressEvent::BadRow { detail } => st.push_error(i18n::unreadable_row(lang, detail)),
+        }
+        drop(p);
+        st.changes.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+fn describe(report: &CallReport, lang: Lang) -> Option<String> {
+    let Outcome::Failed { reason, detail } = &report.outcome else {
+        return None;
+    };
+    Some(i18n::call_not_uploaded(
+        lang,
+        report.call_id,
+        reason.as_str(),
+        detail,
+    ))
+}
