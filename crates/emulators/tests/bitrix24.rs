@@ -504,29 +504,29 @@ async fn auth_errors_and_unknown_methods() {
     .await;
     let c = client();
     let base = e.base_url();
-    let r = c
-        .get(format!("{base}rest/1/wrongsecret/profile"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!({"error": "INVALID_CREDENTIALS", "error_description": "Invalid request credentials"})
-    );
-    let r = c
-        .get(format!("{base}rest/2/emulatorsecret0001/profile"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = c
-        .get(format!("{base}rest/profile.json?auth=abc"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "NO_AUTH_FOUND");
+    let invalid = ("INVALID_CREDENTIALS", "Invalid request credentials");
+    let no_auth = ("NO_AUTH_FOUND", "Wrong authorization data");
+    for (case, path, (error, description)) in [
+        ("wrong secret", "rest/1/wrongsecret/profile", invalid),
+        (
+            "another user's webhook",
+            "rest/2/emulatorsecret0001/profile",
+            invalid,
+        ),
+        (
+            "unknown token, none configured",
+            "rest/profile.json?auth=abc",
+            no_auth,
+        ),
+    ] {
+        let r = c.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{case}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": error, "error_description": description}),
+            "{case}"
+        );
+    }
     let (st, v) = call_json(&e, "no.such.method", json!({})).await;
     assert_eq!(
         (st, v),
@@ -590,16 +590,17 @@ async fn users_and_crm_lookups() {
         json!(e.crm_title("COMPANY", 3).unwrap())
     );
     assert!(v["result"]["TITLE"].as_str().unwrap().starts_with("ООО"));
-    let (st, v) = call_json(&e, "crm.lead.get", json!({"id": 99999})).await;
-    assert_eq!(
-        (st, v),
-        (400, json!({"error": "", "error_description": "Not found"}))
-    );
-    let (st, v) = call_json(&e, "crm.deal.get", json!({})).await;
-    assert_eq!(
-        (st, v["error_description"].clone()),
-        (400, json!("ID is not defined or invalid."))
-    );
+    for (method, params, description) in [
+        ("crm.lead.get", json!({"id": 99999}), "Not found"),
+        ("crm.deal.get", json!({}), "ID is not defined or invalid."),
+    ] {
+        let (st, v) = call_json(&e, method, params.clone()).await;
+        assert_eq!(
+            (st, v),
+            (400, json!({"error": "", "error_description": description})),
+            "{method} {params}"
+        );
+    }
     let (_, v) = call_json(
         &e,
         "crm.contact.list",
@@ -718,6 +719,18 @@ async fn recordings_via_disk_and_url_match_sha_and_headers() {
     assert_eq!(r.status(), 401);
 }
 
+/// The statistic `ID` of the first call that has a recording.
+fn first_recorded_call(e: &Bitrix24Emulator) -> u64 {
+    e.call_rows()
+        .iter()
+        .find(|r| r["RECORD_FILE_ID"].is_u64())
+        .unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn big_recording_streams_exact_bytes() {
     let big = 3 * 1024 * 1024 + 7;
@@ -727,15 +740,7 @@ async fn big_recording_streams_exact_bytes() {
         ..roomy()
     })
     .await;
-    let first = e
-        .call_rows()
-        .iter()
-        .find(|r| r["RECORD_FILE_ID"].is_u64())
-        .unwrap()["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first = first_recorded_call(&e);
     let info = e.recording(first).unwrap();
     assert_eq!(info.bytes, big);
     let (_, v) = call_json(&e, "disk.file.get", json!({"id": info.file_id})).await;
@@ -835,15 +840,7 @@ async fn large_portal_smoke() {
         t.elapsed(),
         v["total"]
     );
-    let first = e
-        .call_rows()
-        .iter()
-        .find(|r| r["RECORD_FILE_ID"].is_u64())
-        .unwrap()["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first = first_recorded_call(&e);
     let t = std::time::Instant::now();
     let _ = e.recording(first).unwrap();
     println!("sha of 200 MB computed in {:?}", t.elapsed());

@@ -57,11 +57,46 @@ async fn oauth(e: &Bitrix24Emulator, method: &str, token: &str) -> (u16, Value) 
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-fn error_code(body: &str) -> String {
-    serde_json::from_str::<Value>(body).unwrap()["error"]
+/// A webhook request with no body, the raw answer.
+async fn webhook_raw(e: &Bitrix24Emulator, method: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}{method}", e.webhook_url()))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The status and the `error` of a webhook request's JSON answer.
+async fn webhook_error(e: &Bitrix24Emulator, method: &str) -> (u16, String) {
+    let (st, body) = webhook(e, method).await;
+    let code = serde_json::from_str::<Value>(&body).unwrap()["error"]
         .as_str()
         .unwrap_or_default()
-        .to_string()
+        .to_string();
+    (st, code)
+}
+
+fn content_type(r: &reqwest::Response) -> &str {
+    r.headers()["content-type"].to_str().unwrap()
+}
+
+/// Statistic `ID`s of every call, ascending.
+fn call_ids(e: &Bitrix24Emulator) -> Vec<u64> {
+    e.call_rows()
+        .iter()
+        .filter_map(|r| r["ID"].as_str()?.parse::<u64>().ok())
+        .collect()
+}
+
+/// The first call whose row has a `CALL_RECORD_URL`: its statistic `ID` and that URL.
+fn first_record_url(e: &Bitrix24Emulator) -> (u64, String) {
+    e.call_rows()
+        .iter()
+        .find_map(|r| {
+            let url = r["CALL_RECORD_URL"].as_str().filter(|u| !u.is_empty())?;
+            Some((r["ID"].as_str()?.parse::<u64>().ok()?, url.to_string()))
+        })
+        .unwrap()
 }
 
 fn injected(e: &Bitrix24Emulator, kind: &str) -> u64 {
@@ -72,11 +107,11 @@ fn injected(e: &Bitrix24Emulator, kind: &str) -> u64 {
 async fn query_limit_storm_by_count_and_by_window() {
     let e = portal(10).await;
     e.set_faults(FaultConfig::none().with_query_limit_next(3));
-    for _ in 0..3 {
-        let (st, body) = webhook(&e, "profile").await;
+    for n in 1..=3 {
         assert_eq!(
-            (st, error_code(&body).as_str()),
-            (503, "QUERY_LIMIT_EXCEEDED")
+            webhook_error(&e, "profile").await,
+            (503, "QUERY_LIMIT_EXCEEDED".into()),
+            "request {n}"
         );
     }
     assert_eq!(webhook(&e, "profile").await.0, 200, "the storm is over");
@@ -84,22 +119,12 @@ async fn query_limit_storm_by_count_and_by_window() {
     assert_eq!(e.faults().query_limit_next, 0, "used up");
 
     e.set_faults(FaultConfig::none().with_query_limit_for(Duration::from_secs(1)));
-    let (st, body) = webhook(&e, "scope").await;
     assert_eq!(
-        (st, error_code(&body).as_str()),
-        (503, "QUERY_LIMIT_EXCEEDED")
+        webhook_error(&e, "scope").await,
+        (503, "QUERY_LIMIT_EXCEEDED".into())
     );
     // Recording downloads from the external host are not REST requests.
-    let rec = e
-        .call_rows()
-        .iter()
-        .find_map(|r| {
-            r["CALL_RECORD_URL"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .map(String::from)
-        })
-        .unwrap();
+    let (_, rec) = first_record_url(&e);
     assert_eq!(client().get(&rec).send().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(webhook(&e, "scope").await.0, 200, "the window has passed");
@@ -139,20 +164,12 @@ async fn server_errors_json_500_and_html_502() {
             .with_html_502_next(1),
     );
     // 502 is checked first.
-    let r = client()
-        .post(format!("{}profile", e.webhook_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = webhook_raw(&e, "profile").await;
     assert_eq!(r.status(), 502);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
-    let (st, body) = webhook(&e, "profile").await;
+    assert!(content_type(&r).starts_with("text/html"));
     assert_eq!(
-        (st, error_code(&body).as_str()),
-        (500, "INTERNAL_SERVER_ERROR")
+        webhook_error(&e, "profile").await,
+        (500, "INTERNAL_SERVER_ERROR".into())
     );
     assert_eq!(webhook(&e, "profile").await.0, 200);
     let s = e.stats();
@@ -173,18 +190,14 @@ async fn expired_token_at_the_chosen_oauth_request_only() {
         200,
         "OAuth request 1"
     );
-    let (st, v) = oauth(&e, "profile", "tok-a").await;
-    assert_eq!(
-        (st, v["error"].as_str()),
-        (401, Some("expired_token")),
-        "request 2"
-    );
-    let (st, v) = oauth(&e, "profile", "tok-a").await;
-    assert_eq!(
-        (st, v["error"].as_str()),
-        (401, Some("expired_token")),
-        "the token stays expired"
-    );
+    for case in ["request 2", "the token stays expired"] {
+        let (st, v) = oauth(&e, "profile", "tok-a").await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (401, Some("expired_token")),
+            "{case}"
+        );
+    }
     assert_eq!(
         oauth(&e, "profile", "tok-b").await.0,
         200,
@@ -194,10 +207,8 @@ async fn expired_token_at_the_chosen_oauth_request_only() {
     assert_eq!(injected(&e, fault_kind::EXPIRED_TOKEN), 2);
 
     // A DOWNLOAD_URL dies with the token it embeds; one with the fresh token works.
-    let file = e
-        .call_rows()
-        .iter()
-        .filter_map(|r| r["ID"].as_str()?.parse::<u64>().ok())
+    let file = call_ids(&e)
+        .into_iter()
         .find_map(|id| e.recording(id))
         .unwrap()
         .file_id;
@@ -287,14 +298,7 @@ async fn rest_answer_cut_mid_body() {
 #[tokio::test]
 async fn recording_cut_mid_body_then_whole() {
     let e = portal(20).await;
-    let (id, url) = e
-        .call_rows()
-        .iter()
-        .find_map(|r| {
-            let url = r["CALL_RECORD_URL"].as_str().filter(|u| !u.is_empty())?;
-            Some((r["ID"].as_str()?.parse::<u64>().ok()?, url.to_string()))
-        })
-        .unwrap();
+    let (id, url) = first_record_url(&e);
     let info = e.recording(id).unwrap();
     e.set_faults(FaultConfig::none().with_cut_download_next(1));
     // A 404 does not use the fault up.
@@ -333,16 +337,9 @@ async fn recording_cut_mid_body_then_whole() {
 async fn malformed_json_body() {
     let e = portal(10).await;
     e.set_faults(FaultConfig::none().with_malformed_json_next(1));
-    let r = client()
-        .post(format!("{}profile", e.webhook_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = webhook_raw(&e, "profile").await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(content_type(&r).starts_with("application/json"));
     let text = r.text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
     assert_eq!(webhook(&e, "profile").await.0, 200);
@@ -358,22 +355,19 @@ async fn vanished_recordings_404_and_error_not_found() {
     })
     .await
     .unwrap();
-    let rows = e.call_rows();
-    let with = |disk_only: bool| {
-        rows.iter()
-            .filter_map(|r| r["ID"].as_str()?.parse::<u64>().ok())
-            .find(|id| {
-                e.recording(*id)
-                    .is_some_and(|i| i.via_disk_only == disk_only)
+    let ids = call_ids(&e);
+    let with = |disk_only: bool, not: Option<u64>| {
+        ids.iter()
+            .copied()
+            .find(|&id| {
+                Some(id) != not
+                    && e.recording(id)
+                        .is_some_and(|i| i.via_disk_only == disk_only)
             })
             .unwrap()
     };
-    let (direct, disk_only) = (with(false), with(true));
-    let kept = rows
-        .iter()
-        .filter_map(|r| r["ID"].as_str()?.parse::<u64>().ok())
-        .find(|id| *id != direct && e.recording(*id).is_some_and(|i| !i.via_disk_only))
-        .unwrap();
+    let (direct, disk_only) = (with(false, None), with(true, None));
+    let kept = with(false, Some(direct));
     // The DOWNLOAD_URL of the direct call, taken before it vanishes.
     let direct_info = e.recording(direct).unwrap();
     let (st, body) = webhook(&e, &format!("disk.file.get?id={}", direct_info.file_id)).await;
@@ -396,10 +390,9 @@ async fn vanished_recordings_404_and_error_not_found() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "ERROR_NOT_FOUND");
     for id in [direct, disk_only] {
         let file = e.recording(id).unwrap().file_id;
-        let (st, body) = webhook(&e, &format!("disk.file.get?id={file}")).await;
         assert_eq!(
-            (st, error_code(&body).as_str()),
-            (404, "ERROR_NOT_FOUND"),
+            webhook_error(&e, &format!("disk.file.get?id={file}")).await,
+            (404, "ERROR_NOT_FOUND".into()),
             "call {id}"
         );
     }
@@ -436,9 +429,12 @@ fn audio(len: usize) -> BoxStream<'static, Result<Bytes, SourceError>> {
 }
 
 async fn speech() -> (SpeechSenseEmulator, SpeechSenseClient) {
-    let emu = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-        .await
-        .unwrap();
+    speech_with(SpeechSenseConfig::default()).await
+}
+
+/// A SpeechSense emulator with this configuration and a client of it.
+async fn speech_with(config: SpeechSenseConfig) -> (SpeechSenseEmulator, SpeechSenseClient) {
+    let emu = SpeechSenseEmulator::start(config).await.unwrap();
     let c = SpeechSenseClient::new(ClientConfig::new(
         emu.endpoint(),
         Credentials::api_key(DEFAULT_API_KEY),
@@ -521,17 +517,11 @@ async fn speechsense_deadline_exceeded_after_store_is_in_doubt_and_stored() {
 
 #[tokio::test]
 async fn speechsense_search_index_lags_behind_the_store() {
-    let emu = SpeechSenseEmulator::start(SpeechSenseConfig {
+    let (_emu, c) = speech_with(SpeechSenseConfig {
         search_lag: Duration::from_millis(400),
         ..SpeechSenseConfig::default()
     })
-    .await
-    .unwrap();
-    let c = SpeechSenseClient::new(ClientConfig::new(
-        emu.endpoint(),
-        Credentials::api_key(DEFAULT_API_KEY),
-    ))
-    .unwrap();
+    .await;
     let talk = c
         .upload_audio(CONN, &fields("77"), Container::Mp3, audio(5000))
         .await

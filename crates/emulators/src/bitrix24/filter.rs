@@ -6,8 +6,8 @@ use std::cmp::Ordering;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
 use super::data::FieldVal;
+use super::error::ApiError;
 use super::params::P;
-use super::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -291,55 +291,76 @@ mod tests {
                 _ => None,
             }
         };
-        assert!(matches(
-            &conds,
-            msk(),
-            &row(5, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"),
-            true
-        )
-        .unwrap());
-        assert!(!matches(
-            &conds,
-            msk(),
-            &row(4, 1, 15, "Иван", "2026-03-10T00:00:00+03:00"),
-            true
-        )
-        .unwrap());
-        assert!(!matches(
-            &conds,
-            msk(),
-            &row(5, 2, 15, "Иван", "2026-03-10T00:00:00+03:00"),
-            true
-        )
-        .unwrap());
-        assert!(!matches(
-            &conds,
-            msk(),
-            &row(5, 1, 25, "Иван", "2026-03-10T00:00:00+03:00"),
-            true
-        )
-        .unwrap());
-        assert!(!matches(
-            &conds,
-            msk(),
-            &row(5, 1, 15, "Пётр", "2026-03-10T00:00:00+03:00"),
-            true
-        )
-        .unwrap());
-        // 23:59 UTC on the 9th is 02:59 on the 10th in Moscow.
-        assert!(matches(
-            &conds,
-            msk(),
-            &row(5, 1, 15, "Иван", "2026-03-09T23:59:00+00:00"),
-            true
-        )
-        .unwrap());
-        assert!(!matches(
-            &conds,
-            msk(),
-            &row(5, 1, 15, "Иван", "2026-03-09T20:59:59+00:00"),
-            true
-        )
-        .unwrap());
+        // (case, ID, TYPE, DUR, NAME, D, matches)
+        let cases = [
+            (
+                "all conditions hold",
+                5,
+                1,
+                15,
+                "Иван",
+                "2026-03-10T00:00:00+03:00",
+                true,
+            ),
+            (
+                ">= ID fails",
+                4,
+                1,
+                15,
+                "Иван",
+                "2026-03-10T00:00:00+03:00",
+                false,
+            ),
+            (
+                "! TYPE fails",
+                5,
+                2,
+                15,
+                "Иван",
+                "2026-03-10T00:00:00+03:00",
+                false,
+            ),
+            (
+                "between DUR fails",
+                5,
+                1,
+                25,
+                "Иван",
+                "2026-03-10T00:00:00+03:00",
+                false,
+            ),
+            (
+                "% NAME fails",
+                5,
+                1,
+                15,
+                "Пётр",
+                "2026-03-10T00:00:00+03:00",
+                false,
+            ),
+            // 23:59 UTC on the 9th is 02:59 on the 10th in Moscow.
+            (
+                "date in UTC, the 10th in Moscow",
+                5,
+                1,
+                15,
+                "Иван",
+                "2026-03-09T23:59:00+00:00",
+                true,
+            ),
+            (
+                "date in UTC, the 9th in Moscow",
+                5,
+                1,
+                15,
+                "Иван",
+                "2026-03-09T20:59:59+00:00",
+                false,
+            ),
+        ];
+        for (case, id, ty, dur, name, d, expected) in cases {
+            let got = matches(&conds, msk(), &row(id, ty, dur, name, d), true).unwrap();
+            assert_eq!(got, expected, "{case}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The portal's two limiters (`bitrix24-api.md` §2.1, §2.2), as pure arithmetic over explicit clock readings.
+//! The portal's two limiters — the request-rate leaky bucket and the per-method operating-time window — as pure
+//! arithmetic over explicit clock readings.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -52,10 +53,22 @@ pub struct OperatingState {
 }
 
 impl Operating {
-    fn prune(q: &mut VecDeque<(i64, f64)>, minute: i64) {
+    /// The key's buckets at `now_unix` (the minutes that left the window dropped) and the current minute.
+    fn window(
+        &mut self,
+        cred: &str,
+        method: &str,
+        now_unix: f64,
+    ) -> (&mut VecDeque<(i64, f64)>, i64) {
+        let minute = (now_unix / 60.0).floor() as i64;
+        let q = self
+            .buckets
+            .entry((cred.to_string(), method.to_string()))
+            .or_default();
         while q.front().is_some_and(|(m, _)| *m <= minute - 10) {
             q.pop_front();
         }
+        (q, minute)
     }
 
     fn state(q: &VecDeque<(i64, f64)>, now_unix: f64) -> OperatingState {
@@ -77,12 +90,7 @@ impl Operating {
         limit: f64,
         now_unix: f64,
     ) -> Result<(), OperatingState> {
-        let minute = (now_unix / 60.0).floor() as i64;
-        let q = self
-            .buckets
-            .entry((cred.to_string(), method.to_string()))
-            .or_default();
-        Self::prune(q, minute);
+        let (q, _) = self.window(cred, method, now_unix);
         let st = Self::state(q, now_unix);
         if st.operating > limit {
             Err(st)
@@ -93,12 +101,7 @@ impl Operating {
 
     /// Charges a finished call; the call that pushes the sum over the limit still completes.
     pub fn charge(&mut self, cred: &str, method: &str, cost: f64, now_unix: f64) -> OperatingState {
-        let minute = (now_unix / 60.0).floor() as i64;
-        let q = self
-            .buckets
-            .entry((cred.to_string(), method.to_string()))
-            .or_default();
-        Self::prune(q, minute);
+        let (q, minute) = self.window(cred, method, now_unix);
         match q.back_mut() {
             Some((m, s)) if *m == minute => *s += cost,
             _ => q.push_back((minute, cost)),

@@ -1,5 +1,5 @@
 //! A portal where calls keep coming: calls that have not "ended" yet are invisible, and a recording can be
-//! attached after its call's row appeared (`bitrix24-api.md` §4.3: built-in telephony attaches the file up to a
+//! attached after its call's row appeared (built-in telephony attaches the file up to a
 //! minute or more later, an external PBX seconds to hours later with `telephony.externalCall.attachRecord`).
 //! Tests drive it through [`Bitrix24Emulator`](super::Bitrix24Emulator)'s `hide_calls_after`, `reveal_calls_up_to`,
 //! `withhold_recording` and `attach_recording`.

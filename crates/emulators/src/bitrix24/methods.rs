@@ -1,18 +1,20 @@
-//! REST methods of the emulated portal and `batch`.
+//! The REST methods of the emulated portal (all but `batch` and the application's own): call history, users,
+//! CRM records, Disk files, `profile`, `app.info`, `scope`, `server.time`.
 
 use std::cmp::Ordering;
 
 use serde_json::{json, Map, Value};
 
+use super::clock::{portal_date, portal_now};
 use super::data::{CrmKind, FieldVal};
+use super::error::ApiError;
 use super::filter::{self, Cond};
-use super::params::{self, P};
-use super::{ApiError, Inner};
+use super::params::P;
+use super::recordings::download_url;
+use super::state::PortalState;
 
 /// Rows per list page (fixed on the portal).
 pub const PAGE: usize = 50;
-/// Commands per batch.
-pub const BATCH_MAX: usize = 50;
 
 /// Who is calling: the operating limiter's key and the download token to embed in `DOWNLOAD_URL`.
 #[derive(Debug, Clone)]
@@ -33,7 +35,7 @@ pub struct MethodOk {
 }
 
 impl MethodOk {
-    fn plain(result: Value) -> MethodOk {
+    pub(crate) fn plain(result: Value) -> MethodOk {
         MethodOk {
             result,
             total: None,
@@ -43,7 +45,7 @@ impl MethodOk {
 }
 
 /// Runs one (non-batch) method.
-pub fn dispatch(inner: &Inner, ctx: &Ctx, method: &str, p: &P) -> Result<MethodOk, ApiError> {
+pub fn dispatch(inner: &PortalState, ctx: &Ctx, method: &str, p: &P) -> Result<MethodOk, ApiError> {
     match method {
         "voximplant.statistic.get" => statistic_get(inner, p),
         "user.get" => user_get(inner, p),
@@ -53,9 +55,9 @@ pub fn dispatch(inner: &Inner, ctx: &Ctx, method: &str, p: &P) -> Result<MethodO
         "app.info" => Ok(MethodOk::plain(app_info(inner, ctx))),
         "scope" => Ok(MethodOk::plain(json!(SCOPES))),
         "disk.file.get" => disk_file_get(inner, ctx, p),
-        "server.time" => Ok(MethodOk::plain(json!(super::portal_now(inner)
-            .format("%Y-%m-%dT%H:%M:%S%:z")
-            .to_string()))),
+        "server.time" => Ok(MethodOk::plain(json!(portal_date(&portal_now(
+            inner.config.utc_offset
+        ))))),
         m => {
             if let Some((kind, op)) = crm_method(m) {
                 return match op {
@@ -98,7 +100,7 @@ fn page_of<T: Copy>(all: &[T], start: i64) -> (Vec<T>, Option<u64>, Option<u64>)
     (page, Some(total as u64), next)
 }
 
-fn statistic_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
+fn statistic_get(inner: &PortalState, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
     // CALL_RECORD_URL points at the "external" recording host (another port), like Voximplant's storage.
     let base = inner.records_base.as_str();
@@ -242,7 +244,7 @@ const USER_PARAMS: [&str; 9] = [
     "ADMIN_MODE",
 ];
 
-fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
+fn user_get(inner: &PortalState, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
     // `FILTER` or, in the legacy style (`user.get?ID=5`), the top-level fields themselves.
     let legacy;
@@ -287,7 +289,7 @@ fn user_get(inner: &Inner, p: &P) -> Result<MethodOk, ApiError> {
     })
 }
 
-fn user_one(inner: &Inner, id: u64) -> Result<MethodOk, ApiError> {
+fn user_one(inner: &PortalState, id: u64) -> Result<MethodOk, ApiError> {
     let u = inner
         .data
         .user_by_id(id)
@@ -295,7 +297,7 @@ fn user_one(inner: &Inner, id: u64) -> Result<MethodOk, ApiError> {
     Ok(MethodOk::plain(u.to_json()))
 }
 
-fn profile(inner: &Inner, ctx: &Ctx) -> Result<MethodOk, ApiError> {
+fn profile(inner: &PortalState, ctx: &Ctx) -> Result<MethodOk, ApiError> {
     let u = inner
         .data
         .user_by_id(ctx.user_id)
@@ -307,7 +309,7 @@ fn profile(inner: &Inner, ctx: &Ctx) -> Result<MethodOk, ApiError> {
     })))
 }
 
-fn app_info(inner: &Inner, ctx: &Ctx) -> Value {
+fn app_info(inner: &PortalState, ctx: &Ctx) -> Value {
     let ent = inner.config.rate.0 >= 250;
     let license = if ent { "ru_ent250" } else { "ru_project" };
     if ctx.webhook {
@@ -322,7 +324,7 @@ fn app_info(inner: &Inner, ctx: &Ctx) -> Value {
 /// Multi-fields `.list` leaves out unless `select` names them.
 const MULTI: [&str; 4] = ["PHONE", "EMAIL", "WEB", "IM"];
 
-fn crm_list(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
+fn crm_list(inner: &PortalState, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     let tz = inner.config.utc_offset;
     let recs = inner.data.crm(kind);
     let conds = filter::parse(p.get_ci("filter"));
@@ -374,7 +376,7 @@ fn crm_list(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     })
 }
 
-fn crm_get(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
+fn crm_get(inner: &PortalState, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     let id = p.get_ci("id").map_or(0, P::as_int);
     if id <= 0 {
         return Err(ApiError::new(400, "", "ID is not defined or invalid."));
@@ -386,7 +388,7 @@ fn crm_get(inner: &Inner, kind: CrmKind, p: &P) -> Result<MethodOk, ApiError> {
     Ok(MethodOk::plain(rec.to_json()))
 }
 
-fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> {
+fn disk_file_get(inner: &PortalState, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> {
     let raw = p.get_ci("id").map_or(0, P::as_int);
     if raw <= 0 {
         return Err(ApiError::new(
@@ -397,33 +399,23 @@ fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> 
         .with_argument("id"));
     }
     let id = raw as u64;
+    let not_found = || {
+        ApiError::new(
+            404,
+            "ERROR_NOT_FOUND",
+            &format!("Could not find entity with id '{id}'."),
+        )
+    };
     let call = inner
         .data
         .files
         .get(&id)
-        .filter(|&&i| !inner.vanished(i) && !inner.not_yet_recorded(i))
+        .filter(|&&i| inner.recording_available(i))
         .map(|i| &inner.data.calls[*i])
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                "ERROR_NOT_FOUND",
-                &format!("Could not find entity with id '{id}'."),
-            )
-        })?;
-    let Some(rec) = &call.record else {
-        return Err(ApiError::new(
-            404,
-            "ERROR_NOT_FOUND",
-            &format!("Could not find entity with id '{id}'."),
-        ));
-    };
-    let t = call.start.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
-    let name = format!(
-        "{}_{}.{}",
-        call.start.format("%Y-%m-%d_%H-%M-%S"),
-        call.phone.trim_start_matches('+'),
-        rec.container.ext()
-    );
+        .ok_or_else(not_found)?;
+    let rec = call.record.as_ref().ok_or_else(not_found)?;
+    let t = portal_date(&call.start);
+    let name = call.disk_file_name();
     let user = call.user.unwrap_or(1).to_string();
     Ok(MethodOk::plain(json!({
         "ID": id.to_string(), "NAME": name, "CODE": null, "STORAGE_ID": "1", "TYPE": "file",
@@ -431,159 +423,16 @@ fn disk_file_get(inner: &Inner, ctx: &Ctx, p: &P) -> Result<MethodOk, ApiError> 
         "DELETED_TYPE": "0", "GLOBAL_CONTENT_VERSION": "1", "FILE_ID": (id + 50_000).to_string(),
         "SIZE": rec.bytes.to_string(), "CREATE_TIME": t, "UPDATE_TIME": t, "DELETE_TIME": null,
         "CREATED_BY": user, "UPDATED_BY": user, "DELETED_BY": "0",
-        "DOWNLOAD_URL": super::download_url(inner, &ctx.download_auth, id),
+        "DOWNLOAD_URL": download_url(inner, &ctx.download_auth, id),
         "DETAIL_URL": format!("{}docs/file/VI_CALLS/{}/{}", inner.base, call.start.format("%Y-%m"), id),
     })))
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// batch
-
-/// A PHP array → JSON: `[]` when empty, a list when keys are 0..n, otherwise an object.
-pub fn php_array(entries: Vec<(String, Value)>) -> Value {
-    if entries.is_empty() {
-        return json!([]);
-    }
-    if entries
-        .iter()
-        .enumerate()
-        .all(|(i, (k, _))| *k == i.to_string())
-    {
-        return Value::Array(entries.into_iter().map(|(_, v)| v).collect());
-    }
-    Value::Object(entries.into_iter().collect())
-}
-
-/// Results accumulated while a batch runs (what `$result[...]` etc. refer to).
-#[derive(Default)]
-pub struct BatchAcc {
-    pub result: Vec<(String, Value)>,
-    pub error: Vec<(String, Value)>,
-    pub total: Vec<(String, Value)>,
-    pub next: Vec<(String, Value)>,
-    pub time: Vec<(String, Value)>,
-}
-
-impl BatchAcc {
-    fn lookup(&self, kind: &str, path: &[String]) -> Option<String> {
-        let list = match kind {
-            "result" => &self.result,
-            "error" => &self.error,
-            "total" => &self.total,
-            "next" => &self.next,
-            "time" => &self.time,
-            _ => return None,
-        };
-        let (first, rest) = path.split_first()?;
-        let mut v = &list.iter().find(|(k, _)| k == first)?.1;
-        for seg in rest {
-            v = match v {
-                Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-                Value::Object(o) => o.get(seg)?,
-                _ => return None,
-            };
-        }
-        match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Bool(b) => Some(if *b { "1".into() } else { String::new() }),
-            _ => None,
-        }
-    }
-
-    /// Replaces `$result[a][b]…` (and `$next`, `$total`, `$time`, `$error`) inside one parameter value.
-    /// A reference that does not resolve to a scalar stays as literal text, as on the portal.
-    pub fn substitute(&self, s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(pos) = rest.find('$') {
-            out.push_str(&rest[..pos]);
-            let tail = &rest[pos + 1..];
-            let kind = ["result", "next", "total", "error", "time"]
-                .into_iter()
-                .find(|k| tail.starts_with(k) && tail[k.len()..].starts_with('['));
-            let Some(kind) = kind else {
-                out.push('$');
-                rest = tail;
-                continue;
-            };
-            let mut p = &tail[kind.len()..];
-            let mut path = Vec::new();
-            while let Some(r) = p.strip_prefix('[') {
-                let Some(close) = r.find(']') else { break };
-                if close == 0 {
-                    break;
-                }
-                path.push(r[..close].to_string());
-                p = &r[close + 1..];
-            }
-            let consumed = 1 + tail.len() - p.len();
-            let literal = &rest[pos..pos + consumed];
-            match (!path.is_empty())
-                .then(|| self.lookup(kind, &path))
-                .flatten()
-            {
-                Some(v) => out.push_str(&v),
-                None => out.push_str(literal),
-            }
-            rest = &rest[pos + consumed..];
-        }
-        out.push_str(rest);
-        out
-    }
-}
-
-/// Splits a batch command `method?query` into the lower-cased method and its parameters (PHP form decoding).
-pub fn parse_command(cmd: &str) -> (String, P) {
-    let (m, q) = cmd.split_once('?').unwrap_or((cmd, ""));
-    (super::normalize_method(m), params::from_form(q))
-}
-
-/// The commands of a batch in map order; a list gives keys 0..n.
-pub fn commands(p: &P) -> Vec<(String, String)> {
-    match p.get_ci("cmd") {
-        Some(P::Map(m)) => m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_text().unwrap_or_default()))
-            .collect(),
-        Some(P::List(l)) => l
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v.as_text().unwrap_or_default()))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references() {
-        let acc = BatchAcc {
-            result: vec![("c0".into(), json!([{"ID": "7"}, {"ID": "9"}]))],
-            next: vec![("c0".into(), json!(50))],
-            ..Default::default()
-        };
-        assert_eq!(acc.substitute("$result[c0][1][ID]"), "9");
-        assert_eq!(acc.substitute("x$next[c0]y"), "x50y");
-        assert_eq!(acc.substitute("$result[c0][49][ID]"), "$result[c0][49][ID]");
-        assert_eq!(
-            acc.substitute("$result[c0]"),
-            "$result[c0]",
-            "arrays stay literal"
-        );
-        assert_eq!(acc.substitute("$5 and $resultx"), "$5 and $resultx");
-    }
-
-    #[test]
-    fn php_arrays() {
-        assert_eq!(php_array(vec![]), json!([]));
-        assert_eq!(
-            php_array(vec![("0".into(), json!(1)), ("1".into(), json!(2))]),
-            json!([1, 2])
-        );
-        assert_eq!(php_array(vec![("a".into(), json!(1))]), json!({"a": 1}));
-    }
+/// Method names are case-insensitive; `.json` is the default suffix.
+pub(crate) fn normalize_method(m: &str) -> String {
+    let m = m.trim().trim_matches('/').to_ascii_lowercase();
+    m.strip_suffix(".json")
+        .or_else(|| m.strip_suffix(".xml"))
+        .unwrap_or(&m)
+        .to_string()
 }

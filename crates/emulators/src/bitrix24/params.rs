@@ -32,6 +32,11 @@ impl P {
         }
     }
 
+    /// The text of a top-level parameter (case-insensitive name); "" when it is missing or not a scalar.
+    pub fn text_ci(&self, key: &str) -> String {
+        self.get_ci(key).and_then(P::as_text).unwrap_or_default()
+    }
+
     /// Scalars as text, the way PHP would see them (`true` → "1", `false` → "", null → "").
     pub fn as_text(&self) -> Option<String> {
         match self {

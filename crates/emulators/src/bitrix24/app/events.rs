@@ -1,0 +1,150 @@
+//! Events from the portal to the application's handlers: form-encoded POSTs, at most once per handler, only after
+//! the installation is finished — `ONVOXIMPLANTCALLEND` for a call and `ONAPPUNINSTALL` on uninstall.
+
+use serde_json::Value;
+
+use super::frame::http;
+use super::state::{client_endpoint, domain, server_endpoint, Binding, SCOPE};
+use crate::bitrix24::clock::now_unix_secs;
+use crate::bitrix24::emulator::Bitrix24Emulator;
+
+impl Bitrix24Emulator {
+    /// Sends `event` with `data` to every handler bound to it, at most once each, form-encoded as the
+    /// portal's queue does. Returns the handlers' HTTP statuses (0 = unreachable). Nothing is sent before
+    /// the installation is finished.
+    pub async fn send_event(&self, event: &str, data: &[(String, String)]) -> Vec<u16> {
+        let event = event.to_ascii_uppercase();
+        let targets: Vec<Binding> = {
+            let s = self.inner.app.lock();
+            if !s.installed {
+                return Vec::new();
+            }
+            s.bindings
+                .iter()
+                .filter(|b| b.event == event)
+                .cloned()
+                .collect()
+        };
+        let mut out = Vec::new();
+        for b in targets {
+            let (access, _refresh) = self.inner.app.issue(self.inner.config.webhook_user);
+            let form = self.event_form(&event, b.id, data, Some(&access));
+            out.push(post_form(&b.handler, &form).await);
+        }
+        out
+    }
+
+    fn event_form(
+        &self,
+        event: &str,
+        handler_id: u64,
+        data: &[(String, String)],
+        access: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let s = |v: &str| v.to_string();
+        let mut form = vec![
+            (s("event"), s(event)),
+            (s("event_handler_id"), handler_id.to_string()),
+        ];
+        for (k, v) in data {
+            form.push((format!("data[{k}]"), v.clone()));
+        }
+        form.push((s("ts"), now_unix_secs().to_string()));
+        if let Some(a) = access {
+            form.push((s("auth[access_token]"), s(a)));
+            form.push((
+                s("auth[expires_in]"),
+                self.inner.app.ttl().as_secs().to_string(),
+            ));
+            form.push((s("auth[scope]"), s(SCOPE)));
+        }
+        form.extend([
+            (s("auth[domain]"), domain(&self.inner)),
+            (s("auth[server_endpoint]"), server_endpoint(&self.inner)),
+            (s("auth[status]"), s("L")),
+            (s("auth[client_endpoint]"), client_endpoint(&self.inner)),
+            (s("auth[member_id]"), self.inner.app.member_id.clone()),
+            (
+                s("auth[application_token]"),
+                self.inner.app.application_token.clone(),
+            ),
+        ]);
+        form
+    }
+
+    /// `ONVOXIMPLANTCALLEND` for the call with statistic `ID` `call_stat_id` (its `data` as the portal sends it:
+    /// no statistic `ID`, no recording fields). `None` when there is no such call.
+    pub async fn send_call_end(&self, call_stat_id: u64) -> Option<Vec<u16>> {
+        let row = self
+            .call_rows()
+            .into_iter()
+            .find(|r| field(r, "ID") == call_stat_id.to_string())?;
+        let keys = [
+            "CALL_ID",
+            "CALL_TYPE",
+            "PHONE_NUMBER",
+            "PORTAL_NUMBER",
+            "PORTAL_USER_ID",
+            "CALL_DURATION",
+            "CALL_START_DATE",
+            "COST",
+            "COST_CURRENCY",
+            "CALL_FAILED_CODE",
+            "CALL_FAILED_REASON",
+            "CRM_ACTIVITY_ID",
+        ];
+        let data: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| (k.to_string(), field(&row, k)))
+            .collect();
+        Some(self.send_event("ONVOXIMPLANTCALLEND", &data).await)
+    }
+
+    /// Uninstalls the application: `ONAPPUNINSTALL` (no tokens, `data[CLEAN]`) goes to its handlers, then
+    /// every token and binding is gone. Returns the handlers' statuses.
+    pub async fn uninstall_app(&self, clean: bool) -> Vec<u16> {
+        let targets: Vec<Binding> = {
+            let mut s = self.inner.app.lock();
+            let t = s
+                .bindings
+                .iter()
+                .filter(|b| b.event == "ONAPPUNINSTALL")
+                .cloned()
+                .collect();
+            s.installed = false;
+            s.bindings.clear();
+            s.access.clear();
+            s.refresh.clear();
+            t
+        };
+        let data = vec![
+            ("LANGUAGE_ID".to_string(), "ru".to_string()),
+            (
+                "CLEAN".to_string(),
+                if clean { "1" } else { "0" }.to_string(),
+            ),
+        ];
+        let mut out = Vec::new();
+        for b in targets {
+            let form = self.event_form("ONAPPUNINSTALL", b.id, &data, None);
+            out.push(post_form(&b.handler, &form).await);
+        }
+        out
+    }
+}
+
+fn field(row: &Value, key: &str) -> String {
+    match row.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Bool(b)) => if *b { "1" } else { "0" }.to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn post_form(url: &str, form: &[(String, String)]) -> u16 {
+    match http().post(url).form(form).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
