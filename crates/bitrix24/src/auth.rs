@@ -1,4 +1,4 @@
-//! How the client authenticates: an incoming webhook URL or an OAuth token source (`bitrix24-api.md` §1.1).
+//! How the client authenticates: an incoming webhook URL or an OAuth token source.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -1,4 +1,5 @@
-//! Response envelopes (`bitrix24-api.md` §1.3–1.5), read leniently: numbers as strings, `[]` for empty maps.
+//! Response envelopes (`result`, `time`, `next`, `total`, or `error` with `error_description`), read leniently:
+//! numbers as strings, `[]` for empty maps.
 
 use std::collections::BTreeMap;
 

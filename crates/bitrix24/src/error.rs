@@ -1,4 +1,4 @@
-//! The crate's one error enum and the typed Bitrix24 API error (`bitrix24-api.md` §1.4).
+//! The crate's one error enum and the typed Bitrix24 API error.
 //!
 //! *What* an error means for the work is [`Error::class`] (core's [`ErrorClass`]); *when* to retry inside one
 //! request is the client's retry loop. Nothing here ever contains a webhook secret, an access token or a
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use b24sense_core::ErrorClass;
 
-/// A documented Bitrix24 error code (`bitrix24-api.md` §1.4), or the raw code for anything else.
+/// A Bitrix24 error code the client acts on, or the raw code for anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ApiErrorKind {
     QueryLimitExceeded,
@@ -93,7 +93,7 @@ impl ApiErrorKind {
         }
     }
 
-    /// Server-side faults worth repeating the same request for (§2.4 item 6).
+    /// Server-side faults worth repeating the same request for.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -257,34 +257,30 @@ mod tests {
 
     #[test]
     fn classification_by_code_and_description() {
-        assert_eq!(
-            ApiError::new("QUERY_LIMIT_EXCEEDED", "x", 503).kind(),
-            ApiErrorKind::QueryLimitExceeded
-        );
-        assert_eq!(
-            ApiError::new("", "Not found", 400).kind(),
-            ApiErrorKind::NotFound
-        );
-        assert_eq!(
-            ApiError::new("", "Access denied", 400).kind(),
-            ApiErrorKind::AccessDenied
-        );
-        assert_eq!(
-            ApiError::new("expired_token", "", 401).kind(),
-            ApiErrorKind::ExpiredToken
-        );
-        assert_eq!(
-            ApiError::new("FOO", "", 400).kind(),
-            ApiErrorKind::Other("FOO".into())
-        );
-        assert_eq!(
-            ApiError::new("INVALID_CREDENTIALS", "", 401).class(),
-            ErrorClass::Fatal
-        );
-        assert_eq!(
-            ApiError::new("ERROR_NOT_FOUND", "", 400).class(),
-            ErrorClass::Permanent
-        );
+        for (code, description, status, kind) in [
+            (
+                "QUERY_LIMIT_EXCEEDED",
+                "x",
+                503,
+                ApiErrorKind::QueryLimitExceeded,
+            ),
+            ("", "Not found", 400, ApiErrorKind::NotFound),
+            ("", "Access denied", 400, ApiErrorKind::AccessDenied),
+            ("expired_token", "", 401, ApiErrorKind::ExpiredToken),
+            ("FOO", "", 400, ApiErrorKind::Other("FOO".into())),
+        ] {
+            assert_eq!(
+                ApiError::new(code, description, status).kind(),
+                kind,
+                "{code} {description:?}"
+            );
+        }
+        for (code, status, class) in [
+            ("INVALID_CREDENTIALS", 401, ErrorClass::Fatal),
+            ("ERROR_NOT_FOUND", 400, ErrorClass::Permanent),
+        ] {
+            assert_eq!(ApiError::new(code, "", status).class(), class, "{code}");
+        }
         assert!(ApiError::new("INTERNAL_SERVER_ERROR", "", 500)
             .class()
             .is_retryable());

@@ -1,12 +1,13 @@
 //! b24sense-bitrix24 — a plain Bitrix24 REST client. It knows nothing of SpeechSense, the ledger or the engine.
 //!
-//! It owns (facts in `shared/spec/bitrix24-api.md`):
-//! - transport and auth: incoming webhook or OAuth token source (§1.1), JSON bodies, PHP query encoding for
-//!   batch commands (§1.2), lenient envelopes and typed errors (§1.3–1.5);
-//! - limits: one GCRA request limiter per client with headroom, the per-method operating-time tracker, and the
-//!   retry policy of §2.4 (backoff with jitter, token refresh once, 302 portal renames);
-//! - the calls b24sense needs: keyset-paged call history in one batch ([`Bitrix24Client::list_calls`]),
-//!   name lookups, `disk.file.get` download links, `profile`, and streaming recording downloads.
+//! It owns:
+//! - transport and auth (`auth`): an incoming webhook or an OAuth token source; JSON bodies; PHP query encoding
+//!   for batch commands (`php`); lenient response envelopes (`envelope`) and typed errors (`error`);
+//! - limits (`limits`): one GCRA request limiter per client with headroom, the per-method operating-time tracker;
+//! - the client (`client`): the retry policy (backoff with jitter, token refresh once, 302 portal renames) and
+//!   streaming recording downloads;
+//! - the calls b24sense needs (`methods`): keyset-paged call history in one batch ([`Bitrix24Client::list_calls`]),
+//!   name lookups, `disk.file.get` download links, `profile`.
 
 mod auth;
 mod client;

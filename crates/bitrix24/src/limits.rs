@@ -1,5 +1,5 @@
 //! Client-side limits: the request-rate limiter (one per client) and the per-method operating-time tracker
-//! (`bitrix24-api.md` §2).
+//! (Bitrix24 limits both, per portal).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -13,7 +13,7 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::Quota;
 
-/// A portal's request bucket: `capacity` requests of burst, drained at `per_second` (§2.1).
+/// A portal's request bucket: `capacity` requests of burst, drained at `per_second`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RatePlan {
     pub capacity: u32,
@@ -85,7 +85,7 @@ type Gcra =
 /// and tasks, taken once per HTTP request (a `batch` of 50 commands is one request, as on the server).
 ///
 /// # Algorithm
-/// Bitrix24 counts requests in a *leaky bucket* per portal (§2.1): every request adds 1, the counter leaks
+/// Bitrix24 counts requests in a *leaky bucket* per portal: every request adds 1, the counter leaks
 /// `per_second` per second, and a request that finds it above `capacity` fails with 503 `QUERY_LIMIT_EXCEEDED`.
 /// We mirror that bucket locally with governor's GCRA (generic cell rate algorithm), which is the same leaky
 /// bucket expressed as one timestamp: the *theoretical arrival time* (TAT) of the next request. Each request
@@ -147,7 +147,7 @@ impl RequestLimiter {
     }
 }
 
-/// What the portal last said about one method's operating time (§2.2).
+/// What the portal last said about one method's operating time.
 #[derive(Debug, Clone, Copy)]
 struct MethodTime {
     operating: f64,

@@ -1,4 +1,4 @@
-//! PHP bracket form encoding (`bitrix24-api.md` §1.2), used for `batch` command strings.
+//! PHP bracket form encoding (nested keys as `A[B][0]=…`), used for `batch` command strings.
 
 use serde_json::Value;
 

@@ -1,6 +1,7 @@
-//! The application server's side of the runs journal: a run's live progress (JSON) with a heartbeat, so that
+//! The runs journal: one row per run of the exporter, for the CLI (start, finish with a summary, the last run)
+//! and for the application server, which also keeps the run's live progress (JSON) with a heartbeat, so that
 //! progress survives a restart and a replica can tell a run another live replica is running from one whose
-//! process is gone; and the ledger read page by page for the per-call report.
+//! process is gone.
 
 use std::time::Duration;
 
@@ -8,11 +9,19 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::Row;
 
-use b24sense_core::Call;
+use crate::{Error, Store};
 
-use crate::{
-    parse_state, to_i64, to_u32, to_u64, Db, Dialect, Error, LedgerEntry, Store, ENTRY_COLUMNS,
-};
+/// One run of the exporter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub portal: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: Option<String>,
+    pub params: serde_json::Value,
+    pub summary: Option<serde_json::Value>,
+}
 
 /// A run's stored progress.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,28 +49,80 @@ pub mod run_status {
 /// `{lease_until}` is now + `$1` seconds: bound to minus `stale_after` it is the oldest live heartbeat.
 const STALE: &str = "(status IS NULL AND COALESCE(updated_at, started_at) <= {lease_until})";
 
-macro_rules! progress_from_row {
-    ($row:expr) => {{
-        let row = &$row;
-        let progress: Json<serde_json::Value> = row.try_get("progress")?;
-        RunProgress {
-            id: row.try_get("id")?,
-            portal: row.try_get("portal")?,
-            status: row.try_get("status")?,
-            progress: progress.0,
-            updated_at: row.try_get("heartbeat")?,
-            stale: row.try_get("stale")?,
-        }
-    }};
-}
-
 fn progress_columns() -> String {
     format!(
         "id, portal, status, progress, COALESCE(updated_at, started_at) AS heartbeat, {STALE} AS stale"
     )
 }
 
+/// Finishing a run that has no row is an error: the caller holds a run ID the journal never gave out.
+fn run_found(run_id: i64, rows_affected: u64) -> Result<(), Error> {
+    if rows_affected == 0 {
+        return Err(Error::Data(format!("run {run_id} does not exist")));
+    }
+    Ok(())
+}
+
 impl Store {
+    /// Records the start of a run; returns its ID.
+    pub async fn start_run(&self, portal: &str, params: &serde_json::Value) -> Result<i64, Error> {
+        on_db!(self, |conn, _d| {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO runs (portal, params) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(portal)
+            .bind(Json(params))
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(id)
+        })
+    }
+
+    pub async fn finish_run(
+        &self,
+        run_id: i64,
+        status: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), Error> {
+        on_db!(self, |conn, d| {
+            let sql = d.sql(
+                "UPDATE runs SET finished_at = {now}, status = $2, summary = $3 WHERE id = $1",
+            );
+            let done = sqlx::query(&sql)
+                .bind(run_id)
+                .bind(status)
+                .bind(Json(summary))
+                .execute(&mut *conn)
+                .await?;
+            run_found(run_id, done.rows_affected())
+        })
+    }
+
+    /// The most recent run (of one portal or any).
+    pub async fn last_run(&self, portal: Option<&str>) -> Result<Option<RunRecord>, Error> {
+        on_db!(self, |conn, _d| {
+            let row = sqlx::query(
+                "SELECT id, portal, started_at, finished_at, status, params, summary FROM runs \
+                 WHERE ($1 IS NULL OR portal = $1) ORDER BY id DESC LIMIT 1",
+            )
+            .bind(portal)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let params: Json<serde_json::Value> = row.try_get("params")?;
+            let summary: Option<Json<serde_json::Value>> = row.try_get("summary")?;
+            Ok(Some(RunRecord {
+                id: row.try_get("id")?,
+                portal: row.try_get("portal")?,
+                started_at: row.try_get("started_at")?,
+                finished_at: row.try_get("finished_at")?,
+                status: row.try_get("status")?,
+                params: params.0,
+                summary: summary.map(|s| s.0),
+            }))
+        })
+    }
+
     /// Records the start of a run of the application server with its first progress; returns its ID.
     pub async fn start_web_run(
         &self,
@@ -124,10 +185,7 @@ impl Store {
                 .bind(Json(progress))
                 .execute(&mut *conn)
                 .await?;
-            if done.rows_affected() == 0 {
-                return Err(Error::Data(format!("run {run_id} does not exist")));
-            }
-            Ok(())
+            run_found(run_id, done.rows_affected())
         })
     }
 
@@ -202,31 +260,6 @@ impl Store {
                 .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)
-        })
-    }
-
-    /// Up to `limit` ledger rows of `portal` with a call ID above `after` (all when `None`), ascending: a
-    /// keyset page, so a report over any number of calls is read in bounded pieces. The stored call is not
-    /// read (`call` is `None`).
-    pub async fn ledger_page(
-        &self,
-        portal: &str,
-        after: Option<u64>,
-        limit: u32,
-    ) -> Result<Vec<LedgerEntry>, Error> {
-        let after = after.map(to_i64).transpose()?.unwrap_or(-1);
-        let columns = ENTRY_COLUMNS.replace("call_json", "NULL AS call_json");
-        on_db!(self, |conn, _d| {
-            let sql = format!(
-                "SELECT {columns} FROM ledger WHERE portal = $1 AND call_id > $2 ORDER BY call_id LIMIT $3"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(portal)
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await?;
-            entries_from_rows!(rows)
         })
     }
 }

@@ -142,6 +142,22 @@ fn failed(reason: FailReason) -> Outcome {
     }
 }
 
+/// A claim that must succeed.
+async fn claimed(store: &Store, id: u64, owner: &str, lease: Duration) -> Claim {
+    store
+        .claim(P, id, owner, lease)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("call {id} not claimable by {owner}"))
+}
+
+/// A claim whose upload has reached its half-close: marked `uploading` with the same lease.
+async fn uploading(store: &Store, id: u64, owner: &str, lease: Duration) -> Claim {
+    let c = claimed(store, id, owner, lease).await;
+    assert!(store.mark_uploading(&c, lease).await.unwrap());
+    c
+}
+
 /// Retries `claim` until the current lease has expired (bounded: 5 s).
 async fn claim_after_expiry(store: &Store, id: u64, owner: &str) -> Claim {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -350,7 +366,7 @@ async fn claim_holds_until_the_lease_expires(fx: &Fx) {
 async fn fencing_stops_a_worker_whose_lease_was_taken_over(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(5, None)]).await.unwrap();
-    let a = store.claim(P, 5, "worker-a", LEASE).await.unwrap().unwrap();
+    let a = claimed(&store, 5, "worker-a", LEASE).await;
     let b = claim_after_expiry(&store, 5, "worker-b").await;
     assert!(b.fence > a.fence);
     let before = store.entry(P, 5).await.unwrap().unwrap();
@@ -391,8 +407,7 @@ async fn fencing_stops_a_worker_whose_lease_was_taken_over(fx: &Fx) {
 async fn an_expired_upload_is_in_doubt(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(9, None)]).await.unwrap();
-    let a = store.claim(P, 9, "a", LEASE).await.unwrap().unwrap();
-    assert!(store.mark_uploading(&a, LEASE).await.unwrap());
+    uploading(&store, 9, "a", LEASE).await;
     assert_eq!(
         store.entry(P, 9).await.unwrap().unwrap().state,
         LedgerState::Uploading
@@ -415,15 +430,7 @@ async fn an_expired_upload_is_in_doubt(fx: &Fx) {
 async fn an_expired_lease_nobody_took_still_commits(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(11, None)]).await.unwrap();
-    let a = store
-        .claim(P, 11, "a", Duration::from_millis(200))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(store
-        .mark_uploading(&a, Duration::from_millis(200))
-        .await
-        .unwrap());
+    let a = uploading(&store, 11, "a", Duration::from_millis(200)).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The fence has not moved: the finished upload must be recorded, not lost.
     assert!(store.finish(&a, &uploaded("t11")).await.unwrap());
@@ -543,11 +550,7 @@ async fn release_gives_the_row_back(fx: &Fx) {
         .unwrap();
 
     // Released before the upload began: pending again, immediately claimable.
-    let a = store
-        .claim(P, 1, "a", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = claimed(&store, 1, "a", Duration::from_secs(30)).await;
     assert!(store.release(&a).await.unwrap());
     let e = store.entry(P, 1).await.unwrap().unwrap();
     assert_eq!(
@@ -562,21 +565,17 @@ async fn release_gives_the_row_back(fx: &Fx) {
     assert!(store.claim(P, 1, "b", LEASE).await.unwrap().is_some());
 
     // Released after the upload began: stays uploading (in doubt).
-    let a = store
-        .claim(P, 2, "a", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = claimed(&store, 2, "a", Duration::from_secs(30)).await;
     assert!(store.mark_uploading(&a, LEASE).await.unwrap());
     assert!(store.release(&a).await.unwrap());
     let e = store.entry(P, 2).await.unwrap().unwrap();
     assert_eq!((e.state, e.lease_owner), (LedgerState::Uploading, None));
-    let b = store.claim(P, 2, "b", LEASE).await.unwrap().unwrap();
+    let b = claimed(&store, 2, "b", LEASE).await;
     assert!(b.in_doubt);
 
     // A failed row claimed for a retry and released: pending, without the old reason.
     settle(&store, P, 3, failed(FailReason::PortalError)).await;
-    let c = store.claim(P, 3, "c", LEASE).await.unwrap().unwrap();
+    let c = claimed(&store, 3, "c", LEASE).await;
     assert_eq!((c.previous, c.attempts), (LedgerState::Failed, 1));
     assert!(store.release(&c).await.unwrap());
     let e = store.entry(P, 3).await.unwrap().unwrap();
@@ -591,21 +590,9 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
     let calls: Vec<Call> = (1..=6).map(|id| call(id, None)).collect();
     store.register(P, &calls).await.unwrap();
     settle(&store, P, 2, uploaded("t2")).await;
-    let other = store
-        .claim(P, 3, "other", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let other = claimed(&store, 3, "other", Duration::from_secs(30)).await;
     // 4 was left in doubt by a crashed worker whose lease ran out.
-    let crashed = store
-        .claim(P, 4, "crashed", Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(store
-        .mark_uploading(&crashed, Duration::from_millis(50))
-        .await
-        .unwrap());
+    let crashed = uploading(&store, 4, "crashed", Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     // Unknown (99), uploaded (2) and held (3) calls are left out; duplicates count once; ascending order.
@@ -669,11 +656,7 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
 async fn the_upload_mark_needs_the_fence_not_an_unexpired_lease(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(8, None)]).await.unwrap();
-    let a = store
-        .claim(P, 8, "a", Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
+    let a = claimed(&store, 8, "a", Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Expired, but nobody took it over: the mark (at the half-close) succeeds and renews the lease.
     assert!(store
@@ -1291,17 +1274,9 @@ async fn settling_a_call_nobody_holds_takes_one_statement(fx: &Fx) {
         reason: SkipReason::NoRecording,
     };
     // 1 is free; 2 is held; 3 is uploaded; 4 was claimed by a worker whose lease has run out; 99 is unknown.
-    let held = store
-        .claim(P, 2, "w", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let held = claimed(&store, 2, "w", Duration::from_secs(30)).await;
     settle(&store, P, 3, uploaded("t3")).await;
-    let expired = store
-        .claim(P, 4, "gone", Duration::from_millis(50))
-        .await
-        .unwrap()
-        .unwrap();
+    let expired = claimed(&store, 4, "gone", Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     assert!(store.settle_unheld(P, 1, &no_recording).await.unwrap());

@@ -6,7 +6,7 @@ use b24sense_store::{
 };
 use chrono::{Duration, Utc};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Executor};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -32,34 +32,18 @@ impl Db {
         let sql = "SELECT member_id || '|' || COALESCE(application_token,'') || '|' || COALESCE(access_token,'') \
                    || '|' || COALESCE(refresh_token,'') AS v FROM portals \
                    UNION ALL SELECT COALESCE(api_key,'') || '|' || CAST(settings AS TEXT) FROM portal_settings";
-        let rows = match self {
+        let rows: Vec<String> = match self {
             Db::Sqlite(dir) => {
-                let mut c = sqlx::SqliteConnection::connect(&format!(
-                    "sqlite:{}/l.db",
-                    dir.path().display()
-                ))
-                .await
-                .unwrap();
-                sqlx::query(sql)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect::<Vec<_>>()
+                let url = format!("sqlite:{}/l.db", dir.path().display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap()
             }
             Db::Pg(schema) => {
                 let mut c = sqlx::PgConnection::connect(PG_URL).await.unwrap();
                 c.execute(format!("SET search_path TO {schema}").as_str())
                     .await
                     .unwrap();
-                sqlx::query(sql)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect::<Vec<_>>()
+                sqlx::query_scalar(sql).fetch_all(&mut c).await.unwrap()
             }
         };
         rows.join("\n")
