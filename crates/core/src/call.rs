@@ -124,6 +124,66 @@ pub struct CrmInfo {
     pub last_name: Option<String>,
 }
 
+/// The 28 call-history fields of the official connection template: the portal's name and the talk's key.
+pub const CALL_HISTORY_KEYS: [(&str, &str); 28] = [
+    ("ID", "id"),
+    ("PORTAL_USER_ID", "portal_user_id"),
+    ("PORTAL_NUMBER", "portal_number"),
+    ("PHONE_NUMBER", "phone_number"),
+    ("CALL_ID", "call_id"),
+    ("EXTERNAL_CALL_ID", "external_call_id"),
+    ("CALL_CATEGORY", "call_category"),
+    ("CALL_DURATION", "call_duration"),
+    ("CALL_START_DATE", "call_start_date"),
+    ("CALL_RECORD_URL", "call_record_url"),
+    ("CALL_VOTE", "call_vote"),
+    ("COST", "cost"),
+    ("COST_CURRENCY", "cost_currency"),
+    ("CALL_FAILED_CODE", "call_failed_code"),
+    ("CALL_FAILED_REASON", "call_failed_reason"),
+    ("CRM_ENTITY_TYPE", "crm_entity_type"),
+    ("CRM_ENTITY_ID", "crm_entity_id"),
+    ("CRM_ACTIVITY_ID", "crm_activity_id"),
+    ("REST_APP_ID", "rest_app_id"),
+    ("REST_APP_NAME", "rest_app_name"),
+    ("TRANSCRIPT_ID", "transcript_id"),
+    ("TRANSCRIPT_PENDING", "transcript_pending"),
+    ("SESSION_ID", "session_id"),
+    ("REDIAL_ATTEMPT", "redial_attempt"),
+    ("COMMENT", "comment"),
+    ("RECORD_DURATION", "record_duration"),
+    ("RECORD_FILE_ID", "record_file_id"),
+    ("CALL_TYPE", "call_type"),
+];
+
+/// The portal's own values of the 28 call-history fields (in [`CALL_HISTORY_KEYS`] order), as text.
+///
+/// Why raw: the typed fields of [`Call`] read "no value" leniently (`"0"` is no vote, no file), which is right for
+/// the engine's decisions but not for the talk's metadata, where users filter on what the portal said: `"0"` stays
+/// `"0"`, and only `null` or an absent field becomes `""`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallHistory([String; 28]);
+
+impl CallHistory {
+    /// Reads the 28 fields of one row: strings as they are, numbers and booleans rendered, `null`/absent → `""`.
+    pub fn from_row(row: &serde_json::Map<String, Value>) -> CallHistory {
+        CallHistory(CALL_HISTORY_KEYS.map(|(name, _)| {
+            row.get(name)
+                .and_then(lenient::value_to_text)
+                .unwrap_or_default()
+        }))
+    }
+
+    /// `(talk key, portal value)` pairs in template order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> + '_ {
+        CALL_HISTORY_KEYS
+            .iter()
+            .zip(&self.0)
+            .map(|((_, key), value)| (*key, value.as_str()))
+    }
+}
+
 /// One row of the call history with all its fields, typed. Absent values are `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
@@ -156,6 +216,9 @@ pub struct Call {
     pub record_duration: Option<u64>,
     pub record_file_id: Option<u64>,
     pub call_type: CallType,
+    /// The 28 call-history fields exactly as the portal sent them (rows stored before this field read as empty).
+    #[serde(default)]
+    pub history: CallHistory,
 }
 
 /// Why a call-history row could not be read.
@@ -214,6 +277,7 @@ impl Call {
             record_duration: lenient::number(get("RECORD_DURATION")),
             record_file_id: lenient::id(get("RECORD_FILE_ID")),
             call_type: CallType::from(lenient::number(get("CALL_TYPE")).unwrap_or(0)),
+            history: CallHistory::from_row(obj),
         })
     }
 

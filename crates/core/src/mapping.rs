@@ -107,51 +107,6 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map(ToString::to_string).unwrap_or_default()
 }
 
-/// The 28 call-history keys of the official connection template, each under its lower-case name.
-pub fn call_history_fields(call: &Call) -> [(&'static str, String); 28] {
-    [
-        ("id", call.id.to_string()),
-        ("portal_user_id", opt(&call.portal_user_id)),
-        ("portal_number", opt(&call.portal_number)),
-        ("phone_number", opt(&call.phone_number)),
-        ("call_id", call.call_id.clone()),
-        ("external_call_id", opt(&call.external_call_id)),
-        ("call_category", opt(&call.call_category)),
-        ("call_duration", call.call_duration.to_string()),
-        ("call_start_date", call.call_start_date.to_rfc3339()),
-        ("call_record_url", opt(&call.call_record_url)),
-        ("call_vote", opt(&call.call_vote)),
-        ("cost", opt(&call.cost)),
-        ("cost_currency", opt(&call.cost_currency)),
-        ("call_failed_code", opt(&call.call_failed_code)),
-        ("call_failed_reason", opt(&call.call_failed_reason)),
-        (
-            "crm_entity_type",
-            call.crm_entity_type
-                .as_ref()
-                .map(|t| t.as_str().to_string())
-                .unwrap_or_default(),
-        ),
-        ("crm_entity_id", opt(&call.crm_entity_id)),
-        ("crm_activity_id", opt(&call.crm_activity_id)),
-        ("rest_app_id", opt(&call.rest_app_id)),
-        ("rest_app_name", opt(&call.rest_app_name)),
-        ("transcript_id", opt(&call.transcript_id)),
-        (
-            "transcript_pending",
-            call.transcript_pending
-                .map(|p| if p { "Y" } else { "N" }.to_string())
-                .unwrap_or_default(),
-        ),
-        ("session_id", opt(&call.session_id)),
-        ("redial_attempt", opt(&call.redial_attempt)),
-        ("comment", opt(&call.comment)),
-        ("record_duration", opt(&call.record_duration)),
-        ("record_file_id", opt(&call.record_file_id)),
-        ("call_type", call.call_type.code().to_string()),
-    ]
-}
-
 /// Builds `TalkMetadata.fields` for one call: the seven standard keys plus the 28 call-history keys.
 /// `operator`/`client` are what `user.get` and the CRM lookups returned (or `None` when they could not be read).
 pub fn talk_fields(
@@ -161,8 +116,8 @@ pub fn talk_fields(
     language: &str,
 ) -> TalkFields {
     let mut fields = TalkFields::new();
-    for (k, v) in call_history_fields(call) {
-        fields.insert(k.to_string(), v);
+    for (k, v) in call.history.fields() {
+        fields.insert(k.to_string(), v.to_string());
     }
     fields.insert("operator_id".into(), opt(&call.portal_user_id));
     fields.insert(
@@ -196,13 +151,20 @@ mod tests {
     use serde_json::json;
 
     fn call() -> Call {
-        let row = json!({"ID":"7","PORTAL_USER_ID":"12","PORTAL_NUMBER":"reg1234","PHONE_NUMBER":"+79001234567",
+        call_from(row())
+    }
+
+    fn call_from(row: serde_json::Value) -> Call {
+        Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
+    }
+
+    fn row() -> serde_json::Value {
+        json!({"ID":"7","PORTAL_USER_ID":"12","PORTAL_NUMBER":"reg1234","PHONE_NUMBER":"+79001234567",
          "CALL_ID":"AB12.1754478570.1","EXTERNAL_CALL_ID":null,"CALL_CATEGORY":"external",
          "CALL_DURATION":"95","CALL_START_DATE":"2025-04-24T14:34:19+03:00","CALL_RECORD_URL":"",
          "COST":"0.0000","COST_CURRENCY":"RUR","CALL_FAILED_CODE":"200","CALL_FAILED_REASON":"",
          "CRM_ENTITY_TYPE":"CONTACT","CRM_ENTITY_ID":"797","CRM_ACTIVITY_ID":"7943",
-         "TRANSCRIPT_PENDING":"N","SESSION_ID":"3841557776","RECORD_FILE_ID":9079,"CALL_TYPE":"4"});
-        Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
+         "TRANSCRIPT_PENDING":"N","SESSION_ID":"3841557776","RECORD_FILE_ID":9079,"CALL_TYPE":"4"})
     }
 
     #[test]
@@ -296,14 +258,43 @@ mod tests {
 
     #[test]
     fn long_values_are_cut_on_a_character_boundary() {
-        let mut c = call();
-        c.comment = Some("я".repeat(600)); // 1200 bytes
-        let f = talk_fields(&c, None, None, "ru-RU");
+        let mut row = row();
+        row["COMMENT"] = json!("я".repeat(600)); // 1200 bytes
+        let f = talk_fields(&call_from(row), None, None, "ru-RU");
         assert_eq!(f["comment"].len(), 1024);
         assert!(f["comment"].chars().all(|ch| ch == 'я'));
         let mut s = "aя".repeat(10);
         truncate_utf8(&mut s, 4);
         assert_eq!(s, "aяa");
+    }
+
+    #[test]
+    fn call_history_values_are_the_portals_own_text() {
+        let mut row = row();
+        row["CALL_VOTE"] = json!("0");
+        row["REDIAL_ATTEMPT"] = json!(0);
+        row["REST_APP_ID"] = json!("0");
+        row["TRANSCRIPT_ID"] = json!(null);
+        row["COMMENT"] = json!(" spaced ");
+        row.as_object_mut().unwrap().remove("RECORD_DURATION");
+        let f = talk_fields(&call_from(row), None, None, "ru-RU");
+        let cases = [
+            ("call_vote", "0", "\"0\" stays \"0\""),
+            ("redial_attempt", "0", "a JSON 0 is rendered"),
+            ("rest_app_id", "0", "an ID of \"0\" is the portal's value"),
+            ("transcript_id", "", "null becomes \"\""),
+            ("record_duration", "", "an absent field becomes \"\""),
+            ("comment", " spaced ", "text is not trimmed"),
+            ("record_file_id", "9079", "a JSON number is rendered"),
+            ("cost", "0.0000", "as sent"),
+            ("call_start_date", "2025-04-24T14:34:19+03:00", "as sent"),
+            ("session_id", "3841557776", "as sent"),
+        ];
+        for (key, want, why) in cases {
+            assert_eq!(f[key], want, "{key}: {why}");
+        }
+        let keys = crate::call::CALL_HISTORY_KEYS;
+        assert!(keys.iter().all(|(_, key)| f.contains_key(*key)));
     }
 
     #[test]
