@@ -1,4 +1,5 @@
-//! Compiles the hand-written SpeechSense `.proto` files with `protox` (pure Rust, no system `protoc`).
+//! Compiles the hand-written SpeechSense `.proto` files with `protox` (pure Rust, no system `protoc`): the wire
+//! types and the client stub only (the emulator crate generates its own server stub over these types).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -13,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(false)
         // Metadata maps become BTreeMap (stable order in logs and tests); audio chunks are `Bytes` (zero-copy).
         .btree_map(".")
         .bytes(".")

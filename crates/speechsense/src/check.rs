@@ -1,4 +1,5 @@
-//! The result of "check API key + connection id" (spec §5) and its wording for the settings page.
+//! The result of "check API key + connection id" (a metadata-only upload that creates no talk) and its
+//! wording for the settings page.
 
 /// Language of user-facing texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

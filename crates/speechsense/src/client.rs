@@ -226,14 +226,7 @@ impl SpeechSenseClient {
         match result {
             Ok(resp) => {
                 log_ids(resp.metadata(), "UploadAsStream");
-                let talk_id = resp.into_inner().talk_id;
-                if talk_id.is_empty() {
-                    return Err(Error::InDoubt {
-                        code: None,
-                        message: "OK answer without a talk id".into(),
-                    });
-                }
-                Ok(talk_id)
+                talk_id_of(resp.into_inner().talk_id)
             }
             Err(status) => Err(self.classify(&status, true, &progress)),
         }
@@ -279,14 +272,7 @@ impl SpeechSenseClient {
             Ok(Err(status)) => Err(self.classify(&status, true, &progress)),
             Ok(Ok(resp)) => {
                 log_ids(resp.metadata(), "UploadText");
-                let talk_id = resp.into_inner().talk_id;
-                if talk_id.is_empty() {
-                    return Err(Error::InDoubt {
-                        code: None,
-                        message: "OK answer without a talk id".into(),
-                    });
-                }
-                Ok(talk_id)
+                talk_id_of(resp.into_inner().talk_id)
             }
         }
     }
@@ -349,7 +335,7 @@ impl SpeechSenseClient {
         Ok(ids)
     }
 
-    /// Checks API key + connection id without creating a talk (spec §5): a metadata-only `UploadAsStream`,
+    /// Checks API key + connection id without creating a talk: a metadata-only `UploadAsStream`,
     /// half-closed without audio. INVALID_ARGUMENT/FAILED_PRECONDITION (no audio) means both were accepted.
     /// Network problems and server faults are `Err` (retryable), never a verdict about key or connection.
     pub async fn check_connection(&self, connection_id: &str) -> Result<ConnectionCheck, Error> {
@@ -421,6 +407,17 @@ fn metadata_message(connection_id: &str, fields: &BTreeMap<String, String>) -> S
 }
 
 /// Server-side request ids, for support tickets.
+/// The talk id of an upload's OK answer; an empty one leaves the talk in doubt (it may have been stored).
+fn talk_id_of(talk_id: String) -> Result<String, Error> {
+    if talk_id.is_empty() {
+        return Err(Error::InDoubt {
+            code: None,
+            message: "OK answer without a talk id".into(),
+        });
+    }
+    Ok(talk_id)
+}
+
 fn log_ids(md: &MetadataMap, what: &str) {
     let get = |k: &str| {
         md.get(k)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-/// The production gRPC endpoint (spec §1).
+/// The production gRPC endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://api.speechsense.yandexcloud.net:443";
 
 /// How the client authenticates. `Debug` shows only the kind, never the secret.

@@ -1,5 +1,5 @@
-//! The crate's one error type and how gRPC statuses map onto it (spec §4, shared/spec/mapping.md
-//! "Once and only once").
+//! The crate's one error type and how gRPC statuses map onto it (SpeechSense's status codes; the retry and
+//! in-doubt rules are in docs/mapping.md, "Once and only once").
 
 use std::time::Duration;
 

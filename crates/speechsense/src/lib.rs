@@ -1,10 +1,11 @@
 //! b24sense-speechsense — the Yandex SpeechSense gRPC client (`yandex.cloud.speechsense.v1.TalkService`).
 //!
 //! It owns:
-//! - [`proto`]: the wire types and tonic client/server stubs, generated at build time from hand-written `.proto`
-//!   files (`proto/`, written from `shared/spec/speechsense-api.md` §2; the server half serves the emulator);
+//! - [`proto`]: the wire types and the tonic client stub, generated at build time from hand-written `.proto`
+//!   files (`proto/`, a wire-compatible subset of Yandex Cloud's public `speechsense/v1` API; client only — the
+//!   emulator crate generates its own server stub over these types);
 //! - [`SpeechSenseClient`]: streaming audio upload in exact 1 MiB chunks, chat upload, search by `userMeta.*`, and
-//!   the metadata-only connection check of spec §5;
+//!   the connection check (a metadata-only `UploadAsStream` that creates no talk);
 //! - [`Error`]: every failure classified onto [`b24sense_core::ErrorClass`], telling apart "nothing was stored"
 //!   (retryable) from "the talk may exist" (in doubt) by whether the request had been fully sent.
 //!
@@ -14,11 +15,10 @@ mod check;
 mod client;
 mod config;
 mod error;
-pub mod server;
 mod tracking;
 mod upload;
 
-/// Generated protobuf types and tonic stubs of `yandex.cloud.speechsense.v1` (client and server).
+/// Generated protobuf types and the tonic client stub of `yandex.cloud.speechsense.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
@@ -39,18 +39,5 @@ pub fn container_to_proto(container: Container) -> proto::container_audio::Conta
         Container::Wav => T::Wav,
         Container::Mp3 => T::Mp3,
         Container::OggOpus => T::OggOpus,
-    }
-}
-
-/// Maps the wire enum back onto the core container (`None` for UNSPECIFIED).
-pub fn container_from_proto(
-    value: proto::container_audio::ContainerAudioType,
-) -> Option<Container> {
-    use proto::container_audio::ContainerAudioType as T;
-    match value {
-        T::Wav => Some(Container::Wav),
-        T::Mp3 => Some(Container::Mp3),
-        T::OggOpus => Some(Container::OggOpus),
-        T::Unspecified => None,
     }
 }

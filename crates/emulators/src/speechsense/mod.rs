@@ -1,28 +1,48 @@
 //! SpeechSense emulator: an in-memory `yandex.cloud.speechsense.v1.TalkService` over plaintext HTTP/2 (h2c).
 //!
-//! It checks every upload in the order of `shared/spec/speechsense-api.md` §7 — credentials, then the connection,
+//! It checks every upload in the real service's order — credentials, then the connection,
 //! then the payload (stream order, container, connection kind, required keys, value sizes, `date`,
 //! `direction_outgoing`, non-empty audio/messages) — and only then stores the talk. Audio is hashed while it
 //! streams in (SHA-256), never kept, so a 200 MB talk costs a few bytes of memory. A stream that errors or is reset
 //! before the client half-closes stores nothing. Faults can be injected before the store (a status), after it (a
 //! lost answer: the in-doubt case) or mid-stream (the server resets the HTTP/2 stream after K bytes).
+//!
+//! The parts:
+//! - this file: configuration, the shared in-memory state, what tests read back, starting and stopping;
+//! - `service`: the `TalkService` trait, recording each call and shaping its answer;
+//! - `upload`: the three upload RPCs and their checks; `validate`: credentials, connection and metadata checks;
+//! - `talks`: storing and updating talks; `search`: `Search` and `Get` over the stored talks;
+//! - `reset`: HTTP/2 stream resets, from the client (an abort) and to it (an injected fault).
 
+mod reset;
+mod search;
 mod service;
+mod talks;
+mod upload;
 mod validate;
+
+/// The generated `TalkService` server stub (build.rs), over the client crate's message types.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod stub {
+    include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
+    pub(crate) use self::yandex::cloud::speechsense::v1::talk_service_server;
+}
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use b24sense_speechsense::proto::talk_service_server::TalkServiceServer;
-use b24sense_speechsense::server::ResetAware;
 use b24sense_speechsense::{Container, MAX_MESSAGE_SIZE};
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+
+use self::reset::{ResetAware, ServerReset};
+use self::stub::talk_service_server::TalkServiceServer;
+
 /// The gRPC status codes the fault injectors take (so tests need no direct `tonic` dependency).
 pub use tonic::Code;
 
@@ -431,86 +451,11 @@ fn server(
     state: Arc<State>,
 ) -> ServerReset<ResetAware<TalkServiceServer<service::TalkServiceImpl>>> {
     // ResetAware: a client's RST_STREAM(CANCEL) must abort the upload, not end it cleanly (tonic's default).
-    ServerReset {
-        inner: ResetAware::new(
-            TalkServiceServer::new(service::TalkServiceImpl::new(state))
-                .max_decoding_message_size(MAX_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_MESSAGE_SIZE),
-        ),
-    }
-}
-
-/// Response metadata a handler sets to have its stream reset instead of answered (never sent to the client).
-pub(crate) const RESET_MARKER: &str = "x-emulator-reset-stream";
-
-/// Turns an answer marked with [`RESET_MARKER`] into a real `RST_STREAM(INTERNAL_ERROR)`: response headers without
-/// a gRPC status, then a body that fails, which makes hyper reset the stream.
-#[derive(Debug, Clone)]
-struct ServerReset<S> {
-    inner: S,
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for ServerReset<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-type HttpResponse = http::Response<tonic::body::Body>;
-
-impl<S> tonic::codegen::Service<http::Request<tonic::body::Body>> for ServerReset<S>
-where
-    S: tonic::codegen::Service<http::Request<tonic::body::Body>, Response = HttpResponse>,
-    S::Future: Send + 'static,
-{
-    type Response = HttpResponse;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, S::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            if !resp.headers().contains_key(RESET_MARKER) {
-                return Ok(resp);
-            }
-            let (mut parts, _) = resp.into_parts();
-            for h in [
-                RESET_MARKER,
-                "grpc-status",
-                "grpc-message",
-                "grpc-status-details-bin",
-            ] {
-                parts.headers.remove(h);
-            }
-            Ok(http::Response::from_parts(
-                parts,
-                tonic::body::Body::new(FailingBody),
-            ))
-        })
-    }
-}
-
-/// A response body that fails at once (hyper answers with `RST_STREAM(INTERNAL_ERROR)`).
-struct FailingBody;
-
-impl http_body::Body for FailingBody {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        std::task::Poll::Ready(Some(Err(tonic::Status::internal(
-            "injected fault: stream reset by the server",
-        ))))
-    }
+    ServerReset::new(ResetAware::new(
+        TalkServiceServer::new(service::TalkServiceImpl::new(state))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+    ))
 }
 
 /// The gRPC server with HTTP/2 receive windows a production gRPC server reaches on a fast link: 1 MiB per stream
@@ -518,7 +463,7 @@ impl http_body::Body for FailingBody {
 /// trip, up to 16 MiB), room for the client's 8 concurrent uploads of 1 MiB messages. hyper's default of
 /// 1 MiB per connection made the uploads take turns: a 200 MB recording went at ~100 MB/s over loopback and
 /// `cpu-10k` took ~15 % longer (docs/benchmarks.md) — a limit of the emulator, not of the client. The real
-/// service's windows are not documented (speechsense-api.md); against it they and the round trip set the rate.
+/// service's windows are not documented; against it they and the round trip set the rate.
 fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(1 << 20))

@@ -1,4 +1,4 @@
-//! The checks of spec §7, in order: credentials → connection → payload.
+//! The checks in the real service's order: credentials → connection → payload.
 
 use std::collections::BTreeMap;
 
