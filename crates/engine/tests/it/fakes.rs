@@ -233,15 +233,7 @@ impl CallSource for FakeSource {
         let d = map.get_mut(url.as_str()).cloned();
         match d {
             None | Some(Download::Dead) => Err(err(ErrorClass::Permanent, "HTTP 404")),
-            Some(Download::Bytes(b)) => Ok(Recording {
-                content_length: Some(b.len() as u64),
-                bytes: stream::iter(
-                    b.chunks(1000)
-                        .map(|c| Ok(Bytes::copy_from_slice(c)))
-                        .collect::<Vec<_>>(),
-                )
-                .boxed(),
-            }),
+            Some(Download::Bytes(b)) => self.download_bytes(b),
             Some(Download::BreaksMidway(b, n)) => {
                 if n == 0 {
                     map.insert(url.to_string(), Download::Bytes(b.clone()));

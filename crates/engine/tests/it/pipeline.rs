@@ -13,8 +13,8 @@ use b24sense_store::Store;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::fakes::{wav, Download, FakeSink, FakeSource, Upload};
-use crate::support::{collector, test_store, Ran};
+use crate::fakes::{call, wav, Download, FakeSink, FakeSource, Upload};
+use crate::support::{collector, store_taken_over_from, test_store, Ran};
 
 fn config() -> ExportConfig {
     let mut c = ExportConfig::new("fake.bitrix24.test", "conn-1");
@@ -436,6 +436,49 @@ async fn a_long_upload_keeps_its_lease() {
     assert_eq!(summary.uploaded, 1);
     let entry = store.entry("fake.bitrix24.test", 1).await.unwrap().unwrap();
     assert_eq!(entry.talk_id.as_deref(), Some("aud00001"));
+}
+
+/// An outcome reached without an upload, for a call another process holds: the run claims it once that lease runs
+/// out, and another process takes it over before the commit. The commit is fenced off, and the run that lost the
+/// call must not report it (the new holder does): no settled call, nothing counted, the ledger row the winner's.
+#[tokio::test]
+async fn a_call_taken_over_before_its_direct_settlement_is_not_reported_by_the_loser() {
+    let (store, _dir) = store_taken_over_from("loser", "winner").await;
+    let source = Arc::new(FakeSource {
+        calls: vec![call(1, None, None)],
+        ..FakeSource::default()
+    });
+    let sink = Arc::new(FakeSink::default());
+    // Held for a moment by someone else, so the call cannot be settled in one statement and is claimed instead.
+    store
+        .register("fake.bitrix24.test", &source.calls)
+        .await
+        .unwrap();
+    let other = store
+        .claim(
+            "fake.bitrix24.test",
+            1,
+            "other-worker",
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+    assert!(other.is_some(), "the call is free before the run");
+    let mut c = config();
+    c.worker_id = "loser".into();
+    c.poll = Duration::from_millis(20);
+    let s = run(&source, &sink, &store, c).await;
+
+    assert_eq!(s.found, 1);
+    assert!(
+        s.calls.is_empty(),
+        "the loser reports nothing: {:?}",
+        s.calls
+    );
+    assert!(s.skipped.is_empty(), "nothing counted: {:?}", s.skipped);
+    let entry = store.entry("fake.bitrix24.test", 1).await.unwrap().unwrap();
+    assert_eq!(entry.state, LedgerState::Pending, "{entry:?}");
+    assert_eq!(entry.lease_owner.as_deref(), Some("winner"), "{entry:?}");
 }
 
 #[tokio::test]

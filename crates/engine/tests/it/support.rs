@@ -65,3 +65,38 @@ pub async fn postgres_store() -> Store {
         .await
         .expect("PostgreSQL at B24SENSE_TEST_POSTGRES_URL")
 }
+
+/// A fresh ledger, on the backend [`test_store`] picks, in which another process takes a call over the moment
+/// `loser` claims it: a trigger hands the lease to `winner` for an hour and moves the fence on, as a replica does
+/// once a paused worker's lease has run out. This times the race between a claim and its commit, which a test
+/// cannot time from outside.
+pub async fn store_taken_over_from(loser: &str, winner: &str) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var("B24SENSE_TEST_LEDGER").is_ok_and(|v| v == "postgres") {
+        let schema = format!("engine_{}", uuid::Uuid::new_v4().simple());
+        let store = Store::open_postgres_schema(&postgres_url(), &schema)
+            .await
+            .expect("PostgreSQL at B24SENSE_TEST_POSTGRES_URL");
+        let db = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+        let trigger = format!(
+            "CREATE FUNCTION {schema}.take_over() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+               UPDATE {schema}.ledger SET lease_owner = '{winner}', lease_until = now() + interval '1 hour', \
+               fence = fence + 1 WHERE portal = NEW.portal AND call_id = NEW.call_id; RETURN NULL; END $$; \
+             CREATE TRIGGER take_over AFTER UPDATE OF lease_owner ON {schema}.ledger FOR EACH ROW \
+               WHEN (NEW.lease_owner = '{loser}') EXECUTE FUNCTION {schema}.take_over();"
+        );
+        sqlx::raw_sql(&trigger).execute(&db).await.unwrap();
+        return (store, dir);
+    }
+    let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let trigger = format!(
+        "CREATE TRIGGER take_over AFTER UPDATE OF lease_owner ON ledger WHEN NEW.lease_owner = '{loser}' BEGIN \
+           UPDATE ledger SET lease_owner = '{winner}', \
+           lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour'), fence = fence + 1 \
+           WHERE portal = NEW.portal AND call_id = NEW.call_id; END"
+    );
+    sqlx::raw_sql(&trigger).execute(&db).await.unwrap();
+    (store, dir)
+}

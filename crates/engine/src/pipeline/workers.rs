@@ -1,0 +1,217 @@
+//! The workers: each takes a claimed call, drives it to an outcome through retries and the in-doubt rule (one try
+//! is in `attempt`), and commits the outcome, fenced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use b24sense_core::{Call, FailReason, Outcome};
+use b24sense_store::Claim;
+use tokio::sync::mpsc;
+
+use super::{AttemptError, Feedback, Run, Sent, WorkItem};
+use crate::ports::{CallSource, TalkSink};
+use crate::EngineError;
+
+impl<S: CallSource, K: TalkSink> Run<S, K> {
+    pub(super) async fn worker(
+        self: Arc<Self>,
+        work: Arc<tokio::sync::Mutex<mpsc::Receiver<WorkItem>>>,
+        feedback: mpsc::UnboundedSender<Feedback>,
+    ) {
+        loop {
+            let item = work.lock().await.recv().await;
+            let Some(item) = item else { return };
+            let fb = if self.stop.is_cancelled() {
+                Feedback::Done
+            } else {
+                match self.process(item).await {
+                    Ok(fb) => fb,
+                    Err(e) => {
+                        self.fail_run(format!("ledger error: {e}"));
+                        Feedback::Done
+                    }
+                }
+            };
+            if feedback.send(fb).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Claims one call and drives it to an outcome, holding the call's lease throughout.
+    async fn process(&self, mut item: WorkItem) -> Result<Feedback, EngineError> {
+        let ahead = match item.claim.take() {
+            Some((claim, at)) => self.still_held(claim, at).await?,
+            None => None,
+        };
+        let claim = match ahead {
+            Some(claim) => claim,
+            None => match self.claim_or_wait(&item.call).await? {
+                Some(claim) => claim,
+                None => return Ok(Feedback::Done),
+            },
+        };
+        tokio::select! {
+            done = self.keep_lease(&claim, self.drive(item, &claim)) => done,
+            _ = self.hard.cancelled() => {
+                // Dropping the upload resets its stream; a row already `uploading` stays in doubt for the next run.
+                if let Err(e) = self.store.release(&claim).await {
+                    tracing::warn!(call = claim.call_id, error = %e, "could not release an abandoned call");
+                }
+                Ok(Feedback::Done)
+            }
+        }
+    }
+
+    async fn drive(&self, item: WorkItem, claim: &Claim) -> Result<Feedback, EngineError> {
+        let claim = claim.clone();
+        let mut reupload = false;
+        if claim.in_doubt {
+            match self.find_existing(item.call.id).await {
+                Some(Ok(talk_id)) => {
+                    let outcome = Outcome::Uploaded {
+                        talk_id,
+                        mono: false,
+                        reuploaded_after_crash: false,
+                    };
+                    return self
+                        .commit(&claim, &item.call, outcome, Sent::NOTHING)
+                        .await;
+                }
+                Some(Err(())) => {}
+                None => reupload = true,
+            }
+        }
+        let mut attempt = 1;
+        loop {
+            let result = self.attempt(&item, &claim, reupload).await;
+            let (outcome, sent) = match result {
+                Ok(done) => done,
+                Err(AttemptError::Final(outcome)) => (outcome, Sent::NOTHING),
+                Err(AttemptError::LostLease) => return Ok(Feedback::Done),
+                Err(AttemptError::Fallback) => {
+                    self.store.release(&claim).await?;
+                    let mut item = item;
+                    item.url = None;
+                    item.via_disk = true;
+                    return Ok(Feedback::Fallback(Box::new(item)));
+                }
+                Err(AttemptError::Fatal(reason)) => {
+                    self.fail_run(reason.clone());
+                    (
+                        Outcome::Failed {
+                            reason: FailReason::Interrupted,
+                            detail: reason,
+                        },
+                        Sent::NOTHING,
+                    )
+                }
+                Err(AttemptError::InDoubt { detail }) => {
+                    tracing::warn!(call = item.call.id, %detail, "upload in doubt");
+                    match self.find_existing_settled(item.call.id).await {
+                        Some(Ok(talk_id)) => (
+                            Outcome::Uploaded {
+                                talk_id,
+                                mono: false,
+                                reuploaded_after_crash: reupload,
+                            },
+                            Sent::NOTHING,
+                        ),
+                        found => {
+                            reupload |= found.is_none();
+                            if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
+                                (
+                                    Outcome::Failed {
+                                        reason: FailReason::InDoubt,
+                                        detail,
+                                    },
+                                    Sent::NOTHING,
+                                )
+                            } else {
+                                attempt += 1;
+                                self.pause(attempt - 1, None).await;
+                                continue;
+                            }
+                        }
+                    }
+                }
+                Err(AttemptError::Retry {
+                    reason,
+                    after,
+                    detail,
+                }) => {
+                    if attempt >= self.config.max_attempts || self.stop.is_cancelled() {
+                        (Outcome::Failed { reason, detail }, Sent::NOTHING)
+                    } else {
+                        tracing::debug!(call = item.call.id, %detail, attempt, "retrying");
+                        self.pause(attempt, after).await;
+                        attempt += 1;
+                        continue;
+                    }
+                }
+            };
+            return self.commit(&claim, &item.call, outcome, sent).await;
+        }
+    }
+
+    async fn pause(&self, attempt: u32, hint: Option<Duration>) {
+        let delay = self.config.backoff.delay(attempt, hint);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.stop.cancelled() => {}
+        }
+    }
+
+    /// [`Self::find_existing`] for an upload that was in doubt a moment ago: a talk stored just now may not be
+    /// searchable yet, so "none found" is asked again a few times over `search_settle` before it is believed.
+    async fn find_existing_settled(&self, call_id: u64) -> Option<Result<String, ()>> {
+        const TRIES: u32 = 3;
+        let mut found = self.find_existing(call_id).await;
+        for _ in 1..TRIES {
+            if !matches!(found, Some(Err(()))) || self.stop.is_cancelled() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.search_settle / (TRIES - 1)) => {}
+                _ = self.stop.cancelled() => {}
+            }
+            found = self.find_existing(call_id).await;
+        }
+        found
+    }
+
+    /// A talk already stored for this call: `Some(Ok(id))` found, `Some(Err(()))` searched and none found,
+    /// `None` no search possible (not configured, or it failed).
+    async fn find_existing(&self, call_id: u64) -> Option<Result<String, ()>> {
+        match self
+            .sink
+            .find_talks(&self.config.connection_id, call_id)
+            .await
+        {
+            Ok(Some(ids)) => Some(ids.into_iter().next().ok_or(())),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(call = call_id, error = %e, "duplicate check failed");
+                None
+            }
+        }
+    }
+
+    pub(super) async fn commit(
+        &self,
+        claim: &Claim,
+        call: &Call,
+        outcome: Outcome,
+        sent: Sent,
+    ) -> Result<Feedback, EngineError> {
+        if !self.store.finish(claim, &outcome).await? {
+            tracing::warn!(
+                call = call.id,
+                "lease was taken over before the commit; the other worker reports this call"
+            );
+            return Ok(Feedback::Done);
+        }
+        self.report(call, outcome, sent);
+        Ok(Feedback::Done)
+    }
+}
