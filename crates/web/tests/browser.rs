@@ -1,7 +1,8 @@
 //! The settings page in real headless Chromium (Debian's `chromium` + `chromedriver`), opened the way Bitrix24
 //! opens it: the emulated portal's page POSTs the placement form into an iframe. The test fills the form,
 //! checks the connection (a wrong key first), saves, starts the export, waits for the progress to finish and
-//! compares with what the SpeechSense emulator holds. Screenshots go to `docs/screenshots/`.
+//! compares with what the SpeechSense emulator holds. Screenshots go to `target/screenshots/` (tests never change tracked files); `scripts/refresh-screenshots.sh`
+//! runs this test with `B24SENSE_SCREENSHOTS_DIR` pointing at `docs/screenshots/` to refresh the README's pictures.
 //!
 //! A missing `chromedriver` fails the test (`.ci/run` installs it); a developer without Chromium may skip it
 //! explicitly with `B24SENSE_SKIP_BROWSER_TEST=1`, and the test then says so.
@@ -116,8 +117,16 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// `B24SENSE_SCREENSHOTS_DIR`, else `screenshots/` in cargo's target directory.
 fn screenshots() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots");
+    let dir = std::env::var_os("B24SENSE_SCREENSHOTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            target.join("screenshots")
+        });
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
