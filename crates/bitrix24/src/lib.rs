@@ -18,7 +18,7 @@ mod methods;
 mod php;
 
 pub use auth::{AccessToken, Credentials, TokenSource, WebhookUrl};
-pub use client::{Bitrix24Client, ClientConfig, ClientStats, Download};
+pub use client::{is_public, Bitrix24Client, ClientConfig, ClientStats, Download, PublicOnly};
 pub use envelope::{ApiResponse, BatchResponse, ResponseTime};
 pub use error::{ApiError, ApiErrorKind, Error};
 pub use limits::{RatePlan, RequestLimiter};

@@ -680,7 +680,8 @@ async fn download_streams_and_counts_portal_downloads() {
         let ext: url::Url = format!("http://localhost:{}/rec/1.wav", pbx_addr.port()).parse().unwrap();
         assert_eq!(collect(c.download(&ext).await.unwrap()).await, b"RIFF....WAVE");
         let s = c.stats();
-        assert_eq!((s.downloads, s.portal_downloads, s.download_bytes), (2, 2, audio.len() as u64 + 12));
+        assert_eq!((s.downloads, s.download_bytes), (2, audio.len() as u64 + 12));
+        assert_eq!((s.portal_downloads, s.uncounted_portal_downloads), (0, 2), "uncounted until refused");
 
         let e = c.download(&ext).await.unwrap_err();
         assert!(matches!(e, Error::Download { status: 404 }), "{e:?}");

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use b24sense_bitrix24::WebhookUrl;
 use b24sense_core::filter::parse_user_ids;
 use b24sense_core::{CallType, MonoPolicy, TimeBound};
+use b24sense_engine::concurrency::{Concurrency, DEFAULT_CEILING};
 use b24sense_speechsense::Lang;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -64,13 +65,13 @@ pub struct SpeechSenseArgs {
 #[derive(Debug, Args)]
 pub struct FilterArgs {
     /// Load calls since this date (YYYY-MM-DD, read in the portal's time zone, or RFC 3339). Empty = all calls.
-    #[arg(long, value_name = "DATE", value_parser = |s: &str| parse_bound("--since", s))]
-    pub since: Option<TimeBound>,
-    /// Load calls up to and including this date (YYYY-MM-DD or RFC 3339).
-    #[arg(long, value_name = "DATE", value_parser = |s: &str| parse_bound("--until", s))]
-    pub until: Option<TimeBound>,
+    #[arg(long, env = "B24SENSE_SINCE", value_name = "DATE", value_parser = |s: &str| parse_bound("--since", s))]
+    pub since: Option<DateBound>,
+    /// Load calls up to and including this date (YYYY-MM-DD or RFC 3339). Empty = no upper bound.
+    #[arg(long, env = "B24SENSE_UNTIL", value_name = "DATE", value_parser = |s: &str| parse_bound("--until", s))]
+    pub until: Option<DateBound>,
     /// Bitrix24 user IDs of the operators whose calls to load, e.g. 1,5,7. Empty = all users.
-    #[arg(long, value_name = "IDS", value_parser = |s: &str| parse_users("--users", s), default_value = "")]
+    #[arg(long, env = "B24SENSE_USERS", value_name = "IDS", value_parser = |s: &str| parse_users("--users", s), default_value = "")]
     pub users: UserList,
     /// Minimal conversation length in seconds (30 or more recommended).
     #[arg(long, value_name = "SECONDS", default_value = "0", value_parser = |s: &str| parse_seconds("--min-duration", s), allow_hyphen_values = true)]
@@ -82,6 +83,10 @@ pub struct FilterArgs {
     #[arg(long, value_name = "DIRECTION", value_delimiter = ',', value_parser = parse_direction)]
     pub direction: Vec<CallType>,
 }
+
+/// A parsed `--since`/`--until`: a date, or `None` when given empty (no bound, as when not given at all).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DateBound(pub Option<TimeBound>);
 
 /// A parsed `--users` list (a newtype so clap does not treat it as repeated values).
 #[derive(Debug, Clone, Default)]
@@ -148,9 +153,8 @@ pub struct RunArgs {
     /// Ledger database: sqlite:PATH or postgres://… Default: a SQLite file in the user's data directory.
     #[arg(long, env = "B24SENSE_DATABASE_URL", value_parser = parse_database)]
     pub database: Option<String>,
-    /// Uploads in flight at once.
-    #[arg(long, default_value = "8", value_parser = parse_concurrency)]
-    pub concurrency: usize,
+    #[command(flatten)]
+    pub concurrency: ConcurrencyArgs,
     /// Recognition language sent with every talk.
     #[arg(long, default_value = "ru-RU", value_parser = parse_language)]
     pub language: String,
@@ -178,6 +182,28 @@ pub struct RunArgs {
     /// PostgreSQL schema holding the ledger's tables (hidden: test isolation, databases shared with other apps).
     #[arg(long, hide = true, env = "B24SENSE_DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
+}
+
+/// How many calls are downloaded and uploaded at once (export, demo and serve).
+#[derive(Debug, Args)]
+pub struct ConcurrencyArgs {
+    /// Pin the calls downloaded and uploaded at once to N. Default: adaptive — from 8, more while throughput
+    /// rises and latency holds, fewer on RESOURCE_EXHAUSTED, UNAVAILABLE or rising latency.
+    #[arg(long, value_name = "N", value_parser = parse_concurrency)]
+    pub concurrency: Option<usize>,
+    /// Ceiling of the adaptive concurrency (each call in flight holds at most one 1 MiB chunk).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CEILING, value_parser = parse_concurrency,
+          conflicts_with = "concurrency")]
+    pub max_concurrency: usize,
+}
+
+impl ConcurrencyArgs {
+    pub fn setting(&self) -> Concurrency {
+        match self.concurrency {
+            Some(n) => Concurrency::Pinned(n),
+            None => Concurrency::adaptive_up_to(self.max_concurrency),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -224,6 +250,9 @@ pub enum EmulateCommand {
         users: usize,
         #[arg(long, default_value = "2026")]
         seed: u64,
+        /// Portal downloads (`/rest/download.json`) do not count in the emulated request limit (by default they do).
+        #[arg(long)]
+        uncounted_downloads: bool,
     },
     /// Yandex SpeechSense's TalkService (gRPC, plaintext) on 127.0.0.1.
     Speechsense {
@@ -235,8 +264,14 @@ pub enum EmulateCommand {
     },
 }
 
-fn parse_bound(flag: &'static str, s: &str) -> Result<TimeBound, String> {
-    TimeBound::parse(flag, s).map_err(|e| e.message)
+/// Empty or blank: no bound (the README's "empty = all calls", also for an empty environment variable).
+fn parse_bound(flag: &'static str, s: &str) -> Result<DateBound, String> {
+    if s.trim().is_empty() {
+        return Ok(DateBound(None));
+    }
+    TimeBound::parse(flag, s)
+        .map(|b| DateBound(Some(b)))
+        .map_err(|e| e.message)
 }
 
 fn parse_users(flag: &'static str, s: &str) -> Result<UserList, String> {
@@ -385,5 +420,45 @@ mod tests {
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_database("mysql://x").is_err());
         assert!(parse_connection_id("").is_err());
+        for empty in ["", "  "] {
+            assert!(parse_bound("--since", empty).unwrap().0.is_none());
+            assert!(parse_users("--users", empty).unwrap().0.is_empty());
+        }
+        assert!(parse_bound("--since", "2025-01-01").unwrap().0.is_some());
+        assert!(parse_bound("--since", "soon").is_err());
+    }
+
+    #[test]
+    fn concurrency_is_adaptive_unless_pinned() {
+        #[derive(Debug, Parser)]
+        struct Flags {
+            #[command(flatten)]
+            c: ConcurrencyArgs,
+        }
+        let parse = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("b24sense").chain(args.iter().copied()))
+                .map(|f| f.c.setting())
+        };
+        assert_eq!(parse(&[]).unwrap(), Concurrency::default());
+        assert_eq!(
+            parse(&["--concurrency", "3"]).unwrap(),
+            Concurrency::Pinned(3)
+        );
+        assert_eq!(
+            parse(&["--max-concurrency", "64"]).unwrap(),
+            Concurrency::Adaptive {
+                initial: 8,
+                ceiling: 64
+            }
+        );
+        assert_eq!(
+            parse(&["--max-concurrency", "2"]).unwrap(),
+            Concurrency::Adaptive {
+                initial: 2,
+                ceiling: 2
+            }
+        );
+        assert!(parse(&["--concurrency", "3", "--max-concurrency", "64"]).is_err());
+        assert!(parse(&["--concurrency", "0"]).is_err());
     }
 }

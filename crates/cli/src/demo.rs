@@ -86,11 +86,13 @@ pub async fn emulate(cmd: EmulateCommand) -> Result<u8, Failure> {
             calls,
             users,
             seed,
+            uncounted_downloads,
         } => {
             let config = PortalConfig {
                 seed,
                 calls,
                 users,
+                count_downloads: !uncounted_downloads,
                 ..PortalConfig::default()
             };
             b24sense_emulators::bitrix24::serve_forever(

@@ -159,8 +159,8 @@ pub struct ExportTarget {
 
 pub fn call_filter(f: &FilterArgs) -> Result<CallFilter, Failure> {
     let filter = CallFilter {
-        since: f.since,
-        until: f.until,
+        since: f.since.and_then(|b| b.0),
+        until: f.until.and_then(|b| b.0),
         users: f.users.0.clone(),
         min_duration: f.min_duration,
         max_duration: f.max_duration,
@@ -331,7 +331,7 @@ pub async fn export_command(
     config.filter = filter;
     config.mono_policy = run.mono_policy.clone();
     config.language = run.language.clone();
-    config.concurrency = run.concurrency;
+    config.concurrency = run.concurrency.setting();
     config.dry_run = run.dry_run;
     if let Some(secs) = run.lease_seconds {
         config.lease = Duration::from_secs_f64(secs);

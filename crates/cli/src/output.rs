@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use b24sense_bitrix24::ClientStats;
-use b24sense_engine::{CallReport, Summary};
+use b24sense_engine::{CallReport, DownloadAccounting, Summary};
 use serde_json::{json, Value};
 
 /// The summary as JSON, with the REST client's counters.
@@ -18,6 +18,8 @@ pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
         "retries": rest.retries,
         "downloads": rest.downloads,
         "download_bytes": rest.download_bytes,
+        "portal_downloads_counted": rest.portal_downloads,
+        "portal_downloads_uncounted": rest.uncounted_portal_downloads,
     });
     v
 }
@@ -130,6 +132,15 @@ pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool
         "  Bitrix24 REST     {} requests · {} rate-limit rejections · {} downloads",
         rest["requests"], rest["rate_limited"], rest["downloads"]
     );
+    match summary.download_accounting {
+        Some(DownloadAccounting::Counted) => println!(
+            "  portal downloads  counted in its request limit (learned from a refusal, remembered for later runs)"
+        ),
+        Some(DownloadAccounting::Uncounted) => {
+            println!("  portal downloads  not counted in its request limit")
+        }
+        None => {}
+    }
     if let Some(emu) = stats.get("emulators") {
         println!(
             "  emulated portal   {} HTTP requests · {} rejected by its rate limit · {} sent",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use b24sense_bitrix24::RatePlan;
 use b24sense_store::SecretKey;
-use b24sense_web::{AppServer, WebConfig};
+use b24sense_web::{AppServer, ConnectionLimits, WebConfig};
 use clap::Args;
 use secrecy::SecretString;
 use url::Url;
@@ -34,9 +34,9 @@ pub struct ServeArgs {
     /// Database: sqlite:PATH or postgres://… (portals, settings, the ledger).
     #[arg(long, env = "B24SENSE_DATABASE_URL")]
     pub database: Option<String>,
-    /// Uploads in flight per portal.
-    #[arg(long, default_value = "8")]
-    pub concurrency: usize,
+    /// Calls in flight per portal (adaptive unless pinned).
+    #[command(flatten)]
+    pub concurrency: crate::args::ConcurrencyArgs,
     /// Seconds between catch-up passes for portals with continuous sync.
     #[arg(long, default_value = "300")]
     pub sync_interval: u64,
@@ -57,9 +57,23 @@ pub struct ServeArgs {
     /// shown as interrupted and resumed (the heartbeat beats every 10 s at most).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(40..=3600))]
     pub run_stale_after: u64,
-    /// Allowed OAuth servers (host or host:port) an installation may name as its server_endpoint.
+    /// Allowed OAuth servers (host or host:port): an install is proven by exchanging its refresh token at one of
+    /// them, and an installation's server_endpoint must be one of them.
     #[arg(long = "oauth-server", env = "B24SENSE_OAUTH_SERVERS", value_delimiter = ',', default_values_t = b24sense_web::DEFAULT_OAUTH_SERVERS.map(String::from))]
     pub oauth_servers: Vec<String>,
+    /// Seconds a connection has to send a whole request header (also the longest a kept-alive connection may
+    /// sit idle between requests).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout: u64,
+    /// Seconds a request has to send its whole body.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout: u64,
+    /// Seconds without a byte moving either way after which a connection is closed.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout: u64,
+    /// Connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_connections: u64,
     /// Accept portals over plain http (the local emulator only).
     #[arg(long, hide = true)]
     pub allow_http_portals: bool,
@@ -93,7 +107,7 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
         SecretString::from(a.client_secret),
         a.speechsense_endpoint,
     );
-    config.concurrency = a.concurrency.clamp(1, 64);
+    config.concurrency = a.concurrency.setting();
     config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
     config.late_recordings.horizon = Duration::from_secs(a.recording_horizon * 3600);
     config.allow_http_portals = a.allow_http_portals;
@@ -101,6 +115,12 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     config.keepalive_interval = Duration::from_secs(a.token_keepalive_interval);
     config.keepalive_age = Duration::from_secs(a.token_keepalive_age * 86_400);
     config.run_stale_after = Duration::from_secs(a.run_stale_after);
+    config.connections = ConnectionLimits {
+        header_timeout: Duration::from_secs(a.header_timeout),
+        body_timeout: Duration::from_secs(a.body_timeout),
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        max_connections: a.max_connections as usize,
+    };
     config.rate = match a.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
         RatePlanArg::Enterprise => RatePlan::ENTERPRISE,

@@ -278,6 +278,9 @@ fn demo_runs_end_to_end() {
     assert_eq!(v["emulators"]["talks_stored"], v["uploaded"]);
     assert_eq!(v["emulators"]["portal_rate_limited"], 0);
     assert!(v["rest"]["requests"].as_u64().unwrap() >= 2);
+    // Refused nothing, so the portal's own downloads stayed out of its request limit.
+    assert_eq!(v["download_accounting"], "uncounted", "{v}");
+    assert_eq!(v["rest"]["portal_downloads_counted"], 0, "{v}");
 }
 
 #[test]
@@ -430,4 +433,52 @@ async fn a_corrupt_or_unreachable_ledger_is_a_clear_error_and_nothing_is_lost() 
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("--database"), "{}", stderr(&out));
     assert_eq!(s.speech.talk_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_since_until_and_users_mean_all_calls_in_flags_and_environment() {
+    let s = services(60).await;
+    let found = |o: &Output| -> u64 {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        let summary: serde_json::Value = serde_json::from_str(&stdout(o)).unwrap();
+        summary["found"].as_u64().unwrap()
+    };
+    let dry = ["--dry-run", "--json"];
+    let all = found(&run(s.export(&dry)).await);
+    assert!(all > 0);
+
+    let empty_flags = [&dry[..], &["--since", "", "--until", " ", "--users", ""]].concat();
+    assert_eq!(found(&run(s.export(&empty_flags)).await), all, "flags");
+    let mut cmd = s.export(&dry);
+    cmd.env("B24SENSE_SINCE", "")
+        .env("B24SENSE_UNTIL", "  ")
+        .env("B24SENSE_USERS", "");
+    assert_eq!(found(&run(cmd).await), all, "environment");
+
+    // The environment variables are read: a date or a user given there filters.
+    let mut cmd = s.export(&dry);
+    cmd.env("B24SENSE_SINCE", "2999-01-01");
+    assert_eq!(found(&run(cmd).await), 0, "B24SENSE_SINCE");
+    let mut cmd = s.export(&dry);
+    cmd.env("B24SENSE_UNTIL", "2000-01-01");
+    assert_eq!(found(&run(cmd).await), 0, "B24SENSE_UNTIL");
+    let user = s.portal.call_rows()[0]["PORTAL_USER_ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cmd = s.export(&dry);
+    cmd.env("B24SENSE_USERS", &user);
+    let one_user = found(&run(cmd).await);
+    assert!(
+        0 < one_user && one_user < all,
+        "B24SENSE_USERS={user}: {one_user} of {all}"
+    );
+    // A flag wins over its environment variable.
+    let mut cmd = s.export(&[&dry[..], &["--since", ""]].concat());
+    cmd.env("B24SENSE_SINCE", "2999-01-01");
+    assert_eq!(
+        found(&run(cmd).await),
+        all,
+        "--since \"\" over B24SENSE_SINCE"
+    );
 }

@@ -1,17 +1,21 @@
 //! Several replicas of the real `b24sense` binary on one PostgreSQL ledger (isolated in a schema of its own) and one
-//! emulated portal: one holds the portal lease at a time, the holder is killed mid-run, another takes over after the
-//! lease runs out; every recorded call arrives exactly once and the portal never answers "rate limited".
+//! emulated portal: one holds the portal lease at a time, the holder is killed mid-run, another takes over (at once:
+//! it finds the holder's process gone on this machine); every recorded call arrives exactly once and the portal
+//! never answers "rate limited".
 //!
 //! Needs the machine's PostgreSQL at 127.0.0.1:5432, database `test`, user `postgres` (as CI provides).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use b24sense_core::LedgerState;
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_store::Store;
+use common::{until, wait};
 
 const DATABASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 const PORTAL: &str = "replica-portal";
@@ -53,29 +57,6 @@ impl World {
 
     fn log(&self, log: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{log}.err"))).unwrap_or_default()
-    }
-}
-
-async fn wait(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

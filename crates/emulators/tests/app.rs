@@ -96,19 +96,57 @@ async fn install_oauth_events_uninstall() {
     .unwrap();
     let (app, seen) = app_server().await;
 
-    // Install: the form reaches the handler with tokens and identity; the answer finishes the install.
+    // The application binds ONAPPINSTALL while installing (here with a token of an earlier frame).
+    let early = emu.app_frame_request(1, "ru");
+    let (st, _) = rest(
+        &emu,
+        "event.bind",
+        get(&early.form, "AUTH_ID"),
+        serde_json::json!({"event": "ONAPPINSTALL", "handler": format!("{app}install")}),
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    // Install: the form reaches the handler with tokens and identity, only the documented fields; the answer
+    // finishes the install, and then ONAPPINSTALL brings the application token and the installer's tokens.
     assert!(!emu.app_installed());
     let done = emu
         .install_app(&format!("{app}install"), "ru")
         .await
         .unwrap();
     assert!(done.installed, "{done:?}");
+    assert_eq!(done.install_event, vec![200]);
     assert!(emu.app_installed());
     let (query, form) = seen.lock().unwrap()[0].clone();
     assert!(query.contains("DOMAIN=127.0.0.1"), "{query}");
     assert_eq!(get(&form, "member_id"), emu.app_member_id());
-    assert_eq!(get(&form, "APPLICATION_TOKEN"), emu.app_application_token());
-    assert_eq!(get(&form, "SERVER_ENDPOINT"), emu.app_server_endpoint());
+    for undocumented in ["APPLICATION_TOKEN", "SERVER_ENDPOINT", "APPLICATION_SCOPE"] {
+        assert!(form.iter().all(|(k, _)| k != undocumented), "{form:?}");
+    }
+    let (_, ev) = seen.lock().unwrap()[1].clone();
+    assert_eq!(get(&ev, "event"), "ONAPPINSTALL");
+    assert_eq!(
+        get(&ev, "auth[application_token]"),
+        emu.app_application_token()
+    );
+    assert_eq!(get(&ev, "auth[member_id]"), emu.app_member_id());
+    // The event's refresh token is the installer's: the OAuth server names the portal for it.
+    let (st, t) = refresh(&emu, get(&ev, "auth[refresh_token]")).await;
+    assert_eq!(st, 200, "{t}");
+    assert_eq!(t["member_id"], emu.app_member_id());
+    assert_eq!(t["client_endpoint"], format!("{}rest/", emu.base_url()));
+    // Portals that also send the undocumented fields (the legacy option).
+    emu.set_frame_extras(true);
+    let legacy = emu.app_frame_request(1, "ru");
+    assert_eq!(
+        get(&legacy.form, "APPLICATION_TOKEN"),
+        emu.app_application_token()
+    );
+    assert_eq!(
+        get(&legacy.form, "SERVER_ENDPOINT"),
+        emu.app_server_endpoint()
+    );
+    emu.set_frame_extras(false);
     let access = get(&form, "AUTH_ID").to_string();
     let refresh_id = get(&form, "REFRESH_ID").to_string();
 
@@ -129,7 +167,7 @@ async fn install_oauth_events_uninstall() {
     assert_eq!((st, v["error"].as_str()), (400, Some("invalid_grant")));
     let (st, _) = rest(&emu, "profile", &access, Value::Null).await;
     assert_eq!(st, 401);
-    assert_eq!(emu.oauth_refreshes(), (1, 1));
+    assert_eq!(emu.oauth_refreshes(), (2, 1));
     // A wrong client secret is refused.
     let (st, _) = token_grant(&emu, "x", "y", t["refresh_token"].as_str().unwrap()).await;
     assert_eq!(st, 401);
@@ -142,7 +180,7 @@ async fn install_oauth_events_uninstall() {
     let (st, v) = rest(&emu, "event.bind", &access2, bind).await;
     assert_eq!((st, v["error"].as_str()), (400, Some("ERROR_CORE")));
     let (_, v) = rest(&emu, "event.get", &access2, Value::Null).await;
-    assert_eq!(v["result"][0]["event"], "ONVOXIMPLANTCALLEND");
+    assert_eq!(v["result"][1]["event"], "ONVOXIMPLANTCALLEND");
     let wh = client()
         .post(format!("{}event.bind.json", emu.webhook_url()))
         .json(&serde_json::json!({"event": "ONAPPUNINSTALL", "handler": handler}))

@@ -94,6 +94,18 @@ impl CallSource for Bitrix24Source {
             bytes: d.stream.map_err(|e| e.to_string()).boxed(),
         })
     }
+
+    fn downloads_counted(&self) -> Option<bool> {
+        Some(self.client.counts_portal_downloads())
+    }
+
+    fn count_downloads(&self) {
+        self.client.count_portal_downloads();
+    }
+
+    async fn downloads_now_counted(&self) {
+        self.client.portal_downloads_now_counted().await
+    }
 }
 
 /// A SpeechSense connection reached through the gRPC client. With a search scope (organization, space and project

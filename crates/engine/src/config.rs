@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use b24sense_core::{CallFilter, MonoPolicy};
 
+use crate::concurrency::Concurrency;
+use crate::holder::Holder;
 use crate::retry::Backoff;
 
 /// Settings of one export run (CLI flags or a portal's saved settings).
@@ -16,8 +18,8 @@ pub struct ExportConfig {
     pub mono_policy: MonoPolicy,
     /// Recognition language sent as the `language` key.
     pub language: String,
-    /// Uploads in flight at once.
-    pub concurrency: usize,
+    /// Calls downloaded and uploaded at once: adaptive (the default) or pinned.
+    pub concurrency: Concurrency,
     /// List and count only; upload nothing and write nothing.
     pub dry_run: bool,
     /// Continuous sync: first take up what the ledger left unfinished (calls of a stopped or crashed run, calls
@@ -40,19 +42,24 @@ pub struct ExportConfig {
     /// How long a replica's hold on the portal lasts without renewal (renewed every sixth of it). Only the holder
     /// talks to the portal; another replica takes over only after this. Five sixths of it should cover the time the
     /// portal's request bucket takes to drain (25 s on the standard plan, 50 s on Enterprise), so a takeover after
-    /// a crash never starts against a bucket the dead holder had filled.
+    /// a crash never starts against a bucket the dead holder had filled. Exception: a holder known dead (a crashed
+    /// run on this machine, see `holder`) is taken over at once — the user restarting it should not wait a minute,
+    /// and a refusal from a bucket it left full is backed off from like any other.
     pub portal_lease: Duration,
     /// How often a replica waiting for the portal, or a worker waiting for a call another worker held, looks again.
     pub poll: Duration,
     /// After a shutdown request, how long uploads in flight may take to finish before they are abandoned (their
     /// calls stay `uploading`, in doubt, and are resolved by the next run).
     pub shutdown_grace: Duration,
-    /// How long a talk may take to become searchable: when an upload in doubt a moment ago is searched for and not
-    /// found, the search is repeated over this time before the call is uploaded again. (A call found in doubt by a
-    /// later process needs no wait: its lease had to run out first.)
+    /// How long a talk may take to become searchable: when an upload in doubt is searched for and not found, the
+    /// search is repeated over this time before the call is uploaded again (also for a call a crashed run left in
+    /// doubt: its portal may have been taken over at once, see [`ExportConfig::holder`]).
     pub search_settle: Duration,
-    /// Identifies this process in leases (host, pid and a random part).
+    /// Identifies this run in leases (pid and a random part).
     pub worker_id: String,
+    /// This process, recorded with the portal lease so that a run that finds it dead on the same machine takes the
+    /// portal over at once; `None`: not recorded (no `/proc`), and the lease is waited for after a crash.
+    pub holder: Option<Holder>,
 }
 
 /// How long and how often a call without a recording is checked again (`bitrix24-api.md` §4.3: built-in telephony
@@ -99,7 +106,7 @@ impl ExportConfig {
             connection_id: connection_id.into(),
             mono_policy: MonoPolicy::Upload,
             language: b24sense_core::mapping::DEFAULT_LANGUAGE.to_string(),
-            concurrency: 8,
+            concurrency: Concurrency::default(),
             dry_run: false,
             incremental: false,
             await_recordings: None,
@@ -112,6 +119,7 @@ impl ExportConfig {
             shutdown_grace: Duration::from_secs(30),
             search_settle: Duration::from_secs(2),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            holder: Holder::this_process(),
         }
     }
 }

@@ -6,15 +6,20 @@
 //! through the [`ports`] traits, implemented for the real clients in [`adapters`].
 
 pub mod adapters;
+pub mod concurrency;
 pub mod config;
+pub mod holder;
 mod pipeline;
 pub mod ports;
 pub mod report;
 pub mod retry;
 
+pub use concurrency::{Concurrency, LimitTrace};
 pub use config::{ExportConfig, LateRecordings};
 pub use pipeline::run_export;
-pub use report::{CallReport, DryRunTotals, ProgressEvent, ProgressFn, Summary};
+pub use report::{
+    CallReport, DownloadAccounting, DryRunTotals, ProgressEvent, ProgressFn, Summary,
+};
 
 /// Why a run could not complete.
 #[derive(Debug, thiserror::Error)]

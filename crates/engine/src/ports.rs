@@ -77,6 +77,21 @@ pub trait CallSource: Send + Sync + 'static {
 
     /// Starts downloading a recording.
     fn download(&self, url: &Url) -> impl Future<Output = Result<Recording, Self::Error>> + Send;
+
+    /// Whether recording downloads from the portal's own host count against its request bucket now; `None` when
+    /// the source has no such notion.
+    fn downloads_counted(&self) -> Option<bool> {
+        None
+    }
+
+    /// Counts downloads from the portal's own host from now on (the ledger remembers that the portal does).
+    fn count_downloads(&self) {}
+
+    /// Resolves once downloads from the portal's own host are counted (the source switched by itself after a
+    /// rate-limit refusal); never for a source without the notion.
+    fn downloads_now_counted(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
 /// Where talks go (a SpeechSense connection).

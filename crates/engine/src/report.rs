@@ -75,6 +75,39 @@ pub struct Summary {
     pub stopped: Option<String>,
     /// Dry run: calls that would be uploaded and their total length.
     pub would_upload: Option<DryRunTotals>,
+    /// How the limit on calls in flight moved (initial, lowest, peak, final).
+    pub concurrency: crate::concurrency::LimitTrace,
+    /// Whether the portal counts recording downloads from its own host against its request bucket, as known at
+    /// the end of the run; `None` when the source has no such notion (or a dry run, which downloads nothing).
+    pub download_accounting: Option<DownloadAccounting>,
+}
+
+/// How recording downloads from the portal's own host are accounted (`docs/architecture.md`, "Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadAccounting {
+    /// Downloads take no request token: the portal has not refused anything while they ran uncounted.
+    Uncounted,
+    /// Downloads take a request token: the portal refused a request for its rate limit while they did not.
+    Counted,
+}
+
+impl DownloadAccounting {
+    pub fn from_counted(counted: bool) -> DownloadAccounting {
+        if counted {
+            DownloadAccounting::Counted
+        } else {
+            DownloadAccounting::Uncounted
+        }
+    }
+
+    /// The word the summaries use (`uncounted` / `counted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownloadAccounting::Uncounted => "uncounted",
+            DownloadAccounting::Counted => "counted",
+        }
+    }
 }
 
 /// What a dry run found.

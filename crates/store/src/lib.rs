@@ -8,6 +8,7 @@
 //!   current lease can commit an outcome (`docs/mapping.md`, "Once and only once");
 //!   `group` writes coinciding fenced writes as one statement;
 //! - `cursors` — the listing cursors (keyset high-water marks per portal and filter);
+//! - `download_accounting` — per portal, whether it counts recording downloads against its request bucket;
 //! - `journal` — the runs journal: the CLI's runs, and the application server's with live progress and heartbeat;
 //! - `portal_lease` — so that with several replicas on one PostgreSQL only one calls a given portal;
 //! - `portals`, `portal_settings`, `secret_key` — installed applications: tokens and settings per portal,
@@ -23,6 +24,7 @@
 mod sql;
 
 mod cursors;
+mod download_accounting;
 mod error;
 mod group;
 mod journal;
@@ -43,7 +45,7 @@ pub use error::Error;
 pub use journal::{run_status, RunProgress, RunRecord};
 pub use ledger::{Claim, LedgerEntry, StateCount};
 pub use open::OpenOptions;
-pub use portal_lease::PortalLease;
+pub use portal_lease::{PortalHolder, PortalLease};
 pub use portal_settings::{PortalSettings, StoredSettings};
 pub use portals::{DueRefresh, Installation, Portal, PortalStatus, PortalTokens};
 pub use secret_key::SecretKey;

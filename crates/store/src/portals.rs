@@ -66,6 +66,9 @@ pub struct Portal {
     /// The OAuth server's error code when it refused the last refresh of the stored pair (`invalid_grant`, …);
     /// cleared by the next rotation. The administrator must reopen or reinstall the application.
     pub refresh_refused: Option<String>,
+    /// The installation's generation: moves on with every install, reinstall and uninstall (never with a token
+    /// refresh), so whatever was issued for one installation (a page session) can tell it is gone.
+    pub generation: i64,
 }
 
 /// An installed portal whose tokens are due for a keep-alive refresh (see [`Store::portals_due_for_refresh`]).
@@ -87,16 +90,17 @@ pub struct PortalTokens {
 
 const PORTAL_COLUMNS: &str =
     "member_id, domain, client_endpoint, server_endpoint, application_token, \
-     status, lang, installed_at, updated_at, tokens_rotated_at, refresh_refused";
+     status, lang, installed_at, updated_at, tokens_rotated_at, refresh_refused, generation";
 impl Store {
     /// Records an installation (or a re-installation: the row is replaced, its token version moves on, so
-    /// a refresh that started before cannot overwrite the new tokens). Settings are kept.
+    /// a refresh that started before cannot overwrite the new tokens). Settings are kept. An empty
+    /// `application_token` means "not known yet" (it comes with `ONAPPINSTALL`): the stored one is kept, which
+    /// after an uninstall is none, so events stay refused until it arrives.
     pub async fn install_portal(&self, key: &SecretKey, inst: &Installation) -> Result<(), Error> {
         let m = &inst.member_id;
-        let app = key.seal(
-            inst.application_token.expose_secret(),
-            &aad(m, "application_token"),
-        );
+        let app_token = inst.application_token.expose_secret();
+        let app =
+            (!app_token.is_empty()).then(|| key.seal(app_token, &aad(m, "application_token")));
         let access = key.seal(inst.access_token.expose_secret(), &aad(m, "access_token"));
         let refresh = key.seal(inst.refresh_token.expose_secret(), &aad(m, "refresh_token"));
         on_db!(self, |conn, d| {
@@ -107,11 +111,12 @@ impl Store {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 'installed', $9, {now}, {now}, {now}) \
                  ON CONFLICT (member_id) DO UPDATE SET domain = excluded.domain, \
                  client_endpoint = excluded.client_endpoint, server_endpoint = excluded.server_endpoint, \
-                 application_token = excluded.application_token, access_token = excluded.access_token, \
+                 application_token = COALESCE(excluded.application_token, portals.application_token), \
+                 access_token = excluded.access_token, \
                  refresh_token = excluded.refresh_token, expires_at = excluded.expires_at, \
                  token_version = portals.token_version + 1, status = 'installed', \
                  lang = COALESCE(excluded.lang, portals.lang), updated_at = {now}, \
-                 tokens_rotated_at = {now}, refresh_refused = NULL",
+                 tokens_rotated_at = {now}, refresh_refused = NULL, generation = portals.generation + 1",
             );
             sqlx::query(&sql)
                 .bind(m)
@@ -287,7 +292,7 @@ impl Store {
             let sql = d.sql(
                 "UPDATE portals SET status = 'uninstalled', application_token = NULL, access_token = NULL, \
                  refresh_token = NULL, expires_at = NULL, refresh_refused = NULL, token_version = token_version + 1, \
-                 updated_at = {now} WHERE member_id = $1",
+                 generation = generation + 1, updated_at = {now} WHERE member_id = $1",
             );
             let done = sqlx::query(&sql).bind(member_id).execute(&mut *tx).await?;
             let sql = d.sql(

@@ -175,6 +175,7 @@ macro_rules! portal_from_row {
             updated_at: row.try_get("updated_at")?,
             tokens_rotated_at: row.try_get("tokens_rotated_at")?,
             refresh_refused: row.try_get("refresh_refused")?,
+            generation: row.try_get("generation")?,
             member_id,
         }
     }};

@@ -1018,7 +1018,11 @@ async fn a_ledger_from_a_newer_version_is_refused(fx: &Fx) {
 async fn a_failed_migration_leaves_the_data_as_it_was(fx: &Fx) {
     let store = fx.store().await;
     store.register(P, &[call(1, None)]).await.unwrap();
-    let lease = store.claim_portal(P, "a", LEASE).await.unwrap().unwrap();
+    let lease = store
+        .claim_portal(P, "a", None, LEASE)
+        .await
+        .unwrap()
+        .unwrap();
     store.close().await;
     drop(store);
     // Pretend migration 2 never ran although its table exists: re-running it must fail, atomically.
@@ -1055,6 +1059,9 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
     fx.raw("DROP TABLE portal_settings").await.unwrap();
     fx.raw("DROP TABLE portals").await.unwrap();
     fx.raw("DROP TABLE portal_leases").await.unwrap();
+    fx.raw("DROP TABLE portal_download_accounting")
+        .await
+        .unwrap();
     fx.raw("DROP INDEX ledger_waiting").await.unwrap();
     fx.raw("ALTER TABLE ledger DROP COLUMN retry_at")
         .await
@@ -1079,7 +1086,11 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
         LedgerState::Pending
     );
     assert!(
-        store.claim_portal(P, "a", LEASE).await.unwrap().is_some(),
+        store
+            .claim_portal(P, "a", None, LEASE)
+            .await
+            .unwrap()
+            .is_some(),
         "newer tables exist"
     );
     assert_eq!(
@@ -1092,7 +1103,7 @@ async fn a_ledger_from_an_older_version_is_upgraded_in_place(fx: &Fx) {
 async fn one_replica_holds_a_portal(fx: &Fx) {
     let store = fx.store().await;
     let a = store
-        .claim_portal(P, "replica-a", LEASE)
+        .claim_portal(P, "replica-a", None, LEASE)
         .await
         .unwrap()
         .expect("free portal");
@@ -1102,7 +1113,7 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
     );
     assert!(
         store
-            .claim_portal(P, "replica-b", LEASE)
+            .claim_portal(P, "replica-b", None, LEASE)
             .await
             .unwrap()
             .is_none(),
@@ -1110,14 +1121,14 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
     );
     assert!(
         store
-            .claim_portal("other", "replica-b", LEASE)
+            .claim_portal("other", "replica-b", None, LEASE)
             .await
             .unwrap()
             .is_some(),
         "portals are independent"
     );
     let a = store
-        .claim_portal(P, "replica-a", LEASE)
+        .claim_portal(P, "replica-a", None, LEASE)
         .await
         .unwrap()
         .expect("a may re-take its own lease");
@@ -1125,7 +1136,7 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
     assert!(store.renew_portal(&a, LEASE).await.unwrap());
     assert!(store.release_portal(&a).await.unwrap());
     let b = store
-        .claim_portal(P, "replica-b", LEASE)
+        .claim_portal(P, "replica-b", None, LEASE)
         .await
         .unwrap()
         .expect("released");
@@ -1139,7 +1150,11 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
     // b stops renewing: after expiry a takes over and b's renewals fail.
     let deadline = Instant::now() + Duration::from_secs(5);
     let a = loop {
-        if let Some(l) = store.claim_portal(P, "replica-a", LEASE).await.unwrap() {
+        if let Some(l) = store
+            .claim_portal(P, "replica-a", None, LEASE)
+            .await
+            .unwrap()
+        {
             break l;
         }
         assert!(Instant::now() < deadline, "portal lease never expired");
@@ -1154,7 +1169,7 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .claim_portal("race", &format!("r{i}"), Duration::from_secs(30))
+                    .claim_portal("race", &format!("r{i}"), None, Duration::from_secs(30))
                     .await
                     .unwrap()
             })
@@ -1165,6 +1180,87 @@ async fn one_replica_holds_a_portal(fx: &Fx) {
         winners += usize::from(t.await.unwrap().is_some());
     }
     assert_eq!(winners, 1);
+}
+
+async fn a_dead_holders_portal_is_taken_over_once(fx: &Fx) {
+    let store = fx.store().await;
+    let long = Duration::from_secs(600);
+    let dead = store
+        .claim_portal(P, "dead", Some("pid=1"), long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .claim_portal(P, "new", None, long)
+            .await
+            .unwrap()
+            .is_none(),
+        "held, far from expiry"
+    );
+    let seen = store.portal_holder(P).await.unwrap().expect("a holder");
+    assert_eq!(
+        (seen.owner.as_str(), seen.fence, seen.holder.as_deref()),
+        ("dead", dead.fence, Some("pid=1"))
+    );
+    assert_eq!(store.portal_holder("nobody").await.unwrap(), None);
+
+    // Several runs found the same dead holder: one takes the lease over, unexpired as it is.
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (store, seen) = (store.clone(), seen.clone());
+            tokio::spawn(async move {
+                let owner = format!("new{i}");
+                store
+                    .take_over_portal(P, &seen, &owner, Some(&format!("pid={i}")), long)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        winners.extend(t.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let won = &winners[0];
+    assert_eq!(won.fence, dead.fence + 1);
+    let now = store.portal_holder(P).await.unwrap().unwrap();
+    assert_eq!(now.owner, won.owner);
+    assert_eq!(
+        now.holder.as_deref(),
+        Some(format!("pid={}", &won.owner[3..]).as_str()),
+        "the new holder is recorded"
+    );
+    assert!(
+        !store.renew_portal(&dead, long).await.unwrap(),
+        "the dead holder's lease is fenced off"
+    );
+    assert!(
+        store
+            .take_over_portal(P, &seen, "late", None, long)
+            .await
+            .unwrap()
+            .is_none(),
+        "a stale view of the holder takes nothing"
+    );
+    assert!(store.renew_portal(won, long).await.unwrap());
+    assert!(
+        store
+            .take_over_portal("nobody", &seen, "late", None, long)
+            .await
+            .unwrap()
+            .is_none(),
+        "no lease, nothing to take over"
+    );
+    // A claim without a holder clears the recorded one (nothing stale is left to judge by).
+    assert!(store.release_portal(won).await.unwrap());
+    store
+        .claim_portal(P, "plain", None, long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.portal_holder(P).await.unwrap().unwrap().holder, None);
 }
 
 async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
@@ -1515,6 +1611,7 @@ suite!(
     reopening_keeps_everything_and_rows_cannot_be_deleted,
     a_ledger_from_a_newer_version_is_refused,
     one_replica_holds_a_portal,
+    a_dead_holders_portal_is_taken_over_once,
     a_ledger_from_an_older_version_is_upgraded_in_place,
     a_failed_migration_leaves_the_data_as_it_was,
     calls_awaiting_a_recording_wait_their_turn,

@@ -198,8 +198,13 @@ async fn lifecycle(db: Db) {
         other => panic!("expected a key error, got {other:?}"),
     }
 
+    // Token rotations keep the installation's generation; install, uninstall and reinstall move it on.
+    let generation = |p: Option<b24sense_store::Portal>| p.unwrap().generation;
+    assert_eq!(generation(store.portal(&key, "m1").await.unwrap()), 1);
+
     // Uninstall deletes the secrets and stops token use; a rotation racing it loses.
     assert!(store.uninstall_portal("m1").await.unwrap());
+    assert_eq!(generation(store.portal(&key, "m1").await.unwrap()), 2);
     assert!(store.portal_tokens(&key, "m1").await.unwrap().is_none());
     assert!(!store
         .rotate_tokens(&key, "m1", t2.version, &a3, &a3, exp)
@@ -221,6 +226,7 @@ async fn lifecycle(db: Db) {
     let t3 = store.portal_tokens(&key, "m1").await.unwrap().unwrap();
     assert_eq!(t3.access_token.expose_secret(), "access-D");
     assert!(t3.version > t2.version);
+    assert_eq!(generation(store.portal(&key, "m1").await.unwrap()), 3);
     store.close().await;
 }
 

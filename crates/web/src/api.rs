@@ -1,5 +1,6 @@
 //! The settings page's JSON API (`/api/*`): state, save, check connection, start/stop an export, progress, the
-//! user picker and the per-call CSV report. Every handler takes its caller's session as an extractor
+//! user picker, the per-call CSV report, and the session's renewal (sessions expire after an idle hour; the open
+//! page renews its own every few minutes). Every handler takes its caller's session as an extractor
 //! ([`PageSession`] to read, [`WriteSession`] to change).
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::i18n::{self, Lang};
 use crate::runner::Progress;
 use crate::settings::{check_form, read_form, SettingsForm};
 use crate::trigger::Trigger;
-use crate::{report, sync, AppState};
+use crate::{report, settings_page, sync, AppState};
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
@@ -95,6 +96,16 @@ pub async fn check(
     )
     .await;
     Ok(Json(json!({"ok": ok, "message": message})))
+}
+
+/// A fresh session token (and its CSRF token) for the same installation, user and language, with a new idle
+/// expiry: the open page calls this every few minutes, so only a closed page's session runs out.
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    WriteSession(PageSession { session, .. }): WriteSession,
+) -> ApiResult {
+    let (token, csrf) = settings_page::issue(&state, session);
+    Ok(Json(json!({"session": token, "csrf": csrf})))
 }
 
 pub async fn start(

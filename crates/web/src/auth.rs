@@ -14,7 +14,7 @@ use crate::api_error::ApiError;
 use crate::session::Session;
 use crate::AppState;
 
-/// A valid, unexpired session of an installed portal.
+/// A valid, unexpired session of an installed portal, issued for its current installation (generation).
 pub struct PageSession {
     pub session: Session,
     pub portal: Portal,
@@ -48,6 +48,13 @@ async fn authorize(
         }
     }
     match state.store.portal(&state.key, &session.member_id).await {
+        // Issued for an installation that is gone (reinstalled since, or uninstalled and installed again).
+        Ok(Some(portal))
+            if portal.status == PortalStatus::Installed
+                && portal.generation != session.generation =>
+        {
+            Err(ApiError::SessionExpired)
+        }
         Ok(Some(portal)) if portal.status == PortalStatus::Installed => {
             Ok(PageSession { session, portal })
         }

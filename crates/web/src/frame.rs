@@ -85,6 +85,7 @@ pub async fn verify_user(
         ClientConfig {
             max_attempts: 2,
             rate: state.config.rate,
+            public_hosts_only: !state.config.allow_http_portals,
             ..ClientConfig::default()
         },
     )
@@ -95,19 +96,14 @@ pub async fn verify_user(
         .map_err(|e| e.to_string())
 }
 
-/// `https://DOMAIN/rest/` (http only when allowed, for the emulator); `None` for a domain that is not a host.
-pub fn client_endpoint_for(state: &AppState, domain: &str, protocol: Option<&str>) -> Option<Url> {
-    let scheme = match protocol {
-        Some("0") if state.config.allow_http_portals => "http",
-        _ => "https",
-    };
-    if domain.is_empty() || domain.contains(['/', '?', '#', '@', ' ']) {
-        return None;
+/// Whether `url` may be a portal's REST endpoint: https on a DNS name (http, IP literals and `localhost` only
+/// for the local emulator).
+pub fn portal_endpoint_ok(state: &AppState, url: &Url) -> bool {
+    if state.config.allow_http_portals {
+        return endpoint_allowed(state, url);
     }
-    let url = Url::parse(&format!("{scheme}://{domain}/rest/")).ok()?;
-    // A portal is a DNS name; IP literals and localhost only for the local emulator.
     let public_name = matches!(url.host(), Some(url::Host::Domain(d)) if d.contains('.') && !d.eq_ignore_ascii_case("localhost"));
-    (public_name || state.config.allow_http_portals).then_some(url)
+    url.scheme() == "https" && public_name && url.username().is_empty() && url.password().is_none()
 }
 
 pub fn endpoint_allowed(state: &AppState, url: &Url) -> bool {

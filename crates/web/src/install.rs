@@ -1,8 +1,14 @@
-//! The application's life on a portal: the install (the iframe install of a UI application or the
-//! `ONAPPINSTALL` event of an API-only one: the portal, its tokens and application token are stored, the call-end
-//! and uninstall events bound, `BX24.installFinish()` answered), and the events Bitrix24 sends afterwards, each
-//! checked against the portal's application token: a call end starts continuous sync's pass, an uninstall stops
-//! the portal's work and deletes its secrets.
+//! The application's life on a portal: the install (the iframe install of a UI application, or the
+//! `ONAPPINSTALL` event — which an API-only application gets at `/install` and a UI application gets there too,
+//! bound during its iframe install), and the events Bitrix24 sends afterwards, each checked against the portal's
+//! application token: a call end starts continuous sync's pass, an uninstall stops the portal's work and
+//! deletes its secrets.
+//!
+//! An install is believed only once the OAuth server vouched for it ([`install_proof`]): the portal's identity
+//! and endpoint come from its answer, never from the request. The iframe carries no application token (Bitrix24
+//! documents only `DOMAIN`, `PROTOCOL`, `LANG`, `APP_SID`, `AUTH_ID`, `AUTH_EXPIRES`, `REFRESH_ID`, `member_id`,
+//! `status`), so the installation learns it from `ONAPPINSTALL`; until then the page works and events are
+//! refused. A frame that does carry `APPLICATION_TOKEN` sets it at once.
 
 use std::sync::Arc;
 
@@ -14,35 +20,32 @@ use b24sense_store::{Installation, PortalStatus};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use url::Url;
 
 use crate::api_error::TextError;
-use crate::frame::{
-    client_endpoint_for, endpoint_allowed, expires_in, page_response, verify_user, BitrixForm,
-};
+use crate::frame::{page_response, BitrixForm};
 use crate::i18n::{self, lang_of, Lang, Msg};
+use crate::install_proof::{self, Claim, Refusal};
 use crate::session::same_secret;
-use crate::trigger::Trigger;
 use crate::{sync, AppState};
 
 /// The install data, from either form of the install.
 struct InstallForm {
-    /// The `ONAPPINSTALL` event (an API-only application); else the iframe install.
+    /// The `ONAPPINSTALL` event; else the iframe install.
     event: bool,
     member_id: String,
     domain: String,
-    access: String,
     refresh: String,
+    /// Optional in both forms (the frame does not document them).
     server: String,
+    client_endpoint: String,
     app_token: String,
-    expires_in: String,
     lang: Lang,
 }
 
 impl InstallForm {
     fn read(f: &BitrixForm) -> InstallForm {
         let g = |k: &str| f.field(k);
-        let event = g("event") == "ONAPPINSTALL";
+        let event = g("event").eq_ignore_ascii_case("ONAPPINSTALL");
         // The event's field names, then the iframe's.
         let name = |in_event: &'static str, in_frame: &'static str| {
             g(if event { in_event } else { in_frame })
@@ -51,11 +54,14 @@ impl InstallForm {
             event,
             member_id: name("auth[member_id]", "member_id"),
             domain: name("auth[domain]", "DOMAIN"),
-            access: name("auth[access_token]", "AUTH_ID"),
             refresh: name("auth[refresh_token]", "REFRESH_ID"),
             server: name("auth[server_endpoint]", "SERVER_ENDPOINT"),
+            client_endpoint: if event {
+                g("auth[client_endpoint]")
+            } else {
+                String::new()
+            },
             app_token: name("auth[application_token]", "APPLICATION_TOKEN"),
-            expires_in: name("auth[expires_in]", "AUTH_EXPIRES"),
             lang: lang_of(Some(&name("data[LANGUAGE_ID]", "LANG"))),
         }
     }
@@ -70,88 +76,72 @@ pub async fn install(
     let i = InstallForm::read(&f);
     let lang = i.lang;
     let refuse = |status: StatusCode, msg: &str| TextError::new(status, msg);
-    if [
-        &i.member_id,
-        &i.domain,
-        &i.access,
-        &i.refresh,
-        &i.server,
-        &i.app_token,
-    ]
-    .iter()
-    .any(|v| v.is_empty())
-    {
+    // The event exists to hand over the application token; the frame may lack it.
+    let mut required = vec![&i.member_id, &i.domain, &i.refresh];
+    if i.event {
+        required.push(&i.app_token);
+    }
+    if required.iter().any(|v| v.is_empty()) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             Msg::InstallIncomplete.text(lang),
         ));
     }
-    let client_endpoint = if i.event {
-        Url::parse(&f.field("auth[client_endpoint]"))
-            .ok()
-            .filter(|u| endpoint_allowed(&state, u))
-    } else {
-        client_endpoint_for(&state, &i.domain, f.raw("PROTOCOL"))
+    let claim = Claim {
+        member_id: &i.member_id,
+        domain: &i.domain,
+        refresh_token: &i.refresh,
+        server_endpoint: &i.server,
+        client_endpoint: &i.client_endpoint,
     };
-    let client_endpoint = client_endpoint
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad DOMAIN / client_endpoint"))?;
-    let server_endpoint = Url::parse(&i.server)
-        .ok()
-        .filter(|u| endpoint_allowed(&state, u))
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad SERVER_ENDPOINT"))?;
-    let oauth_host = match (server_endpoint.host_str(), server_endpoint.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => String::new(),
+    let proven = match install_proof::prove(&state, &claim).await {
+        Ok(p) => p,
+        Err(r) => {
+            if i.event {
+                state.metrics.events_rejected.inc();
+            }
+            tracing::warn!(member_id = ?i.member_id, domain = ?i.domain, event = i.event, refusal = %r,
+                "install refused: not confirmed by the OAuth server");
+            let (status, msg) = match r {
+                Refusal::UnknownServer => (
+                    StatusCode::FORBIDDEN,
+                    "SERVER_ENDPOINT is not a Bitrix24 OAuth server",
+                ),
+                Refusal::NotAdmin => (StatusCode::FORBIDDEN, Msg::InstallAdminOnly.text(lang)),
+                Refusal::NotConfirmed(_) | Refusal::Mismatch(_) => {
+                    (StatusCode::FORBIDDEN, Msg::InstallNotConfirmed.text(lang))
+                }
+            };
+            return Err(refuse(status, msg));
+        }
     };
-    if !state
-        .config
-        .oauth_servers
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(&oauth_host))
-    {
-        tracing::warn!(server = %oauth_host, "install refused: SERVER_ENDPOINT is not a known OAuth server");
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "SERVER_ENDPOINT is not a Bitrix24 OAuth server",
-        ));
-    }
-    // An installed portal keeps its domain: a request naming another one cannot take it over.
-    if let Ok(Some(p)) = state.store.portal(&state.key, &i.member_id).await {
-        if p.status == PortalStatus::Installed && !p.domain.eq_ignore_ascii_case(&i.domain) {
-            state.metrics.events_rejected.inc();
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                "member_id is installed on another domain",
-            ));
-        }
-    }
-    // The token must work on the portal and belong to an administrator.
-    match verify_user(&state, &client_endpoint, &i.access).await {
-        Ok(p) if p.admin => {}
-        Ok(_) => {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                Msg::InstallAdminOnly.text(lang),
-            ))
-        }
+    let before = match state.store.portal(&state.key, &proven.member_id).await {
+        Ok(p) => p,
         Err(e) => {
-            tracing::warn!(domain = %i.domain, error = %e, "install: the portal did not accept the token");
+            tracing::error!(error = %e, "install: cannot read the portal");
             return Err(refuse(
-                StatusCode::FORBIDDEN,
-                Msg::InstallNotConfirmed.text(lang),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the installation",
             ));
         }
+    };
+    let was_installed = before
+        .as_ref()
+        .is_some_and(|p| p.status == PortalStatus::Installed);
+    if let Some(p) = before.as_ref().filter(|p| p.domain != proven.domain) {
+        tracing::info!(member_id = ?proven.member_id, from = ?p.domain, to = ?proven.domain,
+            "the OAuth server names a new domain for the portal (renamed)");
     }
     let inst = Installation {
-        member_id: i.member_id.clone(),
-        domain: i.domain.to_ascii_lowercase(),
-        client_endpoint: client_endpoint.to_string(),
-        server_endpoint: server_endpoint.to_string(),
-        application_token: SecretString::from(i.app_token),
-        access_token: SecretString::from(i.access),
-        refresh_token: SecretString::from(i.refresh),
-        expires_at: Utc::now() + chrono::Duration::seconds(expires_in(&i.expires_in)),
+        member_id: proven.member_id.clone(),
+        domain: proven.domain.clone(),
+        client_endpoint: proven.client_endpoint.to_string(),
+        server_endpoint: proven.server_endpoint.to_string(),
+        // Empty = not known yet: kept as stored (none after an uninstall) until `ONAPPINSTALL` brings it.
+        application_token: SecretString::from(i.app_token.clone()),
+        access_token: proven.access_token,
+        refresh_token: proven.refresh_token,
+        expires_at: Utc::now() + chrono::Duration::seconds(proven.expires_in),
         lang: Some(i18n::code(lang).to_string()),
     };
     if let Err(e) = state.store.install_portal(&state.key, &inst).await {
@@ -161,12 +151,21 @@ pub async fn install(
             "cannot store the installation",
         ));
     }
-    state.metrics.installs.inc();
-    tracing::info!(member_id = %i.member_id, domain = %inst.domain, "application installed");
-    bind_events(&state, &i.member_id).await;
+    // New tokens, maybe a new endpoint: the portal's shared client is built again from the store.
+    state.runner.forget_client(&inst.member_id);
+    if !was_installed {
+        state.metrics.installs.inc();
+    }
+    tracing::info!(member_id = ?inst.member_id, domain = ?inst.domain, event = i.event,
+        application_token = !i.app_token.is_empty(), "installation confirmed by the OAuth server");
     if i.event {
+        // An API-only application is installed by this event alone; after an iframe install it is bound already.
+        if !was_installed {
+            bind_events(&state, &inst.member_id, false).await;
+        }
         return Ok((StatusCode::OK, "OK").into_response());
     }
+    bind_events(&state, &inst.member_id, true).await;
     let title = Msg::Installed.text(lang);
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
@@ -175,14 +174,16 @@ pub async fn install(
     );
     Ok(page_response(
         &inst.domain,
-        &client_endpoint,
+        &proven.client_endpoint,
         Html(html).into_response(),
         true,
     ))
 }
 
-/// Binds the call-end and uninstall events to our handler (re-binding an existing handler is an idempotent error).
-async fn bind_events(state: &AppState, member_id: &str) {
+/// Binds the call-end and uninstall events to `/events` and, for an iframe install (`with_install`),
+/// `ONAPPINSTALL` to `/install`: the portal sends it after `BX24.installFinish()` with the application token.
+/// Re-binding an existing handler is an idempotent error.
+async fn bind_events(state: &AppState, member_id: &str, with_install: bool) {
     let Ok(Some(portal)) = state.store.portal(&state.key, member_id).await else {
         return;
     };
@@ -193,20 +194,29 @@ async fn bind_events(state: &AppState, member_id: &str) {
             return;
         }
     };
-    let handler = state
-        .config
-        .public_url
-        .join("events")
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    for ev in ["ONVOXIMPLANTCALLEND", "ONAPPUNINSTALL"] {
+    let handler = |path: &str| {
+        state
+            .config
+            .public_url
+            .join(path)
+            .map(|u| u.to_string())
+            .unwrap_or_default()
+    };
+    let mut bindings = vec![
+        ("ONVOXIMPLANTCALLEND", handler("events")),
+        ("ONAPPUNINSTALL", handler("events")),
+    ];
+    if with_install {
+        bindings.push(("ONAPPINSTALL", handler("install")));
+    }
+    for (ev, handler) in bindings {
         if let Err(e) = client
             .call("event.bind", json!({"event": ev, "handler": handler}))
             .await
         {
             let msg = e.to_string();
             if !msg.contains("already binded") {
-                tracing::warn!(event = ev, error = %msg, "install: event.bind failed");
+                tracing::warn!(event = ev, error = ?msg, "install: event.bind failed");
             }
         }
     }
@@ -220,10 +230,19 @@ pub async fn events(
     let g = |k: &str| f.raw(k).unwrap_or("").to_string();
     let member_id = g("auth[member_id]");
     let token = g("auth[application_token]");
+    // A stale call-end event (a replay, or one held up for minutes) is acknowledged without work: the catch-up
+    // pass covers its call anyway.
+    if g("event").eq_ignore_ascii_case("ONVOXIMPLANTCALLEND")
+        && sync::is_stale(f.raw("ts"), state.config.event_max_age)
+    {
+        tracing::debug!(member_id = ?member_id, "stale call-end event acknowledged without work");
+        return Ok((StatusCode::OK, "OK").into_response());
+    }
     let portal = match state.store.portal(&state.key, &member_id).await {
         Ok(Some(p)) if p.status == PortalStatus::Installed => p,
         _ => {
             state.metrics.events_rejected.inc();
+            tracing::debug!(member_id = ?member_id, "event for an unknown installation refused");
             return Err(TextError::new(
                 StatusCode::FORBIDDEN,
                 "unknown installation",
@@ -236,7 +255,7 @@ pub async fn events(
         .is_some_and(|t| same_secret(t.expose_secret(), &token));
     if !valid {
         state.metrics.events_rejected.inc();
-        tracing::warn!(member_id = %member_id, "event with a wrong application token rejected");
+        tracing::warn!(member_id = ?member_id, "event with a wrong application token rejected");
         return Err(TextError::new(
             StatusCode::FORBIDDEN,
             "wrong application token",
@@ -250,21 +269,17 @@ pub async fn events(
             match state.store.uninstall_portal(&member_id).await {
                 Ok(_) => {
                     state.metrics.uninstalls.inc();
-                    tracing::info!(member_id = %member_id, "application uninstalled; secrets deleted");
+                    tracing::info!(member_id = ?member_id, "application uninstalled; secrets deleted");
                 }
                 Err(e) => tracing::error!(member_id = %member_id, error = %e, "uninstall failed"),
             }
         }
         "ONVOXIMPLANTCALLEND" => {
             // The event carries no statistic ID or recording: a run reads the call back (and the ledger skips
-            // what is done); an event during a run asks for one more pass.
-            if !state.runner.poke(&member_id) {
-                if let Err(e) = sync::start_for(&state, portal, Trigger::Event, true).await {
-                    tracing::debug!(member_id = %member_id, reason = %e, "call-end event: no run started");
-                }
-            }
+            // what is done); passes are coalesced per portal.
+            sync::on_call_end(&state, portal).await;
         }
-        other => tracing::debug!(event = other, "event ignored"),
+        other => tracing::debug!(event = ?other, "event ignored"),
     }
     Ok((StatusCode::OK, "OK").into_response())
 }

@@ -15,7 +15,12 @@
 //!   installations;
 //! - [`report`]: the per-call CSV report from the ledger; [`metrics`]: `/metrics`;
 //! - [`i18n`]: the page language and every sentence in Russian and English; [`trigger`]: what started a run;
-//!   [`session`]: signed session and CSRF tokens.
+//!   [`session`]: signed session and CSRF tokens;
+//! - [`conn`]: the HTTP server under the router, with header, body and idle timeouts and a connection cap.
+//!
+//! Every answer carries `X-Content-Type-Options: nosniff`, and all but the static files `Cache-Control:
+//! no-store` (the page holds a session token, the API and the report a portal's data). Request-supplied values
+//! are logged with `?` (Debug), which escapes control characters, so a newline cannot forge a log line.
 //!
 //! Exports themselves are the engine's `run_export`; the store keeps portals, settings and the ledger.
 
@@ -23,10 +28,12 @@ mod api;
 mod api_error;
 mod auth;
 mod check;
+mod conn;
 mod error;
 mod frame;
 mod i18n;
 mod install;
+mod install_proof;
 pub mod keepalive;
 pub mod metrics;
 pub mod oauth;
@@ -43,8 +50,9 @@ mod trigger;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -56,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use api_error::TextError;
+pub use conn::ConnectionLimits;
 pub use error::Error;
 pub use metrics::Metrics;
 use oauth::{OAuthClient, RefreshLocks};
@@ -72,8 +81,8 @@ pub struct WebConfig {
     pub client_secret: SecretString,
     /// The SpeechSense API endpoint (`https://api.speechsense.yandexcloud.net:443`).
     pub speechsense_endpoint: String,
-    /// Uploads in flight per portal.
-    pub concurrency: usize,
+    /// Calls downloaded and uploaded at once per portal (adaptive unless pinned).
+    pub concurrency: b24sense_engine::Concurrency,
     /// Catch-up pass for portals with continuous sync.
     pub sync_interval: Duration,
     /// How often to look for calls whose late recording is due for another check.
@@ -83,10 +92,12 @@ pub struct WebConfig {
     /// Accept portals over plain http (only for the local emulator; real portals are https).
     pub allow_http_portals: bool,
     pub rate: RatePlan,
-    /// How long a settings-page session lasts.
+    /// How long a settings-page session lasts without a renewal (the open page renews it every few minutes).
     pub session_ttl: Duration,
-    /// OAuth servers (`host` or `host:port`) an installation's `server_endpoint` may name: the refresh sends the
-    /// client secret there, so a forged install must not pick its own. Default: Bitrix24's global and Russian ones.
+    /// OAuth servers (`host` or `host:port`): an install is proven by exchanging its refresh token at one of them
+    /// (the answer names the portal), and an installation's `server_endpoint` must be one of them (the refresh
+    /// sends the client secret there, so a forged install must not pick its own). Default: Bitrix24's global and
+    /// Russian ones; https, or http with `allow_http_portals` (the local emulator).
     pub oauth_servers: Vec<String>,
     /// How often the keep-alive task looks for idle installations.
     pub keepalive_interval: Duration,
@@ -96,6 +107,12 @@ pub struct WebConfig {
     /// A run journaled as running whose heartbeat is older than this belongs to a process that is gone: it is
     /// shown as interrupted and resumed. Must be well above the heartbeat (at most 10 s).
     pub run_stale_after: Duration,
+    /// Call-end events start at most one pass per portal this often (more events queue one pass).
+    pub event_pass_spacing: Duration,
+    /// A call-end event whose `ts` is older than this is acknowledged without work.
+    pub event_max_age: Duration,
+    /// Timeouts and the cap on connections of the HTTP server.
+    pub connections: ConnectionLimits,
 }
 
 impl WebConfig {
@@ -110,13 +127,13 @@ impl WebConfig {
             client_id,
             client_secret,
             speechsense_endpoint,
-            concurrency: 8,
+            concurrency: b24sense_engine::Concurrency::default(),
             sync_interval: Duration::from_secs(300),
             recheck_interval: Duration::from_secs(60),
             late_recordings: LateRecordings::default(),
             allow_http_portals: false,
             rate: RatePlan::STANDARD,
-            session_ttl: Duration::from_secs(8 * 3600),
+            session_ttl: Duration::from_secs(3600),
             oauth_servers: DEFAULT_OAUTH_SERVERS
                 .iter()
                 .map(|s| s.to_string())
@@ -125,6 +142,9 @@ impl WebConfig {
             keepalive_age: Duration::from_secs(14 * 86_400),
             // The engine's portal lease lasts as long: a crashed run's portal is free again by then anyway.
             run_stale_after: Duration::from_secs(60),
+            event_pass_spacing: Duration::from_secs(30),
+            event_max_age: Duration::from_secs(300),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -142,6 +162,10 @@ struct AppState {
     runner: Arc<Runner>,
     locks: Arc<RefreshLocks>,
     http: reqwest::Client,
+    /// Call-end passes per portal (coalescing).
+    event_passes: sync::EventPasses,
+    /// Cancelled when the server shuts down (a queued event pass then does not start).
+    stopping: CancellationToken,
 }
 
 impl AppState {
@@ -160,6 +184,7 @@ impl AppState {
             speechsense_endpoint: self.config.speechsense_endpoint.clone(),
             concurrency: self.config.concurrency,
             rate: self.config.rate,
+            public_hosts_only: !self.config.allow_http_portals,
             late_recordings: self.config.late_recordings,
             stale_after: self.config.run_stale_after,
         }
@@ -179,8 +204,12 @@ pub struct AppServer {
 
 impl AppServer {
     pub fn new(config: WebConfig, store: Store, key: SecretKey) -> Result<AppServer, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        // The OAuth servers are named by the operator, but never inside the network in production either.
+        if !config.allow_http_portals {
+            http = http.dns_resolver(Arc::new(b24sense_bitrix24::PublicOnly));
+        }
+        let http = http
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         let signer = Signer::new(key.derive("web-session"), key.derive("web-csrf"));
@@ -194,6 +223,8 @@ impl AppServer {
                 runner: Arc::default(),
                 locks: Arc::default(),
                 http,
+                event_passes: sync::EventPasses::default(),
+                stopping: CancellationToken::new(),
             }),
         })
     }
@@ -217,6 +248,7 @@ impl AppServer {
             .route("/api/progress", get(api::progress))
             .route("/api/report", get(api::report_csv))
             .route("/api/users", get(api::users))
+            .route("/api/session/renew", post(api::renew))
             .route(
                 "/static/app.js",
                 get(|| async { static_file("text/javascript; charset=utf-8", page::APP_JS) }),
@@ -229,6 +261,7 @@ impl AppServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_route))
             .with_state(self.state.clone())
+            .layer(axum::middleware::from_fn(security_headers))
     }
 
     /// Serves until `shutdown`, with the periodic catch-up pass for portals with continuous sync, the token
@@ -252,11 +285,15 @@ impl AppServer {
                 resume::stop_runs(&state).await;
             })
         };
-        let s = shutdown.clone();
-        let r = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move { s.cancelled().await })
-            .await;
+        let r = conn::serve(
+            listener,
+            self.router(),
+            self.state.config.connections,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
+        self.state.stopping.cancel();
         sync.abort();
         resume.abort();
         // Not aborted: a refresh cut short after the OAuth server answered would lose the refresh token; the
@@ -288,6 +325,21 @@ impl AppServer {
     pub async fn recheck_pass(&self) -> usize {
         sync::recheck_once(&self.state).await
     }
+}
+
+/// `nosniff` on every answer; `no-store` on all but the static files.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let cacheable = req.uri().path().starts_with("/static/");
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !cacheable {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
 }
 
 fn static_file(ct: &'static str, body: &'static str) -> Response {

@@ -54,13 +54,48 @@ pub struct StoreTokenSource {
     metrics: Arc<Metrics>,
 }
 
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-    expires_in: Option<i64>,
-    error: Option<String>,
-    error_description: Option<String>,
+/// The OAuth server's answer to a refresh grant: a new pair and the portal it belongs to, or an error.
+#[derive(Deserialize, Default)]
+pub(crate) struct TokenAnswer {
+    pub access_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<i64>,
+    /// The portal's REST endpoint (`https://PORTAL/rest/`) and its identity: what an install is proven by.
+    pub client_endpoint: Option<String>,
+    pub server_endpoint: Option<String>,
+    pub member_id: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+/// `GET {token_url}?grant_type=refresh_token&…`: exchanges `refresh` for a new pair (and the portal's identity).
+/// Errors never carry the URL (its query holds the client secret and the refresh token).
+pub(crate) async fn refresh_grant(
+    client: &OAuthClient,
+    token_url: Url,
+    refresh: &SecretString,
+) -> Result<TokenAnswer, B24Error> {
+    let resp = client
+        .http
+        .get(token_url)
+        .query(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", client.client_id.as_str()),
+            ("client_secret", client.client_secret.expose_secret()),
+            ("refresh_token", refresh.expose_secret()),
+        ])
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| {
+            B24Error::Token(format!("the OAuth server cannot be reached: {}", redact(e)))
+        })?;
+    let status = resp.status().as_u16();
+    resp.json().await.map_err(|_| {
+        B24Error::Token(format!(
+            "the OAuth server answered HTTP {status} without JSON"
+        ))
+    })
 }
 
 impl StoreTokenSource {
@@ -126,28 +161,7 @@ impl StoreTokenSource {
             return Ok(Refresh::Theirs(current));
         }
         let url = self.token_url()?;
-        let resp = self
-            .client
-            .http
-            .get(url)
-            .query(&[
-                ("grant_type", "refresh_token"),
-                ("client_id", self.client.client_id.as_str()),
-                ("client_secret", self.client.client_secret.expose_secret()),
-                ("refresh_token", refresh.expose_secret()),
-            ])
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| {
-                B24Error::Token(format!("the OAuth server cannot be reached: {}", redact(e)))
-            })?;
-        let status = resp.status().as_u16();
-        let body: TokenResponse = resp.json().await.map_err(|_| {
-            B24Error::Token(format!(
-                "the OAuth server answered HTTP {status} without JSON"
-            ))
-        })?;
+        let body = refresh_grant(&self.client, url, &refresh).await?;
         if let Some(code) = body.error {
             return self.refused(version, &code, body.error_description).await;
         }

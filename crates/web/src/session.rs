@@ -22,7 +22,11 @@ pub struct Session {
     /// Page language, on the wire `ru` or `en`.
     #[serde(rename = "l", with = "crate::i18n::lang_code")]
     pub lang: Lang,
-    /// Expiry, Unix seconds.
+    /// The installation's generation when the session was issued: once an install, reinstall or uninstall moved
+    /// it on, the session is refused ([`crate::auth`]).
+    #[serde(rename = "g")]
+    pub generation: i64,
+    /// Expiry, Unix seconds: a short idle limit, which the open page keeps moving by renewing the session.
     #[serde(rename = "e")]
     pub expires: i64,
 }
@@ -107,6 +111,7 @@ mod tests {
             member_id: "m1".into(),
             user_id: 1,
             lang: Lang::Ru,
+            generation: 1,
             expires: 1000,
         };
         let t = s.sign(&sess);
@@ -132,12 +137,13 @@ mod tests {
             member_id: "m1".into(),
             user_id: 7,
             lang: Lang::En,
+            generation: 3,
             expires: 1000,
         };
         let body = s.sign(&sess).split('.').next().unwrap().to_string();
         assert_eq!(
             B64.decode(body).unwrap(),
-            br#"{"m":"m1","u":7,"l":"en","e":1000}"#
+            br#"{"m":"m1","u":7,"l":"en","g":3,"e":1000}"#
         );
     }
 }

@@ -62,7 +62,7 @@ pub async fn app_page(
     let user = match verify_user(&state, &client_endpoint, &g("AUTH_ID")).await {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!(member_id = %portal.member_id, error = %e, "settings page: session not confirmed");
+            tracing::warn!(member_id = ?portal.member_id, error = ?e, "settings page: session not confirmed");
             return Err(deny(Msg::SessionNotConfirmed));
         }
     };
@@ -74,10 +74,10 @@ pub async fn app_page(
         member_id: portal.member_id.clone(),
         user_id: user.id,
         lang,
-        expires: Utc::now().timestamp() + state.config.session_ttl.as_secs() as i64,
+        generation: portal.generation,
+        expires: 0,
     };
-    let token = state.signer.sign(&session);
-    let csrf = state.signer.csrf(&token);
+    let (token, csrf) = issue(&state, session);
     let html = page::render(lang, &token, &csrf, &portal.domain);
     Ok(page_response(
         &portal.domain,
@@ -85,6 +85,14 @@ pub async fn app_page(
         Html(html).into_response(),
         false,
     ))
+}
+
+/// Signs `session` with a fresh idle expiry (now + `session_ttl`): the session token and its CSRF token.
+pub fn issue(state: &AppState, mut session: Session) -> (String, String) {
+    session.expires = Utc::now().timestamp() + state.config.session_ttl.as_secs() as i64;
+    let token = state.signer.sign(&session);
+    let csrf = state.signer.csrf(&token);
+    (token, csrf)
 }
 
 /// The frame brought a fresh, verified token pair of an administrator: keep it, so an installation whose

@@ -1,10 +1,15 @@
-//! Continuous sync's schedule: a run with the portal's stored settings ([`start_for`], also what a call-end
-//! event and a resumption start), the periodic catch-up pass over idle portals with sync on (a missed event
-//! loses nothing), and the rechecks of late recordings the ledger says are due.
+//! Continuous sync's schedule: a run with the portal's stored settings ([`start_for`], also what a resumption
+//! starts), call-end events ([`on_call_end`]: replays are cheap — passes per portal are coalesced and stale
+//! events do nothing), the periodic catch-up pass over idle portals with sync on (a missed event loses
+//! nothing), and the rechecks of late recordings the ledger says are due.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use b24sense_store::{Portal, PortalStatus};
+use chrono::Utc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::i18n::{lang_of, Msg};
@@ -41,6 +46,99 @@ pub async fn start_for(
     )
 }
 
+/// When each portal's last event-started pass began and whether another one waits: events (and replays of them)
+/// start at most one pass per `event_pass_spacing`, and at most one more waits behind it.
+#[derive(Default)]
+pub struct EventPasses(Mutex<HashMap<String, EventPass>>);
+
+struct EventPass {
+    started: Instant,
+    queued: bool,
+}
+
+/// Whether a call-end event is older than `max_age` by its `ts` (Unix seconds): acknowledged without work, since
+/// the periodic catch-up pass has covered its call by then (and a replayed old event must cost nothing). An event
+/// without a readable `ts` is taken as fresh.
+pub fn is_stale(ts: Option<&str>, max_age: Duration) -> bool {
+    ts.and_then(|t| t.trim().parse::<i64>().ok())
+        .is_some_and(|ts| Utc::now().timestamp() - ts > max_age.as_secs() as i64)
+}
+
+/// A call-end event of an installed portal (its application token checked): the running pass is asked for one
+/// more; else a pass starts unless one started less than `event_pass_spacing` ago, in which case one pass is
+/// queued for when the spacing is over. Further events while one is queued add nothing.
+pub async fn on_call_end(state: &Arc<AppState>, portal: Portal) {
+    let member = portal.member_id.clone();
+    // During a run: the runner keeps one bit, "run again", so any number of events queue one pass.
+    if state.runner.poke(&member) {
+        return;
+    }
+    let spacing = state.config.event_pass_spacing;
+    let wait = {
+        let mut passes = state
+            .event_passes
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match passes.get_mut(&member) {
+            Some(p) if p.queued => return,
+            Some(p) if now < p.started + spacing => {
+                p.queued = true;
+                Some(p.started + spacing)
+            }
+            _ => {
+                passes.insert(
+                    member.clone(),
+                    EventPass {
+                        started: now,
+                        queued: false,
+                    },
+                );
+                None
+            }
+        }
+    };
+    let Some(at) = wait else {
+        event_pass(state, portal).await;
+        return;
+    };
+    let state = state.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = state.stopping.cancelled() => return,
+            _ = tokio::time::sleep_until(at) => {}
+        }
+        if let Some(p) = state
+            .event_passes
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&member)
+        {
+            p.queued = false;
+            p.started = Instant::now();
+        }
+        if state.runner.poke(&member) {
+            return;
+        }
+        // Read again: the portal may have been uninstalled while the pass waited.
+        match state.store.portal(&state.key, &member).await {
+            Ok(Some(portal)) if portal.status == PortalStatus::Installed => {
+                event_pass(&state, portal).await
+            }
+            _ => {}
+        }
+    });
+}
+
+async fn event_pass(state: &AppState, portal: Portal) {
+    let member = portal.member_id.clone();
+    if let Err(e) = start_for(state, portal, Trigger::Event, true).await {
+        tracing::debug!(member_id = ?member, reason = %e, "call-end event: no run started");
+    }
+}
+
 /// Starts an export for every installed portal with continuous sync that is idle.
 pub async fn sync_once(state: &Arc<AppState>) -> usize {
     let Ok(portals) = state.store.installed_portals(&state.key).await else {
@@ -53,7 +151,7 @@ pub async fn sync_once(state: &Arc<AppState>) -> usize {
         }
         let member = p.member_id.clone();
         if start_for(state, p, Trigger::Schedule, true).await.is_ok() {
-            tracing::info!(member_id = %member, "catch-up pass started");
+            tracing::info!(member_id = ?member, "catch-up pass started");
             started += 1;
         }
     }
@@ -85,7 +183,7 @@ pub async fn recheck_once(state: &Arc<AppState>) -> usize {
             .await
             .is_ok()
         {
-            tracing::info!(member_id = %member, "checking late recordings");
+            tracing::info!(member_id = ?member, "checking late recordings");
             started += 1;
         }
     }

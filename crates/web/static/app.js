@@ -236,5 +236,11 @@
         });
     });
     load();
+    // Sessions expire after an idle hour: while the page is open, swap in a fresh one every five minutes.
+    setInterval(function () {
+      api("POST", "session/renew").then(function (r) {
+        if (r.status === 200 && r.body.session) { boot.session = r.body.session; boot.csrf = r.body.csrf; }
+      }).catch(function () {});
+    }, 5 * 60 * 1000);
   });
 })();

@@ -62,7 +62,7 @@ async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/", listener.local_addr().unwrap());
     let mut config = web_config(&base, &emu, &speech, &[&emu]);
-    config.concurrency = 4;
+    config.concurrency = b24sense_engine::Concurrency::Pinned(4);
     adjust(&mut config);
     let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
     let stop = CancellationToken::new();
@@ -117,9 +117,12 @@ async fn post_frame(fx: &Fx, path: &str, frame: &FrameRequest) -> u16 {
 /// A change that forges a Bitrix24 form.
 type Forge = fn(&mut FrameRequest);
 
-/// Sets one field of a Bitrix24 form.
+/// Sets one field of a Bitrix24 form (adds it when the form has none).
 fn set_field(frame: &mut FrameRequest, key: &str, value: &str) {
-    frame.form.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.into();
+    match frame.form.iter_mut().find(|(k, _)| k == key) {
+        Some(field) => field.1 = value.into(),
+        None => frame.form.push((key.into(), value.into())),
+    }
 }
 
 /// The portal's stored token pair.
@@ -254,11 +257,16 @@ async fn install_settings_export_events_uninstall() {
         events.contains(&"ONVOXIMPLANTCALLEND".to_string()),
         "{events:?}"
     );
-    assert!(fx
-        .emu
-        .event_bindings()
-        .iter()
-        .all(|(_, h)| h == &format!("{}events", fx.base)));
+    // Events go to our handler; ONAPPINSTALL (the application token) to the install path.
+    assert!(fx.emu.event_bindings().iter().all(|(e, h)| {
+        let path = if e == "ONAPPINSTALL" {
+            "install"
+        } else {
+            "events"
+        };
+        h == &format!("{}{path}", fx.base)
+    }));
+    assert_eq!(done.install_event, vec![200]);
 
     // The settings page: framable only by the portal, Russian by default, English on LANG=en.
     let (st, headers, page) = open_page(&fx, "ru").await;
@@ -390,13 +398,15 @@ async fn install_settings_export_events_uninstall() {
     // Expired access token: the run refreshes it once (rotation stored) and skips what is done.
     fx.emu.expire_access_tokens();
     let before = tokens(&fx, &member).await;
+    // The install exchanged the frame's and the install event's refresh tokens.
+    let (installed, _) = fx.emu.oauth_refreshes();
     let (st, _) = api(&fx, &s, "POST", "export/start", None).await;
     assert_eq!(st, 200);
     let p = wait_finished(&fx, &s).await;
     assert!(p["stopped"].is_null(), "{p}");
     assert_eq!(p["uploaded"], 0);
     assert_eq!(p["skipped"]["already_uploaded"].as_u64().unwrap(), uploaded);
-    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+    assert_eq!(fx.emu.oauth_refreshes(), (installed + 1, 0));
     let after = tokens(&fx, &member).await;
     assert_eq!(after.version, before.version + 1);
     assert_eq!(fx.speech.talk_count() as u64, uploaded);
@@ -680,6 +690,8 @@ async fn concurrent_refreshes_use_one_refresh_token() {
         })
         .collect();
     let stale: AccessToken = sources[0].access_token().await.unwrap();
+    // The install exchanged the frame's and the install event's refresh tokens.
+    let (installed, _) = fx.emu.oauth_refreshes();
     let results = futures::future::join_all(sources.iter().map(|s| s.refresh(&stale))).await;
     let tokens: Vec<String> = results
         .into_iter()
@@ -690,7 +702,7 @@ async fn concurrent_refreshes_use_one_refresh_token() {
         "all callers got the one new token"
     );
     assert_ne!(tokens[0], stale.token.expose_secret());
-    assert_eq!(fx.emu.oauth_refreshes(), (1, 0));
+    assert_eq!(fx.emu.oauth_refreshes(), (installed + 1, 0));
 }
 
 #[tokio::test]

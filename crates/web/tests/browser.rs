@@ -167,7 +167,7 @@ async fn settings_page_in_chromium() {
         speech.endpoint(),
     );
     config.allow_http_portals = true;
-    config.concurrency = 4;
+    config.concurrency = b24sense_engine::Concurrency::Pinned(4);
     config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
     let server = AppServer::new(config, store, SecretKey::generate()).unwrap();
     let stop = CancellationToken::new();

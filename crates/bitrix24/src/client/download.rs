@@ -1,5 +1,5 @@
 //! Streaming recording downloads (`CALL_RECORD_URL` or a Disk `DOWNLOAD_URL`), retried like REST calls; requests
-//! to the portal's own host take a limiter token when so configured.
+//! to the portal's own host take a limiter token while the portal is known to count them (`accounting`).
 
 use std::sync::atomic::Ordering;
 
@@ -13,7 +13,7 @@ use url::Url;
 use super::{bump, content_type_has, lock_read, Bitrix24Client};
 use crate::auth::Origin;
 use crate::envelope::{parse_envelope, Envelope};
-use crate::error::Error;
+use crate::error::{ApiErrorKind, Error};
 
 /// A streaming recording download.
 pub struct Download {
@@ -40,6 +40,7 @@ impl Bitrix24Client {
                 url.scheme()
             )));
         }
+        self.check_destination(url)?;
         let origin = lock_read(&inner.origin);
         let on_portal = origin
             .as_ref()
@@ -48,9 +49,11 @@ impl Bitrix24Client {
         let host = url.host_str().unwrap_or_default().to_string();
         let mut attempt = 0u32;
         loop {
-            if on_portal && cfg.count_portal_downloads {
+            if on_portal && self.counts_portal_downloads() {
                 inner.limiter.acquire().await;
                 bump(&inner.counters.portal_downloads);
+            } else if on_portal {
+                bump(&inner.counters.uncounted_portal_downloads);
             }
             bump(&inner.counters.requests);
             let mut req = inner.download_http.get(url.clone()).header(ACCEPT, "*/*");
@@ -89,8 +92,13 @@ impl Bitrix24Client {
                     let envelope = serde_json::from_slice::<Value>(&body)
                         .ok()
                         .and_then(|v| parse_envelope(&v, code));
+                    let refused = code == 429
+                        || matches!(&envelope, Some(Envelope::Err(e, _)) if e.kind() == ApiErrorKind::QueryLimitExceeded);
+                    if refused && on_portal {
+                        self.note_rate_limited();
+                    }
                     match envelope {
-                        Some(Envelope::Err(e, _)) if !e.kind().is_transient() => {
+                        Some(Envelope::Err(e, _)) if !e.kind().is_transient() && code != 429 => {
                             return Err(Error::DownloadLink(e))
                         }
                         Some(Envelope::Err(e, _)) => Error::Api(e),

@@ -2,9 +2,13 @@
 //! and counters. The parts:
 //! - `rest` — the REST entry points: one call, one `batch`;
 //! - `send` — one REST request through limits and retries: token refresh once, 302 portal renames, backoff;
-//! - `download` — streaming recording downloads.
+//! - `download` — streaming recording downloads;
+//! - `accounting` — whether downloads from the portal's own host count against its request bucket;
+//! - `public_only` — public addresses only (DNS resolver, IP literals, redirects) when `public_hosts_only`.
 
+mod accounting;
 mod download;
+mod public_only;
 mod rest;
 mod send;
 
@@ -21,12 +25,15 @@ use crate::error::Error;
 use crate::limits::{OperatingTracker, RatePlan, RequestLimiter};
 
 pub use download::Download;
+pub use public_only::{is_public, PublicOnly};
 
 /// Tuning of one client. `Default` gives the values the product uses.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub rate: RatePlan,
-    /// Take a limiter token for recording downloads from the portal's own host (`docs/mapping.md`, "Audio").
+    /// Start out taking a limiter token for recording downloads from the portal's own host (the portal is known
+    /// to count them). Off by default: the client switches it on by itself at the first rate-limit refusal after
+    /// an uncounted download ([`Bitrix24Client::counts_portal_downloads`]).
     pub count_portal_downloads: bool,
     /// Whole-request timeout of a REST call; read timeout (between chunks) of a download.
     pub request_timeout: Duration,
@@ -39,13 +46,17 @@ pub struct ClientConfig {
     /// Fraction of the limit after which calls of that method wait for `operating_reset_at`.
     pub operating_threshold: f64,
     pub user_agent: String,
+    /// Connect only to public addresses (the application server's production mode, where portal addresses come
+    /// from outside): names resolving to loopback, private, link-local or metadata addresses and such IP
+    /// literals are refused (see `public_only`). Off for the CLI, whose operator names the portal.
+    pub public_hosts_only: bool,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             rate: RatePlan::STANDARD,
-            count_portal_downloads: true,
+            count_portal_downloads: false,
             request_timeout: Duration::from_secs(60),
             max_attempts: 8,
             backoff_base: Duration::from_secs(1),
@@ -53,6 +64,7 @@ impl Default for ClientConfig {
             operating_limit_secs: 480.0,
             operating_threshold: 0.75,
             user_agent: concat!("b24sense/", env!("CARGO_PKG_VERSION")).to_string(),
+            public_hosts_only: false,
         }
     }
 }
@@ -62,7 +74,7 @@ impl Default for ClientConfig {
 pub struct ClientStats {
     /// HTTP requests sent (REST calls, batches, downloads; every attempt).
     pub requests: u64,
-    /// `QUERY_LIMIT_EXCEEDED` answers seen.
+    /// Rate-limit refusals seen (`QUERY_LIMIT_EXCEEDED`, HTTP 429), REST calls and portal downloads alike.
     pub rate_limited: u64,
     /// `OPERATION_TIME_LIMIT` answers seen plus calls held back by the operating-time tracker.
     pub operating_limited: u64,
@@ -70,8 +82,10 @@ pub struct ClientStats {
     pub retries: u64,
     /// Downloads whose body started.
     pub downloads: u64,
-    /// Download requests to the portal's own host that took a limiter token (`count_portal_downloads`).
+    /// Download requests to the portal's own host that took a limiter token (downloads counted).
     pub portal_downloads: u64,
+    /// Download requests to the portal's own host sent without a limiter token (downloads not counted).
+    pub uncounted_portal_downloads: u64,
     pub download_bytes: u64,
     pub token_refreshes: u64,
     /// Portal renames followed (302).
@@ -86,6 +100,7 @@ struct Counters {
     retries: AtomicU64,
     downloads: AtomicU64,
     portal_downloads: AtomicU64,
+    uncounted_portal_downloads: AtomicU64,
     download_bytes: AtomicU64,
     token_refreshes: AtomicU64,
     redirects: AtomicU64,
@@ -107,6 +122,8 @@ pub(crate) struct Inner {
     /// Set after a 302: overrides the origin of OAuth `client_endpoint`s.
     renamed: RwLock<Option<Origin>>,
     offset: RwLock<Option<FixedOffset>>,
+    /// Whether downloads from the portal's own host take a limiter token; only ever switches on ([`accounting`]).
+    downloads_counted: tokio::sync::watch::Sender<bool>,
     counters: Counters,
 }
 
@@ -143,23 +160,29 @@ fn content_type_has(resp: &reqwest::Response, word: &str) -> bool {
 impl Bitrix24Client {
     pub fn new(credentials: Credentials, config: ClientConfig) -> Result<Self, Error> {
         let build = |redirects: reqwest::redirect::Policy| {
-            reqwest::Client::builder()
+            let mut b = reqwest::Client::builder()
                 .user_agent(config.user_agent.clone())
                 .redirect(redirects)
                 .connect_timeout(config.request_timeout.min(Duration::from_secs(30)))
-                .read_timeout(config.request_timeout)
-                .build()
-                .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "cannot build the HTTP client: {}",
-                        Error::transport(e)
-                    ))
-                })
+                .read_timeout(config.request_timeout);
+            if config.public_hosts_only {
+                b = b.dns_resolver(Arc::new(PublicOnly));
+            }
+            b.build().map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot build the HTTP client: {}",
+                    Error::transport(e)
+                ))
+            })
         };
         // A renamed portal answers a POST with 302; following it could turn it into a GET without the body.
         let api_http = build(reqwest::redirect::Policy::none())?;
         // Recording URLs (Voximplant storage, PBXs) may legitimately redirect.
-        let download_http = build(reqwest::redirect::Policy::limited(5))?;
+        let download_http = build(if config.public_hosts_only {
+            public_only::redirects(5)
+        } else {
+            reqwest::redirect::Policy::limited(5)
+        })?;
         let origin = match &credentials {
             Credentials::Webhook(w) => Some(w.origin.clone()),
             Credentials::OAuth(_) => None,
@@ -175,6 +198,7 @@ impl Bitrix24Client {
                 download_http,
                 credentials,
                 limiter: RequestLimiter::new(config.rate),
+                downloads_counted: tokio::sync::watch::Sender::new(config.count_portal_downloads),
                 operating: OperatingTracker::new(
                     config.operating_limit_secs,
                     config.operating_threshold,
@@ -211,10 +235,19 @@ impl Bitrix24Client {
             retries: g(&c.retries),
             downloads: g(&c.downloads),
             portal_downloads: g(&c.portal_downloads),
+            uncounted_portal_downloads: g(&c.uncounted_portal_downloads),
             download_bytes: g(&c.download_bytes),
             token_refreshes: g(&c.token_refreshes),
             redirects: g(&c.redirects),
         }
+    }
+
+    /// With `public_hosts_only`, refuses a URL naming a non-public IP address (names are checked when resolved).
+    fn check_destination(&self, url: &url::Url) -> Result<(), Error> {
+        if self.inner.config.public_hosts_only {
+            public_only::check_destination(url)?;
+        }
+        Ok(())
     }
 
     fn backoff(&self, attempt: u32) -> Duration {

@@ -81,6 +81,7 @@ impl Bitrix24Client {
                 tokio::time::sleep(wait).await;
             }
             let url = self.target(method, &mut token).await?;
+            self.check_destination(&url)?;
             inner.limiter.acquire().await;
             bump(&inner.counters.requests);
             let mut req = inner
@@ -179,7 +180,10 @@ impl Bitrix24Client {
                 detail,
             };
             // Proxies under load answer with HTML 5xx; a cut-off 200 is a broken transfer. A non-JSON 4xx means
-            // the URL is not a Bitrix24 REST endpoint: final.
+            // the URL is not a Bitrix24 REST endpoint: final. A 429 is a rate-limit refusal whatever its body.
+            if code == 429 {
+                self.note_rate_limited();
+            }
             return if status.is_success() || status.is_server_error() || code == 429 {
                 Ok(Err(Next::Retry(e, None)))
             } else {
@@ -199,9 +203,8 @@ impl Bitrix24Client {
                 self.learn_time(method, time.as_ref());
                 let inner = &self.inner;
                 match e.kind() {
-                    ApiErrorKind::QueryLimitExceeded => {
-                        bump(&inner.counters.rate_limited);
-                        inner.limiter.drain();
+                    _ if e.kind() == ApiErrorKind::QueryLimitExceeded || code == 429 => {
+                        self.note_rate_limited();
                         Ok(Err(Next::Retry(Error::Api(e), None)))
                     }
                     ApiErrorKind::OperationTimeLimit => {

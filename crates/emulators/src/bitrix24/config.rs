@@ -40,10 +40,14 @@ pub struct PortalConfig {
     pub access_tokens: Vec<String>,
     /// Leaky bucket: capacity X, leak Y per second.
     pub rate: (u32, u32),
-    /// `/rest/download.json` goes through the bucket; `/records/*` never does.
+    /// The portal counts recording downloads from its own host: `/rest/download.json` goes through the bucket
+    /// (refused with 503 `QUERY_LIMIT_EXCEEDED` when it is full). On by default, the worst case; `/records/*` (the
+    /// external host) never does.
     pub count_downloads: bool,
     /// Added to every REST response (not per download chunk).
     pub latency: Duration,
+    /// Waited before answering each recording download, on both hosts (time to the first byte, not per chunk).
+    pub download_latency: Duration,
     pub operating: Option<OperatingConfig>,
     pub faults: FaultConfig,
 }
@@ -99,6 +103,7 @@ impl Default for PortalConfig {
             rate: (50, 2),
             count_downloads: true,
             latency: Duration::ZERO,
+            download_latency: Duration::ZERO,
             operating: None,
             faults: FaultConfig::default(),
         }

@@ -119,11 +119,19 @@ fn recording_response(inner: &PortalState, idx: usize, filename: &str) -> Respon
         .unwrap_or_default()
 }
 
+/// The configured download latency (a download's time to its first byte), before anything is answered.
+async fn wait_download_latency(inner: &PortalState) {
+    if !inner.config.download_latency.is_zero() {
+        tokio::time::sleep(inner.config.download_latency).await;
+    }
+}
+
 /// `GET /rest/download.json?auth=…&token=disk|{id}|{sig}`
 pub(crate) async fn download(
     State(inner): State<Arc<PortalState>>,
     RawQuery(query): RawQuery,
 ) -> Response<Body> {
+    wait_download_latency(&inner).await;
     if inner.config.count_downloads && !inner.admit() {
         return error_response(&inner, &ApiError::query_limit());
     }
@@ -161,6 +169,7 @@ pub(crate) async fn record_file(
     State(inner): State<Arc<PortalState>>,
     Path(file): Path<String>,
 ) -> Response<Body> {
+    wait_download_latency(&inner).await;
     let not_found = || (StatusCode::NOT_FOUND, "Not Found").into_response();
     let Some((call_id, ext)) = file.rsplit_once('.') else {
         return not_found();

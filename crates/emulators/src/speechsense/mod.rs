@@ -282,6 +282,8 @@ pub struct SpeechSenseStats {
     pub streams_reset: u64,
     /// Audio bytes received in all upload attempts.
     pub bytes_received: u64,
+    /// The most `UploadAsStream` calls open at once (from the request to the answer, upload latency included).
+    pub peak_upload_streams: u64,
     pub searches: u64,
     pub gets: u64,
 }
@@ -308,6 +310,8 @@ struct Mutable {
     before_store: VecDeque<(Code, u32)>,
     after_store: VecDeque<(Code, u32)>,
     reset_after: VecDeque<(u64, u32)>,
+    /// `UploadAsStream` calls open now.
+    upload_streams: u64,
 }
 
 impl State {

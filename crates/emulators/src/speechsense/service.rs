@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::reset::RESET_MARKER;
 use super::stub::talk_service_server::TalkService;
-use super::upload::{AbortWatch, Failure};
+use super::upload::{AbortWatch, Failure, OpenStream};
 use super::{RecordedCall, State};
 
 pub(crate) struct TalkServiceImpl {
@@ -137,6 +137,7 @@ impl TalkService for TalkServiceImpl {
         &self,
         request: Request<Streaming<StreamTalkRequest>>,
     ) -> Result<Response<UploadTalkResponse>, Status> {
+        let _open = OpenStream::new(&self.state);
         let crid = client_request_id(request.metadata());
         let mut watch = AbortWatch {
             state: &self.state,

@@ -46,6 +46,24 @@ impl Drop for AbortWatch<'_> {
     }
 }
 
+/// Counts an `UploadAsStream` call as open from its creation until it is dropped (answered or reset).
+pub(super) struct OpenStream<'a>(&'a State);
+
+impl<'a> OpenStream<'a> {
+    pub(super) fn new(state: &'a State) -> Self {
+        let mut inner = state.lock();
+        inner.upload_streams += 1;
+        inner.stats.peak_upload_streams = inner.stats.peak_upload_streams.max(inner.upload_streams);
+        OpenStream(state)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.lock().upload_streams -= 1;
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> Failure {
     Failure::Refused(Status::invalid_argument(msg))
 }

@@ -1,5 +1,6 @@
 //! Leases: the portal's (one holder lists, downloads and uploads per portal) and each call's (one worker per call),
 //! taken, waited for, renewed and checked — so that replicas and restarts never work on the same thing at once.
+//! A portal lease whose holder died on this machine is taken over at once (see [`crate::holder`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +10,15 @@ use b24sense_store::{Claim, PortalLease};
 use tokio_util::sync::CancellationToken;
 
 use super::{Run, Sent};
+use crate::holder::{Holder, Liveness};
 use crate::ports::{CallSource, TalkSink};
 use crate::EngineError;
 
 impl<S: CallSource, K: TalkSink> Run<S, K> {
-    /// Waits (polling) until this process holds the portal's lease; `None` when shut down while waiting.
+    /// Waits (polling) until this process holds the portal's lease; `None` when shut down while waiting. A lease
+    /// whose holder is known to be dead (a run on this machine that crashed) is taken over at once.
     pub(super) async fn acquire_portal(&self) -> Result<Option<PortalLease>, EngineError> {
+        let holder = self.config.holder.as_ref().map(Holder::to_string);
         let mut waiting = false;
         loop {
             let lease = self
@@ -22,6 +26,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 .claim_portal(
                     &self.config.portal,
                     &self.config.worker_id,
+                    holder.as_deref(),
                     self.config.portal_lease,
                 )
                 .await?;
@@ -29,6 +34,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 if waiting {
                     tracing::info!(portal = %self.config.portal, "took the portal over");
                 }
+                return Ok(Some(lease));
+            }
+            if let Some(lease) = self.take_over_from_dead(holder.as_deref()).await? {
                 return Ok(Some(lease));
             }
             if !waiting {
@@ -45,6 +53,53 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 _ = self.stop.cancelled() => return Ok(None),
             }
         }
+    }
+
+    /// Takes the portal's lease from its holder if that is a process on this machine that is gone, and gives back
+    /// the calls it held (their leases would otherwise hold up the workers until they expire; a call it left
+    /// `uploading` stays in doubt). `None`: the holder is alive, elsewhere or unknown, or another run was faster.
+    async fn take_over_from_dead(
+        &self,
+        holder: Option<&str>,
+    ) -> Result<Option<PortalLease>, EngineError> {
+        let Some(here) = &self.config.holder else {
+            return Ok(None);
+        };
+        let Some(current) = self.store.portal_holder(&self.config.portal).await? else {
+            return Ok(None);
+        };
+        let Some(dead) = current.holder.as_deref().and_then(Holder::parse) else {
+            return Ok(None);
+        };
+        if dead.liveness(here) != Liveness::Gone {
+            return Ok(None);
+        }
+        let Some(lease) = self
+            .store
+            .take_over_portal(
+                &self.config.portal,
+                &current,
+                &self.config.worker_id,
+                holder,
+                self.config.portal_lease,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        tracing::info!(
+            portal = %self.config.portal,
+            "the previous run (pid {}) is gone; taking the portal over",
+            dead.pid
+        );
+        let released = self
+            .store
+            .release_held(&self.config.portal, &current.owner)
+            .await?;
+        if released > 0 {
+            tracing::info!(calls = released, "released the calls the previous run held");
+        }
+        Ok(Some(lease))
     }
 
     /// Renews the portal lease every sixth of its length until `done` (so a dead holder's last request is at least

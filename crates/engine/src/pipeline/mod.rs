@@ -9,8 +9,9 @@
 //!   resolve 50 Disk files in one `disk.file.get` batch, just before they are downloaded; calls whose direct URL
 //!   turned out dead come back to it for the Disk route. It claims the calls it hands on in the ledger, a worker's
 //!   worth per statement;
-//! - `concurrency` **workers** each take a claimed call, stream its recording from the portal into SpeechSense
-//!   (never holding it whole), and commit the outcome.
+//! - **workers**, as many as the concurrency's ceiling, each take a place under the run's [`AdaptiveLimit`] and
+//!   then a claimed call, stream its recording from the portal into SpeechSense (never holding it whole), commit
+//!   the outcome, and tell the limit how the attempt went.
 //!
 //! Delivery guarantee: a call is marked `uploading` right before the half-close that lets SpeechSense store its
 //! talk, and `uploaded` with its talk ID after; a call left `uploading` is *in doubt* and is resolved by a
@@ -31,6 +32,7 @@
 //!
 //! The parts, one file each:
 //! - this file: [`run_export`], the run's shared state and the wiring of the stages by channels;
+//! - `accounting`: the portal's download accounting, as the ledger remembers it;
 //! - `lease`: taking, waiting for, renewing and checking the portal's and the calls' leases;
 //! - `lister`: listing (or reading the due calls again), registering, looking up names;
 //! - `resolver`: routing by recording URL, `disk.file.get` batches, claims ahead of the workers, outcomes reached
@@ -49,11 +51,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::concurrency::AdaptiveLimit;
 use crate::config::ExportConfig;
 use crate::ports::{CallSource, Classified, TalkSink};
 use crate::report::{CallReport, ProgressEvent, ProgressFn, Summary};
 use crate::EngineError;
 
+mod accounting;
 mod attempt;
 mod dry_run;
 mod lease;
@@ -137,6 +141,8 @@ struct Run<S, K> {
     hard: CancellationToken,
     fatal: Mutex<Option<String>>,
     summary: Mutex<Summary>,
+    /// Calls in flight at once (downloads and uploads).
+    limit: AdaptiveLimit,
 }
 
 /// Runs one export to completion (or until `shutdown` is cancelled, after which in-flight uploads finish).
@@ -152,6 +158,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         .filter
         .validate()
         .map_err(|e| EngineError::Config(e.to_string()))?;
+    config.concurrency.validate().map_err(EngineError::Config)?;
     if config.connection_id.trim().is_empty() {
         return Err(EngineError::Config(
             "connection_id: must not be empty".into(),
@@ -162,6 +169,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         source,
         sink,
         store,
+        limit: AdaptiveLimit::new(config.concurrency),
         config,
         progress,
         stop: shutdown.child_token(),
@@ -173,6 +181,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
     if run.config.dry_run {
         run.dry_run().await?;
     } else if let Some(lease) = run.acquire_portal().await? {
+        let accounting = run.start_download_accounting().await;
         let held = CancellationToken::new();
         let holder = tokio::spawn(run.clone().hold_portal(lease.clone(), held.clone()));
         let grace = {
@@ -188,6 +197,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
             })
         };
         let result = run.clone().export().await;
+        run.finish_download_accounting(accounting).await;
         // Calls claimed ahead of the workers and never taken up (the run stopped) are due at once for the next run.
         if let Err(e) = run
             .store
@@ -208,6 +218,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
 
     let mut summary = std::mem::take(&mut *run.summary.lock().unwrap());
     summary.wall_time = started.elapsed();
+    summary.concurrency = run.limit.trace();
     if let Some(reason) = run.fatal.lock().unwrap().clone() {
         summary.stopped = Some(reason.clone());
         return Err(EngineError::Stopped {
@@ -223,9 +234,11 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
 
 impl<S: CallSource, K: TalkSink> Run<S, K> {
     async fn export(self: Arc<Self>) -> Result<(), EngineError> {
-        let workers = self.config.concurrency.max(1);
+        // One worker per place the limit may ever allow; the limit decides how many work at once.
+        let workers = self.config.concurrency.ceiling().max(1);
         let (input_tx, input_rx) = mpsc::channel::<WorkItem>(DISK_BATCH * 2);
-        let (work_tx, work_rx) = mpsc::channel::<WorkItem>(workers);
+        let (work_tx, work_rx) =
+            mpsc::channel::<WorkItem>(self.config.concurrency.initial().max(1));
         let (feedback_tx, feedback_rx) = mpsc::unbounded_channel::<Feedback>();
         let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
 

@@ -84,8 +84,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
+    /// A worker's worth: as many calls as may be in flight now.
     fn workers(&self) -> usize {
-        self.config.concurrency.max(1)
+        self.limit.current().max(1)
     }
 
     /// Hands calls to the workers, claiming them in the ledger first, a worker's worth per statement: one statement

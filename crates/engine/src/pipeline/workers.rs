@@ -1,14 +1,16 @@
-//! The workers: each takes a claimed call, drives it to an outcome through retries and the in-doubt rule (one try
-//! is in `attempt`), and commits the outcome, fenced.
+//! The workers: each takes a place under the run's limit, then a claimed call, drives it to an outcome through
+//! retries and the in-doubt rule (one try is in `attempt`, and each try is a sample for the limit), and commits the
+//! outcome, fenced.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use b24sense_core::{Call, FailReason, Outcome};
 use b24sense_store::Claim;
 use tokio::sync::mpsc;
 
 use super::{AttemptError, Feedback, Run, Sent, WorkItem};
+use crate::concurrency::{Load, Sample};
 use crate::ports::{CallSource, TalkSink};
 use crate::EngineError;
 
@@ -19,6 +21,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         feedback: mpsc::UnboundedSender<Feedback>,
     ) {
         loop {
+            // The place first: a call is taken off the queue only when it may start at once.
+            let _place = self.limit.acquire().await;
             let item = work.lock().await.recv().await;
             let Some(item) = item else { return };
             let fb = if self.stop.is_cancelled() {
@@ -67,7 +71,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let claim = claim.clone();
         let mut reupload = false;
         if claim.in_doubt {
-            match self.find_existing(item.call.id).await {
+            // Settled: a crashed run's portal may have been taken over at once, its last talk not searchable yet.
+            match self.find_existing_settled(item.call.id).await {
                 Some(Ok(talk_id)) => {
                     let outcome = Outcome::Uploaded {
                         talk_id,
@@ -84,7 +89,16 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
         let mut attempt = 1;
         loop {
+            let started = Instant::now();
             let result = self.attempt(&item, &claim, reupload).await;
+            if let Some(load) = load_of(&result) {
+                let elapsed = started.elapsed();
+                self.limit.record(Sample {
+                    started,
+                    elapsed,
+                    load,
+                });
+            }
             let (outcome, sent) = match result {
                 Ok(done) => done,
                 Err(AttemptError::Final(outcome)) => (outcome, Sent::NOTHING),
@@ -162,8 +176,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
-    /// [`Self::find_existing`] for an upload that was in doubt a moment ago: a talk stored just now may not be
-    /// searchable yet, so "none found" is asked again a few times over `search_settle` before it is believed.
+    /// [`Self::find_existing`] for an upload that may have been in doubt a moment ago: a talk stored just now may
+    /// not be searchable yet, so "none found" is asked again a few times over `search_settle` before it is believed.
     async fn find_existing_settled(&self, call_id: u64) -> Option<Result<String, ()>> {
         const TRIES: u32 = 3;
         let mut found = self.find_existing(call_id).await;
@@ -213,5 +227,15 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
         self.report(call, outcome, sent);
         Ok(Feedback::Done)
+    }
+}
+
+/// What one try says about load: uploaded, or refused or lost in a way load explains (`RESOURCE_EXHAUSTED`,
+/// `UNAVAILABLE`, a deadline, a broken download: all retryable or in doubt). Final outcomes say nothing about it.
+fn load_of(result: &Result<(Outcome, Sent), AttemptError>) -> Option<Load> {
+    match result {
+        Ok((_, sent)) => Some(Load::Done { bytes: sent.bytes }),
+        Err(AttemptError::Retry { .. } | AttemptError::InDoubt { .. }) => Some(Load::Overloaded),
+        Err(_) => None,
     }
 }

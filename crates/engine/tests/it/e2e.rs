@@ -20,16 +20,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{collector, postgres_store, test_store, Ran};
 
-struct Env {
+pub(crate) struct Env {
     portal: Bitrix24Emulator,
-    speech: SpeechSenseEmulator,
+    pub(crate) speech: SpeechSenseEmulator,
     bitrix: Bitrix24Client,
     connection_id: String,
-    api_key: String,
+    pub(crate) api_key: String,
 }
 
 impl Env {
     async fn start(calls: usize) -> Env {
+        Env::start_with(calls, SpeechSenseConfig::default()).await
+    }
+
+    /// A portal of `calls` calls, and SpeechSense as `ss_config` sets it up (its first connection is the target).
+    pub(crate) async fn start_with(calls: usize, ss_config: SpeechSenseConfig) -> Env {
         let portal = Bitrix24Emulator::start(PortalConfig {
             calls,
             seed: 7,
@@ -37,7 +42,6 @@ impl Env {
         })
         .await
         .unwrap();
-        let ss_config = SpeechSenseConfig::default();
         let connection_id = ss_config.connections[0].id.clone();
         let api_key = ss_config.api_keys[0].clone();
         let speech = SpeechSenseEmulator::start(ss_config).await.unwrap();
@@ -62,13 +66,13 @@ impl Env {
         Arc::new(SpeechSenseSink::new(client, None))
     }
 
-    fn config(&self, filter: CallFilter) -> ExportConfig {
+    pub(crate) fn config(&self, filter: CallFilter) -> ExportConfig {
         let mut c = ExportConfig::new("emulated.bitrix24.test", self.connection_id.clone());
         c.filter = filter;
         c
     }
 
-    async fn export(
+    pub(crate) async fn export(
         &self,
         store: &Store,
         config: ExportConfig,
@@ -99,7 +103,7 @@ impl Env {
     }
 
     /// Call IDs that the filter selects and that have a recording.
-    fn expected(&self, filter: &CallFilter) -> BTreeSet<u64> {
+    pub(crate) fn expected(&self, filter: &CallFilter) -> BTreeSet<u64> {
         self.calls()
             .into_iter()
             .filter(|c| filter.matches(c) && c.has_recording())
@@ -107,7 +111,7 @@ impl Env {
             .collect()
     }
 
-    fn uploaded_ids(&self) -> BTreeSet<u64> {
+    pub(crate) fn uploaded_ids(&self) -> BTreeSet<u64> {
         self.speech
             .talks()
             .iter()

@@ -169,7 +169,7 @@ impl Env {
     fn config(&self) -> ExportConfig {
         let mut c = ExportConfig::new(PORTAL, self.connection_id.clone());
         c.filter = self.filter.clone();
-        c.concurrency = 4;
+        c.concurrency = b24sense_engine::Concurrency::Pinned(4);
         c.backoff = Backoff {
             base: Duration::from_millis(20),
             max: Duration::from_millis(400),

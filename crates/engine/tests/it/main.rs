@@ -1,6 +1,8 @@
 //! Engine tests: the pipeline against scriptable fakes (`pipeline`), and end to end against the emulators over
 //! real sockets (`e2e`). One test binary, so the 2-core CI links once.
 
+mod concurrency;
+mod download_accounting;
 mod e2e;
 mod fakes;
 mod faults;

@@ -22,7 +22,7 @@ fn config() -> ExportConfig {
         base: Duration::from_millis(1),
         max: Duration::from_millis(5),
     };
-    c.concurrency = 4;
+    c.concurrency = b24sense_engine::Concurrency::Pinned(4);
     c
 }
 
@@ -121,7 +121,7 @@ async fn retryable_upload_failures_are_retried_without_duplicates() {
     let retry = Upload::Fail(ErrorClass::Retryable { after: None });
     let sink = Arc::new(FakeSink::with_script(&[retry, retry], false));
     let mut c = config();
-    c.concurrency = 1;
+    c.concurrency = b24sense_engine::Concurrency::Pinned(1);
     let s = run(&source, &sink, &store, c).await;
     assert_eq!(s.uploaded, 4);
     assert_eq!(
@@ -159,7 +159,7 @@ async fn in_doubt_upload_with_search_records_the_existing_talk() {
     let source = Arc::new(FakeSource::portal(3));
     let sink = Arc::new(FakeSink::with_script(&[Upload::StoreThenInDoubt], true));
     let mut c = config();
-    c.concurrency = 1;
+    c.concurrency = b24sense_engine::Concurrency::Pinned(1);
     let s = run(&source, &sink, &store, c).await;
     assert_eq!(s.uploaded, 3);
     assert_eq!(s.reuploaded_after_crash, 0);

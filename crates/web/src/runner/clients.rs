@@ -45,6 +45,7 @@ impl Runner {
             Credentials::OAuth(Arc::new(source)),
             ClientConfig {
                 rate: env.rate,
+                public_hosts_only: env.public_hosts_only,
                 ..ClientConfig::default()
             },
         )

@@ -51,8 +51,10 @@ pub struct RunEnv {
     pub locks: Arc<RefreshLocks>,
     pub metrics: Arc<Metrics>,
     pub speechsense_endpoint: String,
-    pub concurrency: usize,
+    pub concurrency: b24sense_engine::Concurrency,
     pub rate: RatePlan,
+    /// Connect only to public addresses (production; off for the local emulator).
+    pub public_hosts_only: bool,
     /// With continuous sync on: how long and how often a call without a recording is checked again.
     pub late_recordings: LateRecordings,
     /// A run row without a heartbeat for this long belongs to a process that is gone.

@@ -1,5 +1,6 @@
 //! Events from the portal to the application's handlers: form-encoded POSTs, at most once per handler, only after
-//! the installation is finished — `ONVOXIMPLANTCALLEND` for a call and `ONAPPUNINSTALL` on uninstall.
+//! the installation is finished — `ONAPPINSTALL` right after it (the application token and the installing
+//! user's token pair, refresh token included), `ONVOXIMPLANTCALLEND` for a call and `ONAPPUNINSTALL` on uninstall.
 
 use serde_json::Value;
 
@@ -27,11 +28,29 @@ impl Bitrix24Emulator {
         };
         let mut out = Vec::new();
         for b in targets {
-            let (access, _refresh) = self.inner.app.issue(self.inner.config.webhook_user);
-            let form = self.event_form(&event, b.id, data, Some(&access));
+            let (access, refresh) = self.inner.app.issue(self.inner.config.webhook_user);
+            // Only the install event hands the refresh token over.
+            let refresh = (event == "ONAPPINSTALL").then_some(refresh.as_str());
+            let form = self.event_form(&event, b.id, data, Some((&access, refresh)));
             out.push(post_form(&b.handler, &form).await);
         }
         out
+    }
+
+    /// What the portal does on `BX24.installFinish()`: the installation counts as finished and `ONAPPINSTALL`
+    /// goes to its handlers. Returns their HTTP statuses.
+    pub async fn finish_app_install(&self, lang: &str) -> Vec<u16> {
+        self.inner.app.lock().installed = true;
+        let data: Vec<(String, String)> = [
+            ("VERSION", "1"),
+            ("ACTIVE", "Y"),
+            ("INSTALLED", "Y"),
+            ("LANGUAGE_ID", lang),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        self.send_event("ONAPPINSTALL", &data).await
     }
 
     fn event_form(
@@ -39,7 +58,7 @@ impl Bitrix24Emulator {
         event: &str,
         handler_id: u64,
         data: &[(String, String)],
-        access: Option<&str>,
+        tokens: Option<(&str, Option<&str>)>,
     ) -> Vec<(String, String)> {
         let s = |v: &str| v.to_string();
         let mut form = vec![
@@ -50,8 +69,11 @@ impl Bitrix24Emulator {
             form.push((format!("data[{k}]"), v.clone()));
         }
         form.push((s("ts"), now_unix_secs().to_string()));
-        if let Some(a) = access {
+        if let Some((a, refresh)) = tokens {
             form.push((s("auth[access_token]"), s(a)));
+            if let Some(r) = refresh {
+                form.push((s("auth[refresh_token]"), s(r)));
+            }
             form.push((
                 s("auth[expires_in]"),
                 self.inner.app.ttl().as_secs().to_string(),

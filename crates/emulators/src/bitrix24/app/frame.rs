@@ -71,6 +71,23 @@ fn frame_request(inner: &PortalState, user_id: u64, lang: &str) -> FrameRequest 
     let (access, refresh) = inner.app.issue(user_id);
     let ttl = inner.app.ttl().as_secs();
     let s = |v: &str| v.to_string();
+    // The fields Bitrix24 documents for the frame; the application token comes with `ONAPPINSTALL`.
+    let mut form = vec![
+        (s("AUTH_ID"), access),
+        (s("AUTH_EXPIRES"), ttl.to_string()),
+        (s("REFRESH_ID"), refresh),
+        (s("member_id"), inner.app.member_id.clone()),
+        (s("status"), s("L")),
+        (s("PLACEMENT"), s("DEFAULT")),
+        (s("PLACEMENT_OPTIONS"), s("{}")),
+    ];
+    if inner.app.lock().frame_extras {
+        form.extend([
+            (s("SERVER_ENDPOINT"), server_endpoint(inner)),
+            (s("APPLICATION_TOKEN"), inner.app.application_token.clone()),
+            (s("APPLICATION_SCOPE"), s(SCOPE)),
+        ]);
+    }
     FrameRequest {
         query: vec![
             (s("DOMAIN"), domain(inner)),
@@ -78,18 +95,7 @@ fn frame_request(inner: &PortalState, user_id: u64, lang: &str) -> FrameRequest 
             (s("LANG"), s(lang)),
             (s("APP_SID"), random_token()),
         ],
-        form: vec![
-            (s("AUTH_ID"), access),
-            (s("AUTH_EXPIRES"), ttl.to_string()),
-            (s("REFRESH_ID"), refresh),
-            (s("SERVER_ENDPOINT"), server_endpoint(inner)),
-            (s("APPLICATION_TOKEN"), inner.app.application_token.clone()),
-            (s("APPLICATION_SCOPE"), s(SCOPE)),
-            (s("member_id"), inner.app.member_id.clone()),
-            (s("status"), s("L")),
-            (s("PLACEMENT"), s("DEFAULT")),
-            (s("PLACEMENT_OPTIONS"), s("{}")),
-        ],
+        form,
     }
 }
 
@@ -100,6 +106,8 @@ pub struct AppInstall {
     pub body: String,
     /// The answer called `BX24.installFinish()`: the portal now counts the application as installed.
     pub installed: bool,
+    /// Then `ONAPPINSTALL` went to the handlers bound to it: their HTTP statuses (0 = unreachable).
+    pub install_event: Vec<u16>,
 }
 
 /// The fields of an iframe POST: the query string and the form body.
@@ -142,7 +150,8 @@ impl Bitrix24Emulator {
 
     /// Installs the application: POSTs the install form to `install_url` as the admin (user 1). The
     /// installation counts as finished when the answer calls `BX24.installFinish()` (what the real page's
-    /// script would do in the browser).
+    /// script would do in the browser); then, as a portal does, `ONAPPINSTALL` goes to the handlers the
+    /// application bound to it, with the application token and a fresh token pair of the installing user.
     pub async fn install_app(&self, install_url: &str, lang: &str) -> std::io::Result<AppInstall> {
         let req = self.app_frame_request(self.inner.config.webhook_user, lang);
         let resp = http()
@@ -154,13 +163,16 @@ impl Bitrix24Emulator {
         let status = resp.status().as_u16();
         let body = resp.text().await.map_err(std::io::Error::other)?;
         let installed = status == 200 && body.contains("installFinish");
-        if installed {
-            self.inner.app.lock().installed = true;
-        }
+        let install_event = if installed {
+            self.finish_app_install(lang).await
+        } else {
+            Vec::new()
+        };
         Ok(AppInstall {
             status,
             body,
             installed,
+            install_event,
         })
     }
 }

@@ -1,5 +1,7 @@
 //! The application flow of the emulated portal: one local application with an install POST to the
-//! application's handler, the OAuth token endpoint (`GET /oauth/token/`, refresh-token rotation: a used refresh
+//! application's handler (only the documented frame fields unless `set_frame_extras`; the application token comes
+//! with `ONAPPINSTALL` after `BX24.installFinish()`), the OAuth token endpoint (its answer names the portal the
+//! refresh token was issued for: `member_id`, `client_endpoint`, `server_endpoint`) (`GET /oauth/token/`, refresh-token rotation: a used refresh
 //! token and its access token die; expired access tokens answer `expired_token`), `event.bind`/`event.get`/
 //! `event.unbind`, event delivery to bound handlers (form-encoded, at most once, only after the installation is
 //! finished), `app.info` with `INSTALLED`, and uninstall.

@@ -1,5 +1,8 @@
 //! The emulator as the application's OAuth server: `GET /oauth/token/` with `grant_type=refresh_token` and
-//! refresh-token rotation (a used refresh token and the access token issued with it die).
+//! refresh-token rotation (a used refresh token and the access token issued with it die). As the real one, the
+//! answer names the portal the refresh token belongs to (`member_id`, `client_endpoint`, `server_endpoint`;
+//! `domain` is the OAuth server's host): applications prove an install with it. A token this server did not
+//! issue (another portal's, a made-up one) is `invalid_grant`.
 
 use std::sync::Arc;
 

@@ -39,6 +39,9 @@ pub(super) struct AppInner {
     pub(super) installed: bool,
     pub(super) refreshes: u64,
     pub(super) refresh_rejected: u64,
+    /// The iframe POST also carries the undocumented `APPLICATION_TOKEN`, `SERVER_ENDPOINT` and
+    /// `APPLICATION_SCOPE` (some portals send them; off by default, as Bitrix24 documents the frame).
+    pub(super) frame_extras: bool,
 }
 
 /// The application's state on the portal.
@@ -182,6 +185,12 @@ impl Bitrix24Emulator {
     pub fn oauth_refreshes(&self) -> (u64, u64) {
         let s = self.inner.app.lock();
         (s.refreshes, s.refresh_rejected)
+    }
+
+    /// Whether the iframe POST also carries the undocumented `APPLICATION_TOKEN`, `SERVER_ENDPOINT` and
+    /// `APPLICATION_SCOPE` fields (some portals send them). Default: only the documented fields.
+    pub fn set_frame_extras(&self, on: bool) {
+        self.inner.app.lock().frame_extras = on;
     }
 
     /// Bound handlers as `(EVENT, handler URL)`.
