@@ -13,6 +13,8 @@ mod auth;
 mod client;
 mod envelope;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod methods;
 mod php;

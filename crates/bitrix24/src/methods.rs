@@ -29,7 +29,7 @@ pub struct CallChunk {
 impl CallChunk {
     /// Adds call-history rows: readable ones to `calls`, the others to `bad_rows` with the reason; every row's `ID`
     /// moves `last_id` on (an unreadable row must not be listed again and again).
-    fn read(&mut self, rows: &[&Value], offset: FixedOffset) {
+    pub(crate) fn read(&mut self, rows: &[&Value], offset: FixedOffset) {
         for row in rows {
             let raw_id = row.get("ID").and_then(lenient::id);
             if let Some(id) = raw_id {
@@ -62,7 +62,7 @@ pub struct Profile {
     pub last_name: Option<String>,
 }
 
-fn rows(v: Option<&Value>) -> Vec<&Value> {
+pub(crate) fn rows(v: Option<&Value>) -> Vec<&Value> {
     match v {
         Some(Value::Array(a)) => a.iter().collect(),
         // A PHP array with non-sequential keys arrives as an object.
@@ -343,7 +343,7 @@ impl Bitrix24Client {
     }
 }
 
-fn file_url(id: u64, v: &Value) -> Result<Url, ApiError> {
+pub(crate) fn file_url(id: u64, v: &Value) -> Result<Url, ApiError> {
     let deleted = v.get("DELETED_TYPE").and_then(lenient::number).unwrap_or(0);
     if deleted != 0 {
         return Err(ApiError::new(

@@ -47,6 +47,9 @@ pub enum Command {
     Emulate(EmulateCommand),
     /// Run the Bitrix24 application server: install handler, settings page, events, continuous sync.
     Serve(Box<crate::serve::ServeArgs>),
+    /// The key that encrypts stored secrets: generate a new one, rotate every secret to it, check them.
+    #[command(subcommand)]
+    Keys(crate::keys::KeysCommand),
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +338,7 @@ fn parse_api_key(s: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
-fn parse_database(s: &str) -> Result<String, String> {
+pub(crate) fn parse_database(s: &str) -> Result<String, String> {
     let t = s.trim();
     if t.starts_with("sqlite:") || t.starts_with("postgres://") || t.starts_with("postgresql://") {
         Ok(t.to_string())

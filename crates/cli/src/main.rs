@@ -3,7 +3,9 @@
 
 mod args;
 mod demo;
+mod keys;
 mod ledger;
+mod log_escape;
 mod output;
 mod progress;
 mod serve;
@@ -116,6 +118,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo(a) => demo::run(*a).await,
         Command::Emulate(e) => demo::emulate(e).await,
         Command::Serve(a) => serve::run(*a).await,
+        Command::Keys(k) => keys::run(k).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -136,13 +139,15 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_target(false);
+    // Values are escaped (log_escape): a request field cannot start a forged line.
     // B24SENSE_LOG_FORMAT=json: one JSON object per line (for `serve` under a log collector).
     if std::env::var("B24SENSE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        fmt.json().init();
+        fmt.json().with_writer(log_escape::JsonSafeStderr).init();
     } else {
-        fmt.init();
+        fmt.with_writer(std::io::stderr)
+            .fmt_fields(log_escape::EscapedFields::default())
+            .init();
     }
 }
 

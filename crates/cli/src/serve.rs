@@ -94,6 +94,14 @@ fn parse_public_url(s: &str) -> Result<Url, String> {
 pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     // First the key: without it nothing secret can be stored or read.
     let key = SecretKey::from_env().map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
+    if key.has_previous() {
+        eprintln!(
+            "b24sense serve: key rotation under way: secrets are written under key {}, the one in {} is still \
+             read; run `b24sense keys rotate`, then restart without it",
+            key.id(),
+            SecretKey::OLD_ENV
+        );
+    }
     if a.public_url.scheme() != "https" && !a.allow_http_portals {
         return Err(Failure::new(
             exit::USAGE,
@@ -107,6 +115,13 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
         SecretString::from(a.client_secret),
         a.speechsense_endpoint,
     );
+    // Debug builds only: a task that panics while the secrets are loaded, for the canary test (what a panic
+    // prints must carry no secret).
+    #[cfg(debug_assertions)]
+    if std::env::var_os("B24SENSE_TEST_PANIC").is_some() {
+        let secret = config.client_secret.clone();
+        tokio::spawn(async move { panic!("B24SENSE_TEST_PANIC; client secret {secret:?}") });
+    }
     config.concurrency = a.concurrency.setting();
     config.sync_interval = Duration::from_secs(a.sync_interval.max(10));
     config.late_recordings.horizon = Duration::from_secs(a.recording_horizon * 3600);

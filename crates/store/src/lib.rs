@@ -12,7 +12,7 @@
 //! - `journal` — the runs journal: the CLI's runs, and the application server's with live progress and heartbeat;
 //! - `portal_lease` — so that with several replicas on one PostgreSQL only one calls a given portal;
 //! - `portals`, `portal_settings`, `secret_key` — installed applications: tokens and settings per portal,
-//!   secrets encrypted ([`SecretKey`]);
+//!   secrets encrypted ([`SecretKey`]); `key_rotation` re-encrypts them under a new key;
 //! - `open` — URLs, connections and migrations; `error` — the crate's one error type.
 //!
 //! Both backends share one API and the same SQL shape; the differences (clock expressions, row locking,
@@ -28,6 +28,7 @@ mod download_accounting;
 mod error;
 mod group;
 mod journal;
+mod key_rotation;
 mod ledger;
 mod open;
 mod portal_lease;
@@ -43,6 +44,7 @@ use sqlx::{PgPool, Sqlite, SqlitePool};
 
 pub use error::Error;
 pub use journal::{run_status, RunProgress, RunRecord};
+pub use key_rotation::{Reseal, RotationReport, SecretCensus, StoredSecret};
 pub use ledger::{Claim, LedgerEntry, StateCount};
 pub use open::OpenOptions;
 pub use portal_lease::{PortalHolder, PortalLease};

@@ -29,7 +29,7 @@ use crate::session::same_secret;
 use crate::{sync, AppState};
 
 /// The install data, from either form of the install.
-struct InstallForm {
+pub(crate) struct InstallForm {
     /// The `ONAPPINSTALL` event; else the iframe install.
     event: bool,
     member_id: String,
@@ -43,7 +43,7 @@ struct InstallForm {
 }
 
 impl InstallForm {
-    fn read(f: &BitrixForm) -> InstallForm {
+    pub(crate) fn read(f: &BitrixForm) -> InstallForm {
         let g = |k: &str| f.field(k);
         let event = g("event").eq_ignore_ascii_case("ONAPPINSTALL");
         // The event's field names, then the iframe's.

@@ -31,6 +31,8 @@ mod check;
 mod conn;
 mod error;
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod i18n;
 mod install;
 mod install_proof;

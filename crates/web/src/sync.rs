@@ -61,7 +61,11 @@ struct EventPass {
 /// without a readable `ts` is taken as fresh.
 pub fn is_stale(ts: Option<&str>, max_age: Duration) -> bool {
     ts.and_then(|t| t.trim().parse::<i64>().ok())
-        .is_some_and(|ts| Utc::now().timestamp() - ts > max_age.as_secs() as i64)
+        .is_some_and(|ts| {
+            // Saturating: a `ts` near `i64::MIN` (found by the `bitrix_form` fuzz target) is simply very old.
+            let max_age = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+            Utc::now().timestamp().saturating_sub(ts) > max_age
+        })
 }
 
 /// A call-end event of an installed portal (its application token checked): the running pass is asked for one
@@ -210,5 +214,24 @@ pub async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
             _ = catch_up.tick() => { sync_once(&state).await; }
             _ = recheck.tick() => { recheck_once(&state).await; }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_event_by_ts_survives_extreme_values() {
+        let age = Duration::from_secs(300);
+        let now = Utc::now().timestamp();
+        assert!(!is_stale(Some(&now.to_string()), age));
+        assert!(is_stale(Some(&(now - 3600).to_string()), age));
+        assert!(!is_stale(None, age));
+        assert!(!is_stale(Some("soon"), age));
+        // Regression (fuzz): `now - i64::MIN` overflowed and panicked the events handler.
+        assert!(is_stale(Some("-9223372036854775808"), age));
+        assert!(!is_stale(Some("9223372036854775807"), age));
+        assert!(!is_stale(Some("0"), Duration::from_secs(u64::MAX)));
     }
 }

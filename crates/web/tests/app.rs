@@ -2,6 +2,8 @@
 //! install, the settings page and its API, check connection, export with live progress, OAuth refresh
 //! (single-flight), events with the application token, metrics, uninstall.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,109 +11,29 @@ use std::time::{Duration, Instant};
 use b24sense_bitrix24::{AccessToken, TokenSource};
 use b24sense_core::LedgerState;
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, FrameRequest, PortalConfig};
-use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_engine::LateRecordings;
-use b24sense_store::{PortalStatus, PortalTokens, SecretKey, Store};
+use b24sense_store::PortalStatus;
 use b24sense_web::metrics::Metrics;
 use b24sense_web::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
 use b24sense_web::{AppServer, WebConfig};
+use common::{
+    good_settings, http, listen, open_page, portal, post_event, post_frame, serve, App, Session,
+};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 use url::Url;
 
-struct Fx {
-    emu: Bitrix24Emulator,
-    speech: SpeechSenseEmulator,
-    store: Store,
-    key: SecretKey,
-    base: String,
-    server: AppServer,
-    _dir: tempfile::TempDir,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn fixture(calls: usize) -> Fx {
+/// The fixture with four uploads at a time (the exports here are about progress, not concurrency).
+async fn fixture(calls: usize) -> App {
     fixture_with(calls, |_| {}).await
 }
 
-async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
-    let emu = Bitrix24Emulator::start(PortalConfig {
-        calls,
-        rate: (500, 100),
-        ..PortalConfig::default()
+async fn fixture_with(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> App {
+    App::start(calls, |c| {
+        c.concurrency = b24sense_engine::Concurrency::Pinned(4);
+        adjust(c);
     })
     .await
-    .unwrap();
-    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
-        .await
-        .unwrap();
-    let key = SecretKey::generate();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let mut config = web_config(&base, &emu, &speech, &[&emu]);
-    config.concurrency = b24sense_engine::Concurrency::Pinned(4);
-    adjust(&mut config);
-    let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(server.clone().serve(listener, stop.clone()));
-    Fx {
-        emu,
-        speech,
-        store,
-        key,
-        base,
-        server,
-        _dir: dir,
-        _stop: stop.drop_guard(),
-    }
-}
-
-/// A server's configuration at `base` for the portals of `oauth_of` (their OAuth servers are allowed), with the
-/// application credentials of `emu`.
-fn web_config(
-    base: &str,
-    emu: &Bitrix24Emulator,
-    speech: &SpeechSenseEmulator,
-    oauth_of: &[&Bitrix24Emulator],
-) -> WebConfig {
-    let (id, secret) = emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        speech.endpoint(),
-    );
-    config.allow_http_portals = true;
-    config.oauth_servers = oauth_of
-        .iter()
-        .map(|e| format!("127.0.0.1:{}", e.addr().port()))
-        .collect();
-    config
-}
-
-/// POSTs a Bitrix24 form (an install or an iframe open) to `path` of the server; the status.
-async fn post_frame(fx: &Fx, path: &str, frame: &FrameRequest) -> u16 {
-    http()
-        .post(frame.url(&format!("{}{path}", fx.base)))
-        .form(&frame.form)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
 }
 
 /// A change that forges a Bitrix24 form.
@@ -125,99 +47,6 @@ fn set_field(frame: &mut FrameRequest, key: &str, value: &str) {
     }
 }
 
-/// The portal's stored token pair.
-async fn tokens(fx: &Fx, member: &str) -> PortalTokens {
-    fx.store
-        .portal_tokens(&fx.key, member)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-/// Opens the settings page as Bitrix24's iframe POST does; returns (status, headers, body).
-async fn open_page(fx: &Fx, lang: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    open_page_of(fx, &fx.emu, lang).await
-}
-
-/// [`open_page`] for the portal of `emu`.
-async fn open_page_of(
-    fx: &Fx,
-    emu: &Bitrix24Emulator,
-    lang: &str,
-) -> (u16, reqwest::header::HeaderMap, String) {
-    let frame = emu.app_frame_request(1, lang);
-    let r = http()
-        .post(frame.url(&format!("{}app", fx.base)))
-        .form(&frame.form)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    (status, headers, r.text().await.unwrap())
-}
-
-fn boot(page: &str) -> (String, String) {
-    let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
-    let end = start + page[start..].find("</script>").unwrap();
-    let v: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
-    (
-        v["session"].as_str().unwrap().to_string(),
-        v["csrf"].as_str().unwrap().to_string(),
-    )
-}
-
-async fn api(
-    fx: &Fx,
-    s: &(String, String),
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let url = format!("{}api/{path}", fx.base);
-    let mut req = if method == "GET" {
-        http().get(url)
-    } else {
-        http().post(url)
-    };
-    req = req.bearer_auth(&s.0);
-    if method != "GET" {
-        req = req
-            .header("X-CSRF-Token", &s.1)
-            .json(&body.unwrap_or(json!({})));
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn wait_finished(fx: &Fx, s: &(String, String)) -> Value {
-    let t0 = Instant::now();
-    loop {
-        let (_, v) = api(fx, s, "GET", "progress", None).await;
-        if v["progress"]["finished"] == true {
-            return v["progress"].clone();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "export did not finish: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn good_settings(fx: &Fx) -> Value {
-    json!({
-        "connection_id": fx.speech.config().connections[0].id, "api_key": fx.speech.config().api_keys[0],
-        "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
-        "mono_policy": "upload", "sync_enabled": false
-    })
-}
-
 #[tokio::test]
 async fn install_settings_export_events_uninstall() {
     let fx = fixture(40).await;
@@ -229,7 +58,7 @@ async fn install_settings_export_events_uninstall() {
         "SERVER_ENDPOINT",
         "https://oauth.evil.example/rest/",
     );
-    assert_eq!(post_frame(&fx, "install", &forged).await, 403);
+    assert_eq!(post_frame(&fx.base, "install", &forged).await, 403);
     assert!(fx
         .store
         .portal(&fx.key, &fx.emu.app_member_id())
@@ -238,12 +67,7 @@ async fn install_settings_export_events_uninstall() {
         .is_none());
 
     // Install: stored, events bound to our handler, Bitrix24 told the installation is finished.
-    let done = fx
-        .emu
-        .install_app(&format!("{}install", fx.base), "ru")
-        .await
-        .unwrap();
-    assert!(done.installed, "{done:?}");
+    let done = fx.install().await;
     let member = fx.emu.app_member_id();
     let portal = fx.store.portal(&fx.key, &member).await.unwrap().unwrap();
     assert_eq!(portal.status, PortalStatus::Installed);
@@ -269,9 +93,9 @@ async fn install_settings_export_events_uninstall() {
     assert_eq!(done.install_event, vec![200]);
 
     // The settings page: framable only by the portal, Russian by default, English on LANG=en.
-    let (st, headers, page) = open_page(&fx, "ru").await;
-    assert_eq!(st, 200, "{page}");
-    let csp = headers["content-security-policy"]
+    let page = fx.open_page("ru").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csp = page.headers["content-security-policy"]
         .to_str()
         .unwrap()
         .to_string();
@@ -279,16 +103,17 @@ async fn install_settings_export_events_uninstall() {
         csp.contains(&format!("frame-ancestors http://{}", fx.emu.app_domain())),
         "{csp}"
     );
-    assert!(page.contains("ID подключения SpeechSense") && page.contains("Редактировать"));
+    let body = &page.body;
+    assert!(body.contains("ID подключения SpeechSense") && body.contains("Редактировать"));
     assert!(
-        page.contains("С какой даты загружать звонки")
-            && page.contains("Минимальная длина разговора")
+        body.contains("С какой даты загружать звонки")
+            && body.contains("Минимальная длина разговора")
     );
-    let (_, _, en) = open_page(&fx, "en").await;
+    let en = fx.open_page("en").await.body;
     assert!(en.contains("SpeechSense connection ID") && en.contains("Check connection"));
-    let s = boot(&page);
+    let s = page.session();
     // Opening the page keeps the administrator's fresh, verified token pair.
-    let t = tokens(&fx, &member).await;
+    let t = fx.tokens().await;
     assert!(
         t.version >= 3,
         "install + two page opens rotate the pair: {}",
@@ -307,29 +132,34 @@ async fn install_settings_export_events_uninstall() {
     for (label, forge) in forgeries {
         let mut frame = fx.emu.app_frame_request(1, "ru");
         forge(&mut frame);
-        assert_eq!(post_frame(&fx, "app", &frame).await, 403, "{label}");
+        assert_eq!(post_frame(&fx.base, "app", &frame).await, 403, "{label}");
     }
 
     // Changes need the CSRF token and a valid session.
     let r = http()
         .post(format!("{}api/settings", fx.base))
-        .bearer_auth(&s.0)
-        .json(&good_settings(&fx))
+        .bearer_auth(&s.token)
+        .json(&good_settings(&fx.speech))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let (st, _) = api(&fx, &("x.y".into(), s.1.clone()), "GET", "state", None).await;
+    let (st, _) = Session {
+        token: "x.y".into(),
+        ..s.clone()
+    }
+    .call("GET", "state", None)
+    .await;
     assert_eq!(st, 401);
 
     // Field errors next to the fields.
-    let mut bad = good_settings(&fx);
+    let mut bad = good_settings(&fx.speech);
     bad["since"] = json!("yesterday");
     bad["users"] = json!("1, bob");
     bad["api_key"] = json!("");
     bad["connection_id"] = json!("");
     bad["organization_id"] = json!("org1");
-    let (st, v) = api(&fx, &s, "POST", "settings", Some(bad)).await;
+    let (st, v) = s.call("POST", "settings", Some(bad)).await;
     assert_eq!(st, 422, "{v}");
     for f in [
         "since",
@@ -343,7 +173,7 @@ async fn install_settings_export_events_uninstall() {
     }
 
     // The user picker lists the portal's active users (via the portal's OAuth tokens).
-    let (st, v) = api(&fx, &s, "GET", "users", None).await;
+    let (st, v) = s.call("GET", "users", None).await;
     assert_eq!(st, 200, "{v}");
     let users = v["users"].as_array().unwrap();
     assert!(!users.is_empty());
@@ -351,45 +181,43 @@ async fn install_settings_export_events_uninstall() {
     assert_eq!(users[0]["name"], format!("{first} {last}"));
 
     // Check connection: a wrong key says so; the right one gives the seed's message.
-    let mut wrong = good_settings(&fx);
+    let mut wrong = good_settings(&fx.speech);
     wrong["api_key"] = json!("wrong-key");
-    let (_, v) = api(&fx, &s, "POST", "check", Some(wrong)).await;
+    let (_, v) = s.call("POST", "check", Some(wrong)).await;
     assert_eq!(v["ok"], false);
     assert!(v["message"].as_str().unwrap().contains("API-ключ"), "{v}");
-    let (_, v) = api(&fx, &s, "POST", "check", Some(good_settings(&fx))).await;
+    let (_, v) = s
+        .call("POST", "check", Some(good_settings(&fx.speech)))
+        .await;
     assert_eq!(
         v,
         json!({"ok": true, "message": "Успешный запрос к SpeechSense"})
     );
 
     // Save; the key is write-only.
-    let (st, v) = api(&fx, &s, "POST", "settings", Some(good_settings(&fx))).await;
+    let (st, v) = s
+        .call("POST", "settings", Some(good_settings(&fx.speech)))
+        .await;
     assert_eq!(st, 200, "{v}");
-    let (_, v) = api(&fx, &s, "GET", "state", None).await;
+    let (_, v) = s.call("GET", "state", None).await;
     assert_eq!(v["api_key_set"], true);
     assert!(!v.to_string().contains(&fx.speech.config().api_keys[0]));
     // Saving again without the key keeps it.
-    let mut again = good_settings(&fx);
+    let mut again = good_settings(&fx.speech);
     again["api_key"] = json!("");
-    let (st, _) = api(&fx, &s, "POST", "settings", Some(again)).await;
+    let (st, _) = s.call("POST", "settings", Some(again)).await;
     assert_eq!(st, 200);
 
     // Export with live progress to the end; the talks are in SpeechSense.
-    let (st, v) = api(&fx, &s, "POST", "export/start", None).await;
+    let (st, v) = s.call("POST", "export/start", None).await;
     assert_eq!(st, 200, "{v}");
-    let p = wait_finished(&fx, &s).await;
+    let p = s.wait_finished().await;
     assert!(p["stopped"].is_null(), "{p}");
     let uploaded = p["uploaded"].as_u64().unwrap();
     assert!(uploaded > 0, "{p}");
     assert_eq!(p["found"].as_u64().unwrap(), p["settled"].as_u64().unwrap());
     assert_eq!(fx.speech.talk_count() as u64, uploaded);
-    let r = http()
-        .get(format!("{}api/report", fx.base))
-        .bearer_auth(&s.0)
-        .send()
-        .await
-        .unwrap();
-    let csv = r.text().await.unwrap();
+    let csv = s.send("GET", "report", None).await.text;
     assert_eq!(
         csv.lines().count() as u64,
         1 + p["settled"].as_u64().unwrap()
@@ -397,17 +225,17 @@ async fn install_settings_export_events_uninstall() {
 
     // Expired access token: the run refreshes it once (rotation stored) and skips what is done.
     fx.emu.expire_access_tokens();
-    let before = tokens(&fx, &member).await;
+    let before = fx.tokens().await;
     // The install exchanged the frame's and the install event's refresh tokens.
     let (installed, _) = fx.emu.oauth_refreshes();
-    let (st, _) = api(&fx, &s, "POST", "export/start", None).await;
+    let (st, _) = s.call("POST", "export/start", None).await;
     assert_eq!(st, 200);
-    let p = wait_finished(&fx, &s).await;
+    let p = s.wait_finished().await;
     assert!(p["stopped"].is_null(), "{p}");
     assert_eq!(p["uploaded"], 0);
     assert_eq!(p["skipped"]["already_uploaded"].as_u64().unwrap(), uploaded);
     assert_eq!(fx.emu.oauth_refreshes(), (installed + 1, 0));
-    let after = tokens(&fx, &member).await;
+    let after = fx.tokens().await;
     assert_eq!(after.version, before.version + 1);
     assert_eq!(fx.speech.talk_count() as u64, uploaded);
 
@@ -417,24 +245,11 @@ async fn install_settings_export_events_uninstall() {
         ("auth[member_id]", member.as_str()),
         ("auth[application_token]", "forged"),
     ];
-    let r = http()
-        .post(format!("{}events", fx.base))
-        .form(&forged)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
-    assert_eq!(end_first_call(&fx).await, Some(vec![200]));
+    assert_eq!(post_event(&fx.base, &forged).await, 403);
+    assert_eq!(fx.end_first_call().await, Some(vec![200]));
 
     // Metrics.
-    let m = http()
-        .get(format!("{}metrics", fx.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = fx.get("metrics").await.text().await.unwrap();
     assert!(
         m.contains(&format!(
             "b24sense_calls_total{{outcome=\"uploaded\"}} {uploaded}"
@@ -444,12 +259,7 @@ async fn install_settings_export_events_uninstall() {
     assert!(m.contains("b24sense_events_rejected_total 1"), "{m}");
     assert!(m.contains("b24sense_events_accepted_total 1"), "{m}");
     for path in ["healthz", "readyz"] {
-        let r = http()
-            .get(format!("{}{path}", fx.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(fx.get(path).await.status().as_u16(), 200);
     }
 
     // Uninstall: secrets gone, page and API closed.
@@ -470,55 +280,27 @@ async fn install_settings_export_events_uninstall() {
         .unwrap()
         .api_key
         .is_none());
-    let (st, _) = api(&fx, &s, "GET", "state", None).await;
+    let (st, _) = s.call("GET", "state", None).await;
     assert_eq!(st, 403);
-}
-
-/// Sends the call-end event of the portal's first call; the statuses our handler answered.
-async fn end_first_call(fx: &Fx) -> Option<Vec<u16>> {
-    let id: u64 = fx.emu.call_rows()[0]["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    fx.emu.send_call_end(id).await
-}
-
-/// Installs the application, opens the page and saves good settings with continuous sync on; the page session.
-async fn install_with_sync(fx: &Fx) -> (String, String) {
-    assert!(
-        fx.emu
-            .install_app(&format!("{}install", fx.base), "ru")
-            .await
-            .unwrap()
-            .installed
-    );
-    let (_, _, page) = open_page(fx, "ru").await;
-    let s = boot(&page);
-    let mut settings = good_settings(fx);
-    settings["sync_enabled"] = json!(true);
-    let (st, _) = api(fx, &s, "POST", "settings", Some(settings)).await;
-    assert_eq!(st, 200);
-    s
 }
 
 #[tokio::test]
 async fn continuous_sync_runs_on_call_end_events() {
     let fx = fixture(10).await;
-    let s = install_with_sync(&fx).await;
-    assert_eq!(end_first_call(&fx).await, Some(vec![200]));
-    let p = wait_finished(&fx, &s).await;
+    let s = fx.install_with_sync().await;
+    assert_eq!(fx.end_first_call().await, Some(vec![200]));
+    let p = s.wait_finished().await;
     assert_eq!(p["trigger"], "event");
     assert!(p["uploaded"].as_u64().unwrap() > 0, "{p}");
     // The periodic catch-up pass starts a run for the idle portal with sync on (a missed event loses nothing).
     assert_eq!(fx.server.sync_pass().await, 1);
-    let p = wait_finished(&fx, &s).await;
+    let p = s.wait_finished().await;
     assert_eq!(p["trigger"], "schedule");
     assert_eq!(p["uploaded"], 0, "{p}");
 }
 
 /// Talks SpeechSense holds, by call statistic `ID` (a call uploaded twice shows up twice).
-fn talks_by_call(fx: &Fx) -> BTreeMap<u64, usize> {
+fn talks_by_call(fx: &App) -> BTreeMap<u64, usize> {
     let mut by_call = BTreeMap::new();
     for t in fx.speech.talks() {
         *by_call
@@ -562,9 +344,9 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
     for id in [a, b, c] {
         fx.emu.withhold_recording(id);
     }
-    let s = install_with_sync(&fx).await;
-    assert_eq!(api(&fx, &s, "POST", "export/start", None).await.0, 200);
-    let p = wait_finished(&fx, &s).await;
+    let s = fx.install_with_sync().await;
+    assert_eq!(s.call("POST", "export/start", None).await.0, 200);
+    let p = s.wait_finished().await;
     assert_eq!(
         (p["found"].as_u64(), p["awaiting_recording"].as_u64()),
         (Some(20), Some(2 + unrecorded_old)),
@@ -583,7 +365,7 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
     // plus the waiting calls whose check has come (still without a recording: they wait on).
     fx.emu.reveal_calls_up_to(30);
     assert_eq!(fx.emu.send_call_end(25).await, Some(vec![200]));
-    let p = wait_finished(&fx, &s).await;
+    let p = s.wait_finished().await;
     assert_eq!(p["trigger"], "event", "{p}");
     let found = p["found"].as_u64().unwrap();
     let rechecked = found - 10;
@@ -628,7 +410,7 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
             "late recordings not picked up: {by_call:?} {c_entry:?}"
         );
         if fx.server.recheck_pass().await > 0 {
-            let p = wait_finished(&fx, &s).await;
+            let p = s.wait_finished().await;
             assert_eq!(p["trigger"], "recheck", "{p}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -644,7 +426,7 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
     assert_eq!(fx.server.recheck_pass().await, 0, "nothing is due any more");
     // A catch-up pass with nothing new lists nothing and uploads nothing.
     assert_eq!(fx.server.sync_pass().await, 1);
-    let p = wait_finished(&fx, &s).await;
+    let p = s.wait_finished().await;
     assert_eq!(
         (
             p["trigger"].as_str(),
@@ -659,13 +441,7 @@ async fn continuous_sync_waits_for_late_recordings_and_gives_up_at_the_horizon()
 #[tokio::test]
 async fn concurrent_refreshes_use_one_refresh_token() {
     let fx = fixture(5).await;
-    assert!(
-        fx.emu
-            .install_app(&format!("{}install", fx.base), "ru")
-            .await
-            .unwrap()
-            .installed
-    );
+    fx.install().await;
     let member = fx.emu.app_member_id();
     let portal = fx.store.portal(&fx.key, &member).await.unwrap().unwrap();
     let locks = Arc::new(RefreshLocks::default());
@@ -710,48 +486,40 @@ async fn two_portals_export_side_by_side() {
     let fx = fixture(25).await;
     let other = Bitrix24Emulator::start(PortalConfig {
         seed: 2,
-        calls: 25,
-        rate: (500, 100),
-        ..PortalConfig::default()
+        ..portal(25)
     })
     .await
     .unwrap();
     assert_ne!(other.app_member_id(), fx.emu.app_member_id());
     // The second portal's OAuth server must be allowed too: a server built for both.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let config = web_config(&base, &fx.emu, &fx.speech, &[&fx.emu, &other]);
+    let (listener, base) = listen().await;
+    let config = common::web_config(&base, &fx.emu, &fx.speech, &[&fx.emu, &other]);
     let server = AppServer::new(config, fx.store.clone(), fx.key.clone()).unwrap();
-    let stop = CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    tokio::spawn(server.serve(listener, stop));
-    let fx2 = Fx {
+    let _guard = serve(server, listener);
+    let fx2 = App {
         base: base.clone(),
         ..fx
     };
 
     let mut sessions = Vec::new();
     for emu in [&fx2.emu, &other] {
-        assert!(
-            emu.install_app(&format!("{base}install"), "ru")
-                .await
-                .unwrap()
-                .installed
-        );
-        let (st, _, page) = open_page_of(&fx2, emu, "ru").await;
-        assert_eq!(st, 200);
-        let s = boot(&page);
-        let (st, _) = api(&fx2, &s, "POST", "settings", Some(good_settings(&fx2))).await;
+        common::install(emu, &base).await;
+        let page = open_page(&base, emu, "ru").await;
+        assert_eq!(page.status, 200);
+        let s = page.session();
+        let (st, _) = s
+            .call("POST", "settings", Some(good_settings(&fx2.speech)))
+            .await;
         assert_eq!(st, 200);
         sessions.push(s);
     }
     for s in &sessions {
-        let (st, v) = api(&fx2, s, "POST", "export/start", None).await;
+        let (st, v) = s.call("POST", "export/start", None).await;
         assert_eq!(st, 200, "{v}");
     }
     let mut total = 0;
     for s in &sessions {
-        let p = wait_finished(&fx2, s).await;
+        let p = s.wait_finished().await;
         assert!(p["stopped"].is_null(), "{p}");
         total += p["uploaded"].as_u64().unwrap();
     }

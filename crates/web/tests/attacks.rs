@@ -4,40 +4,23 @@
 //! attacker's host is a listener that answers like a portal (`profile` says ADMIN) and counts the connections it
 //! gets: an install must never reach it.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, FrameRequest, PortalConfig};
-use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
-use b24sense_store::{Portal, PortalStatus, SecretKey, Store};
-use b24sense_web::{AppServer, WebConfig};
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
+use b24sense_store::{Portal, PortalStatus};
+use common::{good_settings, http, portal, post_frame, App, Session};
+use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
-use url::Url;
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-/// The victim's portal, another (the attacker's own, real) portal whose OAuth server is allowed too, the
-/// application server, and the attacker's host.
+/// The victim's portal and the application server, another (the attacker's own, real) portal whose OAuth
+/// server is allowed too, and the attacker's host.
 struct Fx {
-    emu: Bitrix24Emulator,
+    app: App,
     other: Bitrix24Emulator,
-    speech: SpeechSenseEmulator,
-    store: Store,
-    key: SecretKey,
-    base: String,
     attacker: Attacker,
-    _dir: tempfile::TempDir,
-    _stop: tokio_util::sync::DropGuard,
 }
 
 /// A host that answers every request like a portal whose user is an administrator, and counts connections.
@@ -77,71 +60,27 @@ impl Attacker {
 }
 
 async fn fixture(calls: usize) -> Fx {
-    let start = |seed| {
-        Bitrix24Emulator::start(PortalConfig {
-            calls,
-            seed,
-            rate: (500, 100),
-            ..PortalConfig::default()
-        })
+    let other = Bitrix24Emulator::start(PortalConfig {
+        seed: 2,
+        ..portal(calls)
+    })
+    .await
+    .unwrap();
+    let victim = PortalConfig {
+        seed: 1,
+        ..portal(calls)
     };
-    let emu = start(1).await.unwrap();
-    let other = start(2).await.unwrap();
-    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
-        .await
-        .unwrap();
-    let key = SecretKey::generate();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let (id, secret) = emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(&base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        speech.endpoint(),
-    );
-    config.allow_http_portals = true;
-    config.oauth_servers = [&emu, &other]
-        .iter()
-        .map(|e| format!("127.0.0.1:{}", e.addr().port()))
-        .collect();
-    let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(server.serve(listener, stop.clone()));
     Fx {
-        emu,
+        app: App::start_with(victim, &[&other], |_| {}).await,
         other,
-        speech,
-        store,
-        key,
-        base,
         attacker: Attacker::start().await,
-        _dir: dir,
-        _stop: stop.drop_guard(),
     }
 }
 
 impl Fx {
     async fn install(&self) {
-        let done = self
-            .emu
-            .install_app(&format!("{}install", self.base), "ru")
-            .await
-            .unwrap();
-        assert!(done.installed, "{done:?}");
+        let done = self.app.install().await;
         assert_eq!(done.install_event, vec![200], "ONAPPINSTALL accepted");
-    }
-
-    async fn portal(&self) -> Portal {
-        self.store
-            .portal(&self.key, &self.emu.app_member_id())
-            .await
-            .unwrap()
-            .unwrap()
     }
 
     async fn post(&self, path: &str, query: &[(String, String)], form: &[(String, String)]) -> u16 {
@@ -149,51 +88,16 @@ impl Fx {
             query: query.to_vec(),
             form: form.to_vec(),
         };
-        http()
-            .post(frame.url(&format!("{}{path}", self.base)))
-            .form(&frame.form)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        post_frame(&self.app.base, path, &frame).await
     }
 
-    /// Opens the settings page as the portal's admin; the page's (session, csrf).
-    async fn open_page(&self) -> Result<(String, String), u16> {
-        let frame = self.emu.app_frame_request(1, "ru");
-        let r = http()
-            .post(frame.url(&format!("{}app", self.base)))
-            .form(&frame.form)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let page = r.text().await.unwrap();
-        if status != 200 {
-            return Err(status);
+    /// Opens the settings page as the portal's admin; the page's session.
+    async fn open_page(&self) -> Result<Session, u16> {
+        let page = self.app.open_page("ru").await;
+        if page.status != 200 {
+            return Err(page.status);
         }
-        let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
-        let end = start + page[start..].find("</script>").unwrap();
-        let v: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
-        Ok((
-            v["session"].as_str().unwrap().to_string(),
-            v["csrf"].as_str().unwrap().to_string(),
-        ))
-    }
-
-    async fn api(&self, s: &(String, String), path: &str, body: Option<Value>) -> (u16, String) {
-        let url = format!("{}api/{path}", self.base);
-        let req = match body {
-            None => http().get(url).bearer_auth(&s.0),
-            Some(b) => http()
-                .post(url)
-                .bearer_auth(&s.0)
-                .header("X-CSRF-Token", &s.1)
-                .json(&b),
-        };
-        let r = req.send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        Ok(page.session())
     }
 
     /// A call-end event as the portal sends it, with `application_token`.
@@ -203,8 +107,8 @@ impl Fx {
             ("event", "ONVOXIMPLANTCALLEND"),
             ("data[CALL_ID]", "x"),
             ("ts", &ts),
-            ("auth[member_id]", &self.emu.app_member_id()),
-            ("auth[domain]", &self.emu.app_domain()),
+            ("auth[member_id]", &self.app.emu.app_member_id()),
+            ("auth[domain]", &self.app.emu.app_domain()),
             ("auth[application_token]", application_token),
         ]);
         self.post("events", &[], &form).await
@@ -217,7 +121,7 @@ impl Fx {
         let evil_rest = format!("http://{}/rest/", self.attacker.addr);
         let evil_oauth = format!("http://{}/oauth/rest/", self.attacker.addr);
         let genuine_other = get(&self.other.app_frame_request(1, "ru").form, "REFRESH_ID");
-        let member = self.emu.app_member_id();
+        let member = self.app.emu.app_member_id();
         let forge = |domain: &str, server: &str, refresh: &str| {
             pairs(&[
                 ("event", "ONAPPINSTALL"),
@@ -231,12 +135,12 @@ impl Fx {
                 ("auth[application_token]", "attacker-app-token"),
             ])
         };
-        let victim_oauth = self.emu.app_server_endpoint();
+        let victim_oauth = self.app.emu.app_server_endpoint();
         let other_oauth = self.other.app_server_endpoint();
         vec![
             (
                 "made-up refresh token",
-                forge(&self.emu.app_domain(), &victim_oauth, "made-up"),
+                forge(&self.app.emu.app_domain(), &victim_oauth, "made-up"),
             ),
             (
                 "attacker's domain",
@@ -244,15 +148,15 @@ impl Fx {
             ),
             (
                 "attacker's OAuth server",
-                forge(&self.emu.app_domain(), &evil_oauth, "made-up"),
+                forge(&self.app.emu.app_domain(), &evil_oauth, "made-up"),
             ),
             (
                 "no OAuth server named",
-                forge(&self.emu.app_domain(), "", "made-up"),
+                forge(&self.app.emu.app_domain(), "", "made-up"),
             ),
             (
                 "another portal's genuine refresh token",
-                forge(&self.emu.app_domain(), &other_oauth, &genuine_other),
+                forge(&self.app.emu.app_domain(), &other_oauth, &genuine_other),
             ),
         ]
     }
@@ -288,43 +192,28 @@ fn identity(p: &Portal) -> (String, String, String, Option<String>, PortalStatus
 async fn a_forged_install_event_cannot_take_over_an_installed_portal() {
     let fx = fixture(5).await;
     fx.install().await;
-    let before = fx.portal().await;
-    let tokens_before = fx
-        .store
-        .portal_tokens(&fx.key, &before.member_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = fx.app.portal().await;
+    let tokens_before = fx.app.tokens().await;
 
     for (label, form) in fx.forged_install_events() {
         assert_eq!(fx.post("install", &[], &form).await, 403, "{label}");
     }
     // The same as an iframe install: the attacker's DOMAIN with the victim's member_id.
-    let mut frame = fx.emu.app_frame_request(1, "ru");
+    let mut frame = fx.app.emu.app_frame_request(1, "ru");
     frame.query[0].1 = fx.attacker.addr.clone();
     assert_eq!(fx.post("install", &frame.query, &frame.form).await, 403);
 
     // Nothing changed, nothing reached the attacker.
-    let after = fx.portal().await;
+    let after = fx.app.portal().await;
     assert_eq!(identity(&after), identity(&before));
-    let tokens_after = fx
-        .store
-        .portal_tokens(&fx.key, &after.member_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let tokens_after = fx.app.tokens().await;
     assert_eq!(tokens_after.version, tokens_before.version);
     assert_eq!(fx.attacker.connections(), 0, "no request to the attacker");
 
     // The real portal still works: its events are accepted, its admin opens the page and reads the state.
-    let call = fx.emu.call_rows()[0]["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(fx.emu.send_call_end(call).await, Some(vec![200]));
+    assert_eq!(fx.app.end_first_call().await, Some(vec![200]));
     let s = fx.open_page().await.expect("the admin opens /app");
-    let (st, body) = fx.api(&s, "state", None).await;
+    let (st, body) = s.call("GET", "state", None).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(fx.attacker.connections(), 0);
 }
@@ -334,32 +223,17 @@ async fn claiming_an_uninstalled_portal_is_refused_and_its_reinstall_sees_its_hi
     let fx = fixture(6).await;
     fx.install().await;
     let s = fx.open_page().await.unwrap();
-    let settings = json!({
-        "connection_id": fx.speech.config().connections[0].id, "api_key": fx.speech.config().api_keys[0],
-        "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
-        "mono_policy": "upload", "sync_enabled": false
-    });
-    let (st, body) = fx.api(&s, "settings", Some(settings)).await;
+    let settings = good_settings(&fx.app.speech);
+    let (st, body) = s.call("POST", "settings", Some(settings)).await;
     assert_eq!(st, 200, "{body}");
-    let (st, body) = fx.api(&s, "export/start", Some(json!({}))).await;
-    assert_eq!(st, 200, "{body}");
-    let t0 = Instant::now();
-    loop {
-        let (_, p) = fx.api(&s, "progress", None).await;
-        let p: Value = serde_json::from_str(&p).unwrap();
-        if p["progress"]["finished"] == true {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "export finishes");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (_, report) = fx.api(&s, "report", None).await;
+    s.export().await;
+    let report = s.send("GET", "report", None).await.text;
     let history = report.lines().count();
     assert!(history > 1, "{report}");
 
     // The portal uninstalls the application: settings and ledger stay, secrets go.
-    assert_eq!(fx.emu.uninstall_app(false).await, vec![200]);
-    let before = fx.portal().await;
+    assert_eq!(fx.app.emu.uninstall_app(false).await, vec![200]);
+    let before = fx.app.portal().await;
     assert_eq!(before.status, PortalStatus::Uninstalled);
 
     // A forged install of that member_id, as an event or as an iframe naming the attacker's host.
@@ -373,36 +247,35 @@ async fn claiming_an_uninstalled_portal_is_refused_and_its_reinstall_sees_its_hi
         ("member_id", &before.member_id),
         ("status", "L"),
     ]);
-    for domain in [fx.attacker.addr.clone(), fx.emu.app_domain()] {
+    for domain in [fx.attacker.addr.clone(), fx.app.emu.app_domain()] {
         let query = pairs(&[("DOMAIN", &domain), ("PROTOCOL", "0"), ("LANG", "ru")]);
         assert_eq!(fx.post("install", &query, &forged).await, 403, "{domain}");
     }
-    assert_eq!(identity(&fx.portal().await), identity(&before));
+    assert_eq!(identity(&fx.app.portal().await), identity(&before));
     assert_eq!(fx.attacker.connections(), 0, "no request to the attacker");
 
     // The real reinstall works and finds its settings and its history.
     fx.install().await;
-    assert_eq!(fx.portal().await.status, PortalStatus::Installed);
+    assert_eq!(fx.app.portal().await.status, PortalStatus::Installed);
     let s = fx.open_page().await.expect("the admin opens /app");
-    let (st, state) = fx.api(&s, "state", None).await;
+    let (st, state) = s.call("GET", "state", None).await;
     assert_eq!(st, 200, "{state}");
-    let state: Value = serde_json::from_str(&state).unwrap();
     assert_eq!(state["saved"], true, "{state}");
     assert_eq!(
         state["settings"]["connection_id"],
-        fx.speech.config().connections[0].id.as_str(),
+        fx.app.speech.config().connections[0].id.as_str(),
         "{state}"
     );
-    let (_, report) = fx.api(&s, "report", None).await;
+    let report = s.send("GET", "report", None).await.text;
     assert_eq!(report.lines().count(), history, "{report}");
 }
 
 #[tokio::test]
 async fn an_install_from_the_documented_fields_only_learns_its_token_from_onappinstall() {
     let fx = fixture(3).await;
-    let handler = format!("{}install", fx.base);
+    let handler = format!("{}install", fx.app.base);
     // Exactly the fields Bitrix24 documents for the install frame.
-    let frame = fx.emu.app_frame_request(1, "ru");
+    let frame = fx.app.emu.app_frame_request(1, "ru");
     let keep = |fields: &[(String, String)], names: &[&str]| -> Vec<(String, String)> {
         names
             .iter()
@@ -436,38 +309,33 @@ async fn an_install_from_the_documented_fields_only_learns_its_token_from_onappi
     assert!(r.text().await.unwrap().contains("installFinish"));
 
     // Installed, the page works; events are refused until ONAPPINSTALL brings the application token.
-    let portal = fx.portal().await;
+    let portal = fx.app.portal().await;
     assert_eq!(portal.status, PortalStatus::Installed);
     assert!(portal.application_token.is_none());
     fx.open_page().await.expect("the admin opens /app");
-    let token = fx.emu.app_application_token();
+    let token = fx.app.emu.app_application_token();
     assert_eq!(fx.call_end_event(&token).await, 403);
 
     // The portal finishes the install and sends ONAPPINSTALL to the handler bound during the install.
-    assert_eq!(fx.emu.finish_app_install("ru").await, vec![200]);
-    let portal = fx.portal().await;
+    assert_eq!(fx.app.emu.finish_app_install("ru").await, vec![200]);
+    let portal = fx.app.portal().await;
     assert_eq!(
         portal.application_token.unwrap().expose_secret(),
         token.as_str()
     );
-    let call = fx.emu.call_rows()[0]["ID"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(fx.emu.send_call_end(call).await, Some(vec![200]));
+    assert_eq!(fx.app.end_first_call().await, Some(vec![200]));
     assert_eq!(fx.call_end_event("forged").await, 403);
 }
 
 #[tokio::test]
 async fn a_frame_that_carries_the_application_token_still_installs_at_once() {
     let fx = fixture(3).await;
-    fx.emu.set_frame_extras(true);
-    let frame = fx.emu.app_frame_request(1, "ru");
+    fx.app.emu.set_frame_extras(true);
+    let frame = fx.app.emu.app_frame_request(1, "ru");
     assert_eq!(fx.post("install", &frame.query, &frame.form).await, 200);
     // No ONAPPINSTALL yet, and events already pass.
     assert_eq!(
-        fx.call_end_event(&fx.emu.app_application_token()).await,
+        fx.call_end_event(&fx.app.emu.app_application_token()).await,
         200
     );
 }

@@ -7,20 +7,16 @@
 //! A missing `chromedriver` fails the test (`.ci/run` installs it); a developer without Chromium may skip it
 //! explicitly with `B24SENSE_SKIP_BROWSER_TEST=1`, and the test then says so.
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
-use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
-use b24sense_store::{SecretKey, Store};
-use b24sense_web::{AppServer, WebConfig};
+use common::App;
 use fantoccini::{Client, ClientBuilder, Locator};
-use secrecy::SecretString;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use url::Url;
 
 struct Driver(Child);
 
@@ -143,45 +139,15 @@ async fn settings_page_in_chromium() {
         eprintln!("SKIPPED on purpose (B24SENSE_SKIP_BROWSER_TEST): chromedriver is not installed");
         return;
     };
-    let emu = Bitrix24Emulator::start(PortalConfig {
-        calls: 60,
-        rate: (500, 100),
-        ..PortalConfig::default()
+    let fx = App::start(60, |c| {
+        c.concurrency = b24sense_engine::Concurrency::Pinned(4)
     })
-    .await
-    .unwrap();
-    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let (id, secret) = emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(&base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        speech.endpoint(),
-    );
-    config.allow_http_portals = true;
-    config.concurrency = b24sense_engine::Concurrency::Pinned(4);
-    config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
-    let server = AppServer::new(config, store, SecretKey::generate()).unwrap();
-    let stop = CancellationToken::new();
-    let _guard = stop.clone().drop_guard();
-    tokio::spawn(server.serve(listener, stop));
-    assert!(
-        emu.install_app(&format!("{base}install"), "ru")
-            .await
-            .unwrap()
-            .installed
-    );
+    .await;
+    fx.install().await;
+    let (emu, speech) = (&fx.emu, &fx.speech);
 
     let (_driver, c) = start_driver(&driver_path).await;
-    c.goto(&emu.app_frame_url(&format!("{base}app"), "ru"))
+    c.goto(&emu.app_frame_url(&format!("{}app", fx.base), "ru"))
         .await
         .unwrap();
     let frame = c.wait().for_element(Locator::Css("#app")).await.unwrap();

@@ -2,201 +2,78 @@
 //! Bitrix24 and SpeechSense emulators: sessions that outlived their installation or went idle, replayed and stale
 //! events, idle and half-sent connections, response headers, and request values that try to forge log lines.
 
+mod common;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
-use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
-use b24sense_store::{SecretKey, Store};
-use b24sense_web::{AppServer, ConnectionLimits, WebConfig};
-use secrecy::{ExposeSecret, SecretString};
+use b24sense_web::ConnectionLimits;
+use common::{post_event, App, Session};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use url::Url;
 
-struct Fx {
-    emu: Bitrix24Emulator,
-    speech: SpeechSenseEmulator,
-    store: Store,
-    key: SecretKey,
-    base: String,
-    server: AppServer,
-    _dir: tempfile::TempDir,
-    _stop: tokio_util::sync::DropGuard,
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-async fn fixture(calls: usize, adjust: impl FnOnce(&mut WebConfig)) -> Fx {
-    let emu = Bitrix24Emulator::start(PortalConfig {
-        calls,
-        rate: (500, 100),
-        ..PortalConfig::default()
-    })
-    .await
-    .unwrap();
-    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
-        .await
-        .unwrap();
-    let key = SecretKey::generate();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap());
-    let (id, secret) = emu.app_credentials();
-    let mut config = WebConfig::new(
-        Url::parse(&base).unwrap(),
-        id.to_string(),
-        SecretString::from(secret.to_string()),
-        speech.endpoint(),
-    );
-    config.allow_http_portals = true;
-    config.oauth_servers = vec![format!("127.0.0.1:{}", emu.addr().port())];
-    adjust(&mut config);
-    let server = AppServer::new(config, store.clone(), key.clone()).unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(server.clone().serve(listener, stop.clone()));
-    Fx {
-        emu,
-        speech,
-        store,
-        key,
-        base,
-        server,
-        _dir: dir,
-        _stop: stop.drop_guard(),
-    }
-}
-
-/// The page session and its CSRF token.
-type PageSession = (String, String);
-
-async fn install(fx: &Fx) {
-    let done = fx
-        .emu
-        .install_app(&format!("{}install", fx.base), "ru")
-        .await
-        .unwrap();
-    assert!(done.installed, "{done:?}");
-}
-
-/// Opens the settings page as the portal's iframe does; the answer and the page's session.
-async fn open_page(fx: &Fx) -> (reqwest::header::HeaderMap, PageSession) {
-    let frame = fx.emu.app_frame_request(1, "ru");
-    let r = http()
-        .post(frame.url(&format!("{}app", fx.base)))
-        .form(&frame.form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let headers = r.headers().clone();
-    let page = r.text().await.unwrap();
-    let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
-    let end = start + page[start..].find("</script>").unwrap();
-    let boot: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
-    let s = (
-        boot["session"].as_str().unwrap().to_string(),
-        boot["csrf"].as_str().unwrap().to_string(),
-    );
-    (headers, s)
-}
-
-/// An API call with the page's session: status, headers and the JSON (or text) answer.
-async fn api(
-    fx: &Fx,
-    s: &PageSession,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let url = format!("{}api/{path}", fx.base);
-    let req = match body {
-        None => http().get(url),
-        Some(b) => http().post(url).header("X-CSRF-Token", &s.1).json(&b),
-    };
-    let r = req.bearer_auth(&s.0).send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, v)
-}
-
-async fn state_status(fx: &Fx, s: &PageSession) -> u16 {
-    api(fx, s, "state", None).await.0
+async fn state_status(s: &Session) -> u16 {
+    s.send("GET", "state", None).await.status
 }
 
 /// Swaps the session for a renewed one (what the open page does every few minutes).
-async fn renew(fx: &Fx, s: &mut PageSession) {
-    let (st, _, v) = api(fx, s, "session/renew", Some(json!({}))).await;
+async fn renew(s: &mut Session) {
+    let (st, v) = s.call("POST", "session/renew", Some(json!({}))).await;
     assert_eq!(st, 200, "{v}");
-    *s = (
-        v["session"].as_str().unwrap().to_string(),
-        v["csrf"].as_str().unwrap().to_string(),
-    );
+    *s = Session {
+        token: v["session"].as_str().unwrap().to_string(),
+        csrf: v["csrf"].as_str().unwrap().to_string(),
+        ..s.clone()
+    };
 }
 
 #[tokio::test]
 async fn sessions_end_with_their_installation_and_when_idle() {
-    let fx = fixture(3, |c| c.session_ttl = Duration::from_secs(3)).await;
-    install(&fx).await;
-    let (_, before) = open_page(&fx).await;
-    assert_eq!(state_status(&fx, &before).await, 200);
+    let fx = App::start(3, |c| c.session_ttl = Duration::from_secs(3)).await;
+    fx.install().await;
+    let before = fx.session().await;
+    assert_eq!(state_status(&before).await, 200);
 
     // A reinstall starts a new installation: the sessions of the old one are refused, new ones work.
-    install(&fx).await;
-    assert_eq!(state_status(&fx, &before).await, 401);
-    let (_, mut s) = open_page(&fx).await;
-    assert_eq!(state_status(&fx, &s).await, 200);
+    fx.install().await;
+    assert_eq!(state_status(&before).await, 401);
+    let mut s = fx.session().await;
+    assert_eq!(state_status(&s).await, 200);
 
     // Uninstall and install again: the session from before is refused too (403 while uninstalled).
     assert_eq!(fx.emu.uninstall_app(false).await, vec![200]);
-    assert_eq!(state_status(&fx, &s).await, 403);
-    install(&fx).await;
-    assert_eq!(state_status(&fx, &s).await, 401);
+    assert_eq!(state_status(&s).await, 403);
+    fx.install().await;
+    assert_eq!(state_status(&s).await, 401);
 
     // An open page renews its session and keeps working past the idle limit; an unrenewed one expires.
-    let (_, mut open) = open_page(&fx).await;
+    let mut open = fx.session().await;
     s = open.clone();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        renew(&fx, &mut open).await;
+        renew(&mut open).await;
     }
-    assert_eq!(state_status(&fx, &open).await, 200);
-    assert_eq!(
-        state_status(&fx, &s).await,
-        401,
-        "idle for more than its ttl"
-    );
+    assert_eq!(state_status(&open).await, 200);
+    assert_eq!(state_status(&s).await, 401, "idle for more than its ttl");
     // A renewal needs the session's CSRF token.
-    let (st, _, _) = api(
-        &fx,
-        &(open.0.clone(), "x".into()),
-        "session/renew",
-        Some(json!({})),
-    )
-    .await;
+    let forged = Session {
+        csrf: "x".into(),
+        ..open.clone()
+    };
+    let (st, _) = forged.call("POST", "session/renew", Some(json!({}))).await;
     assert_eq!(st, 403);
 }
 
-async fn runs_started(fx: &Fx) -> u64 {
+async fn runs_started(fx: &App) -> u64 {
     fx.server.metrics().runs_started.get()
 }
 
 /// A call-end event as the portal sends it, with the installation's application token and `ts`.
-async fn call_end(fx: &Fx, member_id: &str, ts: i64) -> u16 {
+async fn call_end(fx: &App, member_id: &str, ts: i64) -> u16 {
     let token = fx
         .store
         .portal(&fx.key, &fx.emu.app_member_id())
@@ -211,14 +88,7 @@ async fn call_end(fx: &Fx, member_id: &str, ts: i64) -> u16 {
         ("auth[member_id]", member_id.to_string()),
         ("auth[application_token]", token),
     ];
-    http()
-        .post(format!("{}events", fx.base))
-        .form(&form)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    post_event(&fx.base, &form).await
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -231,23 +101,15 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn replayed_and_stale_events_cost_at_most_one_queued_pass() {
-    let fx = fixture(3, |c| c.event_pass_spacing = Duration::from_secs(4)).await;
-    install(&fx).await;
-    let (_, s) = open_page(&fx).await;
-    let mut settings = json!({
-        "connection_id": fx.speech.config().connections[0].id, "api_key": fx.speech.config().api_keys[0],
-        "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
-        "mono_policy": "upload", "sync_enabled": true
-    });
-    let (st, _, _) = api(&fx, &s, "settings", Some(settings.take())).await;
-    assert_eq!(st, 200);
+    let fx = App::start(3, |c| c.event_pass_spacing = Duration::from_secs(4)).await;
+    let s = fx.install_with_sync().await;
     let member = fx.emu.app_member_id();
     let now = || chrono::Utc::now().timestamp();
 
     // The first event starts a pass.
     assert_eq!(call_end(&fx, &member, now()).await, 200);
     wait_for("the first pass ends", async || {
-        let (_, _, v) = api(&fx, &s, "progress", None).await;
+        let (_, v) = s.call("GET", "progress", None).await;
         v["progress"]["finished"] == true
     })
     .await;
@@ -300,7 +162,7 @@ async fn closed_by_server(conn: &mut TcpStream, deadline: tokio::time::Instant) 
 
 #[tokio::test]
 async fn idle_and_half_sent_connections_are_closed_and_the_server_keeps_answering() {
-    let fx = fixture(0, |c| {
+    let fx = App::start(0, |c| {
         c.connections = ConnectionLimits {
             header_timeout: Duration::from_secs(2),
             body_timeout: Duration::from_secs(2),
@@ -333,11 +195,7 @@ async fn idle_and_half_sent_connections_are_closed_and_the_server_keeps_answerin
         conns.push(c);
     }
     let t0 = Instant::now();
-    let r = http()
-        .get(format!("{}healthz", fx.base))
-        .send()
-        .await
-        .unwrap();
+    let r = fx.get("healthz").await;
     assert_eq!(r.status().as_u16(), 200);
     assert!(
         t0.elapsed() < Duration::from_secs(2),
@@ -361,29 +219,21 @@ async fn idle_and_half_sent_connections_are_closed_and_the_server_keeps_answerin
         }
     }
     assert_eq!(open, 0, "connections the server left open");
-    let r = http()
-        .get(format!("{}healthz", fx.base))
-        .send()
-        .await
-        .unwrap();
+    let r = fx.get("healthz").await;
     assert_eq!(r.status().as_u16(), 200);
 }
 
 #[tokio::test]
 async fn answers_are_not_sniffed_and_private_ones_not_stored() {
-    let fx = fixture(3, |_| {}).await;
-    install(&fx).await;
-    let (page, s) = open_page(&fx).await;
-    let (_, state, _) = api(&fx, &s, "state", None).await;
-    let (_, report, _) = api(&fx, &s, "report", None).await;
-    let mut answers = vec![("page", page), ("api", state), ("report", report)];
+    let fx = App::start(3, |_| {}).await;
+    fx.install().await;
+    let page = fx.open_page("ru").await;
+    let s = page.session();
+    let state = s.send("GET", "state", None).await.headers;
+    let report = s.send("GET", "report", None).await.headers;
+    let mut answers = vec![("page", page.headers), ("api", state), ("report", report)];
     for path in ["healthz", "metrics", "static/app.js"] {
-        let r = http()
-            .get(format!("{}{path}", fx.base))
-            .send()
-            .await
-            .unwrap();
-        answers.push((path, r.headers().clone()));
+        answers.push((path, fx.get(path).await.headers().clone()));
     }
     for (what, h) in &answers {
         assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
@@ -435,7 +285,7 @@ impl Write for Sink {
 #[tokio::test]
 async fn a_newline_in_a_request_field_cannot_forge_a_log_line() {
     let (text, json) = captured_logs();
-    let fx = fixture(0, |_| {}).await;
+    let fx = App::start(0, |_| {}).await;
     let forged = "evil\n2030-01-01T00:00:00Z  INFO b24sense_web: application installed";
     let ts = chrono::Utc::now().timestamp();
     assert_eq!(call_end(&fx, forged, ts).await, 403);

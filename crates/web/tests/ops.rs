@@ -3,9 +3,11 @@
 //! installations, progress journaled in the store across restarts (and resumed exports), and the per-call
 //! CSV report streamed from the ledger.
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use b24sense_core::{Call, FailReason, LedgerState, Outcome};
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
@@ -13,19 +15,11 @@ use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_store::{PortalTokens, SecretKey, Store};
 use b24sense_web::{AppServer, WebConfig};
 use chrono::FixedOffset;
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
+use common::{good_settings, http, listen, portal, web_config, Session};
+use secrecy::ExposeSecret;
+use serde_json::json;
 use sqlx::{Connection, Executor};
 use tokio_util::sync::CancellationToken;
-use url::Url;
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
 
 /// One emulated portal, one SpeechSense, one SQLite store on disk; servers are started on it as needed (a
 /// restart is a new server on the same file).
@@ -72,15 +66,7 @@ impl Fx {
     }
 
     async fn small(calls: usize) -> Fx {
-        Fx::new(
-            PortalConfig {
-                calls,
-                rate: (500, 100),
-                ..PortalConfig::default()
-            },
-            SpeechSenseConfig::default(),
-        )
-        .await
+        Fx::new(portal(calls), SpeechSenseConfig::default()).await
     }
 
     /// A new connection pool on the store file (what a restarted process opens).
@@ -91,16 +77,8 @@ impl Fx {
     }
 
     fn config(&self, base: &str) -> WebConfig {
-        let (id, secret) = self.emu.app_credentials();
-        let mut config = WebConfig::new(
-            Url::parse(base).unwrap(),
-            id.to_string(),
-            SecretString::from(secret.to_string()),
-            self.speech.endpoint(),
-        );
-        config.allow_http_portals = true;
+        let mut config = web_config(base, &self.emu, &self.speech, &[&self.emu]);
         config.concurrency = b24sense_engine::Concurrency::Pinned(2);
-        config.oauth_servers = vec![format!("127.0.0.1:{}", self.emu.addr().port())];
         config
     }
 
@@ -109,8 +87,7 @@ impl Fx {
         &self,
         tweak: impl FnOnce(&mut WebConfig),
     ) -> (tokio::net::TcpListener, String, AppServer) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
+        let (listener, base) = listen().await;
         let mut config = self.config(&base);
         tweak(&mut config);
         let app = AppServer::new(config, self.store().await, self.key.clone()).unwrap();
@@ -152,46 +129,19 @@ impl Fx {
 
     /// Installs the application through `srv`, opens the settings page and saves working settings.
     async fn install(&self, srv: &Srv) -> Session {
-        let done = self
-            .emu
-            .install_app(&format!("{}install", srv.base), "ru")
-            .await
-            .unwrap();
-        assert!(done.installed, "{done:?}");
+        common::install(&self.emu, &srv.base).await;
         let s = self.open_page(srv).await;
-        let (st, v) = s.call("POST", "settings", Some(self.settings())).await;
+        let settings = good_settings(&self.speech);
+        let (st, v) = s.call("POST", "settings", Some(settings)).await;
         assert_eq!(st, 200, "{v}");
         s
     }
 
     /// Opens the settings page on `srv` as Bitrix24's iframe POST does.
     async fn open_page(&self, srv: &Srv) -> Session {
-        let frame = self.emu.app_frame_request(1, "ru");
-        let r = http()
-            .post(frame.url(&format!("{}app", srv.base)))
-            .form(&frame.form)
-            .send()
+        common::open_page(&srv.base, &self.emu, "ru")
             .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        let page = r.text().await.unwrap();
-        let start = page.find("id=\"boot\">").unwrap() + "id=\"boot\">".len();
-        let end = start + page[start..].find("</script>").unwrap();
-        let v: Value = serde_json::from_str(&page[start..end].replace("<\\/", "</")).unwrap();
-        Session {
-            base: srv.base.clone(),
-            token: v["session"].as_str().unwrap().to_string(),
-            csrf: v["csrf"].as_str().unwrap().to_string(),
-        }
-    }
-
-    fn settings(&self) -> Value {
-        json!({
-            "connection_id": self.speech.config().connections[0].id,
-            "api_key": self.speech.config().api_keys[0],
-            "language": "ru-RU", "since": "", "users": "", "min_duration": "0", "direction": [],
-            "mono_policy": "upload", "sync_enabled": false
-        })
+            .session()
     }
 
     /// The portal's stored token pair, read through `store`.
@@ -249,68 +199,6 @@ impl Fx {
             .await
             .unwrap();
         assert!(open.is_empty(), "{open:?}");
-    }
-}
-
-/// A settings-page session on one server.
-struct Session {
-    base: String,
-    token: String,
-    csrf: String,
-}
-
-impl Session {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}api/{path}", self.base);
-        let mut req = if method == "GET" {
-            http().get(url)
-        } else {
-            http()
-                .post(url)
-                .header("X-CSRF-Token", &self.csrf)
-                .json(&body.unwrap_or(json!({})))
-        };
-        req = req.bearer_auth(&self.token);
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn progress(&self) -> Value {
-        let (st, v) = self.call("GET", "progress", None).await;
-        assert_eq!(st, 200, "{v}");
-        v["progress"].clone()
-    }
-
-    /// Polls the progress until `done(progress)` (bounded: 90 s); every answer seen goes to `seen`.
-    async fn wait_for(&self, mut seen: impl FnMut(&Value), done: impl Fn(&Value) -> bool) -> Value {
-        let t0 = Instant::now();
-        loop {
-            let p = self.progress().await;
-            seen(&p);
-            if done(&p) {
-                return p;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(90),
-                "waited in vain: {p}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_finished(&self) -> Value {
-        self.wait_for(|_| {}, |p| p["finished"] == true).await
-    }
-
-    async fn export(&self) -> Value {
-        let (st, v) = self.call("POST", "export/start", None).await;
-        assert_eq!(st, 200, "{v}");
-        self.wait_finished().await
     }
 }
 
@@ -550,11 +438,7 @@ async fn a_refused_keepalive_refresh_is_reported_and_changes_no_tokens() {
 async fn an_export_stopped_by_a_restart_is_shown_interrupted_and_resumed() {
     // Slow uploads, so the restart comes mid-run.
     let fx = Fx::new(
-        PortalConfig {
-            calls: 40,
-            rate: (500, 100),
-            ..PortalConfig::default()
-        },
+        portal(40),
         SpeechSenseConfig {
             upload_latency: Duration::from_millis(150),
             ..SpeechSenseConfig::default()
