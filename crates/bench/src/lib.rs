@@ -6,6 +6,7 @@
 //! The binary runs the emulators itself and each scenario's export in a child process of its own, so that the
 //! peak RSS and CPU are the export's alone.
 
+mod counting;
 pub mod measure;
 pub mod report;
 pub mod run;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use b24sense_bench::measure::cpu_seconds;
 use b24sense_bench::{
     loopback, make_row, render_table, run_export_side, run_scenario, scenario, BenchError,
-    Emulators, ExportMeasure, Placement, RunOptions, RunRow, Target, NAMES,
+    Emulators, ExportMeasure, Placement, RunOptions, RunRow, Scenario, Target, NAMES,
 };
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 )]
 struct Args {
     /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k,
-    /// cpu-10k.
+    /// cpu-10k, realistic-2k, realistic-2k-counted.
     #[arg(long, default_value = "smoke", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// One scenario (with --child: run it in this process and print its row as one JSON line).
@@ -45,6 +45,9 @@ struct Args {
     /// Seconds between progress lines on stderr.
     #[arg(long, default_value = "10")]
     progress_secs: u64,
+    /// Pin the calls in flight in every scenario (as the CLI's `--concurrency N`) instead of the scenario's setting.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -75,6 +78,15 @@ impl Args {
             loopback_probe_bytes: self.loopback_mb * 1024 * 1024,
             progress_every: Duration::from_secs(self.progress_secs.max(1)),
         }
+    }
+
+    /// The scenario called `name`, with `--concurrency` applied.
+    fn scenario(&self, name: &str) -> Result<Scenario, BenchError> {
+        let mut s = scenario(name).ok_or_else(|| BenchError::UnknownScenario(name.to_string()))?;
+        if let Some(n) = self.concurrency {
+            s.concurrency = Some(usize::from(n));
+        }
+        Ok(s)
     }
 
     fn names(&self) -> Result<Vec<String>, BenchError> {
@@ -139,9 +151,9 @@ async fn run(args: Args) -> ExitCode {
     let mut failed = false;
     for name in &names {
         let result = if args.in_process {
-            match scenario(name) {
-                Some(s) => run_scenario(&s, &args.options()).await,
-                None => Err(BenchError::UnknownScenario(name.clone())),
+            match args.scenario(name) {
+                Ok(s) => run_scenario(&s, &args.options()).await,
+                Err(e) => Err(e),
             }
         } else {
             run_with_child(&args, name).await
@@ -175,7 +187,7 @@ async fn run(args: Args) -> ExitCode {
 /// The child: reads the target from stdin, runs the scenario's export and prints what it measured as one JSON line.
 async fn child(args: &Args) -> Result<(), BenchError> {
     let name = args.scenario.clone().unwrap_or_default();
-    let s = scenario(&name).ok_or(BenchError::UnknownScenario(name))?;
+    let s = args.scenario(&name)?;
     let mut input = String::new();
     tokio::io::stdin().read_to_string(&mut input).await?;
     let target: Target = serde_json::from_str(&input)?;
@@ -187,7 +199,7 @@ async fn child(args: &Args) -> Result<(), BenchError> {
 /// Starts the emulators here and runs the export in a child process of this binary; kills the child if it
 /// outlives its timeout by 3 minutes.
 async fn run_with_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
-    let s = scenario(name).ok_or_else(|| BenchError::UnknownScenario(name.to_string()))?;
+    let s = args.scenario(name)?;
     let loopback_bps = loopback(name, args.loopback_mb * 1024 * 1024).await?;
     eprintln!("[{name}] starting emulators: {}", s.describe());
     let emulators = Emulators::start(&s).await?;
@@ -202,6 +214,11 @@ async fn run_with_child(args: &Args, name: &str) -> Result<RunRow, BenchError> {
         .arg(args.timeout.as_secs().to_string())
         .arg("--progress-secs")
         .arg(args.progress_secs.to_string())
+        .args(
+            args.concurrency
+                .map(|n| vec!["--concurrency".to_string(), n.to_string()])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

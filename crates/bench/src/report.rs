@@ -13,7 +13,8 @@ pub struct Bound {
     pub rest_min_requests: u64,
     /// Those requests beyond the bucket's burst at the bucket's leak rate.
     pub rest_s: f64,
-    /// Uploads × upload latency ÷ concurrency.
+    /// Uploads × (download latency + upload latency) ÷ concurrency: each upload in flight first waits for its
+    /// recording's first byte, then for SpeechSense's answer.
     pub upload_s: f64,
     /// Bytes over loopback (downloads + uploads) ÷ the loopback throughput measured in the same process.
     pub bytes_s: f64,
@@ -31,12 +32,14 @@ pub struct BoundInputs {
     pub looked_up: u64,
     /// Recordings whose address came from `disk.file.get`.
     pub disk_resolved: u64,
-    /// Recording downloads from the portal's own host (they take a bucket token).
+    /// Recording downloads that take a bucket token: those from the portal's own host, when the portal counts them.
     pub counted_downloads: u64,
     /// The portal's bucket: capacity and leak per second.
     pub burst: u64,
     pub per_second: u64,
     pub uploads: u64,
+    /// Time to a download's first byte.
+    pub download_latency: Duration,
     pub upload_latency: Duration,
     pub concurrency: u64,
     pub bytes: u64,
@@ -55,8 +58,8 @@ impl Bound {
             + i.disk_resolved.div_ceil(PER_DISK_REQUEST)
             + i.counted_downloads;
         let rest_s = rest_min_requests.saturating_sub(i.burst) as f64 / i.per_second.max(1) as f64;
-        let upload_s =
-            i.uploads as f64 * i.upload_latency.as_secs_f64() / i.concurrency.max(1) as f64;
+        let upload_s = i.uploads as f64 * (i.download_latency + i.upload_latency).as_secs_f64()
+            / i.concurrency.max(1) as f64;
         let bytes_s = if i.loopback_bytes_per_s > 0.0 {
             i.bytes as f64 / i.loopback_bytes_per_s
         } else {
@@ -113,7 +116,10 @@ pub struct RunRow {
     pub looked_up: u64,
     /// Disk files the export asked download addresses for.
     pub disk_resolved: u64,
-    /// Download requests to the portal's own host, each taking a bucket token (the client's count).
+    /// Downloads the engine started from the portal's own host (`/rest/download.json`), counted or not.
+    pub portal_downloads: u64,
+    /// Download requests to the portal's own host that took a token of the client's limiter (the client's count,
+    /// every attempt): all of them once the client counts downloads, none before.
     pub counted_downloads: u64,
     /// Downloads from the external recording host (`CALL_RECORD_URL`), outside the bucket.
     pub external_downloads: u64,
@@ -134,6 +140,10 @@ pub struct RunRow {
     pub export_in_child: bool,
     /// CPU seconds (user + system) of the export's process during the export.
     pub cpu_s: f64,
+    /// How the limit on calls in flight moved during the run, in words.
+    pub concurrency_trace: String,
+    /// Whether the export counted downloads from the portal's host at the end (`counted`/`uncounted`).
+    pub download_accounting: String,
     pub cpu_s_per_1000_calls: f64,
     /// CPU seconds of the emulators meanwhile (when the export ran in a child).
     pub emulator_cpu_s: Option<f64>,
@@ -159,7 +169,7 @@ pub fn render_table(rows: &[RunRow]) -> String {
         "req/1k",
         "list+enrich",
         "disk batches",
-        "counted dl",
+        "portal dl (counted)",
         "rate-limited",
         "uploads/s",
         "MB/s",
@@ -182,7 +192,7 @@ pub fn render_table(rows: &[RunRow]) -> String {
             format!("{:.1}", r.http_requests_per_1000_calls),
             r.listing_enrichment_requests.to_string(),
             r.disk_batches.to_string(),
-            r.counted_downloads.to_string(),
+            format!("{} ({})", r.portal_downloads, r.counted_downloads),
             r.rate_limited.to_string(),
             format!("{:.1}", r.uploads_per_s),
             format!("{:.2}", r.mb_per_s),
@@ -233,7 +243,7 @@ pub fn render_table(rows: &[RunRow]) -> String {
         let _ = writeln!(out, "{}: {}", r.scenario, r.settings);
         let _ = writeln!(
             out,
-            "  bound: {} portal requests min → {:.1} s; uploads {:.1} s; {:.0} MB over loopback at {:.0} MB/s → {:.1} s",
+            "  bound: {} portal requests min → {:.1} s; downloads + uploads {:.1} s; {:.0} MB over loopback at {:.0} MB/s → {:.1} s",
             r.bound.rest_min_requests,
             r.bound.rest_s,
             r.bound.upload_s,
@@ -247,6 +257,16 @@ pub fn render_table(rows: &[RunRow]) -> String {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         let _ = writeln!(out, "  portal methods: {}", methods.join(" "));
+        let _ = writeln!(
+            out,
+            "  calls in flight {} · portal downloads at the end: {}",
+            r.concurrency_trace,
+            if r.download_accounting.is_empty() {
+                "-"
+            } else {
+                &r.download_accounting
+            }
+        );
         let _ = writeln!(
             out,
             "  skipped {:?} · failed {:?} · external downloads {} · CPU {:.1} s{}{}",
@@ -290,6 +310,7 @@ mod tests {
             burst: 50,
             per_second: 2,
             uploads: 8_500,
+            download_latency: Duration::ZERO,
             upload_latency: Duration::from_millis(100),
             concurrency: 8,
             bytes: 0,
@@ -301,6 +322,23 @@ mod tests {
         assert!((b.upload_s - 106.25).abs() < 1e-9);
         assert_eq!(b.limited_by, "rest");
         assert!((b.bound_s - 411.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn uploads_wait_for_the_download_and_the_upload() {
+        let b = Bound::compute(&BoundInputs {
+            listed: 2_000,
+            burst: 50,
+            per_second: 2,
+            uploads: 1_100,
+            download_latency: Duration::from_millis(150),
+            upload_latency: Duration::from_millis(100),
+            concurrency: 8,
+            ..BoundInputs::default()
+        });
+        // 1,100 × 250 ms ÷ 8 = 34.375 s; the single listing request fits in the burst.
+        assert!((b.upload_s - 34.375).abs() < 1e-9);
+        assert_eq!(b.limited_by, "upload");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`run_export_side`]. The two halves can live in different processes, so that the export's memory and CPU are
 //! measured without the emulators'.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +12,9 @@ use b24sense_bitrix24::{
     Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan,
     WebhookUrl,
 };
-use b24sense_core::{CallFilter, CrmRef};
 use b24sense_emulators::bitrix24::Bitrix24Emulator;
 use b24sense_emulators::speechsense::{SpeechSenseConfig as EmulatorConfig, SpeechSenseEmulator};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::ports::{CallPage, CallSource, Names, Recording};
 use b24sense_engine::{run_export, EngineError, ExportConfig, ProgressEvent, ProgressFn, Summary};
 use b24sense_speechsense::{
     ClientConfig as SpeechSenseConfig, ConnectionCheck, Credentials as SpeechSenseCredentials,
@@ -28,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::counting::{CountingSource, SourceCounters};
 use crate::measure;
 use crate::report::{Bound, BoundInputs, RunRow};
 use crate::scenario::Scenario;
@@ -51,73 +50,6 @@ impl Default for RunOptions {
             loopback_probe_bytes: 256 * 1024 * 1024,
             progress_every: Duration::from_secs(10),
         }
-    }
-}
-
-/// What the engine asked of the portal, counted at the port (the real adapter does the work).
-#[derive(Debug, Default)]
-struct SourceCounters {
-    list_calls: AtomicU64,
-    lookups: AtomicU64,
-    looked_up: AtomicU64,
-    disk_requests: AtomicU64,
-    disk_resolved: AtomicU64,
-    portal_downloads: AtomicU64,
-    external_downloads: AtomicU64,
-}
-
-/// [`Bitrix24Source`] with counters: the engine passes at most 50 file IDs per `resolve_files`, so each call is
-/// one `disk.file.get` batch, which splits the portal's `batch` count into Disk and listing/lookup requests.
-struct CountingSource {
-    inner: Bitrix24Source,
-    portal_origin: url::Origin,
-    counters: Arc<SourceCounters>,
-}
-
-impl CallSource for CountingSource {
-    type Error = b24sense_bitrix24::Error;
-
-    async fn list_calls(
-        &self,
-        filter: &CallFilter,
-        after_id: u64,
-    ) -> Result<CallPage, Self::Error> {
-        self.counters.list_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.list_calls(filter, after_id).await
-    }
-
-    async fn calls_by_id(&self, ids: &[u64]) -> Result<CallPage, Self::Error> {
-        self.counters.list_calls.fetch_add(1, Ordering::Relaxed);
-        self.inner.calls_by_id(ids).await
-    }
-
-    async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, Self::Error> {
-        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .looked_up
-            .fetch_add((users.len() + crm.len()) as u64, Ordering::Relaxed);
-        self.inner.lookup(users, crm).await
-    }
-
-    async fn resolve_files(
-        &self,
-        file_ids: &[u64],
-    ) -> Result<HashMap<u64, Result<Url, String>>, Self::Error> {
-        self.counters.disk_requests.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .disk_resolved
-            .fetch_add(file_ids.len() as u64, Ordering::Relaxed);
-        self.inner.resolve_files(file_ids).await
-    }
-
-    async fn download(&self, url: &Url) -> Result<Recording, Self::Error> {
-        let counter = if url.origin() == self.portal_origin {
-            &self.counters.portal_downloads
-        } else {
-            &self.counters.external_downloads
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.download(url).await
     }
 }
 
@@ -234,6 +166,10 @@ pub struct ExportMeasure {
     pub rss_baseline_bytes: u64,
     pub peak_rss_bytes: u64,
     pub cpu_s: f64,
+    /// How the limit on calls in flight moved (the summary's trace), in words.
+    pub concurrency_trace: String,
+    /// The summary's download accounting at the end of the run (`counted`, `uncounted`, or "" when none).
+    pub download_accounting: String,
 }
 
 /// Runs the export against `target` as `b24sense export` does and measures it; progress goes to stderr.
@@ -285,7 +221,7 @@ pub async fn run_export_side(
     }
 
     let mut config = ExportConfig::new(PORTAL_KEY, target.connection_id.clone());
-    config.concurrency = scenario.concurrency;
+    config.concurrency = scenario.concurrency_setting();
 
     let counters = Arc::new(SourceCounters::default());
     let source = Arc::new(CountingSource {
@@ -384,6 +320,18 @@ pub async fn run_export_side(
         rss_baseline_bytes: rss_baseline,
         peak_rss_bytes: peak,
         cpu_s: cpu,
+        concurrency_trace: {
+            let t = &summary.concurrency;
+            format!(
+                "{} → peak {} → final {} (lowest {}; {} up, {} down)",
+                t.initial, t.peak, t.last, t.lowest, t.increases, t.decreases
+            )
+        },
+        download_accounting: summary
+            .download_accounting
+            .and_then(|a| serde_json::to_value(a).ok())
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
     })
 }
 
@@ -394,6 +342,34 @@ pub enum Placement {
     Shared,
     /// In a child process of its own; the emulators (in this process) used this much CPU meanwhile.
     Child { emulator_cpu_s: f64 },
+}
+
+/// What the bound of a run is computed from: the scenario's limits and what the run needed.
+fn bound_inputs(
+    scenario: &Scenario,
+    m: &ExportMeasure,
+    loopback_bytes: u64,
+    loopback_bytes_per_s: f64,
+) -> BoundInputs {
+    BoundInputs {
+        listed: m.found,
+        looked_up: m.looked_up,
+        disk_resolved: m.disk_resolved,
+        // A download takes a bucket token only where the portal counts it, whatever the client did.
+        counted_downloads: if scenario.portal.count_downloads {
+            m.portal_downloads_started
+        } else {
+            0
+        },
+        burst: u64::from(scenario.portal.rate.0),
+        per_second: u64::from(scenario.portal.rate.1),
+        uploads: m.uploaded,
+        download_latency: scenario.portal.download_latency,
+        upload_latency: scenario.upload_latency,
+        concurrency: scenario.bound_concurrency(),
+        bytes: loopback_bytes,
+        loopback_bytes_per_s,
+    }
 }
 
 /// Puts the export's measurements and the emulators' counters together into a row with its bound.
@@ -409,19 +385,12 @@ pub fn make_row(
     let batch_requests = ps.by_method.get("batch").copied().unwrap_or(0);
     let calls = scenario.portal.calls as u64;
     let loopback_bytes = ps.bytes_sent + ss.bytes_received;
-    let bound = Bound::compute(&BoundInputs {
-        listed: m.found,
-        looked_up: m.looked_up,
-        disk_resolved: m.disk_resolved,
-        counted_downloads: m.portal_downloads_started,
-        burst: u64::from(scenario.portal.rate.0),
-        per_second: u64::from(scenario.portal.rate.1),
-        uploads: m.uploaded,
-        upload_latency: scenario.upload_latency,
-        concurrency: scenario.concurrency as u64,
-        bytes: loopback_bytes,
+    let bound = Bound::compute(&bound_inputs(
+        scenario,
+        m,
+        loopback_bytes,
         loopback_bytes_per_s,
-    });
+    ));
     let wall_s = m.wall_s.max(1e-9);
     let per_1000 = |x: f64| {
         if calls > 0 {
@@ -456,6 +425,7 @@ pub fn make_row(
         by_method: ps.by_method.clone(),
         looked_up: m.looked_up,
         disk_resolved: m.disk_resolved,
+        portal_downloads: m.portal_downloads_started,
         counted_downloads: m.counted_downloads,
         external_downloads: m.external_downloads,
         rate_limited: ps.rate_limited,
@@ -467,6 +437,8 @@ pub fn make_row(
         peak_rss_mb: m.peak_rss_bytes as f64 / 1048576.0,
         export_in_child: matches!(placement, Placement::Child { .. }),
         cpu_s: m.cpu_s,
+        concurrency_trace: m.concurrency_trace.clone(),
+        download_accounting: m.download_accounting.clone(),
         cpu_s_per_1000_calls: per_1000(m.cpu_s),
         emulator_cpu_s,
         emulator_cpu_s_per_1000_calls: emulator_cpu_s.map(per_1000),
@@ -525,4 +497,44 @@ fn log_summary(name: &str, summary: &Summary, wall: Duration) {
         summary.skipped,
         summary.failed,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::scenario;
+
+    #[test]
+    fn downloads_count_in_the_bound_only_where_the_portal_counts_them() {
+        let m = ExportMeasure {
+            found: 2_000,
+            uploaded: 1_100,
+            disk_resolved: 150,
+            portal_downloads_started: 150,
+            // The client's own count does not matter: the bound is what the portal imposes.
+            counted_downloads: 150,
+            ..ExportMeasure::default()
+        };
+        let plain = Bound::compute(&bound_inputs(
+            &scenario("realistic-2k").unwrap(),
+            &m,
+            0,
+            0.0,
+        ));
+        let counted = Bound::compute(&bound_inputs(
+            &scenario("realistic-2k-counted").unwrap(),
+            &m,
+            0,
+            0.0,
+        ));
+        // 1 listing + 3 Disk batches; + 150 downloads where counted: (154 − 50) ÷ 2 = 52 s.
+        assert_eq!(plain.rest_min_requests, 4);
+        assert_eq!(plain.rest_s, 0.0);
+        assert_eq!(counted.rest_min_requests, 154);
+        assert!((counted.rest_s - 52.0).abs() < 1e-9);
+        assert_eq!(counted.limited_by, "rest");
+        // Both: 1,100 × (150 + 100 ms) ÷ the adaptive ceiling.
+        let ceiling = scenario("realistic-2k").unwrap().bound_concurrency() as f64;
+        assert!((plain.upload_s - 1_100.0 * 0.25 / ceiling).abs() < 1e-9);
+    }
 }

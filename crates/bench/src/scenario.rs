@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use b24sense_emulators::bitrix24::PortalConfig;
+use b24sense_engine::{Concurrency, ExportConfig};
 
 /// Every scenario name, in the order `--scenarios all` runs them.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 9] = [
     "smoke",
     "issue3-10k",
     "big-recording",
@@ -13,6 +14,8 @@ pub const NAMES: [&str; 7] = [
     "scale-10k",
     "scale-100k",
     "cpu-10k",
+    "realistic-2k",
+    "realistic-2k-counted",
 ];
 
 const KIB: u64 = 1024;
@@ -25,8 +28,8 @@ pub struct Scenario {
     pub portal: PortalConfig,
     /// SpeechSense emulator's delay before answering each upload.
     pub upload_latency: Duration,
-    /// Uploads in flight (`--concurrency` of the CLI; 8 is its default).
-    pub concurrency: usize,
+    /// `--concurrency` of the CLI; `None` = the export's default, as `b24sense export` runs without the flag.
+    pub concurrency: Option<usize>,
 }
 
 impl Scenario {
@@ -35,8 +38,22 @@ impl Scenario {
             name: name.to_string(),
             portal,
             upload_latency,
-            concurrency: 8,
+            concurrency: None,
         }
+    }
+
+    /// The export's concurrency setting: pinned, or the default (adaptive).
+    pub fn concurrency_setting(&self) -> Concurrency {
+        self.concurrency.map_or_else(
+            || ExportConfig::new("", "").concurrency,
+            Concurrency::Pinned,
+        )
+    }
+
+    /// Calls in flight the bound assumes: the most the setting allows (an adaptive run's ceiling), so that no
+    /// run can beat it.
+    pub fn bound_concurrency(&self) -> u64 {
+        self.concurrency_setting().ceiling() as u64
     }
 
     /// The settings in one line, printed with the results.
@@ -51,16 +68,24 @@ impl Scenario {
             .big_recording
             .map(|b| format!(", one {} MB recording", b / MIB))
             .unwrap_or_default();
+        let concurrency = match self.concurrency_setting() {
+            Concurrency::Pinned(n) => format!("pinned {n}"),
+            Concurrency::Adaptive { initial, ceiling } => {
+                format!("adaptive {initial}→≤{ceiling}")
+            }
+        };
         format!(
-            "{} calls, REST latency {} ms, bucket {}/{}, upload latency {} ms, concurrency {}, recordings {cap}{big} \
-             at {} kbit/s (MP3), disk-only {:.0}%, no-record {:.0}%, downloads {}",
+            "{} calls, REST latency {} ms, download latency {} ms, bucket {}/{}, upload latency {} ms, concurrency \
+             {concurrency}, recordings {cap}{big} at {} kbit/s (MP3), WAV {:.0}%, disk-only {:.0}%, no-record {:.0}%, \
+             downloads {}",
             p.calls,
             p.latency.as_millis(),
+            p.download_latency.as_millis(),
             p.rate.0,
             p.rate.1,
             self.upload_latency.as_millis(),
-            self.concurrency,
             p.recording_bytes_per_second * 8 / 1000,
+            p.wav_share * 100.0,
             p.disk_only_share * 100.0,
             p.no_record_share * 100.0,
             if p.count_downloads {
@@ -159,9 +184,38 @@ pub fn scenario(name: &str) -> Option<Scenario> {
             },
             Duration::ZERO,
         ),
+        "realistic-2k" => realistic_2k(name, false),
+        "realistic-2k-counted" => realistic_2k(name, true),
         _ => return None,
     };
     Some(s)
+}
+
+/// Issue 15's side-by-side setting: 2,000 calls, 55 % with a recording (MP3 at 64 kbit/s), 14 % of those only on
+/// Disk (downloaded through the portal's host), the rest on another host; 150 ms for every REST answer and before
+/// every download, 100 ms per upload, the standard bucket, the export's default settings. Talk durations are the
+/// emulator's log-normal ones (median 2 min, 10 s–40 min); each file keeps its natural size up to the emulator's
+/// default 256 KiB (≈33 s of audio), which gives the ≈1,100 recordings and ≈236 MB the issue measured. `counted`:
+/// the portal takes a bucket token for each `/rest/download.json`, which it may or may not do (not documented).
+fn realistic_2k(name: &str, counted: bool) -> Scenario {
+    let ms = Duration::from_millis;
+    Scenario::new(
+        name,
+        PortalConfig {
+            calls: 2_000,
+            no_record_share: 0.45,
+            disk_only_share: 0.14,
+            wav_share: 0.0,
+            recording_bytes_per_second: 8_000,
+            max_recording_bytes: Some(256 * KIB),
+            latency: ms(150),
+            download_latency: ms(150),
+            rate: (50, 2),
+            count_downloads: counted,
+            ..PortalConfig::default()
+        },
+        ms(100),
+    )
 }
 
 #[cfg(test)]
@@ -176,5 +230,18 @@ mod tests {
             assert!(s.describe().contains("calls"));
         }
         assert!(scenario("nope").is_none());
+    }
+
+    #[test]
+    fn realistic_pair_differs_only_in_download_counting() {
+        let plain = scenario("realistic-2k").expect("realistic-2k");
+        let counted = scenario("realistic-2k-counted").expect("realistic-2k-counted");
+        assert!(!plain.portal.count_downloads);
+        assert!(counted.portal.count_downloads);
+        assert_eq!(plain.concurrency, None, "default settings");
+        assert_eq!(
+            plain.describe().replace("not counted", "counted"),
+            counted.describe()
+        );
     }
 }
