@@ -137,6 +137,11 @@ impl RequestLimiter {
         }
     }
 
+    /// Takes one request's room if the bucket has it now; never waits.
+    pub fn try_acquire(&self) -> bool {
+        self.gcra.check().is_ok()
+    }
+
     /// Empties the bucket (the portal said it is full). Bounded by the burst size.
     pub fn drain(&self) {
         for _ in 0..self.burst {

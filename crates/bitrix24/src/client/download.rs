@@ -49,7 +49,13 @@ impl Bitrix24Client {
         let host = url.host_str().unwrap_or_default().to_string();
         let mut attempt = 0u32;
         loop {
+            let mut over_budget = None;
+            if on_portal && !self.counts_portal_downloads() {
+                over_budget = self.uncounted_download_slot().await;
+            }
+            // Counted from the start, or the portal was found to count while this one waited for a slot.
             if on_portal && self.counts_portal_downloads() {
+                over_budget = None;
                 inner.limiter.acquire().await;
                 bump(&inner.counters.portal_downloads);
             } else if on_portal {
@@ -60,7 +66,10 @@ impl Bitrix24Client {
             if let Some(r) = &referer {
                 req = req.header(REFERER, r.as_str());
             }
-            let err = match req.send().await {
+            let sent = req.send().await;
+            // The portal has answered (or the request failed): the slot's refusal risk is over.
+            drop(over_budget);
+            let err = match sent {
                 Err(e) => Error::transport(e),
                 Ok(resp) => {
                     let status = resp.status();

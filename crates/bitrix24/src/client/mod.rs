@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     offset: RwLock<Option<FixedOffset>>,
     /// Whether downloads from the portal's own host take a limiter token; only ever switches on ([`accounting`]).
     downloads_counted: tokio::sync::watch::Sender<bool>,
+    /// Uncounted portal downloads sent while the local bucket is empty (`accounting`).
+    over_budget: Arc<tokio::sync::Semaphore>,
     counters: Counters,
 }
 
@@ -199,6 +201,9 @@ impl Bitrix24Client {
                 credentials,
                 limiter: RequestLimiter::new(config.rate),
                 downloads_counted: tokio::sync::watch::Sender::new(config.count_portal_downloads),
+                over_budget: Arc::new(tokio::sync::Semaphore::new(
+                    accounting::OVER_BUDGET_IN_FLIGHT,
+                )),
                 operating: OperatingTracker::new(
                     config.operating_limit_secs,
                     config.operating_threshold,
