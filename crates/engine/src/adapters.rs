@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use b24sense_bitrix24::Bitrix24Client;
+use b24sense_bitrix24::{Bitrix24Client, CallChunk};
 use b24sense_core::{CallFilter, Container, CrmRef, ErrorClass, TalkFields};
 use b24sense_speechsense::{SearchScope, SourceError, SpeechSenseClient};
 use bytes::Bytes;
@@ -41,6 +41,17 @@ impl Bitrix24Source {
     }
 }
 
+impl From<CallChunk> for CallPage {
+    fn from(chunk: CallChunk) -> CallPage {
+        CallPage {
+            calls: chunk.calls,
+            exhausted: chunk.exhausted,
+            last_id: chunk.last_id,
+            bad_rows: chunk.bad_rows,
+        }
+    }
+}
+
 impl CallSource for Bitrix24Source {
     type Error = b24sense_bitrix24::Error;
 
@@ -49,23 +60,11 @@ impl CallSource for Bitrix24Source {
         filter: &CallFilter,
         after_id: u64,
     ) -> Result<CallPage, Self::Error> {
-        let chunk = self.client.list_calls(filter, after_id).await?;
-        Ok(CallPage {
-            calls: chunk.calls,
-            exhausted: chunk.exhausted,
-            last_id: chunk.last_id,
-            bad_rows: chunk.bad_rows,
-        })
+        Ok(self.client.list_calls(filter, after_id).await?.into())
     }
 
     async fn calls_by_id(&self, ids: &[u64]) -> Result<CallPage, Self::Error> {
-        let chunk = self.client.calls_by_id(ids).await?;
-        Ok(CallPage {
-            calls: chunk.calls,
-            exhausted: chunk.exhausted,
-            last_id: chunk.last_id,
-            bad_rows: chunk.bad_rows,
-        })
+        Ok(self.client.calls_by_id(ids).await?.into())
     }
 
     async fn lookup(&self, users: &[u64], crm: &[CrmRef]) -> Result<Names, Self::Error> {

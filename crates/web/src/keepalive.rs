@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 use crate::oauth::StoreTokenSource;
 use crate::{AppState, Error};
@@ -121,18 +120,9 @@ async fn token_source(
     else {
         return Ok(None);
     };
-    let url = |u: &str, what: &str| {
-        Url::parse(u).map_err(|e| Error::Config(format!("stored {what} of {member_id}: {e}")))
-    };
-    let e = state.run_env();
-    Ok(Some(StoreTokenSource::new(
-        e.store,
-        e.key,
-        portal.member_id.clone(),
-        url(&portal.client_endpoint, "client_endpoint")?,
-        url(&portal.server_endpoint, "server_endpoint")?,
-        e.oauth,
-        e.locks,
-        e.metrics,
-    )))
+    state
+        .run_env()
+        .token_source(&portal)
+        .map(Some)
+        .map_err(Error::Config)
 }

@@ -5,10 +5,8 @@ use std::sync::Arc;
 
 use b24sense_bitrix24::{Bitrix24Client, ClientConfig, Credentials};
 use b24sense_store::Portal;
-use url::Url;
 
 use super::{RunEnv, Runner};
-use crate::oauth::StoreTokenSource;
 
 pub(super) struct PortalClient {
     /// The endpoints it was made for: a reinstall that changes them gets a new client.
@@ -31,16 +29,7 @@ impl Runner {
                 return Ok(c.client.clone());
             }
         }
-        let source = StoreTokenSource::new(
-            env.store.clone(),
-            env.key.clone(),
-            portal.member_id.clone(),
-            Url::parse(&portal.client_endpoint).map_err(|e| e.to_string())?,
-            Url::parse(&portal.server_endpoint).map_err(|e| e.to_string())?,
-            env.oauth.clone(),
-            env.locks.clone(),
-            env.metrics.clone(),
-        );
+        let source = env.token_source(portal)?;
         let client = Bitrix24Client::new(
             Credentials::OAuth(Arc::new(source)),
             ClientConfig {

@@ -20,11 +20,12 @@ use b24sense_engine::{run_export, ExportConfig, LateRecordings};
 use b24sense_store::{Portal, PortalSettings, SecretKey, Store};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::check::speech_client;
 use crate::i18n::{Lang, Msg};
 use crate::metrics::Metrics;
-use crate::oauth::{OAuthClient, RefreshLocks};
+use crate::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
 use crate::settings::plan;
 use crate::trigger::Trigger;
 use progress::{progress_callback, RunState};
@@ -59,6 +60,25 @@ pub struct RunEnv {
     pub late_recordings: LateRecordings,
     /// A run row without a heartbeat for this long belongs to a process that is gone.
     pub stale_after: Duration,
+}
+
+impl RunEnv {
+    /// The installed portal's tokens as the Bitrix24 client reads them (refreshed at its OAuth server when due).
+    pub fn token_source(&self, portal: &Portal) -> Result<StoreTokenSource, String> {
+        let url = |u: &str, what: &str| {
+            Url::parse(u).map_err(|e| format!("stored {what} of {}: {e}", portal.member_id))
+        };
+        Ok(StoreTokenSource::new(
+            self.store.clone(),
+            self.key.clone(),
+            portal.member_id.clone(),
+            url(&portal.client_endpoint, "client_endpoint")?,
+            url(&portal.server_endpoint, "server_endpoint")?,
+            self.oauth.clone(),
+            self.locks.clone(),
+            self.metrics.clone(),
+        ))
+    }
 }
 
 /// Runs of all portals.
