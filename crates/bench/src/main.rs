@@ -107,12 +107,15 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The export child runs on the runtime `b24sense export` uses: one worker thread (see the CLI's `runtime`).
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if args.child && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        rt.worker_threads(1);
-    }
-    match rt.enable_all().build() {
+    // The export child runs on the runtime `b24sense export` uses (one worker thread, one malloc arena).
+    let rt = if args.child {
+        b24sense_engine::runtime::export_runtime()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match rt {
         Ok(rt) => rt.block_on(run(args)),
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -75,16 +75,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `serve` (many portals at once) gets a worker thread per core. Everything else exports one portal, whose pace
-/// the portal's 2 requests/s set: one worker thread does that with ~20 % less CPU than two (`scale-1k`,
-/// docs/benchmarks.md), because two idle workers keep waking each other for every task. `TOKIO_WORKER_THREADS`
-/// overrides both.
+/// `serve` (many portals at once) gets a worker thread per core; everything else exports one portal, on the
+/// engine's export runtime (one worker thread, one malloc arena: `b24sense_engine::runtime`).
 fn runtime(serving: bool) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if !serving && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        b.worker_threads(1);
+    if serving {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        b24sense_engine::runtime::export_runtime()
     }
-    b.enable_all().build()
 }
 
 async fn run(cli: Cli) -> ExitCode {

@@ -13,6 +13,7 @@ mod pipeline;
 pub mod ports;
 pub mod report;
 pub mod retry;
+pub mod runtime;
 
 pub use concurrency::{Concurrency, LimitTrace};
 pub use config::{ExportConfig, LateRecordings};
