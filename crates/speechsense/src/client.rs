@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::oneshot;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use tracing::{debug, warn};
 
 use crate::config::{ClientConfig, Credentials};
@@ -25,7 +25,7 @@ use crate::proto::{
 };
 use crate::tracking::{SendProgress, Tracked};
 use crate::upload::{AudioStream, SourceError, MAX_MESSAGE_SIZE};
-use crate::{check::ConnectionCheck, container_to_proto, Container};
+use crate::{container_to_proto, Container};
 
 /// Page size of `search`.
 pub const SEARCH_PAGE_SIZE: i64 = 100;
@@ -117,7 +117,7 @@ impl SpeechSenseClient {
         &self.inner.config
     }
 
-    fn grpc(&self) -> Grpc {
+    pub(crate) fn grpc(&self) -> Grpc {
         let channel = self
             .inner
             .channel
@@ -128,14 +128,18 @@ impl SpeechSenseClient {
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
 
-    fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         match &self.inner.config.credentials {
             Credentials::ApiKey(s) | Credentials::Bearer(s) => s.expose_secret(),
         }
     }
 
     /// Wraps a message with auth, a fresh `x-client-request-id` and the send-progress flag.
-    fn request<T>(&self, message: T, progress: &SendProgress) -> Result<Request<T>, Error> {
+    pub(crate) fn request<T>(
+        &self,
+        message: T,
+        progress: &SendProgress,
+    ) -> Result<Request<T>, Error> {
         let mut auth: AsciiMetadataValue = self
             .inner
             .config
@@ -228,11 +232,20 @@ impl SpeechSenseClient {
                 log_ids(resp.metadata(), "UploadAsStream");
                 talk_id_of(resp.into_inner().talk_id)
             }
-            Err(status) => Err(self.classify(&status, true, &progress)),
+            Err(status) => Err(self.classify(&status, true, &progress).for_upload(true)),
         }
     }
 
-    /// Uploads one chat dialog with `UploadText` and returns its talk id.
+    /// Uploads one chat dialog with `UploadText` to a chat connection and returns its talk id.
+    ///
+    /// `fields` are the talk's metadata keys (as for audio); every message's `user_id` must equal the value of
+    /// `operator_id`, `client_id` or `bot_id` in `fields` — the service's documented rule, which the emulator
+    /// enforces. Messages are sent in the given order, each with its UTC timestamp (to the nanosecond) and text.
+    ///
+    /// Errors are classified as for [`SpeechSenseClient::upload_audio`]: refused by the service (bad data, an audio
+    /// connection: [`Error::InvalidData`]; key or connection: fatal), or failed before the request was fully sent
+    /// (retryable: nothing stored); a lost answer or a server fault after the whole request was sent is
+    /// [`Error::InDoubt`] — the chat may be stored, find it by its `id` key with [`SpeechSenseClient::search`].
     pub async fn upload_text(
         &self,
         connection_id: &str,
@@ -269,7 +282,7 @@ impl SpeechSenseClient {
                 true,
                 progress.is_sent(),
             )),
-            Ok(Err(status)) => Err(self.classify(&status, true, &progress)),
+            Ok(Err(status)) => Err(self.classify(&status, true, &progress).for_upload(false)),
             Ok(Ok(resp)) => {
                 log_ids(resp.metadata(), "UploadText");
                 talk_id_of(resp.into_inner().talk_id)
@@ -334,52 +347,6 @@ impl SpeechSenseClient {
         }
         Ok(ids)
     }
-
-    /// Checks API key + connection id without creating a talk: a metadata-only `UploadAsStream`,
-    /// half-closed without audio. INVALID_ARGUMENT/FAILED_PRECONDITION (no audio) means both were accepted.
-    /// Network problems and server faults are `Err` (retryable), never a verdict about key or connection.
-    pub async fn check_connection(&self, connection_id: &str) -> Result<ConnectionCheck, Error> {
-        // An empty id would be refused as INVALID_ARGUMENT and so look like success.
-        if connection_id.trim().is_empty() {
-            return Ok(ConnectionCheck::UnknownConnection(
-                "the connection id is empty".into(),
-            ));
-        }
-        if self.secret().trim().is_empty() {
-            return Ok(ConnectionCheck::BadKey("the API key is empty".into()));
-        }
-        let fields = BTreeMap::new();
-        let progress = SendProgress::default();
-        let msgs = futures::stream::iter([metadata_message(connection_id, &fields)]);
-        let req = self.request(msgs, &progress)?;
-        let timeout = self.inner.config.check_timeout;
-        let mut grpc = self.grpc();
-        match tokio::time::timeout(timeout, grpc.upload_as_stream(req)).await {
-            Err(_) => Err(Error::timeout(
-                "the connection check",
-                timeout,
-                false,
-                false,
-            )),
-            Ok(Ok(resp)) => {
-                log_ids(resp.metadata(), "check");
-                warn!(talk_id = %resp.get_ref().talk_id, "connection check unexpectedly created an empty talk");
-                Ok(ConnectionCheck::Ok)
-            }
-            Ok(Err(status)) => {
-                log_ids(status.metadata(), "check");
-                let message = scrub(status.message(), self.secret());
-                match status.code() {
-                    Code::Unauthenticated => Ok(ConnectionCheck::BadKey(message)),
-                    Code::PermissionDenied => Ok(ConnectionCheck::NoAccess(message)),
-                    Code::NotFound => Ok(ConnectionCheck::UnknownConnection(message)),
-                    Code::InvalidArgument | Code::FailedPrecondition => Ok(ConnectionCheck::Ok),
-                    // The probe carries no audio, so nothing can be in doubt.
-                    _ => Err(Error::from_status(&status, false, false, self.secret())),
-                }
-            }
-        }
-    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -397,7 +364,10 @@ fn talk_metadata(connection_id: &str, fields: &BTreeMap<String, String>) -> Talk
     }
 }
 
-fn metadata_message(connection_id: &str, fields: &BTreeMap<String, String>) -> StreamTalkRequest {
+pub(crate) fn metadata_message(
+    connection_id: &str,
+    fields: &BTreeMap<String, String>,
+) -> StreamTalkRequest {
     StreamTalkRequest {
         event: Some(stream_talk_request::Event::Metadata(talk_metadata(
             connection_id,
@@ -406,7 +376,6 @@ fn metadata_message(connection_id: &str, fields: &BTreeMap<String, String>) -> S
     }
 }
 
-/// Server-side request ids, for support tickets.
 /// The talk id of an upload's OK answer; an empty one leaves the talk in doubt (it may have been stored).
 fn talk_id_of(talk_id: String) -> Result<String, Error> {
     if talk_id.is_empty() {
@@ -418,7 +387,8 @@ fn talk_id_of(talk_id: String) -> Result<String, Error> {
     Ok(talk_id)
 }
 
-fn log_ids(md: &MetadataMap, what: &str) {
+/// Logs the server-side request ids (for support tickets).
+pub(crate) fn log_ids(md: &MetadataMap, what: &str) {
     let get = |k: &str| {
         md.get(k)
             .and_then(|v| v.to_str().ok())

@@ -6,6 +6,8 @@ use std::time::Duration;
 use b24sense_core::ErrorClass;
 use tonic::{Code, Status};
 
+use crate::check::ConnectionKind;
+
 /// What went wrong talking to SpeechSense. `Display` never contains the API key or IAM token.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,6 +23,13 @@ pub enum Error {
     /// INVALID_ARGUMENT / FAILED_PRECONDITION / OUT_OF_RANGE: this talk's data was refused; nothing was stored.
     #[error("SpeechSense refused the talk data ({code:?}): {message}")]
     InvalidData { code: Code, message: String },
+    /// INVALID_ARGUMENT naming the connection as one of a type this upload cannot go to (audio to a chat
+    /// connection, a chat to an audio connection): every upload of the run would fail the same way, so it is fatal.
+    #[error("SpeechSense refused the upload: the connection is a {} connection ({message})", found.phrase())]
+    WrongConnectionKind {
+        found: ConnectionKind,
+        message: String,
+    },
     /// Nothing was stored; the same request may succeed later. `after` is the server's hint, if any.
     #[error("SpeechSense request failed before anything was stored ({}): {message}", code_name(*code))]
     Retryable {
@@ -53,6 +62,7 @@ impl Error {
             Error::BadKey(_)
             | Error::NoAccess(_)
             | Error::UnknownConnection(_)
+            | Error::WrongConnectionKind { .. }
             | Error::InvalidEndpoint(_) => ErrorClass::Fatal,
             Error::InvalidData { .. } | Error::Rejected { .. } => ErrorClass::Permanent,
             Error::Retryable { after, .. } => ErrorClass::Retryable { after: *after },
@@ -68,6 +78,7 @@ impl Error {
             Error::BadKey(_) => Some(Code::Unauthenticated),
             Error::NoAccess(_) => Some(Code::PermissionDenied),
             Error::UnknownConnection(_) => Some(Code::NotFound),
+            Error::WrongConnectionKind { .. } => Some(Code::InvalidArgument),
             Error::InvalidData { code, .. } | Error::Rejected { code, .. } => Some(*code),
             Error::Retryable { code, .. } | Error::InDoubt { code, .. } => *code,
             Error::SourceFailed(_) | Error::InvalidEndpoint(_) => None,
@@ -123,6 +134,27 @@ impl Error {
             Code::Ok | Code::Unimplemented | Code::AlreadyExists => {
                 Error::Rejected { code, message }
             }
+        }
+    }
+
+    /// An upload's refusal that names the connection's type (see [`ConnectionKind::named_in`]) as one the upload
+    /// cannot go to — a chat connection for audio (`audio` true), an audio connection for a chat — becomes
+    /// [`Error::WrongConnectionKind`]; anything else is returned as it is.
+    pub(crate) fn for_upload(self, audio: bool) -> Error {
+        match self {
+            Error::InvalidData {
+                code: Code::InvalidArgument,
+                message,
+            } => match ConnectionKind::named_in(&message) {
+                Some(found) if found.is_audio() != audio => {
+                    Error::WrongConnectionKind { found, message }
+                }
+                _ => Error::InvalidData {
+                    code: Code::InvalidArgument,
+                    message,
+                },
+            },
+            other => other,
         }
     }
 
@@ -223,6 +255,43 @@ mod tests {
             Error::from_status(&s(Code::Unimplemented), true, true, "").class(),
             ErrorClass::Permanent
         );
+    }
+
+    #[test]
+    fn an_upload_to_the_wrong_connection_type_is_fatal() {
+        let refused = |message: &str| Error::InvalidData {
+            code: Code::InvalidArgument,
+            message: message.into(),
+        };
+        let chat = "no audio; connection c is a chat connection";
+        let mono = "no messages; connection m is a one-channel audio connection";
+        let wrong = refused(chat).for_upload(true);
+        assert!(
+            matches!(
+                wrong,
+                Error::WrongConnectionKind {
+                    found: ConnectionKind::Chat,
+                    ..
+                }
+            ),
+            "{wrong:?}"
+        );
+        assert_eq!(wrong.class(), ErrorClass::Fatal);
+        assert!(matches!(
+            refused(mono).for_upload(false),
+            Error::WrongConnectionKind {
+                found: ConnectionKind::OneChannelAudio,
+                ..
+            }
+        ));
+        // The right type, or no type named: the talk's own data was refused.
+        for (message, audio) in [(mono, true), (chat, false), ("no audio data", true)] {
+            assert_eq!(
+                refused(message).for_upload(audio).class(),
+                ErrorClass::Permanent,
+                "{message}"
+            );
+        }
     }
 
     #[test]

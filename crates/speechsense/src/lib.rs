@@ -5,7 +5,8 @@
 //!   files (`proto/`, a wire-compatible subset of Yandex Cloud's public `speechsense/v1` API; client only — the
 //!   emulator crate generates its own server stub over these types);
 //! - [`SpeechSenseClient`]: streaming audio upload in exact 1 MiB chunks, chat upload, search by `userMeta.*`, and
-//!   the connection check (a metadata-only `UploadAsStream` that creates no talk);
+//!   the connection check (a metadata-only `UploadAsStream` that creates no talk and tells the connection's type
+//!   apart where the answer names it: `probe`);
 //! - [`Error`]: every failure classified onto [`b24sense_core::ErrorClass`], telling apart "nothing was stored"
 //!   (retryable) from "the talk may exist" (in doubt) by whether the request had been fully sent.
 //!
@@ -15,6 +16,7 @@ mod check;
 mod client;
 mod config;
 mod error;
+mod probe;
 mod tracking;
 mod upload;
 
@@ -26,7 +28,7 @@ pub mod proto {
 }
 
 pub use b24sense_core::Container;
-pub use check::{ConnectionCheck, Lang};
+pub use check::{ConnectionCheck, ConnectionKind, Lang};
 pub use client::{ChatMessage, SearchScope, SpeechSenseClient, SEARCH_MAX_PAGES, SEARCH_PAGE_SIZE};
 pub use config::{ClientConfig, Credentials, DEFAULT_ENDPOINT};
 pub use error::Error;

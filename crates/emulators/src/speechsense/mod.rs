@@ -2,15 +2,19 @@
 //!
 //! It checks every upload in the real service's order — credentials, then the connection,
 //! then the payload (stream order, container, connection kind, required keys, value sizes, `date`,
-//! `direction_outgoing`, non-empty audio/messages) — and only then stores the talk. Audio is hashed while it
-//! streams in (SHA-256), never kept, so a 200 MB talk costs a few bytes of memory. A stream that errors or is reset
-//! before the client half-closes stores nothing. Faults can be injected before the store (a status), after it (a
-//! lost answer: the in-doubt case) or mid-stream (the server resets the HTTP/2 stream after K bytes).
+//! `direction_outgoing`, non-empty audio/messages, chat participants and timestamps) — and only then stores the
+//! talk. Audio goes only to the two audio connection types, chats (`UploadText`) only to chat connections; once the
+//! connection is known, every refusal names its type (`…; connection <id> is a chat connection`), which is how the
+//! client's connection check tells the types apart (the real service's wording is not documented). Audio is hashed
+//! while it streams in (SHA-256), never kept, so a 200 MB talk costs a few bytes of memory. A stream that errors or
+//! is reset before the client half-closes stores nothing. Faults can be injected before the store (a status), after
+//! it (a lost answer: the in-doubt case) or mid-stream (the server resets the HTTP/2 stream after K bytes).
 //!
 //! The parts:
 //! - this file: configuration, the shared in-memory state, what tests read back, starting and stopping;
 //! - `service`: the `TalkService` trait, recording each call and shaping its answer;
-//! - `upload`: the three upload RPCs and their checks; `validate`: credentials, connection and metadata checks;
+//! - `upload`: the audio upload RPCs and the checks every upload shares; `text`: `UploadText` (chats);
+//!   `validate`: credentials, connection and metadata checks;
 //! - `talks`: storing and updating talks; `search`: `Search` and `Get` over the stored talks;
 //! - `reset`: HTTP/2 stream resets, from the client (an abort) and to it (an injected fault).
 
@@ -18,6 +22,7 @@ mod reset;
 mod search;
 mod service;
 mod talks;
+mod text;
 mod upload;
 mod validate;
 
@@ -45,6 +50,8 @@ use self::stub::talk_service_server::TalkServiceServer;
 
 /// The gRPC status codes the fault injectors take (so tests need no direct `tonic` dependency).
 pub use tonic::Code;
+
+pub use self::text::PARTICIPANT_KEYS;
 
 /// The API key accepted by [`SpeechSenseConfig::default`].
 pub const DEFAULT_API_KEY: &str = "test-api-key";
@@ -105,19 +112,9 @@ pub const BITRIX24_CALL_KEYS: [&str; 28] = [
     "call_type",
 ];
 
-/// What a connection accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionKind {
-    TwoChannelAudio,
-    OneChannelAudio,
-    Chat,
-}
-
-impl ConnectionKind {
-    pub fn is_audio(self) -> bool {
-        !matches!(self, ConnectionKind::Chat)
-    }
-}
+/// What a connection accepts: audio (`Upload`, `UploadAsStream`) for the two audio types, `UploadText` for chats.
+/// The client's type, so that tests and the connection check speak of the same kinds.
+pub use b24sense_speechsense::ConnectionKind;
 
 /// One SpeechSense connection.
 #[derive(Debug, Clone)]
@@ -208,6 +205,17 @@ pub struct SpeechSenseConfig {
     pub faults: SpeechSenseFaults,
 }
 
+impl SpeechSenseConfig {
+    /// The ID of the first connection of this type (the default configuration has one of each:
+    /// `conn-two-channel`, `conn-mono`, `conn-chat`).
+    pub fn connection_id(&self, kind: ConnectionKind) -> Option<&str> {
+        self.connections
+            .iter()
+            .find(|c| c.kind == kind)
+            .map(|c| c.id.as_str())
+    }
+}
+
 impl Default for SpeechSenseConfig {
     fn default() -> Self {
         SpeechSenseConfig {
@@ -236,7 +244,7 @@ pub struct RawPcm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub user_id: String,
-    pub timestamp: Option<DateTime<Utc>>,
+    pub timestamp: DateTime<Utc>,
     pub text: String,
 }
 

@@ -1,20 +1,20 @@
-//! The three upload RPCs — `UploadAsStream`, `Upload`, `UploadText` — checked in the real service's order
-//! (credentials and injected fault, connection, connection kind, metadata keys, payload) before anything is stored.
+//! The audio upload RPCs — `UploadAsStream`, `Upload` — and the checks every upload (`UploadText` too, in `text`)
+//! runs in the real service's order before anything is stored: credentials and injected fault, connection,
+//! connection kind, metadata keys, payload. A refusal after the connection is known names its type ([`noted`]).
 
 use b24sense_speechsense::proto::{
-    audio_metadata, audio_streaming_request, container_audio, message, raw_audio,
-    stream_talk_request, AudioMetadata, AudioStreamingRequest, StreamTalkRequest, TalkMetadata,
-    UploadTalkRequest, UploadTextRequest,
+    audio_metadata, audio_streaming_request, container_audio, raw_audio, stream_talk_request,
+    AudioMetadata, AudioStreamingRequest, StreamTalkRequest, TalkMetadata, UploadTalkRequest,
 };
 use b24sense_speechsense::Container;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Status, Streaming};
+use tonic::{Code, Request, Status, Streaming};
 
-use super::service::{from_timestamp, TalkServiceImpl};
+use super::service::TalkServiceImpl;
 use super::talks::{container_from_proto, Payload};
 use super::validate;
-use super::{take_fault, ConnectionConfig, RawPcm, State, StoredMessage};
+use super::{take_fault, ConnectionConfig, RawPcm, State};
 
 /// Why an upload did not produce a talk id.
 pub(super) enum Failure {
@@ -64,7 +64,7 @@ impl Drop for OpenStream<'_> {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Failure {
+pub(super) fn invalid(msg: impl Into<String>) -> Failure {
     Failure::Refused(Status::invalid_argument(msg))
 }
 
@@ -102,23 +102,36 @@ fn audio_format(meta: &AudioMetadata) -> Result<(Option<Container>, Option<RawPc
     }
 }
 
-/// The connection kind must fit the RPC: audio uploads to audio connections, chats to chat connections.
+/// The connection kind must fit the RPC: audio uploads to audio connections, chats to chat connections
+/// (the rule as we model it: the real service's reaction and wording are not documented).
 fn check_kind(conn: &ConnectionConfig, audio: bool) -> Result<(), Failure> {
     match (audio, conn.kind.is_audio()) {
-        (true, false) => Err(invalid(format!(
-            "connection {} is a chat connection: use UploadText",
-            conn.id
-        ))),
-        (false, true) => Err(invalid(format!(
-            "connection {} is an audio connection: use Upload or UploadAsStream",
-            conn.id
-        ))),
+        (true, false) => Err(invalid(
+            "audio goes to an audio connection (Upload, UploadAsStream); a chat connection takes UploadText",
+        )),
+        (false, true) => Err(invalid(
+            "UploadText goes to a chat connection; an audio connection takes Upload or UploadAsStream",
+        )),
         _ => Ok(()),
     }
 }
 
+/// Once the connection is known, a refusal of the talk names the connection's type
+/// (`…; connection <id> is a chat connection`), so that the connection check can tell the types apart.
+pub(super) fn noted(conn: &ConnectionConfig) -> impl Fn(Failure) -> Failure + '_ {
+    move |failure| match failure {
+        Failure::Refused(s)
+            if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) =>
+        {
+            let message = format!("{}; {}", s.message(), conn.kind.refusal_note(&conn.id));
+            Failure::Refused(Status::new(s.code(), message))
+        }
+        other => other,
+    }
+}
+
 impl TalkServiceImpl {
-    fn auth_and_fault(&self, md: &MetadataMap) -> Result<String, Failure> {
+    pub(super) fn auth_and_fault(&self, md: &MetadataMap) -> Result<String, Failure> {
         let principal = validate::auth(md, &self.state.config)?;
         if let Some(code) = take_fault(&mut self.state.lock().before_store) {
             return Err(Failure::Refused(Status::new(
@@ -137,20 +150,21 @@ impl TalkServiceImpl {
     }
 
     /// The checks every upload runs after the credentials: the connection, its kind, then the metadata keys.
-    fn talk_connection(
+    pub(super) fn talk_connection(
         &self,
         principal: &str,
         metadata: &TalkMetadata,
         audio: bool,
     ) -> Result<&ConnectionConfig, Failure> {
         let conn = validate::connection(&self.state.config, principal, &metadata.connection_id)?;
-        check_kind(conn, audio)?;
-        validate::fields(conn, &metadata.fields)?;
+        check_kind(conn, audio)
+            .and_then(|()| Ok(validate::fields(conn, &metadata.fields)?))
+            .map_err(noted(conn))?;
         Ok(conn)
     }
 
     /// A unary upload's metadata (required) and its checked connection.
-    fn unary_talk(
+    pub(super) fn unary_talk(
         &self,
         principal: &str,
         metadata: Option<TalkMetadata>,
@@ -180,6 +194,20 @@ impl TalkServiceImpl {
             ));
         };
         let conn = self.talk_connection(&principal, &metadata, true)?;
+        self.stream_audio(conn, metadata, stream, reset_at, crid)
+            .await
+            .map_err(noted(conn))
+    }
+
+    /// The rest of an `UploadAsStream` once its talk metadata passed: the audio metadata, the chunks, the store.
+    async fn stream_audio(
+        &self,
+        conn: &ConnectionConfig,
+        metadata: TalkMetadata,
+        mut stream: Streaming<StreamTalkRequest>,
+        reset_at: Option<u64>,
+        crid: Option<String>,
+    ) -> Result<String, Failure> {
         let second = self.next(&mut stream).await?;
         let Some(StreamTalkRequest {
             event:
@@ -240,74 +268,27 @@ impl TalkServiceImpl {
         let principal = self.auth_and_fault(request.metadata())?;
         let req = request.into_inner();
         let (metadata, conn) = self.unary_talk(&principal, req.metadata, true)?;
+        let note = noted(conn);
         if !req.talk_id.is_empty() {
             if req.audio.is_some() {
-                return Err(invalid("a metadata update must not carry audio"));
+                return Err(note(invalid("a metadata update must not carry audio")));
             }
             return self.update(&conn.id, &req.talk_id, metadata.fields);
         }
-        let audio = req.audio.ok_or_else(|| invalid("audio is required"))?;
+        let audio = req
+            .audio
+            .ok_or_else(|| note(invalid("audio is required")))?;
         let audio_meta = audio
             .audio_metadata
-            .ok_or_else(|| invalid("audio.audio_metadata is required"))?;
-        let format = audio_format(&audio_meta)?;
+            .ok_or_else(|| note(invalid("audio.audio_metadata is required")))?;
+        let format = audio_format(&audio_meta).map_err(&note)?;
         let data = audio.audio_data.map(|c| c.data).unwrap_or_default();
         self.state.lock().stats.bytes_received += data.len() as u64;
         if data.is_empty() {
-            return Err(invalid("no audio data"));
+            return Err(note(invalid("no audio data")));
         }
         let payload = Payload::audio(format, hex::encode(Sha256::digest(&data)), vec![data.len()]);
         self.store("aud", &conn.id, metadata.fields, payload, crid)
             .await
-    }
-
-    pub(super) async fn text_upload(
-        &self,
-        request: Request<UploadTextRequest>,
-        crid: Option<String>,
-    ) -> Result<String, Failure> {
-        let principal = self.auth_and_fault(request.metadata())?;
-        let req = request.into_inner();
-        let (metadata, conn) = self.unary_talk(&principal, req.metadata, false)?;
-        if !req.talk_id.is_empty() {
-            if req.text_content.is_some_and(|c| !c.messages.is_empty()) {
-                return Err(invalid("a metadata update must not carry messages"));
-            }
-            return self.update(&conn.id, &req.talk_id, metadata.fields);
-        }
-        let messages = req.text_content.map(|c| c.messages).unwrap_or_default();
-        if messages.is_empty() {
-            return Err(invalid("no messages"));
-        }
-        let participants: Vec<&str> = ["operator_id", "client_id", "bot_id"]
-            .iter()
-            .filter_map(|k| metadata.fields.get(*k).map(String::as_str))
-            .filter(|v| !v.is_empty())
-            .collect();
-        let mut stored = Vec::with_capacity(messages.len());
-        for m in messages {
-            if !participants.contains(&m.user_id.as_str()) {
-                return Err(invalid(format!(
-                    "message user_id {:?} is none of operator_id, client_id, bot_id",
-                    m.user_id
-                )));
-            }
-            let Some(message::Payload::Text(text)) = m.payload else {
-                return Err(invalid("message without a text payload"));
-            };
-            stored.push(StoredMessage {
-                user_id: m.user_id,
-                timestamp: m.timestamp.as_ref().and_then(from_timestamp),
-                text: text.text,
-            });
-        }
-        self.store(
-            "txt",
-            &conn.id,
-            metadata.fields,
-            Payload::text(stored),
-            crid,
-        )
-        .await
     }
 }

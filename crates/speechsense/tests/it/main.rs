@@ -1,15 +1,19 @@
 //! The client against the in-repo SpeechSense emulator, over real sockets on 127.0.0.1. One test binary, with
 //! modules by theme:
-//! - `upload`: audio and chat uploads, what the emulator stored, uploads cut short;
+//! - `upload`: audio uploads, what the emulator stored, uploads cut short;
+//! - `text`: chat uploads (`UploadText`): accepted on chat connections only, participants, timestamps, Unicode;
+//! - `kinds`: the connection check telling two-channel audio, one-channel audio and chat connections apart;
 //! - `refusals`: bad keys, connections, metadata and endpoints, and how each failure is classified;
 //! - `faults`: injected faults and lost answers (retryable versus in doubt);
 //! - `search`: search by `userMeta.*` over pages, and fresh request ids per call;
 //! - `raw`: the emulator's own protocol rules, seen by a raw gRPC client.
 
 mod faults;
+mod kinds;
 mod raw;
 mod refusals;
 mod search;
+mod text;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -27,6 +31,7 @@ use sha2::{Digest, Sha256};
 
 const AUDIO_CONN: &str = "conn-two-channel";
 const CHAT_CONN: &str = "conn-chat";
+const MONO_CONN: &str = "conn-mono";
 
 fn fields(call_id: &str) -> BTreeMap<String, String> {
     [

@@ -10,7 +10,7 @@ use b24sense_emulators::speechsense::{
 use b24sense_speechsense::proto::talk_service_client::TalkServiceClient;
 use b24sense_speechsense::proto::UploadTalkRequest;
 use b24sense_speechsense::{
-    ClientConfig, ConnectionCheck, Credentials, Error, Lang, SpeechSenseClient,
+    ClientConfig, ConnectionCheck, ConnectionKind, Credentials, Error, Lang, SpeechSenseClient,
 };
 use futures::stream::{self, StreamExt};
 use tonic::Code;
@@ -141,12 +141,21 @@ async fn connection_errors_are_classified() {
             None,
         ),
         (
+            // Every upload of the run would fail the same way: fatal, not one call's data.
             "audio into a chat connection",
             CHAT_CONN,
             |_| {},
-            |e| matches!(e, Error::InvalidData { .. }),
-            None,
-            None,
+            |e| {
+                matches!(
+                    e,
+                    Error::WrongConnectionKind {
+                        found: ConnectionKind::Chat,
+                        ..
+                    }
+                )
+            },
+            Some(ErrorClass::Fatal),
+            Some("connection conn-chat is a chat connection"),
         ),
     ];
     for (case, conn, edit, expected, class, mentions) in cases {
@@ -200,9 +209,9 @@ async fn check_connection_outcomes() {
     );
     let cases: [Case; 5] = [
         (
-            "an IAM token, a chat connection",
+            "an IAM token",
             &bearer,
-            CHAT_CONN,
+            AUDIO_CONN,
             |v| *v == ConnectionCheck::Ok,
             None,
         ),

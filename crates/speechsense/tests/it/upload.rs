@@ -1,15 +1,13 @@
-//! Audio and chat uploads: what the emulator stored, and uploads cut short storing nothing.
+//! Audio uploads: what the emulator stored, and uploads cut short storing nothing (chats: `text`).
 
 use std::time::Duration;
 
 use b24sense_core::Container;
-use b24sense_speechsense::{ChatMessage, Error, SourceError, CHUNK_SIZE};
+use b24sense_speechsense::{Error, SourceError, CHUNK_SIZE};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::{
-    chat, client, data, emulator, eventually, fields, sha256_hex, source, AUDIO_CONN, CHAT_CONN,
-};
+use crate::{client, data, emulator, eventually, fields, sha256_hex, source, AUDIO_CONN};
 
 #[tokio::test]
 async fn upload_stores_exact_bytes_in_exact_mebibyte_chunks() {
@@ -107,39 +105,6 @@ async fn source_error_cancels_and_stores_nothing() {
         .await;
         assert_eq!(emu.talk_count(), 0, "{case}");
     }
-}
-
-#[tokio::test]
-async fn upload_text_stores_messages() {
-    let emu = emulator().await;
-    let c = client(&emu);
-    let id = c
-        .upload_text(CHAT_CONN, &fields("900"), &chat())
-        .await
-        .unwrap();
-    assert!(id.starts_with("txt") && id.len() == 20, "{id}");
-    let talk = emu.talk(&id).unwrap();
-    assert_eq!(talk.messages.len(), 2);
-    assert_eq!(talk.messages[0].user_id, "COMPANY_5");
-    assert_eq!(talk.messages[1].text, "Добрый день");
-    assert_eq!(talk.messages[1].timestamp, Some(chat()[1].timestamp));
-    assert_eq!(talk.fields, fields("900"));
-
-    let mut stranger = chat();
-    stranger[0].user_id = "stranger".into();
-    let refused: [(&str, &str, Vec<ChatMessage>); 3] = [
-        ("a message from a non-participant", CHAT_CONN, stranger),
-        ("an empty dialog", CHAT_CONN, vec![]),
-        ("a chat into an audio connection", AUDIO_CONN, chat()),
-    ];
-    for (case, conn, messages) in refused {
-        let err = c
-            .upload_text(conn, &fields("1"), &messages)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidData { .. }), "{case}: {err:?}");
-    }
-    assert_eq!(emu.talk_count(), 1);
 }
 
 #[tokio::test]
