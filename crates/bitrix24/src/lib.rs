@@ -7,7 +7,9 @@
 //! - the client (`client`): the retry policy (backoff with jitter, token refresh once, 302 portal renames) and
 //!   streaming recording downloads;
 //! - the calls b24sense needs (`methods`): keyset-paged call history in one batch ([`Bitrix24Client::list_calls`]),
-//!   name lookups, `disk.file.get` download links, `profile`.
+//!   name lookups, `disk.file.get` download links, `profile`;
+//! - Open Lines chats (`openlines`): finished sessions from their CRM activities, batched like the call listing
+//!   ([`Bitrix24Client::list_chat_sessions`]), and their histories 50 per request ([`Bitrix24Client::chat_sessions`]).
 
 mod auth;
 mod client;
@@ -17,6 +19,7 @@ mod error;
 pub mod fuzzing;
 mod limits;
 mod methods;
+mod openlines;
 mod php;
 
 pub use auth::{AccessToken, Credentials, TokenSource, WebhookUrl};
@@ -25,6 +28,7 @@ pub use envelope::{ApiResponse, BatchResponse, ResponseTime};
 pub use error::{ApiError, ApiErrorKind, Error};
 pub use limits::{RatePlan, RequestLimiter};
 pub use methods::{CallChunk, Lookup, Profile};
+pub use openlines::{SessionPage, SessionRead, ACTIVITY_SELECT};
 pub use php::encode_php_query;
 
 /// Re-exported so implementors of [`TokenSource`] need no direct `futures` dependency.

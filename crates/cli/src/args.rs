@@ -26,6 +26,9 @@ pub struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Language of every message: ru or en. Default: from the locale (LC_ALL, LC_MESSAGES, LANG: ru… → ru, else en).
+    #[arg(long, global = true, env = "B24SENSE_LANG", value_parser = lang_parser())]
+    pub lang: Option<Lang>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,6 +53,21 @@ pub enum Command {
     /// The key that encrypts stored secrets: generate a new one, rotate every secret to it, check them.
     #[command(subcommand)]
     Keys(crate::keys::KeysCommand),
+    /// Print a shell completion script on stdout (bash, zsh, fish).
+    ///
+    /// E.g. `b24sense completions bash > ~/.local/share/bash-completion/completions/b24sense`; the Debian package
+    /// installs them for every user.
+    Completions {
+        /// The shell to complete in: bash, zsh or fish (elvish and powershell work too).
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, e.g. `b24sense man | man -l -`.
+    Man {
+        /// Instead, write b24sense.1 and one page per subcommand (b24sense-export.1, …) into this existing directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -99,10 +117,14 @@ pub struct UserList(pub Vec<u64>);
 /// looked up by the call's ID instead of being uploaded again.
 #[derive(Debug, Args, Default)]
 pub struct SearchArgs {
+    /// SpeechSense organization ID; with --space-id and --project-id, uploads left in doubt are looked up instead
+    /// of being sent again.
     #[arg(long, env = "B24SENSE_ORGANIZATION_ID")]
     pub organization_id: Option<String>,
+    /// SpeechSense space ID (with --organization-id and --project-id).
     #[arg(long, env = "B24SENSE_SPACE_ID")]
     pub space_id: Option<String>,
+    /// SpeechSense project ID (with --organization-id and --space-id).
     #[arg(long, env = "B24SENSE_PROJECT_ID")]
     pub project_id: Option<String>,
 }
@@ -179,6 +201,10 @@ pub struct RunArgs {
     /// Ledger key of the portal (default: the webhook's host). Keep it when the portal is renamed.
     #[arg(long)]
     pub portal_key: Option<String>,
+    /// How long to wait for a ledger that refuses writes (disk full, read-only, locked, unreachable) before
+    /// ending with its outcomes in the recovery journal: 90s, 10m, 1h (default 10m; see docs/ledger-faults.md).
+    #[arg(long, env = "B24SENSE_LEDGER_GIVE_UP", value_name = "DURATION", value_parser = crate::ledger::parse_give_up)]
+    pub ledger_give_up: Option<std::time::Duration>,
     /// Lease length in seconds for calls and the portal (hidden: tests and crash drills use a few seconds).
     #[arg(long, hide = true, value_parser = parse_lease)]
     pub lease_seconds: Option<f64>,
@@ -219,9 +245,6 @@ pub enum RatePlanArg {
 pub struct CheckArgs {
     #[command(flatten)]
     pub speechsense: SpeechSenseArgs,
-    /// Language of the result message.
-    #[arg(long, default_value = "ru", value_parser = lang_parser())]
-    pub lang: Lang,
 }
 
 #[derive(Debug, Args)]
@@ -235,6 +258,10 @@ pub struct DemoArgs {
     /// Seed of the generated portal.
     #[arg(long, default_value = "2026")]
     pub seed: u64,
+    /// Instead of exporting: also start the application server, install the application in the emulated portal
+    /// and print one URL that opens its settings page inside a Bitrix24-like frame (runs until Ctrl-C).
+    #[arg(long)]
+    pub serve: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
     #[command(flatten)]
@@ -245,12 +272,16 @@ pub struct DemoArgs {
 pub enum EmulateCommand {
     /// A Bitrix24 portal (REST API, webhook auth, recordings) on 127.0.0.1.
     Bitrix24 {
+        /// Port on 127.0.0.1 to serve the portal on (0: any free port).
         #[arg(long, default_value = "8124")]
         port: u16,
+        /// Calls in the generated portal.
         #[arg(long, default_value = "300")]
         calls: usize,
+        /// Operators (Bitrix24 users) in the generated portal.
         #[arg(long, default_value = "12")]
         users: usize,
+        /// Seed of the generated portal: the same seed gives the same calls.
         #[arg(long, default_value = "2026")]
         seed: u64,
         /// Portal downloads (`/rest/download.json`) do not count in the emulated request limit (by default they do).
@@ -259,6 +290,7 @@ pub enum EmulateCommand {
     },
     /// Yandex SpeechSense's TalkService (gRPC, plaintext) on 127.0.0.1.
     Speechsense {
+        /// Port on 127.0.0.1 to serve SpeechSense on (0: any free port).
         #[arg(long, default_value = "8125")]
         port: u16,
         /// API key the emulator accepts.
@@ -407,6 +439,35 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and argument of every command, hidden ones included, says what it is for.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let has_help = arg
+                    .get_help()
+                    .or(arg.get_long_help())
+                    .is_some_and(|h| !h.to_string().trim().is_empty());
+                if !has_help {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "b24sense", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
     #[test]

@@ -1,13 +1,12 @@
-//! `b24sense demo` and `b24sense emulate`: the export against built-in emulators, and the emulators on their own.
-
-use std::net::SocketAddr;
+//! `b24sense demo`: the export against built-in emulators (`--serve`: the application instead, see `demo_serve`).
 
 use b24sense_bitrix24::WebhookUrl;
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use serde_json::json;
 
-use crate::args::{DemoArgs, EmulateCommand};
+use crate::args::DemoArgs;
+use crate::lang::pick;
 use crate::{exit, export_command, ExportTarget, Failure};
 
 /// Starts both emulators on free loopback ports and runs `export` against them — the same code path as a real export.
@@ -21,8 +20,12 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
     let bitrix = Bitrix24Emulator::start(portal).await.map_err(|e| {
         Failure::new(
             exit::UNAVAILABLE,
-            format!("cannot start the Bitrix24 emulator: {e}"),
+            pick(
+                "не удалось запустить эмулятор Bitrix24",
+                "cannot start the Bitrix24 emulator",
+            ),
         )
+        .with_detail(e.to_string())
     })?;
     let speech_config = SpeechSenseConfig::default();
     let api_key = speech_config.api_keys[0].clone();
@@ -32,15 +35,21 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
         .map_err(|e| {
             Failure::new(
                 exit::UNAVAILABLE,
-                format!("cannot start the SpeechSense emulator: {e}"),
+                pick(
+                    "не удалось запустить эмулятор SpeechSense",
+                    "cannot start the SpeechSense emulator",
+                ),
             )
+            .with_detail(e.to_string())
         })?;
     if !a.run.json {
-        eprintln!(
-            "demo: emulated portal with {} calls at {} · SpeechSense emulator at {}",
-            a.calls,
-            bitrix.base_url(),
-            speech.endpoint()
+        let (calls, portal, endpoint) = (a.calls, bitrix.base_url(), speech.endpoint());
+        err!(
+            "{}",
+            pick(
+                format!("демо: эмулированный портал ({calls} звонков) на {portal} · эмулятор SpeechSense на {endpoint}"),
+                format!("demo: emulated portal with {calls} calls at {portal} · SpeechSense emulator at {endpoint}"),
+            )
         );
     }
 
@@ -77,43 +86,4 @@ pub async fn run(a: DemoArgs) -> Result<u8, Failure> {
         });
     });
     export_command(target, &a.filter, &run, Some(extra)).await
-}
-
-pub async fn emulate(cmd: EmulateCommand) -> Result<u8, Failure> {
-    let result = match cmd {
-        EmulateCommand::Bitrix24 {
-            port,
-            calls,
-            users,
-            seed,
-            uncounted_downloads,
-        } => {
-            let config = PortalConfig {
-                seed,
-                calls,
-                users,
-                count_downloads: !uncounted_downloads,
-                ..PortalConfig::default()
-            };
-            b24sense_emulators::bitrix24::serve_forever(
-                config,
-                SocketAddr::from(([127, 0, 0, 1], port)),
-            )
-            .await
-        }
-        EmulateCommand::Speechsense { port, api_key } => {
-            let config = SpeechSenseConfig {
-                api_keys: vec![api_key],
-                ..SpeechSenseConfig::default()
-            };
-            b24sense_emulators::speechsense::serve_forever(
-                config,
-                SocketAddr::from(([127, 0, 0, 1], port)),
-            )
-            .await
-        }
-    };
-    result
-        .map(|_| exit::OK)
-        .map_err(|e| Failure::new(exit::UNAVAILABLE, format!("emulator: {e}")))
 }

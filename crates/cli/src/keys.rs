@@ -7,6 +7,7 @@ use b24sense_store::SecretKey;
 use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
 
+use crate::lang::pick;
 use crate::{exit, open_store, Failure};
 
 #[derive(Debug, Subcommand)]
@@ -30,11 +31,21 @@ pub struct KeysArgs {
 pub async fn run(command: KeysCommand) -> Result<u8, Failure> {
     match command {
         KeysCommand::Generate => {
-            println!("{}", SecretKey::generate_hex().expose_secret());
-            eprintln!(
-                "store it where {} (or {}) is read from; never in the database or a repository",
-                SecretKey::ENV,
-                SecretKey::FILE_ENV
+            out!("{}", SecretKey::generate_hex().expose_secret());
+            err!(
+                "{}",
+                pick(
+                    format!(
+                        "сохраните ключ там, откуда читается {} (или {}); не в базе данных и не в репозитории",
+                        SecretKey::ENV,
+                        SecretKey::FILE_ENV
+                    ),
+                    format!(
+                        "store it where {} (or {}) is read from; never in the database or a repository",
+                        SecretKey::ENV,
+                        SecretKey::FILE_ENV
+                    )
+                )
             );
             Ok(exit::OK)
         }
@@ -44,7 +55,10 @@ pub async fn run(command: KeysCommand) -> Result<u8, Failure> {
 }
 
 fn store_error(e: b24sense_store::Error) -> Failure {
-    Failure::new(exit::UNAVAILABLE, format!("database: {e}"))
+    Failure::new(
+        exit::UNAVAILABLE,
+        format!("{}: {e}", pick("база данных", "database")),
+    )
 }
 
 async fn rotate(a: KeysArgs) -> Result<u8, Failure> {
@@ -55,25 +69,51 @@ async fn rotate(a: KeysArgs) -> Result<u8, Failure> {
         .await
         .map_err(store_error)?;
     store.close().await;
-    println!(
-        "key {}: {} secrets re-encrypted now, {} under it in all, {} changed meanwhile (kept as written)",
+    let (id, resealed, current, changed) = (
         key.id(),
         report.resealed,
         report.census.current,
-        report.changed_meanwhile
+        report.changed_meanwhile,
     );
-    println!("left under another key: {}", report.census.other);
-    if report.census.other == 0 {
-        println!(
-            "done: every secret is under key {}; restart `b24sense serve` without {}",
-            key.id(),
-            SecretKey::OLD_ENV
+    out!(
+        "{}",
+        pick(
+            format!("ключ {id}: перешифровано секретов сейчас — {resealed}, всего под ним — {current}, изменено за это время — {changed} (оставлены как записаны)"),
+            format!("key {id}: {resealed} secrets re-encrypted now, {current} under it in all, {changed} changed meanwhile (kept as written)"),
+        )
+    );
+    let other = report.census.other;
+    out!(
+        "{}",
+        pick(
+            format!("осталось под другим ключом: {other}"),
+            format!("left under another key: {other}")
+        )
+    );
+    if other == 0 {
+        let old = SecretKey::OLD_ENV;
+        out!(
+            "{}",
+            pick(
+                format!(
+                    "готово: все секреты под ключом {id}; перезапустите `b24sense serve` без {old}"
+                ),
+                format!(
+                    "done: every secret is under key {id}; restart `b24sense serve` without {old}"
+                ),
+            )
         );
         return Ok(exit::OK);
     }
     unreadable_hint(&key, &report.unreadable);
     if report.unreadable.is_empty() {
-        println!("some secrets changed while rotating: run `b24sense keys rotate` again");
+        out!(
+            "{}",
+            pick(
+                "часть секретов изменилась во время перешифровки: запустите `b24sense keys rotate` ещё раз",
+                "some secrets changed while rotating: run `b24sense keys rotate` again",
+            )
+        );
     }
     Ok(exit::SOME_FAILED)
 }
@@ -84,19 +124,28 @@ async fn check(a: KeysArgs) -> Result<u8, Failure> {
     let census = store.secret_census(&key).await.map_err(store_error)?;
     let unreadable = store.unreadable_secrets(&key).await.map_err(store_error)?;
     store.close().await;
-    println!(
-        "{} secrets: {} under key {}, {} under another key, {} cannot be decrypted",
+    let (all, current, id, other, bad) = (
         census.current + census.other,
         census.current,
         key.id(),
         census.other,
-        unreadable.len()
+        unreadable.len(),
+    );
+    out!(
+        "{}",
+        pick(
+            format!("секретов: {all}; под ключом {id} — {current}, под другим ключом — {other}, не расшифровываются — {bad}"),
+            format!("{all} secrets: {current} under key {id}, {other} under another key, {bad} cannot be decrypted"),
+        )
     );
     if unreadable.is_empty() {
-        if census.other > 0 {
-            println!(
-                "run `b24sense keys rotate` to move them under key {}",
-                key.id()
+        if other > 0 {
+            out!(
+                "{}",
+                pick(
+                    format!("запустите `b24sense keys rotate`, чтобы перевести их под ключ {id}"),
+                    format!("run `b24sense keys rotate` to move them under key {id}"),
+                )
             );
         }
         return Ok(exit::OK);
@@ -110,21 +159,32 @@ fn unreadable_hint(key: &SecretKey, unreadable: &[String]) {
     if unreadable.is_empty() {
         return;
     }
-    println!(
-        "{} secrets open with neither key: {}",
-        unreadable.len(),
-        unreadable.join(", ")
+    let (n, list) = (unreadable.len(), unreadable.join(", "));
+    out!(
+        "{}",
+        pick(
+            format!("секретов, которые не открывает ни один ключ: {n}: {list}"),
+            format!("{n} secrets open with neither key: {list}"),
+        )
     );
     if key.has_previous() {
-        println!(
-            "they were saved with a third key; reinstalling the application on those portals (and saving the \
-             API key again) replaces them"
+        out!(
+            "{}",
+            pick(
+                "они сохранены третьим ключом; переустановите приложение на этих порталах (и сохраните API-ключ \
+                 заново) — это их заменит",
+                "they were saved with a third key; reinstalling the application on those portals (and saving the \
+                 API key again) replaces them",
+            )
         );
     } else {
-        println!(
-            "set {} (or {}) to the previous key and run again",
-            SecretKey::OLD_ENV,
-            SecretKey::OLD_FILE_ENV
+        let (old, old_file) = (SecretKey::OLD_ENV, SecretKey::OLD_FILE_ENV);
+        out!(
+            "{}",
+            pick(
+                format!("укажите в {old} (или {old_file}) прежний ключ и запустите снова"),
+                format!("set {old} (or {old_file}) to the previous key and run again"),
+            )
         );
     }
 }

@@ -1,12 +1,20 @@
 //! `b24sense` — the command-line front end. It only parses flags, builds the clients, the ledger and the engine,
 //! and prints what happened; all the work lives in the library crates.
 
+// First: its `out!`/`err!` macros are used by the modules below.
+#[macro_use]
+mod hygiene;
 mod args;
+mod completions;
 mod demo;
+mod demo_serve;
+mod emulate;
 mod keys;
+mod lang;
 mod ledger;
 mod log_escape;
 mod output;
+mod preflight;
 mod progress;
 mod serve;
 
@@ -20,12 +28,8 @@ use b24sense_bitrix24::{
 use b24sense_core::CallFilter;
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
 use b24sense_engine::{run_export, EngineError, ExportConfig, ProgressEvent, ProgressFn, Summary};
-use b24sense_speechsense::{
-    ClientConfig as SpeechSenseConfig, Credentials as SpeechSenseCredentials, SpeechSenseClient,
-};
 use b24sense_store::Store;
 use clap::Parser;
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Cli, Command, FilterArgs, RatePlanArg, RunArgs};
@@ -46,11 +50,13 @@ pub mod exit {
     pub const INTERRUPTED: u8 = 130;
 }
 
-/// An error that ends the command, with its exit code.
+/// An error that ends the command, with its exit code: a message in the run's language saying what to do, and
+/// the raw technical detail (often English text of a library or a server), printed on its own line.
 #[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    pub detail: Option<String>,
 }
 
 impl Failure {
@@ -58,25 +64,46 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Failure {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    lang::init(cli.lang);
+    hygiene::quiet_broken_pipe_panics();
     init_tracing(cli.verbose);
-    let serving = matches!(cli.command, Command::Serve(_));
+    let serving = match &cli.command {
+        Command::Serve(_) => true,
+        Command::Demo(a) => a.serve,
+        _ => false,
+    };
     match runtime(serving) {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            hygiene::print_failure(
+                &Failure::new(
+                    exit::UNAVAILABLE,
+                    lang::pick(
+                        "не удалось запустить среду выполнения",
+                        "cannot start the async runtime",
+                    ),
+                )
+                .with_detail(e.to_string()),
+            );
             ExitCode::from(exit::UNAVAILABLE)
         }
     }
 }
 
-/// `serve` (many portals at once) gets a worker thread per core; everything else exports one portal, on the
-/// engine's export runtime (one worker thread, one malloc arena: `b24sense_engine::runtime`).
+/// `serve` and `demo --serve` (many portals at once) get a worker thread per core; everything else exports one
+/// portal, on the engine's export runtime (one worker thread, one malloc arena: `b24sense_engine::runtime`).
 fn runtime(serving: bool) -> std::io::Result<tokio::runtime::Runtime> {
     if serving {
         tokio::runtime::Builder::new_multi_thread()
@@ -94,7 +121,7 @@ async fn run(cli: Cli) -> ExitCode {
             let search = match search_scope(&a.search, &a.speechsense.connection_id) {
                 Ok(s) => s,
                 Err(f) => {
-                    eprintln!("error: {}", f.message);
+                    hygiene::print_failure(&f);
                     return ExitCode::from(f.code);
                 }
             };
@@ -112,18 +139,21 @@ async fn run(cli: Cli) -> ExitCode {
             };
             export_command(target, &a.filter, &a.run, None).await
         }
-        Command::Check(a) => check_command(a).await,
+        Command::Check(a) => preflight::check_command(a).await,
         Command::Status(a) => ledger::status(a).await,
         Command::Retry(a) => ledger::retry(a).await,
+        Command::Demo(a) if a.serve => demo_serve::run(*a).await,
         Command::Demo(a) => demo::run(*a).await,
-        Command::Emulate(e) => demo::emulate(e).await,
+        Command::Emulate(e) => emulate::run(e).await,
         Command::Serve(a) => serve::run(*a).await,
         Command::Keys(k) => keys::run(k).await,
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man { dir } => completions::man(dir.as_deref()),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            hygiene::print_failure(&f);
             ExitCode::from(f.code)
         }
     }
@@ -139,7 +169,8 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(hygiene::stderr_colour());
     // Values are escaped (log_escape): a request field cannot start a forged line.
     // B24SENSE_LOG_FORMAT=json: one JSON object per line (for `serve` under a log collector).
     if std::env::var("B24SENSE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
@@ -219,7 +250,10 @@ fn search_scope(
 
 pub async fn open_store(database: &Option<String>) -> Result<Store, Failure> {
     let database = match database {
-        Some(d) => d.clone(),
+        Some(d) => {
+            hygiene::check_database_dir(d)?;
+            d.clone()
+        }
         None => default_database()?,
     };
     Store::open(&database).await.map_err(|e| {
@@ -256,8 +290,12 @@ fn shutdown_on_signals() -> CancellationToken {
             wait_for_signal().await;
             count += 1;
             if count == 1 {
-                eprintln!(
-                    "stopping: finishing uploads in flight (press Ctrl-C again to quit at once)"
+                err!(
+                    "{}",
+                    lang::pick(
+                        "остановка: доделываю начатые выгрузки (Ctrl-C ещё раз — выйти сразу)",
+                        "stopping: finishing uploads in flight (press Ctrl-C again to quit at once)"
+                    )
                 );
                 t.cancel();
             } else {
@@ -313,24 +351,22 @@ pub async fn export_command(
                 })?
         }
     };
+    // A PostgreSQL ledger's recovery journal lives in the data directory (docs/ledger-faults.md).
+    let store = ledger::with_recovery(store);
 
     let rate = match run.rate_plan {
         RatePlanArg::Standard => RatePlan::STANDARD,
         RatePlanArg::Enterprise => RatePlan::ENTERPRISE,
     };
     let bitrix = Bitrix24Client::new(
-        Bitrix24Credentials::Webhook(target.webhook),
+        Bitrix24Credentials::Webhook(target.webhook.clone()),
         Bitrix24Config {
             rate,
             ..Bitrix24Config::default()
         },
     )
     .map_err(|e| Failure::new(exit::USAGE, format!("--bitrix24-webhook: {e}")))?;
-    let speech = SpeechSenseClient::new(SpeechSenseConfig::new(
-        target.endpoint,
-        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key)),
-    ))
-    .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))?;
+    let speech = preflight::speechsense_client(target.endpoint.clone(), target.api_key)?;
 
     let mut config = ExportConfig::new(target.portal_key, target.connection_id);
     config.filter = filter;
@@ -338,15 +374,20 @@ pub async fn export_command(
     config.language = run.language.clone();
     config.concurrency = run.concurrency.setting();
     config.dry_run = run.dry_run;
+    if let Some(give_up) = run.ledger_give_up {
+        config.ledger_give_up = give_up;
+    }
     if let Some(secs) = run.lease_seconds {
         config.lease = Duration::from_secs_f64(secs);
         config.portal_lease = Duration::from_secs_f64(secs);
     }
 
-    // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal.
+    // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal; then one
+    // cheap request to the portal (down, webhook refused, scopes missing) before listing anything.
     if !run.dry_run {
-        preflight(&speech, &config.connection_id).await?;
+        preflight::speechsense(&speech, &target.endpoint, &config.connection_id).await?;
     }
+    preflight::portal(&target.webhook).await?;
 
     let report = match &run.report {
         Some(path) => Some(Arc::new(output::ReportFile::create(path).map_err(|e| {
@@ -413,7 +454,7 @@ pub async fn export_command(
         Ok(s) => (s, None),
         Err(EngineError::Stopped { reason, summary }) => (*summary, Some(reason)),
         Err(e @ EngineError::Config(_)) => return Err(Failure::new(exit::USAGE, e.to_string())),
-        Err(e) => return Err(Failure::new(exit::UNAVAILABLE, e.to_string())),
+        Err(e) => return Err(output::stopped(exit::UNAVAILABLE, &e.to_string())),
     };
     if let (Some(path), Some(file)) = (&run.report, &report) {
         file.finish().map_err(|e| {
@@ -427,7 +468,7 @@ pub async fn export_command(
     if let Some(extra) = extra_stats {
         extra(&mut stats);
     }
-    output::print_summary(&summary, &stats, run.json, run.dry_run);
+    output::print_summary(&summary, &stats, run.json, run.dry_run, fatal.is_some());
 
     Ok(exit_code(
         &summary,
@@ -435,7 +476,7 @@ pub async fn export_command(
         shutdown.is_cancelled(),
     ))
     .and_then(|code| match fatal {
-        Some(reason) => Err(Failure::new(code, reason)),
+        Some(reason) => Err(output::stopped(code, &reason)),
         None => Ok(code),
     })
 }
@@ -465,62 +506,4 @@ fn is_refusal(reason: &str) -> bool {
     ]
     .iter()
     .any(|k| r.contains(k))
-}
-
-async fn preflight(speech: &SpeechSenseClient, connection_id: &str) -> Result<(), Failure> {
-    let lang = b24sense_speechsense::Lang::En;
-    match tokio::time::timeout(
-        Duration::from_secs(30),
-        speech.check_connection(connection_id),
-    )
-    .await
-    {
-        Ok(Ok(b24sense_speechsense::ConnectionCheck::Ok)) => Ok(()),
-        Ok(Ok(refused)) => Err(Failure::new(exit::REFUSED, refused.message(lang))),
-        Ok(Err(e)) => Err(Failure::new(
-            exit::UNAVAILABLE,
-            unreachable_message(lang, &e.to_string()),
-        )),
-        Err(_) => Err(Failure::new(
-            exit::UNAVAILABLE,
-            "SpeechSense did not answer within 30 s",
-        )),
-    }
-}
-
-async fn check_command(a: args::CheckArgs) -> Result<u8, Failure> {
-    let client = SpeechSenseClient::new(SpeechSenseConfig::new(
-        a.speechsense.speechsense_endpoint,
-        SpeechSenseCredentials::ApiKey(SecretString::from(a.speechsense.api_key)),
-    ))
-    .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))?;
-    let lang = a.lang;
-    let check = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.check_connection(&a.speechsense.connection_id),
-    )
-    .await
-    .map_err(|_| Failure::new(exit::UNAVAILABLE, "SpeechSense did not answer within 30 s"))?;
-    match check {
-        Ok(result) => {
-            let ok = matches!(result, b24sense_speechsense::ConnectionCheck::Ok);
-            if ok {
-                println!("{}", result.message(lang));
-                Ok(exit::OK)
-            } else {
-                Err(Failure::new(exit::REFUSED, result.message(lang)))
-            }
-        }
-        Err(e) => Err(Failure::new(
-            exit::UNAVAILABLE,
-            unreachable_message(lang, &e.to_string()),
-        )),
-    }
-}
-
-fn unreachable_message(lang: b24sense_speechsense::Lang, detail: &str) -> String {
-    match lang {
-        b24sense_speechsense::Lang::Ru => format!("Не удалось связаться с SpeechSense: {detail}"),
-        b24sense_speechsense::Lang::En => format!("Could not reach SpeechSense: {detail}"),
-    }
 }

@@ -9,6 +9,9 @@ use b24sense_bitrix24::ClientStats;
 use b24sense_engine::{CallReport, DownloadAccounting, Summary};
 use serde_json::{json, Value};
 
+use crate::lang::pick;
+use crate::{exit, Failure};
+
 /// The summary as JSON, with the REST client's counters.
 pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
     let mut v = serde_json::to_value(summary).unwrap_or_else(|_| json!({}));
@@ -71,12 +74,58 @@ impl ReportFile {
 }
 
 fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+    format!("{:.1} {}", bytes as f64 / 1_000_000.0, pick("МБ", "MB"))
 }
 
-pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool) {
+/// A skip or failure reason as the run's language names it (English: the ledger's own code, as `retry --reason`
+/// takes it).
+fn reason_text(code: &str) -> &str {
+    if !crate::lang::is_ru() {
+        return code;
+    }
+    match code {
+        "no_recording" => "нет записи",
+        "too_long" => "слишком длинный",
+        "mono_recording" => "одноканальная запись",
+        "already_uploaded" => "уже выгружен",
+        "unsupported_audio" => "неподдерживаемый формат записи",
+        "recording_unavailable" => "запись недоступна",
+        "download_failed" => "не удалось скачать запись",
+        "invalid_data" => "SpeechSense не принял данные",
+        "upload_failed" => "не удалось выгрузить",
+        "portal_error" => "ошибка портала",
+        "in_doubt" => "исход выгрузки неизвестен",
+        "interrupted" => "прервано",
+        other => other,
+    }
+}
+
+/// The error that ends a run stopped by a fatal error (the engine's English reason as its technical detail).
+pub fn stopped(code: u8, reason: &str) -> Failure {
+    let message = match code {
+        exit::REFUSED => pick(
+            "выгрузка остановлена: Bitrix24 или SpeechSense отказали в доступе. Проверьте вебхук, API-ключ и ID \
+             подключения (b24sense check проверит ключ и подключение); уже выгруженные звонки повторно не \
+             отправляются.",
+            "the export stopped: Bitrix24 or SpeechSense refused access. Check the webhook, the API key and the \
+             connection ID (b24sense check tests the key and the connection); calls already uploaded are never \
+             sent again.",
+        ),
+        _ => pick(
+            "выгрузка остановлена: Bitrix24, SpeechSense или журнал перестали отвечать. Запустите выгрузку снова, \
+             когда они будут доступны; уже выгруженные звонки повторно не отправляются.",
+            "the export stopped: Bitrix24, SpeechSense or the ledger stopped answering. Run the export again when \
+             they are back; calls already uploaded are never sent again.",
+        ),
+    };
+    Failure::new(code, message).with_detail(reason)
+}
+
+/// The run's summary on stdout: JSON, or lines in the run's language. `fatal`: the run was stopped by an error
+/// (printed after this), so it neither "finished" nor says what to do next.
+pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool, fatal: bool) {
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(stats).unwrap_or_default()
         );
@@ -85,78 +134,225 @@ pub fn print_summary(summary: &Summary, stats: &Value, json: bool, dry_run: bool
     let secs = summary.wall_time.as_secs_f64();
     if dry_run {
         let w = summary.would_upload.clone().unwrap_or_default();
-        println!(
-            "dry run: {} qualifying calls found in {secs:.1} s",
-            summary.found
+        if fatal {
+            out!(
+                "{}",
+                pick(
+                    format!(
+                        "пробный прогон остановлен через {secs:.1} с; найдено звонков: {}",
+                        summary.found
+                    ),
+                    format!(
+                        "dry run stopped after {secs:.1} s; {} qualifying calls found",
+                        summary.found
+                    ),
+                )
+            );
+            return;
+        }
+        out!(
+            "{}",
+            pick(
+                format!(
+                    "пробный прогон: найдено {} подходящих звонков за {secs:.1} с",
+                    summary.found
+                ),
+                format!(
+                    "dry run: {} qualifying calls found in {secs:.1} s",
+                    summary.found
+                ),
+            )
         );
-        println!(
-            "  would upload      {:>7} calls, {} minutes of audio",
-            w.calls, w.minutes
+        out!(
+            "{}",
+            pick(
+                format!(
+                    "  будет выгружено     {:>7} звонков, {} минут записи",
+                    w.calls, w.minutes
+                ),
+                format!(
+                    "  would upload      {:>7} calls, {} minutes of audio",
+                    w.calls, w.minutes
+                ),
+            )
         );
-        println!("  already uploaded  {:>7}", w.already_uploaded);
-        println!("  no recording yet  {:>7}", w.without_recording);
-        println!("nothing was uploaded");
+        out!(
+            "{}{:>7}",
+            pick("  уже выгружено       ", "  already uploaded  "),
+            w.already_uploaded
+        );
+        out!(
+            "{}{:>7}",
+            pick("  ещё без записи      ", "  no recording yet  "),
+            w.without_recording
+        );
+        out!("{}", pick("ничего не выгружено", "nothing was uploaded"));
         return;
     }
-    println!(
-        "export finished in {secs:.1} s: {} qualifying calls",
-        summary.found
+    out!(
+        "{}",
+        match fatal {
+            true => pick(
+                format!(
+                    "выгрузка остановлена через {secs:.1} с; подходящих звонков: {}",
+                    summary.found
+                ),
+                format!(
+                    "export stopped after {secs:.1} s: {} qualifying calls",
+                    summary.found
+                ),
+            ),
+            false => pick(
+                format!(
+                    "выгрузка завершена за {secs:.1} с; подходящих звонков: {}",
+                    summary.found
+                ),
+                format!(
+                    "export finished in {secs:.1} s: {} qualifying calls",
+                    summary.found
+                ),
+            ),
+        }
     );
-    println!(
-        "  uploaded          {:>7}  ({} mono)",
-        summary.uploaded, summary.uploaded_mono
+    out!(
+        "{}",
+        pick(
+            format!(
+                "  выгружено           {:>7}  (моно: {})",
+                summary.uploaded, summary.uploaded_mono
+            ),
+            format!(
+                "  uploaded          {:>7}  ({} mono)",
+                summary.uploaded, summary.uploaded_mono
+            ),
+        )
     );
     if summary.reuploaded_after_crash > 0 {
-        println!(
-            "  re-uploaded after crash {:>3}  (possible duplicates, see the report)",
-            summary.reuploaded_after_crash
+        out!(
+            "{}",
+            pick(
+                format!(
+                    "  выгружено повторно после сбоя {:>3}  (возможны дубликаты, см. отчёт)",
+                    summary.reuploaded_after_crash
+                ),
+                format!(
+                    "  re-uploaded after crash {:>3}  (possible duplicates, see the report)",
+                    summary.reuploaded_after_crash
+                ),
+            )
         );
     }
     for (reason, n) in &summary.skipped {
-        println!("  skipped           {n:>7}  {reason}");
+        let reason = reason_text(reason);
+        out!(
+            "{}{n:>7}  {reason}",
+            pick("  пропущено           ", "  skipped           ")
+        );
     }
     for (reason, n) in &summary.failed {
-        println!("  failed            {n:>7}  {reason}");
+        let reason = reason_text(reason);
+        out!(
+            "{}{n:>7}  {reason}",
+            pick("  не выгружено        ", "  failed            ")
+        );
     }
     if summary.bad_rows > 0 {
-        println!("  unreadable rows   {:>7}", summary.bad_rows);
+        out!(
+            "{}{:>7}",
+            pick("  нечитаемых строк    ", "  unreadable rows   "),
+            summary.bad_rows
+        );
     }
-    println!(
-        "  audio             {} · {} minutes · {:.1} uploads/s",
+    let (size, minutes, rate) = (
         mb(summary.bytes_uploaded),
         summary.seconds_uploaded / 60,
-        summary.uploaded as f64 / secs.max(0.001)
+        summary.uploaded as f64 / secs.max(0.001),
+    );
+    out!(
+        "{}",
+        pick(
+            format!("  записи              {size} · {minutes} мин · {rate:.1} выгрузок/с"),
+            format!("  audio             {size} · {minutes} minutes · {rate:.1} uploads/s"),
+        )
     );
     let rest = &stats["rest"];
-    println!(
-        "  Bitrix24 REST     {} requests · {} rate-limit rejections · {} downloads",
-        rest["requests"], rest["rate_limited"], rest["downloads"]
+    let (req, limited, downloads) = (&rest["requests"], &rest["rate_limited"], &rest["downloads"]);
+    out!(
+        "{}",
+        pick(
+            format!("  REST Bitrix24       запросов {req} · отказов по лимиту {limited} · скачиваний {downloads}"),
+            format!("  Bitrix24 REST     {req} requests · {limited} rate-limit rejections · {downloads} downloads"),
+        )
     );
     match summary.download_accounting {
-        Some(DownloadAccounting::Counted) => println!(
-            "  portal downloads  counted in its request limit (learned from a refusal, remembered for later runs)"
+        Some(DownloadAccounting::Counted) => out!(
+            "{}",
+            pick(
+                "  скачивания с портала входят в его лимит запросов (узнано из отказа, запомнено для следующих \
+                 запусков)",
+                "  portal downloads  counted in its request limit (learned from a refusal, remembered for later runs)",
+            )
         ),
-        Some(DownloadAccounting::Uncounted) => {
-            println!("  portal downloads  not counted in its request limit")
-        }
+        Some(DownloadAccounting::Uncounted) => out!(
+            "{}",
+            pick(
+                "  скачивания с портала не входят в его лимит запросов",
+                "  portal downloads  not counted in its request limit",
+            )
+        ),
         None => {}
     }
     if let Some(emu) = stats.get("emulators") {
-        println!(
-            "  emulated portal   {} HTTP requests · {} rejected by its rate limit · {} sent",
-            emu["portal_http_requests"],
-            emu["portal_rate_limited"],
-            mb(emu["portal_bytes_sent"].as_u64().unwrap_or(0))
+        let (http, limited, sent) = (
+            &emu["portal_http_requests"],
+            &emu["portal_rate_limited"],
+            mb(emu["portal_bytes_sent"].as_u64().unwrap_or(0)),
         );
-        println!("  SpeechSense       {} talks stored", emu["talks_stored"]);
+        let talks = &emu["talks_stored"];
+        out!(
+            "{}",
+            pick(
+                format!("  эмулятор портала    HTTP-запросов {http} · отказов по лимиту {limited} · отдано {sent}"),
+                format!("  emulated portal   {http} HTTP requests · {limited} rejected by its rate limit · {sent} sent"),
+            )
+        );
+        out!(
+            "{}",
+            pick(
+                format!("  SpeechSense         сохранено разговоров: {talks}"),
+                format!("  SpeechSense       {talks} talks stored"),
+            )
+        );
     }
-    if let Some(reason) = &summary.stopped {
-        println!("  stopped early: {reason}");
+    if fatal {
+        return; // the error, printed next, says why and what to do
+    }
+    match summary.stopped.as_deref() {
+        None => {}
+        Some("shutdown requested") => out!(
+            "{}",
+            pick(
+                "  остановлено по сигналу (Ctrl-C): начатые выгрузки доделаны",
+                "  stopped early: shutdown requested",
+            )
+        ),
+        Some(reason) if crate::lang::is_ru() => {
+            out!("  остановлено досрочно; причина, как её сообщила система:");
+            out!("    {reason}");
+        }
+        Some(reason) => out!("  stopped early: {reason}"),
     }
     let failed = summary.failed_total();
     if failed > 0 {
-        println!(
-            "{failed} calls failed; run again to retry them (uploaded calls are never sent twice)"
+        out!(
+            "{}",
+            pick(
+                format!(
+                    "не выгружено звонков: {failed}; запустите выгрузку снова, чтобы повторить их (выгруженные \
+                     звонки второй раз не отправляются)"
+                ),
+                format!("{failed} calls failed; run again to retry them (uploaded calls are never sent twice)"),
+            )
         );
     }
 }

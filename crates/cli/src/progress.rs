@@ -9,6 +9,8 @@ use b24sense_core::Outcome;
 use b24sense_engine::{ProgressEvent, ProgressFn};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::lang::pick;
+
 /// Counts shown while a run goes on.
 #[derive(Default)]
 struct Counts {
@@ -27,14 +29,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal (and `quiet` is off), log lines otherwise.
+    /// A bar when stderr is a terminal (and `quiet` is off), log lines otherwise; in colour unless `NO_COLOR`.
     pub fn new(quiet: bool) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
+            let (spinner, bar_style) = match crate::hygiene::stderr_colour() {
+                true => ("{spinner:.green}", "{bar:32.cyan/blue}"),
+                false => ("{spinner}", "{bar:32}"),
+            };
+            let rest = pick(
+                "{pos}/{len} звонков · {per_sec} · осталось {eta} · {msg}",
+                "{pos}/{len} calls · {per_sec} · ETA {eta} · {msg}",
+            );
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner:.green} [{elapsed_precise}] {bar:32.cyan/blue} {pos}/{len} calls · {per_sec} · ETA {eta} · {msg}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{spinner} [{{elapsed_precise}}] {bar_style} {rest}"
+                ))
                 .expect("valid template")
                 .progress_chars("█▉▊▋▌▍▎▏ "),
             );
@@ -66,7 +76,13 @@ impl Progress {
                 if let Some(bar) = &bar {
                     bar.set_length(*total);
                 } else if !quiet {
-                    eprintln!("listing done: {total} qualifying calls");
+                    err!(
+                        "{}",
+                        pick(
+                            format!("список готов: подходящих звонков {total}"),
+                            format!("listing done: {total} qualifying calls"),
+                        )
+                    );
                 }
             }
             ProgressEvent::Settled(report) => {
@@ -79,17 +95,20 @@ impl Progress {
                 slot.fetch_add(1, Ordering::Relaxed);
                 if let Some(bar) = &bar {
                     bar.inc(1);
-                    bar.set_message(format!(
-                        "uploaded {} · skipped {} · failed {}",
+                    let (u, s, f) = (
                         counts.uploaded.load(Ordering::Relaxed),
                         counts.skipped.load(Ordering::Relaxed),
-                        counts.failed.load(Ordering::Relaxed)
+                        counts.failed.load(Ordering::Relaxed),
+                    );
+                    bar.set_message(pick(
+                        format!("выгружено {u} · пропущено {s} · ошибок {f}"),
+                        format!("uploaded {u} · skipped {s} · failed {f}"),
                     ));
                 } else if !quiet {
                     let mut last = last_line.lock().unwrap();
                     if last.elapsed() >= Duration::from_secs(2) {
                         *last = Instant::now();
-                        eprintln!("{}", line(&counts, started));
+                        err!("{}", line(&counts, started));
                     }
                 }
             }
@@ -102,9 +121,14 @@ impl Progress {
             }
             ProgressEvent::BadRow { detail } => {
                 if let Some(bar) = &bar {
-                    bar.println(format!("warning: unreadable call row: {detail}"));
+                    bar.println(pick(
+                        format!("внимание: нечитаемая строка звонка:\n  {detail}"),
+                        format!("warning: unreadable call row: {detail}"),
+                    ));
                 }
             }
+            // Printed in every output mode: it says what is wrong with the ledger and what to do.
+            ProgressEvent::Ledger(health) => crate::ledger::print_health(health, bar.as_ref()),
         })
     }
 
@@ -112,7 +136,7 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         } else if !quiet {
-            eprintln!("{}", line(&self.counts, self.started));
+            err!("{}", line(&self.counts, self.started));
         }
     }
 }
@@ -120,12 +144,20 @@ impl Progress {
 fn line(c: &Counts, started: Instant) -> String {
     let done = c.done.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64().max(0.001);
-    format!(
-        "progress: {done}/{} calls settled (uploaded {}, skipped {}, failed {}) · {:.1} calls/s",
+    let (found, u, s, f, rate) = (
         c.found.load(Ordering::Relaxed),
         c.uploaded.load(Ordering::Relaxed),
         c.skipped.load(Ordering::Relaxed),
         c.failed.load(Ordering::Relaxed),
-        done as f64 / secs
+        done as f64 / secs,
+    );
+    pick(
+        format!(
+            "ход выгрузки: обработано {done}/{found} звонков (выгружено {u}, пропущено {s}, ошибок {f}) · {rate:.1} \
+             звонков/с"
+        ),
+        format!(
+            "progress: {done}/{found} calls settled (uploaded {u}, skipped {s}, failed {f}) · {rate:.1} calls/s"
+        ),
     )
 }

@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::args::{RatePlanArg, DEFAULT_SPEECHSENSE_ENDPOINT};
+use crate::lang::pick;
 use crate::{exit, open_store, Failure};
 
 #[derive(Debug, Args)]
@@ -44,6 +45,7 @@ pub struct ServeArgs {
     /// check after 2 minutes, then with doubling spacing, at most hourly); after that the call is `no_recording`.
     #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u64).range(1..=720))]
     pub recording_horizon: u64,
+    /// Bitrix24 plan's REST limits: standard (2 req/s, burst 50) or enterprise (5 req/s, burst 250).
     #[arg(long, value_enum, default_value = "standard")]
     pub rate_plan: RatePlanArg,
     /// Seconds between keep-alive passes that refresh the tokens of idle installations.
@@ -74,8 +76,9 @@ pub struct ServeArgs {
     /// Connections open at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
     pub max_connections: u64,
-    /// Accept portals over plain http (the local emulator only).
-    #[arg(long, hide = true)]
+    /// For local emulators only: accept a plain http:// --public-url and portals over http (e.g. the Bitrix24
+    /// emulator of `b24sense emulate bitrix24`). Never on a server Bitrix24 reaches from the internet.
+    #[arg(long)]
     pub allow_http_portals: bool,
 }
 
@@ -95,17 +98,30 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     // First the key: without it nothing secret can be stored or read.
     let key = SecretKey::from_env().map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     if key.has_previous() {
-        eprintln!(
-            "b24sense serve: key rotation under way: secrets are written under key {}, the one in {} is still \
-             read; run `b24sense keys rotate`, then restart without it",
-            key.id(),
-            SecretKey::OLD_ENV
+        let (id, old) = (key.id(), SecretKey::OLD_ENV);
+        err!(
+            "{}",
+            pick(
+                format!(
+                    "b24sense serve: идёт смена ключа: секреты записываются под ключом {id}, ключ из {old} ещё \
+                     читается; выполните `b24sense keys rotate` и перезапустите без него"
+                ),
+                format!(
+                    "b24sense serve: key rotation under way: secrets are written under key {id}, the one in {old} \
+                     is still read; run `b24sense keys rotate`, then restart without it"
+                ),
+            )
         );
     }
     if a.public_url.scheme() != "https" && !a.allow_http_portals {
         return Err(Failure::new(
             exit::USAGE,
-            "--public-url: Bitrix24 needs an https:// handler URL",
+            pick(
+                "--public-url: Bitrix24 открывает приложения только по https://; для локального эмулятора \
+                 добавьте --allow-http-portals",
+                "--public-url: Bitrix24 needs an https:// handler URL; for a local emulator add \
+                 --allow-http-portals",
+            ),
         ));
     }
     let store = open_store(&a.database).await?;
@@ -148,9 +164,13 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::new(exit::UNAVAILABLE, e.to_string()))?;
-    eprintln!(
-        "b24sense serve: listening on {addr}; handler {}app, install {}install",
-        a.public_url, a.public_url
+    let url = &a.public_url;
+    err!(
+        "{}",
+        pick(
+            format!("b24sense serve: слушаю {addr}; обработчик {url}app, установка {url}install"),
+            format!("b24sense serve: listening on {addr}; handler {url}app, install {url}install"),
+        )
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let s = shutdown.clone();

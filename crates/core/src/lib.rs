@@ -5,6 +5,7 @@
 //!   `null`/`""`/`"0"` for "no value");
 //! - [`CallFilter`]: which calls qualify (the settings form's filters);
 //! - [`mapping`]: how a call becomes SpeechSense talk metadata (`docs/mapping.md`);
+//! - [`chat`]: Open Lines sessions and how one becomes a SpeechSense chat talk (`UploadText`);
 //! - [`audio`]: container and channel detection from a recording's first bytes;
 //! - [`outcome`]: ledger states and the per-call outcome with its reasons;
 //! - [`ErrorClass`]: the retry taxonomy every adapter error maps onto.
@@ -13,6 +14,7 @@
 
 pub mod audio;
 pub mod call;
+pub mod chat;
 pub mod error;
 pub mod filter;
 pub mod lenient;

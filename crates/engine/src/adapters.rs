@@ -91,6 +91,7 @@ impl CallSource for Bitrix24Source {
         Ok(Recording {
             content_length: d.content_length,
             bytes: d.stream.map_err(|e| e.to_string()).boxed(),
+            queued: d.queued,
         })
     }
 

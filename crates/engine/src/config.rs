@@ -55,6 +55,9 @@ pub struct ExportConfig {
     /// search is repeated over this time before the call is uploaded again (also for a call a crashed run left in
     /// doubt: its portal may have been taken over at once, see [`ExportConfig::holder`]).
     pub search_settle: Duration,
+    /// How long the run waits for a ledger that refuses writes (full disk, read-only file, a lock held elsewhere,
+    /// server unreachable) before it ends, its held outcomes in the recovery journal (`docs/ledger-faults.md`).
+    pub ledger_give_up: Duration,
     /// Identifies this run in leases (pid and a random part).
     pub worker_id: String,
     /// This process, recorded with the portal lease so that a run that finds it dead on the same machine takes the
@@ -118,6 +121,7 @@ impl ExportConfig {
             poll: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             search_settle: Duration::from_secs(2),
+            ledger_give_up: Duration::from_secs(600),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             holder: Holder::this_process(),
         }

@@ -6,6 +6,7 @@
 //! through the [`ports`] traits, implemented for the real clients in [`adapters`].
 
 pub mod adapters;
+pub mod chats;
 pub mod concurrency;
 pub mod config;
 pub mod holder;
@@ -17,9 +18,11 @@ pub mod runtime;
 
 pub use concurrency::{Concurrency, LimitTrace};
 pub use config::{ExportConfig, LateRecordings};
+pub use chats::{run_chat_export, ChatExportConfig, ChatSummary};
 pub use pipeline::run_export;
 pub use report::{
-    CallReport, DownloadAccounting, DryRunTotals, ProgressEvent, ProgressFn, Summary,
+    CallReport, DownloadAccounting, DryRunTotals, LedgerFault, LedgerHealth, LedgerStats,
+    ProgressEvent, ProgressFn, Summary,
 };
 
 /// Why a run could not complete.

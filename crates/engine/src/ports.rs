@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::time::Duration;
 
 use b24sense_core::{
     Call, CallFilter, Container, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo,
@@ -42,6 +43,8 @@ pub struct Names {
 pub struct Recording {
     pub content_length: Option<u64>,
     pub bytes: BoxStream<'static, Result<Bytes, String>>,
+    /// Time the source queued the request locally (rate-limit token, slot) before sending it: not load.
+    pub queued: Duration,
 }
 
 /// Where calls and their recordings come from (a Bitrix24 portal).

@@ -3,10 +3,12 @@
 //! run's memory does not grow with its calls; a front end that wants them all writes them out as they come.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use b24sense_core::Outcome;
+pub use b24sense_store::LedgerFault;
 use serde::Serialize;
 
 /// One line of the per-call report.
@@ -37,6 +39,53 @@ pub enum ProgressEvent {
     AwaitingRecording { call_id: u64 },
     /// A row the portal returned could not be read.
     BadRow { detail: String },
+    /// The ledger stopped or started again taking writes, or the outcomes it could not take were journaled or
+    /// imported: sent once per change (`docs/ledger-faults.md`).
+    Ledger(LedgerHealth),
+}
+
+/// What a run knows about its ledger's health, for a progress line, a banner or a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LedgerHealth {
+    /// The ledger refused a write. The run holds the outcomes it could not write (in memory and in the recovery
+    /// journal), takes no new calls, and retries with backoff; it gives up after `give_up_secs`.
+    Down {
+        fault: LedgerFault,
+        /// The database's own words.
+        cause: String,
+        /// Outcomes held so far.
+        held: u64,
+        give_up_secs: u64,
+    },
+    /// The ledger takes writes again; the run goes on by itself.
+    Up { down_secs: u64, held: u64 },
+    /// The run ends before the ledger took these outcomes: they are in the recovery journal at `path` (or, when it
+    /// could not be written, printed on stderr as JSON lines), and the next run imports them first.
+    Journaled { path: Option<PathBuf>, held: u64 },
+    /// A recovery journal left by an earlier run was imported before anything else.
+    Imported {
+        path: PathBuf,
+        entries: u64,
+        applied: u64,
+    },
+}
+
+/// How the run got on with its ledger (the summary's `ledger`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LedgerStats {
+    /// Times the ledger stopped taking writes.
+    pub outages: u64,
+    /// Ledger operations tried again after a failure.
+    pub retries: u64,
+    /// Outcomes held because the ledger could not take them at first.
+    pub held: u64,
+    /// Outcomes left in the recovery journal (or on stderr) at the end: the ledger never took them in this run.
+    pub journaled: u64,
+    /// Entries of an earlier run's recovery journal imported at the start.
+    pub imported: u64,
+    /// Seconds the ledger refused writes, in all.
+    pub down_secs: u64,
 }
 
 /// Receives progress events; must be cheap (called from the pipeline's tasks).
@@ -80,6 +129,8 @@ pub struct Summary {
     /// Whether the portal counts recording downloads from its own host against its request bucket, as known at
     /// the end of the run; `None` when the source has no such notion (or a dry run, which downloads nothing).
     pub download_accounting: Option<DownloadAccounting>,
+    /// Ledger faults this run met and what became of the outcomes it held.
+    pub ledger: LedgerStats,
 }
 
 /// How recording downloads from the portal's own host are accounted (`docs/architecture.md`, "Limits").

@@ -30,6 +30,29 @@ pub enum Error {
     /// The key that encrypts stored secrets is missing or wrong (the message names the setting).
     #[error("secret key: {0}")]
     SecretKey(String),
+    /// The database refused a grouped statement as a whole (full, read-only, locked, unreachable): each write of
+    /// the group gets this copy of that error at once, rather than waiting its turn to fail alone.
+    #[error("{message}")]
+    Grouped { fault: LedgerFault, message: String },
+    /// The recovery journal (outcomes the ledger could not take) could not be written or read.
+    #[error("recovery journal {}: {reason}", path.display())]
+    RecoveryJournal { path: PathBuf, reason: String },
+}
+
+/// What kind of trouble a ledger error is, for telling people what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerFault {
+    /// No space left for the database (SQLite `SQLITE_FULL`, PostgreSQL `disk_full`).
+    DiskFull,
+    /// The database or its filesystem refuses writes.
+    ReadOnly,
+    /// Another process holds the SQLite write lock (`SQLITE_BUSY`) or a lock the statement waits for.
+    Locked,
+    /// The database server cannot be reached, or it ended the connection.
+    Unreachable,
+    /// Anything else.
+    Other,
 }
 
 impl Error {
@@ -38,10 +61,59 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Unreachable(_) => ErrorClass::Retryable { after: None },
+            Error::Grouped {
+                fault: LedgerFault::Locked | LedgerFault::Unreachable,
+                ..
+            } => ErrorClass::Retryable { after: None },
             Error::Database(e) if is_transient(e) => ErrorClass::Retryable { after: None },
             Error::Data(_) => ErrorClass::Permanent,
             _ => ErrorClass::Fatal,
         }
+    }
+}
+
+impl Error {
+    /// What kind of trouble this is (see [`LedgerFault`]).
+    pub fn fault(&self) -> LedgerFault {
+        match self {
+            Error::Grouped { fault, .. } => *fault,
+            Error::Unreachable(_) => LedgerFault::Unreachable,
+            Error::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                if let Ok(n) = code.parse::<i64>() {
+                    // SQLite primary codes (the low byte of extended ones); an I/O error on a filesystem that
+                    // turned read-only is SQLITE_IOERR (10) with "readonly" or "read-only" in its message.
+                    return match n & 0xff {
+                        13 => LedgerFault::DiskFull,
+                        8 => LedgerFault::ReadOnly,
+                        5 | 6 => LedgerFault::Locked,
+                        10 | 14 if db.message().contains("read") => LedgerFault::ReadOnly,
+                        _ => LedgerFault::Other,
+                    };
+                }
+                match &*code {
+                    "53100" => LedgerFault::DiskFull,
+                    "25006" => LedgerFault::ReadOnly,
+                    "55P03" | "40P01" => LedgerFault::Locked,
+                    c if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                        LedgerFault::Unreachable
+                    }
+                    _ => LedgerFault::Other,
+                }
+            }
+            Error::Database(sqlx::Error::Io(io)) if io.raw_os_error() == Some(28) => {
+                LedgerFault::DiskFull
+            }
+            // A connection that broke mid-answer (or a server that answered nonsense): the server went away.
+            Error::Database(e) if is_transient(e) => LedgerFault::Unreachable,
+            Error::Database(sqlx::Error::Protocol(_)) => LedgerFault::Unreachable,
+            _ => LedgerFault::Other,
+        }
+    }
+
+    /// Whether the same write can succeed later: false for a value that cannot be stored (it never will be).
+    pub fn may_pass_later(&self) -> bool {
+        !matches!(self, Error::Data(_))
     }
 }
 

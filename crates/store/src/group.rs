@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::Error;
+use crate::{Error, LedgerFault};
 
 /// Most writes in one statement: parameters stay far below both backends' limits, and a few batch lengths cover a
 /// run (each length is its own prepared statement).
@@ -122,6 +122,17 @@ impl<W: GroupWrite> Group<W> {
                 Err(e) if writes.len() == 1 => {
                     let _ = answers.into_iter().next().map(|a| a.send(Err(e)));
                 }
+                // The database refused the statement as a whole: writing each alone would fail the same way, one
+                // busy timeout after another, while every caller (and the one telling the user) waits.
+                Err(e) if e.fault() != LedgerFault::Other => {
+                    let (fault, message) = (e.fault(), e.to_string());
+                    let mut answers = answers.into_iter();
+                    let _ = answers.next().map(|a| a.send(Err(e)));
+                    for answer in answers {
+                        let message = message.clone();
+                        let _ = answer.send(Err(Error::Grouped { fault, message }));
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, writes = writes.len(), "grouped ledger write failed; writing one at a time");
                     for (write, answer) in writes.iter().zip(answers) {
@@ -186,6 +197,9 @@ mod tests {
                 .push(batch.iter().map(|w| w.0).collect());
             if batch.iter().any(|w| w.0 == 13) {
                 return Err(Error::Data("write 13 is refused".into()));
+            }
+            if batch.iter().any(|w| w.0 == 99) {
+                return Err(Error::Unreachable("the server is gone".into()));
             }
             Ok(batch.iter().map(|w| w.0 % 2 == 0).collect())
         }
@@ -256,6 +270,21 @@ mod tests {
         assert!(
             batches.iter().any(|b| b == &[13]),
             "then written alone: {batches:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_database_refused_as_a_whole_fails_every_write_at_once() {
+        let (group, target) = (Arc::new(Group::new()), Recorder::default());
+        let answers = submit_all(&group, &target, [20, 99, 21, 22].into_iter()).await;
+        for (n, answer) in answers {
+            let refused = matches!(answer, Err(ref e) if e.fault() == LedgerFault::Unreachable);
+            assert_eq!(refused, n != 20, "write {n}: {answer:?}");
+        }
+        let batches = target.batches();
+        assert!(
+            batches.iter().all(|b| b.len() > 1 || b == &[20]),
+            "no write tried again alone: {batches:?}"
         );
     }
 

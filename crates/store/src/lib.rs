@@ -23,9 +23,11 @@
 #[macro_use]
 mod sql;
 
+mod chat_ledger;
 mod cursors;
 mod download_accounting;
 mod error;
+mod faults;
 mod group;
 mod journal;
 mod key_rotation;
@@ -34,22 +36,27 @@ mod open;
 mod portal_lease;
 mod portal_settings;
 mod portals;
+mod recovery;
 mod secret_key;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Sqlite, SqlitePool};
 
-pub use error::Error;
+pub use error::{Error, LedgerFault};
+pub use faults::{InjectedFault, LedgerFaults};
 pub use journal::{run_status, RunProgress, RunRecord};
 pub use key_rotation::{Reseal, RotationReport, SecretCensus, StoredSecret};
+pub use chat_ledger::{ChatClaim, ChatEntry, ChatVerdict, ListedSession};
 pub use ledger::{Claim, LedgerEntry, StateCount};
 pub use open::OpenOptions;
 pub use portal_lease::{PortalHolder, PortalLease};
 pub use portal_settings::{PortalSettings, StoredSettings};
 pub use portals::{DueRefresh, Installation, Portal, PortalStatus, PortalTokens};
+pub use recovery::{read_recovery_journal, RecoveryEntry, RecoveryImport};
 pub use secret_key::SecretKey;
 
 use group::Group;
@@ -62,6 +69,22 @@ pub struct Store {
     /// The writes every upload makes (its `uploading` mark and its outcome), grouped when they coincide
     /// ([`group`]).
     fenced: Arc<Group<FencedWrite>>,
+    /// Where the ledger is, as shown to people, and its recovery journal ([`recovery`]).
+    place: Arc<Place>,
+}
+
+/// Where a store's data lives.
+#[derive(Debug, Default)]
+struct Place {
+    /// `sqlite:PATH`, or the PostgreSQL URL without its password (and the schema, if any).
+    shown: String,
+    /// The recovery journal: beside a SQLite file; for PostgreSQL, in the directory given by
+    /// [`Store::with_recovery_dir`] (`None` until then).
+    recovery: Option<PathBuf>,
+    /// Identifies a PostgreSQL ledger (URL without password, schema) for its journal's file name.
+    key: String,
+    /// Injected faults (tests), see [`LedgerFaults`].
+    faults: Option<LedgerFaults>,
 }
 
 #[derive(Clone)]
@@ -79,6 +102,35 @@ struct SqliteDb {
     connection: tokio::sync::Mutex<Option<PoolConnection<Sqlite>>>,
 }
 
+impl SqliteDb {
+    /// sqlx counts a connection's transactions itself. When SQLite ends one on its own (it rolls back after
+    /// `SQLITE_FULL`, an I/O error, a failed `COMMIT`), sqlx's `ROLLBACK` fails, its count stays up, and every
+    /// later `BEGIN` is refused: the ledger would stay broken after the disk was freed. Such a connection is
+    /// replaced by a new one.
+    async fn heal(&self, held: &mut Option<PoolConnection<Sqlite>>) -> Result<(), Error> {
+        use sqlx::Connection;
+        let Some(conn) = held.as_mut() else {
+            return Ok(());
+        };
+        if !conn.is_in_transaction() {
+            return Ok(());
+        }
+        // A rollback queued by a transaction dropped on an error runs before the ping.
+        let _ = conn.ping().await;
+        if !conn.is_in_transaction() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "the SQLite connection lost track of a transaction SQLite ended; opening a new one"
+        );
+        if let Some(stale) = held.take() {
+            let _ = stale.close().await;
+        }
+        *held = Some(self.pool.acquire().await?);
+        Ok(())
+    }
+}
+
 /// Which database a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -87,11 +139,22 @@ pub enum Backend {
 }
 
 impl Store {
-    fn with_db(db: Db) -> Store {
+    fn with_db(db: Db, place: Place) -> Store {
         Store {
             db,
             fenced: Arc::new(Group::new()),
+            place: Arc::new(place),
         }
+    }
+
+    /// The ledger as shown to people: `sqlite:PATH`, or the PostgreSQL URL without its password (with the schema).
+    pub fn describe(&self) -> &str {
+        &self.place.shown
+    }
+
+    /// An injected fault's error, if one is switched on (tests; see [`LedgerFaults`]).
+    fn injected(&self) -> Option<Error> {
+        self.place.faults.as_ref().and_then(LedgerFaults::error)
     }
 
     pub fn backend(&self) -> Backend {

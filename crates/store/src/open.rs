@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::error::{is_not_a_database, Error};
-use crate::{Db, SqliteDb, Store};
+use crate::{Db, LedgerFaults, Place, SqliteDb, Store};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -24,10 +24,16 @@ pub struct OpenOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL pool size.
     pub max_connections: u32,
+    /// PostgreSQL: how long a statement waits for a connection (a free one, or a new one while the server refuses
+    /// them) before it fails; short, so that an unreachable server is reported within seconds (the engine holds
+    /// its outcomes and retries, `docs/ledger-faults.md`).
+    pub acquire_timeout: Duration,
     /// How long a SQLite statement waits for the write lock before failing with "database is locked".
     pub busy_timeout: Duration,
     /// PostgreSQL only: keep the tables in this schema (created if missing).
     pub schema: Option<String>,
+    /// A fault-injecting layer for tests (see [`LedgerFaults`]); `None` in production.
+    pub faults: Option<LedgerFaults>,
 }
 
 impl Default for OpenOptions {
@@ -35,8 +41,12 @@ impl Default for OpenOptions {
         OpenOptions {
             connect_timeout: Duration::from_secs(10),
             max_connections: 8,
-            busy_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(3),
+            // Short enough that a write lock held elsewhere is reported within seconds (the engine then holds its
+            // outcomes and retries); long enough for any ordinary write of another process to finish.
+            busy_timeout: Duration::from_secs(3),
             schema: None,
+            faults: None,
         }
     }
 }
@@ -133,10 +143,19 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         .acquire()
         .await
         .map_err(|e| sqlite_open_error(e, &file))?;
-    Ok(Store::with_db(Db::Sqlite(Arc::new(SqliteDb {
-        pool,
-        connection: tokio::sync::Mutex::new(Some(connection)),
-    }))))
+    let place = Place {
+        shown: format!("sqlite:{}", file.display()),
+        recovery: (!memory).then(|| crate::recovery::beside(&file)),
+        key: String::new(),
+        faults: options.faults.clone(),
+    };
+    Ok(Store::with_db(
+        Db::Sqlite(Arc::new(SqliteDb {
+            pool,
+            connection: tokio::sync::Mutex::new(Some(connection)),
+        })),
+        place,
+    ))
 }
 
 fn sqlite_open_error(e: sqlx::Error, file: &Path) -> Error {
@@ -218,7 +237,7 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
             })
         })
         .max_connections(options.max_connections.max(1))
-        .acquire_timeout(options.connect_timeout)
+        .acquire_timeout(options.acquire_timeout)
         .connect_with(connect)
         .await
         .map_err(|e| pg_connect_error(e, &shown))?;
@@ -227,7 +246,17 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
         return Err(migrate_error(e, &POSTGRES_MIGRATIONS));
     }
     tracing::debug!(url = %shown, schema = ?options.schema, "opened PostgreSQL ledger");
-    Ok(Store::with_db(Db::Postgres(pool)))
+    let shown = match &options.schema {
+        Some(schema) => format!("{shown} (schema {schema})"),
+        None => shown,
+    };
+    let place = Place {
+        key: shown.clone(),
+        shown,
+        recovery: None,
+        faults: options.faults.clone(),
+    };
+    Ok(Store::with_db(Db::Postgres(pool), place))
 }
 
 fn pg_connect_error(e: sqlx::Error, shown: &str) -> Error {

@@ -31,6 +31,8 @@ pub struct PortalSettings {
     pub project_id: Option<String>,
     /// Continuous sync of new calls.
     pub sync_enabled: bool,
+    /// When continuous sync was last turned on (RFC 3339); `None` while it is off.
+    pub sync_since: Option<String>,
 }
 
 impl Default for PortalSettings {
@@ -47,6 +49,7 @@ impl Default for PortalSettings {
             space_id: None,
             project_id: None,
             sync_enabled: false,
+            sync_since: None,
         }
     }
 }

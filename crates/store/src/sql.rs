@@ -51,10 +51,14 @@ impl Dialect {
 /// Runs `$body` with `$conn` bound to a connection of the store's database and `$d` to its dialect. The body is
 /// written once and compiled for each backend (no `dyn`, no `Any` driver).
 macro_rules! on_db {
-    ($self:expr, |$conn:ident, $d:ident| $body:expr) => {
+    ($self:expr, |$conn:ident, $d:ident| $body:expr) => {{
+        if let Some(e) = $self.injected() {
+            return Err(e);
+        }
         match &$self.db {
             $crate::Db::Sqlite(sqlite) => {
                 let mut held = sqlite.connection.lock().await;
+                sqlite.heal(&mut held).await?;
                 let $conn: &mut sqlx::SqliteConnection = match held.as_mut() {
                     Some(c) => &mut **c,
                     None => return Err($crate::Error::Database(sqlx::Error::PoolClosed)),
@@ -69,7 +73,7 @@ macro_rules! on_db {
                 $body
             }
         }
-    };
+    }};
 }
 
 /// Reads a [`crate::LedgerEntry`] from a row of `SELECT {ENTRY_COLUMNS}` (see [`crate::ledger`]).

@@ -10,13 +10,15 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use b24sense_speechsense::ConnectionCheck;
 use b24sense_store::Portal;
+use chrono::Utc;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::{PageSession, WriteSession};
 use crate::check::check_connection;
-use crate::i18n::{self, Lang};
+use crate::i18n::{self, Lang, Msg};
 use crate::runner::Progress;
 use crate::settings::{check_form, read_form, SettingsForm};
 use crate::trigger::Trigger;
@@ -46,13 +48,55 @@ pub async fn state(
     })))
 }
 
+/// Saves the settings once SpeechSense accepted the key and the connection (the same check as «Проверить
+/// подключение»); a refused check blocks the save unless the form says `save_anyway` (the administrator
+/// confirmed). Turning continuous sync on records when, for what the page shows it delivered.
 pub async fn save(
     State(state): State<Arc<AppState>>,
     WriteSession(PageSession { session, portal }): WriteSession,
     Json(form): Json<SettingsForm>,
 ) -> ApiResult {
-    let has_key = matches!(state.store.settings(&state.key, &portal.member_id).await, Ok(Some(st)) if st.api_key.is_some());
-    let (settings, api_key) = read_form(&form, session.lang, has_key).map_err(ApiError::Fields)?;
+    let lang = session.lang;
+    let stored = match state.store.settings(&state.key, &portal.member_id).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the settings");
+            return Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Msg::CannotSave.text(lang),
+            ));
+        }
+    };
+    let has_key = stored.as_ref().is_some_and(|st| st.api_key.is_some());
+    let (mut settings, api_key) = read_form(&form, lang, has_key).map_err(ApiError::Fields)?;
+    settings.sync_since = match stored.as_ref().map(|st| &st.settings) {
+        _ if !settings.sync_enabled => None,
+        Some(old) if old.sync_enabled && old.sync_since.is_some() => old.sync_since.clone(),
+        _ => Some(Utc::now().to_rfc3339()),
+    };
+    let key = api_key
+        .clone()
+        .or_else(|| stored.and_then(|st| st.api_key))
+        .ok_or_else(|| {
+            ApiError::status(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Msg::EnterApiKey.text(lang),
+            )
+        })?;
+    let (verified, check) = check_connection(
+        &state.config.speechsense_endpoint,
+        key,
+        &settings.connection_id,
+        lang,
+    )
+    .await;
+    if !verified && !form.save_anyway {
+        return Err(ApiError::Unverified {
+            field: refused_field(&check, lang),
+            check,
+            message: Msg::UnverifiedSave.text(lang).to_string(),
+        });
+    }
     if let Err(e) = state
         .store
         .save_settings(&state.key, &portal.member_id, &settings, api_key.as_ref())
@@ -61,12 +105,27 @@ pub async fn save(
         tracing::error!(error = %e, "cannot save settings");
         return Err(ApiError::status(
             StatusCode::SERVICE_UNAVAILABLE,
-            "cannot save the settings",
+            Msg::CannotSave.text(lang),
         ));
     }
+    if !verified {
+        tracing::info!(member_id = ?portal.member_id, "settings saved without a passing connection check (confirmed)");
+    }
     Ok(Json(
-        json!({"saved": true, "settings": settings, "api_key_set": true}),
+        json!({"saved": true, "settings": settings, "api_key_set": true, "verified": verified, "check": check}),
     ))
+}
+
+/// The field a refused check is about: the key when SpeechSense refused the key, the check itself when
+/// SpeechSense was out of reach, else the connection ID (unknown, no access, or of the wrong type).
+fn refused_field(check: &str, lang: Lang) -> &'static str {
+    if check.starts_with(&ConnectionCheck::BadKey(String::new()).message(lang)) {
+        "api_key"
+    } else if check == i18n::unreachable_text(lang) || check == Msg::SpeechSenseTimeout.text(lang) {
+        "connection"
+    } else {
+        "connection_id"
+    }
 }
 
 pub async fn check(
@@ -143,6 +202,15 @@ pub async fn progress(
 /// The live progress while this process runs the portal's export, else its last journaled run (another
 /// replica's live one, or one whose process is gone: then shown as interrupted).
 async fn current_progress(state: &AppState, portal: &Portal, lang: Lang) -> Option<Progress> {
+    let mut p = last_progress(state, portal, lang).await?;
+    // What sync delivered today: nothing yet on a new day.
+    if let Some(totals) = p.sync.as_mut() {
+        totals.roll_day(Utc::now());
+    }
+    Some(p)
+}
+
+async fn last_progress(state: &AppState, portal: &Portal, lang: Lang) -> Option<Progress> {
     if let Some(p) = state.runner.live_progress(&portal.member_id) {
         return Some(p);
     }

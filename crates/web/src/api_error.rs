@@ -22,6 +22,13 @@ pub enum ApiError {
     StoreUnavailable,
     /// Fields the user must fix: `field → message` (422).
     Fields(BTreeMap<String, String>),
+    /// Settings not saved because SpeechSense refused them and the administrator did not confirm "save anyway"
+    /// (422): the check's words next to `field`, and what to do.
+    Unverified {
+        field: &'static str,
+        check: String,
+        message: String,
+    },
     /// A failure with a message meant for the page.
     Status(StatusCode, String),
 }
@@ -39,6 +46,17 @@ impl IntoResponse for ApiError {
                 return (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     Json(json!({"errors": errors})),
+                )
+                    .into_response()
+            }
+            ApiError::Unverified {
+                field,
+                check,
+                message,
+            } => {
+                return (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    Json(json!({"errors": {field: check}, "unverified": true, "error": message})),
                 )
                     .into_response()
             }

@@ -110,19 +110,28 @@ pub fn endpoint_allowed(state: &AppState, url: &Url) -> bool {
     url.scheme() == "https" || (url.scheme() == "http" && state.config.allow_http_portals)
 }
 
-/// Adds the framing policy: only the portal may frame the page (`allow_sdk`: the Bitrix24 JS SDK may load).
+/// The origin of the Bitrix24 JS SDK's URL, for the pages' script policy (`https://api.bitrix24.com`).
+pub fn sdk_origin(sdk: &str) -> String {
+    Url::parse(sdk)
+        .map(|u| u.origin().ascii_serialization())
+        .ok()
+        .filter(|o| o != "null")
+        .unwrap_or_default()
+}
+
+/// Adds the framing policy: only the portal may frame the page. Scripts: the application's own and the Bitrix24
+/// JS SDK from `sdk` (its URL); `inline`: also the page's inline script (the install page's `installFinish`).
 pub fn page_response(
     domain: &str,
     client_endpoint: &Url,
     mut resp: Response,
-    allow_sdk: bool,
+    sdk: &str,
+    inline: bool,
 ) -> Response {
     let scheme = client_endpoint.scheme();
-    let scripts = if allow_sdk {
-        "'self' 'unsafe-inline' https://api.bitrix24.com"
-    } else {
-        "'self'"
-    };
+    let inline = if inline { " 'unsafe-inline'" } else { "" };
+    let scripts = format!("'self'{inline} {}", sdk_origin(sdk));
+    let scripts = scripts.trim_end();
     let csp = format!(
         "default-src 'self'; script-src {scripts}; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
          frame-ancestors {scheme}://{domain}"

@@ -2,6 +2,8 @@
 //! page's own labels are in [`crate::page`]). One language type everywhere: SpeechSense's [`Lang`], which also
 //! words the connection check; Bitrix24's `LANG` picks it, and a session carries it as `ru` / `en`.
 
+use b24sense_core::FailReason;
+use b24sense_speechsense::ConnectionCheck;
 pub use b24sense_speechsense::Lang;
 
 /// The page language for Bitrix24's `LANG` (`en`, `en-US`, … → English; anything else → Russian).
@@ -65,6 +67,11 @@ pub enum Msg {
     Resumed,
     StoppedByUser,
     SpeechSenseTimeout,
+    UnverifiedSave,
+    CannotSave,
+    CannotStart,
+    InstalledNext,
+    InstalledHow,
 }
 
 impl Msg {
@@ -149,6 +156,26 @@ impl Msg {
                 "SpeechSense не ответил за 30 секунд",
                 "SpeechSense did not answer within 30 s",
             ),
+            Msg::UnverifiedSave => (
+                "Настройки не сохранены: проверка подключения к SpeechSense не прошла. Исправьте поле или нажмите «Сохранить без проверки».",
+                "The settings were not saved: the SpeechSense connection check failed. Fix the field, or press “Save without check”.",
+            ),
+            Msg::CannotSave => (
+                "Не удалось сохранить настройки: хранилище недоступно. Попробуйте ещё раз через минуту.",
+                "Could not save the settings: the store is unavailable. Try again in a minute.",
+            ),
+            Msg::CannotStart => (
+                "Не удалось запустить выгрузку (подробности — в журнале сервера). Попробуйте ещё раз через минуту.",
+                "Could not start the export (details are in the server log). Try again in a minute.",
+            ),
+            Msg::InstalledNext => (
+                "Что дальше: откройте приложение b24sense в меню Битрикс24, укажите ID подключения SpeechSense и API-ключ сервисного аккаунта, нажмите «Проверить подключение», затем «Сохранить» и «Запустить выгрузку».",
+                "Next: open the b24sense application from the Bitrix24 menu, enter the SpeechSense connection ID and the service account's API key, press “Check connection”, then “Save” and “Start export”.",
+            ),
+            Msg::InstalledHow => (
+                "Приложение подключено к порталу. Настройки доступны только администраторам портала.",
+                "The application is connected to the portal. Only portal administrators can change its settings.",
+            ),
         };
         match lang {
             Lang::Ru => ru,
@@ -171,26 +198,131 @@ pub fn token_problem(lang: Lang, code: &str) -> String {
     }
 }
 
-/// SpeechSense could not be reached (`detail`: the transport error).
+/// SpeechSense could not be reached (`detail`: the transport error, in English: it goes to the server log, so
+/// the page speaks one language).
 pub fn speechsense_unreachable(lang: Lang, detail: &str) -> String {
+    tracing::warn!(%detail, "SpeechSense could not be reached");
+    unreachable_text(lang).to_string()
+}
+
+/// The page's words for SpeechSense out of reach.
+pub fn unreachable_text(lang: Lang) -> &'static str {
     match lang {
-        Lang::Ru => format!("Не удалось связаться с SpeechSense: {detail}"),
-        Lang::En => format!("Could not reach SpeechSense: {detail}"),
+        Lang::Ru => "Не удалось связаться с SpeechSense. Проверьте, что сервер приложения может подключиться к \
+                     SpeechSense, и повторите попытку; подробности — в журнале сервера.",
+        Lang::En => "Could not reach SpeechSense. Check that the application server can connect to SpeechSense \
+                     and try again; details are in the server log.",
     }
 }
 
-/// A call the run could not upload.
-pub fn call_not_uploaded(lang: Lang, call_id: u64, reason: &str, detail: &str) -> String {
+/// Why a call was not uploaded, in words.
+pub fn fail_reason(lang: Lang, reason: FailReason) -> &'static str {
+    let (ru, en) = match reason {
+        FailReason::UnsupportedAudio => (
+            "формат записи не поддерживается",
+            "unsupported recording format",
+        ),
+        FailReason::RecordingUnavailable => (
+            "запись недоступна в Битрикс24",
+            "the recording is unavailable in Bitrix24",
+        ),
+        FailReason::DownloadFailed => (
+            "не удалось скачать запись",
+            "the recording could not be downloaded",
+        ),
+        FailReason::InvalidData => (
+            "SpeechSense не принял данные звонка",
+            "SpeechSense refused the call's data",
+        ),
+        FailReason::UploadFailed => (
+            "SpeechSense не принял загрузку после нескольких попыток",
+            "SpeechSense kept failing",
+        ),
+        FailReason::PortalError => (
+            "Битрикс24 не ответил после нескольких попыток",
+            "Bitrix24 kept failing",
+        ),
+        FailReason::InDoubt => (
+            "неизвестно, сохранил ли SpeechSense звонок",
+            "unknown whether SpeechSense stored the call",
+        ),
+        FailReason::Interrupted => ("выгрузка остановилась раньше", "the export stopped first"),
+    };
     match lang {
-        Lang::Ru => format!("Звонок {call_id}: не выгружен ({reason}): {detail}"),
-        Lang::En => format!("Call {call_id}: not uploaded ({reason}): {detail}"),
+        Lang::Ru => ru,
+        Lang::En => en,
     }
 }
 
-/// A row of `voximplant.statistic.get` the engine could not read.
-pub fn unreadable_row(lang: Lang, detail: &str) -> String {
+/// A call the run could not upload (the technical detail is in the report and the server log).
+pub fn call_not_uploaded(lang: Lang, call_id: u64, reason: FailReason) -> String {
+    let why = fail_reason(lang, reason);
     match lang {
-        Lang::Ru => format!("Нечитаемая строка звонка: {detail}"),
-        Lang::En => format!("Unreadable call row: {detail}"),
+        Lang::Ru => format!("Звонок {call_id} не выгружен: {why}. Подробности — в отчёте."),
+        Lang::En => format!("Call {call_id} was not uploaded: {why}. Details are in the report."),
     }
+}
+
+/// A row of `voximplant.statistic.get` the engine could not read (the detail goes to the server log).
+pub fn unreadable_row(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Битрикс24 вернул строку звонка, которую не удалось прочитать; подробности — в журнале сервера.",
+        Lang::En => "Bitrix24 returned a call row that could not be read; details are in the server log.",
+    }
+}
+
+/// Why a run stopped early, as the page says it: once, with what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// SpeechSense refused the key or the connection.
+    SpeechSense(ConnectionCheck),
+    /// SpeechSense could not be reached.
+    SpeechSenseUnreachable,
+    /// Bitrix24 refused or kept failing.
+    Bitrix24,
+    /// Anything else (the detail is in the server log).
+    Other,
+}
+
+/// The one message of a run that stopped early.
+pub fn run_stopped(lang: Lang, stop: &Stop) -> String {
+    let (ru, en) = match stop {
+        Stop::SpeechSense(ConnectionCheck::BadKey(_)) => (
+            "SpeechSense не принимает API-ключ. Проверьте API-ключ: укажите в настройках действующий ключ сервисного аккаунта и запустите выгрузку снова.",
+            "SpeechSense does not accept the API key. Change the API key: enter a valid key of the service account in the settings and start the export again.",
+        ),
+        Stop::SpeechSense(ConnectionCheck::NoAccess(_)) => (
+            "у сервисного аккаунта нет доступа к подключению SpeechSense. Добавьте его в пространство SpeechSense с ролью редактора данных или проверьте ID подключения, затем запустите выгрузку снова.",
+            "the service account has no access to the SpeechSense connection. Add it to the SpeechSense space as a data editor, or check the connection ID, then start the export again.",
+        ),
+        Stop::SpeechSense(ConnectionCheck::UnknownConnection(_)) => (
+            "подключение SpeechSense с таким ID не найдено. Проверьте ID подключения в настройках и запустите выгрузку снова.",
+            "no SpeechSense connection has this ID. Check the connection ID in the settings and start the export again.",
+        ),
+        // Kinds of refusal the check may learn to tell apart: its own words.
+        Stop::SpeechSense(other) => {
+            let words = other.message(lang);
+            return match lang {
+                Lang::Ru => format!("{words} Исправьте настройки и запустите выгрузку снова."),
+                Lang::En => format!("{words} Fix the settings and start the export again."),
+            };
+        }
+        Stop::SpeechSenseUnreachable => (
+            "не удалось связаться с SpeechSense. Проверьте, что сервер приложения может подключиться к SpeechSense, и запустите выгрузку снова.",
+            "SpeechSense could not be reached. Check that the application server can connect to SpeechSense, then start the export again.",
+        ),
+        Stop::Bitrix24 => (
+            "Битрикс24 отказал в доступе к звонкам. Откройте приложение в Битрикс24 заново или переустановите его, затем запустите выгрузку снова.",
+            "Bitrix24 refused access to the calls. Open the application in Bitrix24 again or reinstall it, then start the export again.",
+        ),
+        Stop::Other => (
+            "произошла ошибка (подробности — в журнале сервера). Запустите выгрузку снова; если ошибка повторится, обратитесь к администратору сервера.",
+            "an error occurred (details are in the server log). Start the export again; if it happens again, contact the server's administrator.",
+        ),
+    };
+    match lang {
+        Lang::Ru => ru,
+        Lang::En => en,
+    }
+    .to_string()
 }

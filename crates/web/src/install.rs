@@ -166,16 +166,12 @@ pub async fn install(
         return Ok((StatusCode::OK, "OK").into_response());
     }
     bind_events(&state, &inst.member_id, true).await;
-    let title = Msg::Installed.text(lang);
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
-         <script src=\"//api.bitrix24.com/api/v1/\"></script></head><body><p>{title}</p>\
-         <script>if (window.BX24) {{ BX24.init(function () {{ BX24.installFinish(); }}); }}</script></body></html>"
-    );
+    let sdk = &state.config.bitrix24_sdk;
     Ok(page_response(
         &inst.domain,
         &proven.client_endpoint,
-        Html(html).into_response(),
+        Html(crate::page::install_page(lang, sdk)).into_response(),
+        sdk,
         true,
     ))
 }

@@ -115,6 +115,9 @@ pub struct WebConfig {
     pub event_max_age: Duration,
     /// Timeouts and the cap on connections of the HTTP server.
     pub connections: ConnectionLimits,
+    /// The Bitrix24 JS SDK the pages load (`BX24.installFinish`, `BX24.resizeWindow`): Bitrix24's own by
+    /// default; the local emulator serves a stand-in (`Bitrix24Emulator::sdk_url`).
+    pub bitrix24_sdk: String,
 }
 
 impl WebConfig {
@@ -147,9 +150,13 @@ impl WebConfig {
             event_pass_spacing: Duration::from_secs(30),
             event_max_age: Duration::from_secs(300),
             connections: ConnectionLimits::default(),
+            bitrix24_sdk: DEFAULT_BITRIX24_SDK.to_string(),
         }
     }
 }
+
+/// Bitrix24's JS SDK.
+pub const DEFAULT_BITRIX24_SDK: &str = "https://api.bitrix24.com/api/v1/";
 
 /// Bitrix24's OAuth servers (global and Russian).
 pub const DEFAULT_OAUTH_SERVERS: [&str; 2] = ["oauth.bitrix.info", "oauth.bitrix24.tech"];

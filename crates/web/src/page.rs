@@ -1,9 +1,10 @@
 //! The settings page: server-rendered HTML in the page's language plus a small vanilla script and stylesheet
 //! (no build step). The script talks to `/api/*` with the page's signed session token.
 
+use b24sense_core::FailReason;
 use serde_json::{json, Map, Value};
 
-use crate::i18n::{self, Lang};
+use crate::i18n::{self, Lang, Msg};
 
 pub const APP_JS: &str = include_str!("../static/app.js");
 pub const APP_CSS: &str = include_str!("../static/app.css");
@@ -76,7 +77,42 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("awaiting_recording", "ждут записи (Битрикс24 прикрепляет её позже; проверим ещё раз)", "awaiting their recording (Bitrix24 attaches it later; checked again)"),
     ("reason_too_short", "короче минимума", "too short"),
     ("reason_mono_recording", "моно-запись", "mono recording"),
+    ("reason_too_long", "длиннее 4 часов", "longer than 4 hours"),
+    ("save_anyway", "Сохранить без проверки", "Save without check"),
+    ("saved_unverified", "Сохранено без проверки подключения", "Saved without a connection check"),
+    ("awaiting", "Ждут записи", "Awaiting recording"),
+    ("remaining", "Ещё не обработаны", "Not done yet"),
+    ("estimating", "оцениваем…", "estimating…"),
+    ("took", "Заняло", "Took"),
+    ("unit_h", "ч", "h"),
+    ("unit_min", "мин", "min"),
+    ("unit_sec", "с", "s"),
+    ("lang_ru", "русский", "Russian"),
+    ("lang_en", "английский", "English"),
+    ("lang_kk", "казахский", "Kazakh"),
+    ("sync_title", "Непрерывная синхронизация", "Continuous sync"),
+    ("sync_on_since", "Включена", "On since"),
+    ("sync_today", "Сегодня", "Today"),
+    ("sync_total", "С момента включения", "Since it was turned on"),
+    ("sync_last", "Последний проход", "Last pass"),
+    ("sync_passes", "Проходов", "Passes"),
+    ("sync_no_pass", "проходов ещё не было", "no pass yet"),
+    ("sync_running", "Идёт проход синхронизации…", "Sync pass running…"),
+    ("sync_done", "Проход синхронизации завершён", "Sync pass finished"),
+    ("d_found", "найдено", "found"),
+    ("d_uploaded", "выгружено", "uploaded"),
+    ("d_skipped", "пропущено", "skipped"),
+    ("d_failed", "ошибок", "failed"),
+    ("d_awaiting", "ждут записи", "awaiting recording"),
+    ("failed_detail", "Ошибки", "Failed"),
 ];
+
+/// The words of the failure reasons (`fail_<reason>`), for the page's detail line.
+fn fail_texts(lang: Lang) -> impl Iterator<Item = (String, &'static str)> {
+    FailReason::ALL
+        .iter()
+        .map(move |r| (format!("fail_{}", r.as_str()), i18n::fail_reason(lang, *r)))
+}
 
 fn t(lang: Lang, key: &str) -> &'static str {
     TEXTS
@@ -108,12 +144,16 @@ fn field(lang: Lang, name: &str, input: &str, hint: Option<&str>) -> String {
     )
 }
 
-/// The whole page. `session`/`csrf` go into a JSON data block the script reads (not executed: CSP-safe).
-pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
+/// The whole page. `session`/`csrf` go into a JSON data block the script reads (not executed: CSP-safe);
+/// `sdk`: the Bitrix24 JS SDK the page sizes its frame with.
+pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str, sdk: &str) -> String {
     let l = |k: &str| esc(t(lang, k));
     let mut texts = Map::new();
     for (k, _, _) in TEXTS {
         texts.insert((*k).to_string(), Value::String(t(lang, k).to_string()));
+    }
+    for (k, v) in fail_texts(lang) {
+        texts.insert(k, Value::String(v.to_string()));
     }
     let boot =
         json!({"session": session, "csrf": csrf, "lang": i18n::code(lang), "t": texts}).to_string();
@@ -131,8 +171,8 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
     let form = [
         field(lang, "connection_id", "<input id=\"f-connection_id\" name=\"connection_id\" autocomplete=\"off\" spellcheck=\"false\">", Some("connection_id_hint")),
         field(lang, "api_key", "<input id=\"f-api_key\" name=\"api_key\" type=\"password\" autocomplete=\"new-password\" spellcheck=\"false\">", Some("api_key_hint")),
-        format!("<div class=\"field\"><button type=\"button\" id=\"check\" class=\"secondary\">{}</button> <span id=\"check-result\" role=\"status\"></span></div>", l("check")),
-        field(lang, "language", "<select id=\"f-language\" name=\"language\"><option value=\"ru-RU\">ru-RU — русский</option><option value=\"en-US\">en-US — English</option><option value=\"kk-KZ\">kk-KZ — қазақ</option></select>", None),
+        format!("<div class=\"field\" id=\"fld-connection\"><button type=\"button\" id=\"check\" class=\"secondary\">{}</button> <span id=\"check-result\" role=\"status\"></span><p class=\"error\" id=\"err-connection\" role=\"alert\"></p></div>", l("check")),
+        field(lang, "language", &format!("<select id=\"f-language\" name=\"language\"><option value=\"ru-RU\">ru-RU — {}</option><option value=\"en-US\">en-US — {}</option><option value=\"kk-KZ\">kk-KZ — {}</option></select>", l("lang_ru"), l("lang_en"), l("lang_kk")), None),
         field(lang, "since", "<input id=\"f-since\" name=\"since\" type=\"date\">", Some("since_hint")),
         field(lang, "users", &format!("<input id=\"f-users\" name=\"users\" placeholder=\"1, 5, 7\"> <button type=\"button\" id=\"pick-users\" class=\"secondary\">{}</button><div id=\"user-list\" class=\"user-list\" hidden></div>", l("pick_users")), Some("users_hint")),
         field(lang, "min_duration", "<input id=\"f-min_duration\" name=\"min_duration\" type=\"number\" min=\"0\" step=\"1\" placeholder=\"30\">", Some("min_duration_hint")),
@@ -155,6 +195,7 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
 <title>{title}</title>
 <link rel="stylesheet" href="static/app.css">
 <script type="application/json" id="boot">{boot}</script>
+<script src="{sdk}" defer></script>
 <script src="static/app.js" defer></script>
 </head>
 <body>
@@ -169,7 +210,7 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
   <div class="card-head"><h2>{settings}</h2></div>
   <form id="form" novalidate>
   {form}
-  <div class="actions"><button type="submit" id="save">{save}</button> <button type="button" id="cancel" class="secondary">{cancel}</button> <span id="save-result" role="status"></span></div>
+  <div class="actions"><button type="submit" id="save">{save}</button> <button type="button" id="save-anyway" class="danger" hidden>{save_anyway}</button> <button type="button" id="cancel" class="secondary">{cancel}</button> <span id="save-result" role="status"></span></div>
   </form>
 </section>
 <section class="card" id="export">
@@ -184,10 +225,14 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
       <div><span class="num" id="p-found">0</span><span class="lbl">{found}</span></div>
       <div><span class="num ok" id="p-uploaded">0</span><span class="lbl">{uploaded}</span></div>
       <div><span class="num" id="p-skipped">0</span><span class="lbl">{skipped}</span></div>
+      <div><span class="num" id="p-awaiting">0</span><span class="lbl">{awaiting}</span></div>
       <div><span class="num bad" id="p-failed">0</span><span class="lbl">{failed}</span></div>
+      <div><span class="num" id="p-remaining">0</span><span class="lbl">{remaining}</span></div>
     </div>
     <p class="hint"><span id="p-skipped-detail"></span></p>
-    <p class="hint">{rate}: <span id="p-rate">—</span> · {eta}: <span id="p-eta">—</span></p>
+    <p class="hint"><span id="p-failed-detail"></span></p>
+    <p class="hint">{rate}: <span id="p-rate">—</span> · <span id="p-eta-label">{eta}</span>: <span id="p-eta">—</span></p>
+    <div id="p-sync" class="sync" hidden><h3>{sync_title}</h3><dl id="p-sync-rows"></dl></div>
     <div id="p-errors-box" hidden><h3>{last_errors}</h3><ul id="p-errors"></ul></div>
     <p><a href="#" id="report" hidden>{report}</a></p>
   </div>
@@ -197,6 +242,11 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
 </html>
 "##,
         html_lang = i18n::code(lang),
+        sdk = esc(sdk),
+        save_anyway = l("save_anyway"),
+        awaiting = l("awaiting"),
+        remaining = l("remaining"),
+        sync_title = l("sync_title"),
         title = l("title"),
         domain = esc(domain),
         settings = l("settings"),
@@ -215,5 +265,42 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str) -> String {
         eta = l("eta"),
         last_errors = l("last_errors"),
         report = l("report"),
+    )
+}
+
+/// The answer to the iframe install: styled like the settings page, saying what to do next, and telling
+/// Bitrix24 the installation is finished (`BX24.installFinish()`, from the SDK at `sdk`).
+pub fn install_page(lang: Lang, sdk: &str) -> String {
+    let l = |k: &str| esc(t(lang, k));
+    let m = |msg: Msg| esc(msg.text(lang));
+    format!(
+        r##"<!doctype html>
+<html lang="{html_lang}">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="stylesheet" href="static/app.css">
+<script src="{sdk}"></script>
+</head>
+<body>
+<header><h1>{title}</h1></header>
+<main>
+<section class="card" id="installed">
+  <div class="card-head"><h2 class="ok">{installed}</h2></div>
+  <p>{how}</p>
+  <p class="notice" id="next">{next}</p>
+</section>
+</main>
+<script>if (window.BX24) {{ BX24.init(function () {{ BX24.installFinish(); }}); }}</script>
+</body>
+</html>
+"##,
+        html_lang = i18n::code(lang),
+        title = l("title"),
+        sdk = esc(sdk),
+        installed = m(Msg::Installed),
+        how = m(Msg::InstalledHow),
+        next = m(Msg::InstalledNext),
     )
 }

@@ -34,6 +34,8 @@ pub struct SettingsForm {
     pub space_id: String,
     pub project_id: String,
     pub sync_enabled: bool,
+    /// Save even though SpeechSense refused the key or the connection (the administrator confirmed it).
+    pub save_anyway: bool,
 }
 
 /// The trimmed value, `None` when empty.
@@ -86,6 +88,8 @@ pub fn read_form(
         space_id: opt(&f.space_id),
         project_id: opt(&f.project_id),
         sync_enabled: f.sync_enabled,
+        // Set by the save from what was stored.
+        sync_since: None,
     };
     // The settings' own rules; a field the form could not even parse keeps that message.
     if let Err(more) = plan(&settings, lang) {

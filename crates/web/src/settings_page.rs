@@ -78,11 +78,13 @@ pub async fn app_page(
         expires: 0,
     };
     let (token, csrf) = issue(&state, session);
-    let html = page::render(lang, &token, &csrf, &portal.domain);
+    let sdk = &state.config.bitrix24_sdk;
+    let html = page::render(lang, &token, &csrf, &portal.domain, sdk);
     Ok(page_response(
         &portal.domain,
         &client_endpoint,
         Html(html).into_response(),
+        sdk,
         false,
     ))
 }

@@ -28,7 +28,10 @@ pub async fn start_for(
         .store
         .settings(&state.key, &portal.member_id)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            tracing::error!(member_id = %portal.member_id, error = %e, "cannot read the settings");
+            Msg::CannotStart.text(lang).to_string()
+        })?
         .ok_or_else(|| Msg::SaveSettingsFirst.text(lang).to_string())?;
     if only_sync && !stored.settings.sync_enabled {
         return Err("continuous sync is off".into());

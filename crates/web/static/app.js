@@ -89,6 +89,23 @@
     };
   }
 
+  // A field's message goes as soon as the field is edited (the key and the connection ID also clear the
+  // check's message: it was about them).
+  function clearFieldError(name) {
+    var e = $("err-" + name); if (e) { text(e, ""); }
+    var f = $("fld-" + name); if (f) { f.classList.remove("invalid"); }
+    if (name === "api_key" || name === "connection_id") {
+      clearFieldError("connection");
+      $("save-anyway").hidden = true;
+      text($("check-result"), "");
+    }
+  }
+
+  function fieldOf(el) {
+    var f = el.closest(".field");
+    return f && f.id.indexOf("fld-") === 0 ? f.id.slice(4) : null;
+  }
+
   function clearErrors() {
     Array.prototype.forEach.call(document.querySelectorAll(".error"), function (e) { text(e, ""); });
     Array.prototype.forEach.call(document.querySelectorAll(".field.invalid"), function (e) { e.classList.remove("invalid"); });
@@ -103,39 +120,96 @@
 
   function edit(on) {
     $("view").hidden = on; $("editor").hidden = !on;
+    $("save-anyway").hidden = true;
     if (on) { fillForm(); clearErrors(); text($("check-result"), ""); text($("save-result"), ""); $("f-connection_id").focus(); }
   }
 
+  // A duration in the page's language: seconds under a minute, whole minutes (rounded up) under an hour.
   function fmtSecs(s) {
     if (s == null) { return "—"; }
-    var m = Math.floor(s / 60), r = s % 60;
-    return m ? m + " мин " + r + " с" : r + " с";
+    if (s < 60) { return s + " " + T.unit_sec; }
+    var m = Math.ceil(s / 60);
+    if (m < 60) { return m + " " + T.unit_min; }
+    return Math.floor(m / 60) + " " + T.unit_h + " " + (m % 60) + " " + T.unit_min;
+  }
+
+  function sum(map) { var n = 0; Object.keys(map || {}).forEach(function (k) { n += map[k]; }); return n; }
+
+  function fmtTime(iso) {
+    if (!iso) { return ""; }
+    var d = new Date(iso);
+    return isNaN(d) ? iso : d.toLocaleString(boot.lang === "en" ? "en-GB" : "ru-RU",
+      { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" });
+  }
+
+  function fmtDelivered(d) {
+    d = d || {};
+    var parts = [T.d_found + " " + (d.found || 0), T.d_uploaded + " " + (d.uploaded || 0), T.d_skipped + " " + (d.skipped || 0)];
+    if (d.awaiting_recording) { parts.push(T.d_awaiting + " " + d.awaiting_recording); }
+    if (d.failed) { parts.push(T.d_failed + " " + d.failed); }
+    return parts.join(", ");
+  }
+
+  // With continuous sync on: today, since it was turned on, and the last pass with its time.
+  function renderSync(p) {
+    var on = state && state.saved && state.settings.sync_enabled;
+    var box = $("p-sync"); box.hidden = !on;
+    if (!on) { return; }
+    var s = p && p.sync, dl = $("p-sync-rows"), rows;
+    dl.innerHTML = "";
+    if (!s || !s.passes) {
+      rows = [[T.sync_on_since, fmtTime((s && s.since) || state.settings.sync_since)], [T.sync_last, T.sync_no_pass]];
+    } else {
+      rows = [
+        [T.sync_on_since, fmtTime(s.since) + " · " + T.sync_passes + ": " + s.passes],
+        [T.sync_today, fmtDelivered(s.today)],
+        [T.sync_total, fmtDelivered(s.total)],
+        [T.sync_last, fmtTime(s.last_pass_at) + " — " + fmtDelivered(s.last_pass)]
+      ];
+    }
+    rows.forEach(function (r, i) {
+      var dt = document.createElement("dt"); text(dt, r[0]);
+      var dd = document.createElement("dd"); dd.id = "p-sync-" + i; text(dd, r[1]);
+      dl.appendChild(dt); dl.appendChild(dd);
+    });
   }
 
   function renderProgress(p) {
+    renderSync(p);
     if (!p) { return; }
-    var done = p.finished;
-    // An interrupted run's message says it all («Выгрузка прервана: сервер перезапускался»).
-    text($("p-status"), done ? (p.interrupted ? p.stopped : p.stopped ? T.stopped + ": " + p.stopped : T.done) : T.running);
+    var done = p.finished, sync = p.trigger && p.trigger !== "page" && p.trigger !== "resume";
+    // An interrupted run's message says it all (the server restarted); a stop says once why, and what to do.
+    text($("p-status"), done ? (p.interrupted ? p.stopped : p.stopped ? T.stopped + ": " + p.stopped : sync ? T.sync_done : T.done)
+      : sync ? T.sync_running : T.running);
     text($("p-notice"), p.notice || "");
     $("p-notice").hidden = !p.notice;
     $("p-status").className = done ? (p.stopped ? "status bad" : "status ok") : "status";
+    $("progress").classList.toggle("stopped", !!(done && p.stopped));
+    // The tiles add up: found = uploaded + skipped + awaiting + failed + not done yet (a stop's unfinished calls).
+    var interrupted = (p.failed || {}).interrupted || 0;
+    var failed = sum(p.failed) - interrupted;
+    var awaiting = p.awaiting_recording || 0;
+    var skipped = sum(p.skipped);
     text($("p-found"), p.found);
     text($("p-uploaded"), p.uploaded);
-    var skipped = 0, parts = [];
-    Object.keys(p.skipped).forEach(function (k) { skipped += p.skipped[k]; parts.push(reasonName(k) + ": " + p.skipped[k]); });
-    var failed = 0;
-    Object.keys(p.failed).forEach(function (k) { failed += p.failed[k]; });
     text($("p-skipped"), skipped);
+    text($("p-awaiting"), awaiting);
     text($("p-failed"), failed);
+    text($("p-remaining"), Math.max(0, p.found - p.uploaded - skipped - awaiting - failed));
+    var parts = Object.keys(p.skipped).map(function (k) { return reasonName(k) + ": " + p.skipped[k]; });
     var detail = parts.length ? T.skipped + " — " + parts.join(", ") : "";
-    if (p.awaiting_recording) { detail += (detail ? "; " : "") + T.awaiting_recording + ": " + p.awaiting_recording; }
+    if (awaiting) { detail += (detail ? "; " : "") + T.awaiting_recording + ": " + awaiting; }
     text($("p-skipped-detail"), detail);
-    var handled = p.settled + (p.awaiting_recording || 0);
-    var pct = done && !p.stopped ? 100 : (p.found ? Math.min(100, Math.round(100 * handled / p.found)) : 0);
+    var fparts = Object.keys(p.failed).filter(function (k) { return k !== "interrupted"; })
+      .map(function (k) { return (T["fail_" + k] || k) + ": " + p.failed[k]; });
+    text($("p-failed-detail"), fparts.length ? T.failed_detail + " — " + fparts.join(", ") : "");
+    var handled = p.settled + awaiting;
+    var total = p.listing_done ? p.found : Math.max(p.found, p.expected || 0);
+    var pct = done && !p.stopped ? 100 : (total ? Math.min(100, Math.round(100 * handled / total)) : 0);
     $("p-bar").style.width = pct + "%";
     text($("p-rate"), (p.rate * 60).toFixed(1) + " " + T.per_min);
-    text($("p-eta"), done ? "0 с" : (boot.lang === "en" ? fmtSecs(p.eta_secs).replace(" мин ", " min ").replace(" с", " s") : fmtSecs(p.eta_secs)));
+    text($("p-eta-label"), done ? T.took : T.eta);
+    text($("p-eta"), done ? fmtSecs(p.elapsed_secs) : p.eta_secs == null ? T.estimating : fmtSecs(p.eta_secs));
     var ul = $("p-errors"); ul.innerHTML = "";
     (p.last_errors || []).forEach(function (e) { var li = document.createElement("li"); text(li, e); ul.appendChild(li); });
     $("p-errors-box").hidden = !(p.last_errors || []).length;
@@ -153,7 +227,9 @@
   }
 
   function poll() {
-    api("GET", "progress").then(function (r) { renderTokenProblem(r.body.token_problem); renderProgress(r.body.progress); })
+    api("GET", "progress").then(function (r) {
+      renderTokenProblem(r.body.token_problem); state.progress = r.body.progress; renderProgress(r.body.progress);
+    })
       .catch(function (e) { text($("export-error"), e.message); });
   }
 
@@ -162,8 +238,24 @@
       state = r.body;
       renderSummary();
       renderTokenProblem(state.token_problem);
-      if (state.progress) { renderProgress(state.progress); } else { $("stop").disabled = true; }
+      if (state.progress) { renderProgress(state.progress); } else { $("stop").disabled = true; renderSync(null); }
     }).catch(function (e) { text($("export-error"), e.message); });
+  }
+
+  // The portal's frame follows the page's height (BX24.resizeWindow, else BX24.fitWindow) as it grows and shrinks.
+  function fitFrame() {
+    if (!window.BX24 || !window.ResizeObserver) { return; }
+    var last = 0;
+    BX24.init(function () {
+      var fit = function () {
+        var h = Math.ceil(document.body.getBoundingClientRect().height);
+        if (h === last) { return; }
+        last = h;
+        if (BX24.resizeWindow) { BX24.resizeWindow(document.documentElement.clientWidth, h); } else { BX24.fitWindow(); }
+      };
+      new ResizeObserver(fit).observe(document.body);
+      fit();
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -203,23 +295,39 @@
       }).catch(function (e) { out.className = "bad"; text(out, e.message); })
         .then(function () { $("check").disabled = false; });
     });
-    $("form").addEventListener("submit", function (ev) {
-      ev.preventDefault();
+    // Save checks the key and the connection first; when SpeechSense refuses them, the administrator may still
+    // save on purpose (the "save without check" button).
+    function save(anyway) {
       clearErrors();
       var out = $("save-result");
-      api("POST", "settings", formData()).then(function (r) {
-        if (r.body.errors) { showErrors(r.body.errors); out.className = "bad"; text(out, T.fix_errors); return; }
+      var form = formData(); form.save_anyway = anyway;
+      out.className = ""; text(out, T.checking);
+      $("save").disabled = true;
+      api("POST", "settings", form).then(function (r) {
+        if (r.body.errors) {
+          showErrors(r.body.errors); out.className = "bad";
+          text(out, r.body.unverified ? r.body.error : T.fix_errors);
+          $("save-anyway").hidden = !r.body.unverified;
+          return;
+        }
+        if (r.status !== 200) { out.className = "bad"; text(out, r.body.error || r.body); return; }
         state.settings = r.body.settings; state.api_key_set = r.body.api_key_set; state.saved = true;
-        renderSummary(); edit(false);
+        renderSummary(); edit(false); renderSync(state.progress);
         text($("export-error"), ""); text($("save-result"), "");
-        var note = $("p-status"); if (!state.progress) { text(note, T.saved); }
-      }).catch(function (e) { out.className = "bad"; text(out, e.message); });
-    });
+        var note = $("p-status"); if (!state.progress) { text(note, r.body.verified ? T.saved : T.saved_unverified); }
+      }).catch(function (e) { out.className = "bad"; text(out, e.message); })
+        .then(function () { $("save").disabled = false; });
+    }
+    $("form").addEventListener("submit", function (ev) { ev.preventDefault(); save(false); });
+    $("save-anyway").addEventListener("click", function () { save(true); });
+    $("form").addEventListener("input", function (ev) { var n = fieldOf(ev.target); if (n) { clearFieldError(n); } });
+    $("form").addEventListener("change", function (ev) { var n = fieldOf(ev.target); if (n) { clearFieldError(n); } });
     $("start").addEventListener("click", function () {
       text($("export-error"), "");
       api("POST", "export/start").then(function (r) {
         if (r.status !== 200) { text($("export-error"), r.body.error || r.body); return; }
         state.progress = r.body.progress; renderProgress(r.body.progress);
+        text($("export-error"), "");
       }).catch(function (e) { text($("export-error"), e.message); });
     });
     $("stop").addEventListener("click", function () {
@@ -236,6 +344,11 @@
         });
     });
     load();
+    fitFrame();
+    // With continuous sync on, passes start on their own: look in every few seconds.
+    setInterval(function () {
+      if (!pollTimer && state && state.saved && state.settings.sync_enabled) { poll(); }
+    }, 5000);
     // Sessions expire after an idle hour: while the page is open, swap in a fresh one every five minutes.
     setInterval(function () {
       api("POST", "session/renew").then(function (r) {

@@ -145,21 +145,26 @@ async fn settings_page_in_chromium() {
     .await;
     fx.install().await;
     let (emu, speech) = (&fx.emu, &fx.speech);
+    // Ten calls come later, for continuous sync.
+    emu.hide_calls_after(50);
 
     let (_driver, c) = start_driver(&driver_path).await;
-    c.goto(&emu.app_frame_url(&format!("{}app", fx.base), "ru"))
-        .await
-        .unwrap();
-    let frame = c.wait().for_element(Locator::Css("#app")).await.unwrap();
-    frame.enter_frame().await.unwrap();
+    let frame_url = |lang: &str| emu.app_frame_url(&format!("{}app", fx.base), lang);
+    c.goto(&frame_url("ru")).await.unwrap();
+    enter_app(&c).await;
     wait_text(&c, "#edit", |t| t == "Редактировать", "the Edit button").await;
+
+    // The frame follows the page: BX24.resizeWindow as it grows (the emulated portal records the calls).
+    let before = frame_fit(&c, 0.0).await;
     click(&c, "#edit").await;
+    let after = frame_fit(&c, before + 100.0).await;
+    println!("frame height: {before} px, with the form open {after} px");
 
     let conn = speech.config().connections[0].id.clone();
     let key = speech.config().api_keys[0].clone();
     fill(&c, "#f-connection_id", &conn).await;
 
-    // A wrong key: the message says the key is wrong.
+    // A wrong key: the check says the key is wrong.
     fill(&c, "#f-api_key", "wrong-key").await;
     click(&c, "#check").await;
     let msg = wait_text(
@@ -171,6 +176,46 @@ async fn settings_page_in_chromium() {
     .await;
     assert!(msg.contains("SpeechSense не принял API-ключ"), "{msg}");
 
+    // Saving it is refused next to the key, unless confirmed; the export then stops once, saying what to do.
+    fill(&c, "#f-min_duration", "0").await;
+    click(&c, "#save").await;
+    wait_text(
+        &c,
+        "#err-api_key",
+        |t| t.contains("API-ключ"),
+        "the key's error on save",
+    )
+    .await;
+    assert!(visible(&c, "#save-anyway").await);
+    assert!(!visible(&c, "#view").await, "not saved");
+    click(&c, "#save-anyway").await;
+    wait_text(
+        &c,
+        "#summary",
+        |t| t.contains(&conn),
+        "the settings saved unchecked",
+    )
+    .await;
+    click(&c, "#start").await;
+    let status = wait_text(
+        &c,
+        "#p-status",
+        |t| t.contains("Проверьте API-ключ"),
+        "the stop",
+    )
+    .await;
+    assert!(status.starts_with("Выгрузка остановлена"), "{status}");
+    let card = inner_text(&c, "#export").await;
+    assert_eq!(
+        card.matches("Проверьте API-ключ").count(),
+        1,
+        "one message: {card}"
+    );
+    assert!(!card.contains("UNAUTHENTICATED"), "{card}");
+    assert!(!visible(&c, "#p-errors-box").await, "{card}");
+    assert_eq!(speech.talk_count(), 0);
+
+    click(&c, "#edit").await;
     fill(&c, "#f-api_key", &key).await;
     click(&c, "#check").await;
     wait_text(
@@ -207,10 +252,17 @@ async fn settings_page_in_chromium() {
     assert!(users.unwrap_or_default().parse::<u64>().is_ok());
     click(&c, "#pick-users").await;
 
-    // A field error next to its field, then fixed.
+    // A field error next to its field; it goes as soon as the field is fixed, before saving.
     fill(&c, "#f-users", "1, bob").await;
     click(&c, "#save").await;
     wait_text(&c, "#err-users", |t| !t.is_empty(), "the users field error").await;
+    fill(&c, "#f-users", "1").await;
+    assert_eq!(
+        inner_text(&c, "#err-users").await,
+        "",
+        "the error clears with the fix"
+    );
+    assert!(!has_class(&c, "#fld-users", "invalid").await);
     fill(&c, "#f-users", "").await;
     click(&c, "#save").await;
     wait_text(&c, "#summary", |t| t.contains(&conn), "the saved settings").await;
@@ -229,10 +281,168 @@ async fn settings_page_in_chromium() {
         .unwrap();
     assert!(uploaded > 0);
     assert_eq!(speech.talk_count(), uploaded);
+    // The tiles add up.
+    let mut tiles = Vec::new();
+    for id in [
+        "found",
+        "uploaded",
+        "skipped",
+        "awaiting",
+        "failed",
+        "remaining",
+    ] {
+        tiles.push(
+            inner_text(&c, &format!("#p-{id}"))
+                .await
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        tiles[0],
+        tiles[1..].iter().sum::<u64>(),
+        "found = the other tiles: {tiles:?}"
+    );
+    let ru = inner_text(&c, "body").await;
+    let foreign = latin_words(&ru, &[&conn, &fx.emu.app_domain()]);
+    assert!(
+        foreign.is_empty(),
+        "the Russian page shows only Russian: {foreign:?} in {ru}"
+    );
     std::fs::write(
         screenshots().join("export-finished.png"),
         c.screenshot().await.unwrap(),
     )
     .unwrap();
+
+    // The English page: not a Russian word (nor unit) on it.
+    c.goto(&frame_url("en")).await.unwrap();
+    enter_app(&c).await;
+    wait_text(
+        &c,
+        "#p-status",
+        |t| t == "Export finished",
+        "the English status",
+    )
+    .await;
+    let en = inner_text(&c, "body").await;
+    assert!(
+        !en.chars().any(|ch| ('\u{400}'..='\u{4ff}').contains(&ch)),
+        "the English page shows no Russian: {en}"
+    );
+    assert!(en.contains("Took:"), "{en}");
+
+    // Continuous sync on: the card shows what its passes delivered (today, since it was turned on, the last pass).
+    click(&c, "#edit").await;
+    click(&c, "#f-sync_enabled").await;
+    click(&c, "#save").await;
+    wait_text(&c, "#p-sync", |t| t.contains("no pass yet"), "the sync box").await;
+    emu.reveal_calls_up_to(60);
+    assert_eq!(fx.server.sync_pass().await, 1);
+    wait_text(
+        &c,
+        "#p-status",
+        |t| t == "Sync pass finished",
+        "the sync pass",
+    )
+    .await;
+    let delivered = speech.talk_count() - uploaded;
+    assert!(delivered > 0);
+    let today = inner_text(&c, "#p-sync-1").await;
+    assert!(today.contains(&format!("uploaded {delivered}")), "{today}");
+    assert_eq!(
+        inner_text(&c, "#p-sync-2").await,
+        today,
+        "since it was turned on = today"
+    );
+    let last = inner_text(&c, "#p-sync-3").await;
+    assert!(last.contains(&format!("uploaded {delivered}")), "{last}");
+    std::fs::write(
+        screenshots().join("continuous-sync.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
     c.close().await.unwrap();
+}
+
+/// Enters the application's frame of the emulated portal page.
+async fn enter_app(c: &Client) {
+    let frame = c.wait().for_element(Locator::Css("#app")).await.unwrap();
+    frame.enter_frame().await.unwrap();
+}
+
+/// In the portal page: waits until the application asked for a frame taller than `above` px and the frame has
+/// that height; back in the application's frame, returns the height.
+async fn frame_fit(c: &Client, above: f64) -> f64 {
+    c.enter_parent_frame().await.unwrap();
+    let t0 = Instant::now();
+    let height = loop {
+        let v = c
+            .execute(
+                "var calls = window.bx24Calls.filter(function (x) { return x.bx24 === 'resizeWindow'; });\
+                 var f = document.getElementById('app');\
+                 return [calls.length ? calls[calls.length - 1].height : 0, f.getBoundingClientRect().height];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (asked, has) = (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
+        if asked > above && (asked - has).abs() < 1.0 {
+            break has;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the frame was not resized above {above} px: asked {asked}, has {has}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    enter_app(c).await;
+    height
+}
+
+async fn inner_text(c: &Client, css: &str) -> String {
+    let v = c
+        .execute(
+            "return document.querySelector(arguments[0]).innerText;",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap();
+    v.as_str().unwrap_or_default().trim().to_string()
+}
+
+async fn visible(c: &Client, css: &str) -> bool {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .is_displayed()
+        .await
+        .unwrap()
+}
+
+async fn has_class(c: &Client, css: &str, class: &str) -> bool {
+    let v = c
+        .execute(
+            "return document.querySelector(arguments[0]).classList.contains(arguments[1]);",
+            vec![json!(css), json!(class)],
+        )
+        .await
+        .unwrap();
+    v.as_bool().unwrap()
+}
+
+/// The Latin words of `text` that are not product or identifier names (`allowed`: values the page shows as
+/// they are, such as the portal's domain).
+fn latin_words(text: &str, allowed: &[&str]) -> Vec<String> {
+    const NAMES: [&str; 6] = ["SpeechSense", "API", "ID", "CSV", "ru-RU", "b24sense"];
+    let mut rest = text.to_string();
+    for a in allowed {
+        rest = rest.replace(a, " ");
+    }
+    rest.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-' || ch == '.'))
+        .map(|w| w.trim_matches(|ch| ch == '-' || ch == '.'))
+        .filter(|w| w.chars().any(|ch| ch.is_ascii_alphabetic()))
+        .filter(|w| !NAMES.contains(w))
+        .map(str::to_string)
+        .collect()
 }

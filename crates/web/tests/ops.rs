@@ -1,7 +1,7 @@
 //! Operating the application server, against the Bitrix24 and SpeechSense emulators over real sockets on
 //! 127.0.0.1: Prometheus metrics with the upload latency histogram, the keep-alive refresh of idle
-//! installations, progress journaled in the store across restarts (and resumed exports), and the per-call
-//! CSV report streamed from the ledger.
+//! installations, and progress journaled in the store across restarts (and resumed exports). The per-call
+//! CSV report is in `report.rs`.
 
 mod common;
 
@@ -9,13 +9,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use b24sense_core::{Call, FailReason, LedgerState, Outcome};
+use b24sense_core::LedgerState;
 use b24sense_emulators::bitrix24::{Bitrix24Emulator, PortalConfig};
 use b24sense_emulators::speechsense::{SpeechSenseConfig, SpeechSenseEmulator};
 use b24sense_store::{PortalTokens, SecretKey, Store};
 use b24sense_web::{AppServer, WebConfig};
-use chrono::FixedOffset;
-use common::{good_settings, http, listen, portal, web_config, Session};
+use common::{good_settings, http, listen, parse_metrics, portal, sample, web_config, Session};
 use secrecy::ExposeSecret;
 use serde_json::json;
 use sqlx::{Connection, Executor};
@@ -202,24 +201,6 @@ impl Fx {
     }
 }
 
-/// Sample lines of a Prometheus text exposition: `name{labels}` → value. Panics on a line that is neither a
-/// comment nor a sample.
-fn parse_metrics(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            let (name, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let value = match value {
-                "+Inf" => f64::INFINITY,
-                v => v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
-            };
-            (name.to_string(), value)
-        })
-        .collect()
-}
-
 /// `(which, after, before)` for the access and the refresh token of two stored pairs.
 fn token_pairs<'a>(
     after: &'a PortalTokens,
@@ -237,14 +218,6 @@ fn token_pairs<'a>(
             before.refresh_token.expose_secret(),
         ),
     ]
-}
-
-fn sample(samples: &[(String, f64)], name: &str) -> f64 {
-    samples
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no sample {name}: {samples:?}"))
-        .1
 }
 
 #[tokio::test]
@@ -605,115 +578,4 @@ async fn finished_progress_survives_a_restart() {
         "a finished run is not resumed"
     );
     b.shut_down().await;
-}
-
-fn call(id: u64) -> Call {
-    let row = json!({
-        "ID": id.to_string(), "CALL_ID": format!("call-{id}"), "CALL_DURATION": "60", "CALL_TYPE": "1",
-        "CALL_START_DATE": "2026-03-10T11:19:38+03:00", "CALL_RECORD_URL": "",
-        "PORTAL_USER_ID": "1", "PHONE_NUMBER": "+79001234567",
-    });
-    Call::from_bitrix(&row, FixedOffset::east_opt(3 * 3600).unwrap()).unwrap()
-}
-
-#[tokio::test]
-async fn the_report_is_every_ledger_row_streamed_as_csv() {
-    let fx = Fx::small(30).await;
-    let srv = fx.serve(|_| {}).await;
-    let s = fx.install(&srv).await;
-    s.export().await;
-
-    // More rows than a page holds (several pages), and a detail CSV must quote.
-    let member = fx.emu.app_member_id();
-    let store = fx.store().await;
-    let extra: Vec<Call> = (1_000_000..1_001_234).map(call).collect();
-    store.register(&member, &extra).await.unwrap();
-    let detail = "download failed, \"HTTP 500\"\nsecond line; третья, строка";
-    let claim = store
-        .claim(&member, 1_000_500, "test", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(store
-        .finish(
-            &claim,
-            &Outcome::Failed {
-                reason: FailReason::DownloadFailed,
-                detail: detail.into(),
-            },
-        )
-        .await
-        .unwrap());
-
-    let r = http()
-        .get(format!("{}api/report", srv.base))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
-    // Streamed: no length known up front.
-    assert!(r.headers().get("content-length").is_none());
-    let body = r.text().await.unwrap();
-    assert!(
-        body.contains("\"download failed, \"\"HTTP 500\"\"\nsecond line; третья, строка\""),
-        "the detail is quoted as RFC 4180 says"
-    );
-
-    let mut reader = csv::Reader::from_reader(body.as_bytes());
-    assert_eq!(
-        reader.headers().unwrap(),
-        vec![
-            "call_id",
-            "state",
-            "reason",
-            "talk_id",
-            "attempts",
-            "detail",
-            "updated_at"
-        ]
-    );
-    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    let total: u64 = store
-        .counts(Some(&member))
-        .await
-        .unwrap()
-        .iter()
-        .map(|c| c.count)
-        .sum();
-    assert_eq!(rows.len() as u64, total);
-    assert!(rows.len() > 1_234);
-    let ids: Vec<u64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
-    for row in &rows {
-        let e = store
-            .entry(&member, row[0].parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&row[1], e.state.as_str());
-        assert_eq!(&row[2], e.reason.as_deref().unwrap_or(""));
-        assert_eq!(&row[3], e.talk_id.as_deref().unwrap_or(""));
-        assert_eq!(row[4].parse::<u32>().unwrap(), e.attempts);
-        assert_eq!(&row[5], e.detail.as_deref().unwrap_or(""));
-        assert_eq!(
-            chrono::DateTime::parse_from_rfc3339(&row[6]).unwrap(),
-            e.updated_at
-        );
-    }
-    let special = rows.iter().find(|r| &r[0] == "1000500").unwrap();
-    assert_eq!(
-        (&special[1], &special[2], &special[5]),
-        ("failed", "download_failed", detail)
-    );
-    // Uploaded calls carry their talk IDs.
-    let talks: BTreeSet<String> = fx.speech.talks().into_iter().map(|t| t.id).collect();
-    let reported: BTreeSet<String> = rows
-        .iter()
-        .filter(|r| &r[1] == "uploaded" && !r[3].is_empty())
-        .map(|r| r[3].to_string())
-        .collect();
-    assert_eq!(reported, talks);
-    srv.shut_down().await;
 }

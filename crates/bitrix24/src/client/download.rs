@@ -2,6 +2,7 @@
 //! to the portal's own host take a limiter token while the portal is known to count them (`accounting`).
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -19,12 +20,16 @@ use crate::error::{ApiErrorKind, Error};
 pub struct Download {
     pub content_length: Option<u64>,
     pub stream: BoxStream<'static, Result<Bytes, Error>>,
+    /// Time spent waiting here for a limiter token or an over-budget slot before the request went out: local
+    /// queueing, not the portal's latency (the engine's concurrency control must not read it as load).
+    pub queued: Duration,
 }
 
 impl std::fmt::Debug for Download {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Download")
             .field("content_length", &self.content_length)
+            .field("queued", &self.queued)
             .finish_non_exhaustive()
     }
 }
@@ -48,7 +53,9 @@ impl Bitrix24Client {
         let referer = origin.as_ref().map(|o| format!("{}/", o.base()));
         let host = url.host_str().unwrap_or_default().to_string();
         let mut attempt = 0u32;
+        let mut queued = Duration::ZERO;
         loop {
+            let waiting = Instant::now();
             let mut over_budget = None;
             if on_portal && !self.counts_portal_downloads() {
                 over_budget = self.uncounted_download_slot().await;
@@ -61,6 +68,7 @@ impl Bitrix24Client {
             } else if on_portal {
                 bump(&inner.counters.uncounted_portal_downloads);
             }
+            queued += waiting.elapsed();
             bump(&inner.counters.requests);
             let mut req = inner.download_http.get(url.clone()).header(ACCEPT, "*/*");
             if let Some(r) = &referer {
@@ -93,6 +101,7 @@ impl Bitrix24Client {
                         return Ok(Download {
                             content_length,
                             stream,
+                            queued,
                         });
                     }
                     let code = status.as_u16();
@@ -122,6 +131,7 @@ impl Bitrix24Client {
                             return Ok(Download {
                                 content_length: Some(len),
                                 stream: futures::stream::once(async move { Ok(body) }).boxed(),
+                                queued,
                             });
                         }
                         _ if code == 429 || status.is_server_error() => {

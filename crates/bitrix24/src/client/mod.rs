@@ -8,6 +8,7 @@
 
 mod accounting;
 mod download;
+mod probe;
 mod public_only;
 mod rest;
 mod send;

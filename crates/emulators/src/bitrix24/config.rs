@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, TimeZone};
 
 use super::faults::FaultConfig;
+use super::openlines::OpenLinesConfig;
 
 /// The portal to generate and how it behaves.
 #[derive(Clone)]
@@ -50,6 +51,8 @@ pub struct PortalConfig {
     pub download_latency: Duration,
     pub operating: Option<OperatingConfig>,
     pub faults: FaultConfig,
+    /// Open Lines sessions (chats), generated beside the calls without changing them.
+    pub open_lines: OpenLinesConfig,
 }
 
 impl std::fmt::Debug for PortalConfig {
@@ -106,6 +109,7 @@ impl Default for PortalConfig {
             download_latency: Duration::ZERO,
             operating: None,
             faults: FaultConfig::default(),
+            open_lines: OpenLinesConfig::default(),
         }
     }
 }

@@ -59,6 +59,9 @@ pub fn dispatch(inner: &PortalState, ctx: &Ctx, method: &str, p: &P) -> Result<M
             inner.config.utc_offset
         ))))),
         m => {
+            if let Some(r) = super::openlines::dispatch(inner, m, p) {
+                return r;
+            }
             if let Some((kind, op)) = crm_method(m) {
                 return match op {
                     "list" => crm_list(inner, kind, p),

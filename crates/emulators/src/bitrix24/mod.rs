@@ -18,6 +18,7 @@
 //! - `recordings`: [`RecordingInfo`], Disk download links and the two download routes; `audio`: the bytes.
 //! - `app`: the application flow (install, OAuth, events; [`AppInstall`], [`FrameRequest`]).
 //! - `data`: the generated portal (users, CRM, calls); `live`: calls still to come, recordings attached late.
+//! - `openlines`: Open Lines chats (sessions, their CRM activities and histories; [`OpenLinesConfig`]).
 //! - `faults`: fault injection ([`FaultConfig`], [`fault_kind`]); `limits`: the bucket and operating-time limiter.
 //! - `stats`: the counters ([`PortalStats`]); `error`: the REST error; `clock`: time and the portal's date format.
 
@@ -34,6 +35,7 @@ mod filter;
 mod limits;
 mod live;
 mod methods;
+mod openlines;
 mod params;
 mod recordings;
 mod reply;
@@ -46,5 +48,6 @@ pub use app::{AppInstall, FrameRequest};
 pub use config::{OperatingConfig, PortalConfig};
 pub use emulator::{serve_forever, Bitrix24Emulator};
 pub use faults::{kind as fault_kind, FaultConfig};
+pub use openlines::{ChatSessionInfo, OpenLinesConfig};
 pub use recordings::RecordingInfo;
 pub use stats::PortalStats;

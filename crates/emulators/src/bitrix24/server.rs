@@ -131,6 +131,7 @@ pub(crate) fn router(inner: Arc<PortalState>) -> Router {
         .route("/records/{file}", get(record_file))
         .route("/_emulator/stats", get(stats_route))
         .route("/_emulator/app_frame", get(app::app_frame))
+        .route("/_emulator/bx24.js", get(app::sdk_stub))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .with_state(inner)
 }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use b24sense_core::audio::{self, AudioProbe, ProbeError, MAX_PROBE_BYTES};
 use b24sense_core::mapping::talk_fields;
@@ -17,21 +17,27 @@ use super::{AttemptError, Run, Sent, WorkItem, MAX_DISK_LINKS};
 use crate::ports::{CallSource, Classified, TalkSink};
 
 impl<S: CallSource, K: TalkSink> Run<S, K> {
-    /// One try: download, probe, upload.
+    /// One try: download, probe, upload. `queued` receives the time the download waited locally before it went
+    /// out (a rate-limit token or slot), which the concurrency control leaves out of the attempt's latency.
     pub(super) async fn attempt(
         &self,
         item: &WorkItem,
         claim: &Claim,
         reupload: bool,
+        queued: &mut Duration,
     ) -> Result<(Outcome, Sent), AttemptError> {
-        let opened = self.open_and_probe(item).await?;
+        let opened = self.open_and_probe(item, queued).await?;
         let connection_id = self.choose_connection(item, &opened)?;
         self.upload_and_classify(item, claim, reupload, opened, connection_id)
             .await
     }
 
     /// Starts the download and reads just enough of its head to know the container and channels.
-    async fn open_and_probe(&self, item: &WorkItem) -> Result<Opened, AttemptError> {
+    async fn open_and_probe(
+        &self,
+        item: &WorkItem,
+        queued: &mut Duration,
+    ) -> Result<Opened, AttemptError> {
         let call = &item.call;
         let url = item
             .url
@@ -65,6 +71,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                     detail: e.to_string(),
                 },
             })?;
+        *queued = recording.queued;
         let content_length = recording.content_length;
         let mut body = recording.bytes;
 
@@ -158,7 +165,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
         let sent = Arc::new(AtomicU64::new(0));
         let source_broke = Arc::new(AtomicBool::new(false));
-        let gate_closed = Arc::new(Mutex::new(None::<bool>));
+        let gate_closed = Arc::new(Mutex::new(None::<GateClosed>));
         let audio = {
             let sent = sent.clone();
             let broke = source_broke.clone();
@@ -179,7 +186,7 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             .sink
             .upload_audio(&connection_id, &fields, container, audio);
         let uploaded = upload.await;
-        let gate = *gate_closed.lock().unwrap();
+        let gate = gate_closed.lock().unwrap().take();
         match uploaded {
             Ok(talk_id) => Ok((
                 // `mono` marks a one-channel recording in a two-channel connection (not one routed elsewhere).
@@ -197,16 +204,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 let detail = e.to_string();
                 match gate {
                     // Taken over: the stream was abandoned before its end, so nothing was stored.
-                    Some(true) => return Err(AttemptError::LostLease),
-                    Some(false) => {
-                        return Err(AttemptError::Retry {
-                            reason: FailReason::UploadFailed,
-                            after: None,
-                            detail:
-                                "the ledger could not confirm the lease before the upload's end"
-                                    .into(),
-                        })
-                    }
+                    Some(GateClosed::TakenOver) => return Err(AttemptError::LostLease),
+                    Some(GateClosed::Ledger(e)) => return Err(AttemptError::Ledger(e)),
                     None => {}
                 }
                 if source_broke.load(Ordering::Relaxed) {
@@ -238,11 +237,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     /// ends. The half-close is what makes SpeechSense store the talk, so this is the one moment the ledger must be
     /// written before: a crash earlier leaves nothing stored and nothing in doubt. If the lease was taken over, or
     /// the ledger cannot say, the stream ends in an error instead, which abandons the upload so that nothing is
-    /// stored; `closed` tells why (`Some(true)` taken over, `Some(false)` ledger error).
+    /// stored; `closed` tells why.
     fn fence_gate(
         &self,
         claim: &Claim,
-        closed: Arc<Mutex<Option<bool>>>,
+        closed: Arc<Mutex<Option<GateClosed>>>,
     ) -> impl futures::Stream<Item = Result<Bytes, String>> + Send + 'static {
         let store = self.store.clone();
         let claim = claim.clone();
@@ -251,12 +250,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             let why = match store.mark_uploading(&claim, lease).await {
                 Ok(true) => return None,
                 Ok(false) => {
-                    *closed.lock().unwrap() = Some(true);
+                    *closed.lock().unwrap() = Some(GateClosed::TakenOver);
                     "another worker took this call over".to_string()
                 }
                 Err(e) => {
-                    *closed.lock().unwrap() = Some(false);
-                    format!("ledger error before the upload's end: {e}")
+                    let why = format!("ledger error before the upload's end: {e}");
+                    *closed.lock().unwrap() = Some(GateClosed::Ledger(e));
+                    why
                 }
             };
             tracing::warn!(call = claim.call_id, %why, "abandoning the upload");
@@ -264,6 +264,14 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         })
         .filter_map(|item| async move { item })
     }
+}
+
+/// Why the fence gate ended an upload's stream in an error instead of letting it end.
+enum GateClosed {
+    /// Another worker took the call over.
+    TakenOver,
+    /// The ledger could not write the `uploading` mark.
+    Ledger(b24sense_store::Error),
 }
 
 /// A download whose head was probed: the audio's format, and the stream from its first piece on.

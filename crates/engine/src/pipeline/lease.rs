@@ -9,6 +9,7 @@ use b24sense_core::{Call, LedgerState, Outcome, SkipReason};
 use b24sense_store::{Claim, PortalLease};
 use tokio_util::sync::CancellationToken;
 
+use super::guard::Until;
 use super::{Run, Sent};
 use crate::holder::{Holder, Liveness};
 use crate::ports::{CallSource, TalkSink};
@@ -104,8 +105,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// Renews the portal lease every sixth of its length until `done` (so a dead holder's last request is at least
     /// five sixths of a lease old when another replica takes over: 50 s with the default, the Enterprise bucket's
-    /// drain time). Losing it (another replica took the portal
-    /// over, or the database was unreachable for a whole lease) stops the run and abandons the calls in flight.
+    /// drain time). Losing it to another replica stops the run and abandons the calls in flight. A ledger that
+    /// refuses the renewal is not a loss (`guard`: the run takes no new calls meanwhile); a lease that lapsed is
+    /// still this run's unless a replica took it, which the first renewal that passes tells.
     pub(super) async fn hold_portal(self: Arc<Self>, lease: PortalLease, done: CancellationToken) {
         let every = (self.config.portal_lease / 6).max(Duration::from_millis(50));
         let mut renewed = Instant::now();
@@ -119,19 +121,21 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 .renew_portal(&lease, self.config.portal_lease)
                 .await
             {
-                Ok(true) => renewed = Instant::now(),
+                Ok(true) => {
+                    renewed = Instant::now();
+                    self.ledger_up();
+                }
                 Ok(false) => {
                     self.fail_run("another replica took this portal over".into());
                     self.hard.cancel();
                     return;
                 }
+                // The ledger is down (the workers hold their outcomes and wait, see `guard`): a lease that lapsed
+                // meanwhile is still ours unless another replica took it, which the next renewal tells.
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not renew the portal lease");
-                    if renewed.elapsed() >= self.config.portal_lease {
-                        self.fail_run(format!("lost the portal lease: {e}"));
-                        self.hard.cancel();
-                        return;
-                    }
+                    tracing::warn!(error = %e, lapsed = renewed.elapsed() >= self.config.portal_lease,
+                        "could not renew the portal lease");
+                    self.ledger_down(&e);
                 }
             }
         }
@@ -150,18 +154,24 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let deadline = Instant::now() + self.config.lease * 2 + self.config.portal_lease;
         loop {
             let claim = self
-                .store
-                .claim(
-                    &self.config.portal,
-                    call.id,
-                    &self.config.worker_id,
-                    self.config.lease,
-                )
+                .ledger_op(Until::Stop, || {
+                    self.store.claim(
+                        &self.config.portal,
+                        call.id,
+                        &self.config.worker_id,
+                        self.config.lease,
+                    )
+                })
                 .await?;
             if claim.is_some() {
                 return Ok(claim);
             }
-            match self.store.entry(&self.config.portal, call.id).await? {
+            let entry = self
+                .ledger_op(Until::Stop, || {
+                    self.store.entry(&self.config.portal, call.id)
+                })
+                .await?;
+            match entry {
                 Some(e) if e.state == LedgerState::Uploaded => {
                     let outcome = Outcome::Skipped {
                         reason: SkipReason::AlreadyUploaded,
@@ -197,11 +207,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         if at.elapsed() < self.config.lease / 3 {
             return Ok(Some(claim));
         }
-        Ok(self
-            .store
-            .renew(&claim, self.config.lease)
-            .await?
-            .then_some(claim))
+        let renewed = self
+            .ledger_op(Until::Stop, || self.store.renew(&claim, self.config.lease))
+            .await?;
+        Ok(renewed.then_some(claim))
     }
 
     /// Runs `work` while renewing the claim's lease every third of its length, so a long download or upload (a large
@@ -217,13 +226,14 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             loop {
                 tick.tick().await;
                 match self.store.renew(claim, self.config.lease).await {
-                    Ok(true) => {}
+                    Ok(true) => self.ledger_up(),
                     Ok(false) => {
                         tracing::warn!(call = claim.call_id, "lease lost during the upload");
                         return std::future::pending::<()>().await;
                     }
                     Err(e) => {
-                        tracing::warn!(call = claim.call_id, error = %e, "could not renew the lease")
+                        tracing::warn!(call = claim.call_id, error = %e, "could not renew the lease");
+                        self.ledger_down(&e);
                     }
                 }
             }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use b24sense_core::{Call, CrmRef, FailReason, LedgerState, Outcome, SkipReason};
 use tokio::sync::mpsc;
 
+use super::guard::Until;
 use super::{unique, Run, Sent, WorkItem};
 use crate::ports::{CallPage, CallSource, Names, TalkSink};
 use crate::report::ProgressEvent;
@@ -19,7 +20,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut after = 0u64;
         let mut total = 0u64;
         if self.config.incremental {
-            if let Some(mark) = self.store.cursor(&portal, &cursor_key).await? {
+            let mark = self
+                .ledger_op(Until::Stop, || self.store.cursor(&portal, &cursor_key))
+                .await?;
+            if let Some(mark) = mark {
                 total += self.take_up_due(mark, &input, &mut names).await?;
                 after = mark;
             }
@@ -37,7 +41,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 break;
             }
             if let Some(last) = page.last_id {
-                self.store.set_cursor(&portal, &cursor_key, last).await?;
+                self.ledger_op(Until::Stop, || {
+                    self.store.set_cursor(&portal, &cursor_key, last)
+                })
+                .await?;
                 after = last;
             }
             if page.exhausted || page.last_id.is_none() {
@@ -64,8 +71,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut taken = 0u64;
         while !self.stop.is_cancelled() {
             let due = self
-                .store
-                .due(&self.config.portal, after, mark, DUE_PAGE)
+                .ledger_op(Until::Stop, || {
+                    self.store.due(&self.config.portal, after, mark, DUE_PAGE)
+                })
                 .await?;
             let Some(last) = due.last().map(|e| e.call_id) else {
                 break;
@@ -129,7 +137,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         input: &mpsc::Sender<WorkItem>,
         names: &mut Names,
     ) -> Result<bool, EngineError> {
-        let entries = self.store.register(&self.config.portal, &calls).await?;
+        let entries = self
+            .ledger_op(Until::Stop, || {
+                self.store.register(&self.config.portal, &calls)
+            })
+            .await?;
         let mut todo = Vec::with_capacity(calls.len());
         for (call, entry) in calls.into_iter().zip(entries) {
             if entry.state == LedgerState::Uploaded {

@@ -60,6 +60,7 @@ use crate::EngineError;
 mod accounting;
 mod attempt;
 mod dry_run;
+mod guard;
 mod lease;
 mod lister;
 mod resolver;
@@ -127,6 +128,8 @@ enum AttemptError {
     Fatal(String),
     /// Another worker owns the call now.
     LostLease,
+    /// The ledger could not write the `uploading` mark, so the upload was abandoned before its end (nothing stored).
+    Ledger(b24sense_store::Error),
 }
 
 struct Run<S, K> {
@@ -143,6 +146,8 @@ struct Run<S, K> {
     summary: Mutex<Summary>,
     /// Calls in flight at once (downloads and uploads).
     limit: AdaptiveLimit,
+    /// The ledger's health and the outcomes it could not take yet (`guard`).
+    ledger: guard::LedgerGuard,
 }
 
 /// Runs one export to completion (or until `shutdown` is cancelled, after which in-flight uploads finish).
@@ -176,8 +181,13 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         hard: CancellationToken::new(),
         fatal: Mutex::new(None),
         summary: Mutex::new(Summary::default()),
+        ledger: guard::LedgerGuard::new(),
     });
 
+    if !run.config.dry_run {
+        // Outcomes an earlier run could not record come first: no call with a known talk ID goes out again.
+        run.import_recovery_journal().await?;
+    }
     if run.config.dry_run {
         run.dry_run().await?;
     } else if let Some(lease) = run.acquire_portal().await? {
@@ -199,7 +209,10 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         let result = run.clone().export().await;
         run.finish_download_accounting(accounting).await;
         // Calls claimed ahead of the workers and never taken up (the run stopped) are due at once for the next run.
-        if let Err(e) = run
+        let given_up = run.ledger_given_up();
+        if given_up {
+            tracing::warn!("the ledger refuses writes: this run's leases are left to expire (a new process on this machine takes them over at once)");
+        } else if let Err(e) = run
             .store
             .release_held(&run.config.portal, &run.config.worker_id)
             .await
@@ -210,10 +223,18 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         held.cancel();
         let _ = holder.await;
         // Let a waiting replica take over at once rather than after the lease runs out.
-        if let Err(e) = run.store.release_portal(&lease).await {
-            tracing::warn!(error = %e, "could not release the portal lease; it expires by itself");
+        if !given_up {
+            if let Err(e) = run.store.release_portal(&lease).await {
+                tracing::warn!(error = %e, "could not release the portal lease; it expires by itself");
+            }
         }
-        result?;
+        run.settle_ledger_guard().await;
+        // A run that gave up on its ledger ends with its reason and summary (below), not the last ledger error.
+        if let Err(e) = result {
+            if run.fatal.lock().unwrap().is_none() {
+                return Err(e);
+            }
+        }
     }
 
     let mut summary = std::mem::take(&mut *run.summary.lock().unwrap());

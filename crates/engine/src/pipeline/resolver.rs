@@ -11,6 +11,7 @@ use b24sense_store::Claim;
 use tokio::sync::mpsc;
 use url::Url;
 
+use super::guard::Until;
 use super::{unique, Feedback, Run, Sent, WorkItem, DISK_BATCH};
 use crate::config::LateRecordings;
 use crate::ports::{CallSource, Classified, TalkSink};
@@ -103,13 +104,14 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             let mut chunk: Vec<WorkItem> = items.by_ref().take(self.workers()).collect();
             let ids: Vec<u64> = chunk.iter().map(|i| i.call.id).collect();
             let claims = self
-                .store
-                .claim_many(
-                    &self.config.portal,
-                    &ids,
-                    &self.config.worker_id,
-                    self.config.lease,
-                )
+                .ledger_op(Until::Stop, || {
+                    self.store.claim_many(
+                        &self.config.portal,
+                        &ids,
+                        &self.config.worker_id,
+                        self.config.lease,
+                    )
+                })
                 .await?;
             let at = Instant::now();
             let mut claims: HashMap<u64, Claim> =
@@ -175,7 +177,10 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             self.commit(&claim, call, outcome, Sent::NOTHING).await?;
             return Ok(());
         };
-        if self.store.wait_for_recording(&claim, delay).await? {
+        let waiting = self
+            .ledger_op(Until::Stop, || self.store.wait_for_recording(&claim, delay))
+            .await?;
+        if waiting {
             tracing::debug!(
                 call = call.id,
                 ?delay,
@@ -243,11 +248,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         call: &Call,
         outcome: Outcome,
     ) -> Result<(), EngineError> {
-        if self
-            .store
-            .settle_unheld(&self.config.portal, call.id, &outcome)
-            .await?
-        {
+        let settled = self
+            .ledger_op(Until::Stop, || {
+                self.store
+                    .settle_unheld(&self.config.portal, call.id, &outcome)
+            })
+            .await?;
+        if settled {
             self.report(call, outcome, Sent::NOTHING);
             return Ok(());
         }

@@ -9,6 +9,7 @@ use b24sense_core::{Call, FailReason, Outcome};
 use b24sense_store::Claim;
 use tokio::sync::mpsc;
 
+use super::guard::Until;
 use super::{AttemptError, Feedback, Run, Sent, WorkItem};
 use crate::concurrency::{Load, Sample};
 use crate::ports::{CallSource, TalkSink};
@@ -25,7 +26,8 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             let _place = self.limit.acquire().await;
             let item = work.lock().await.recv().await;
             let Some(item) = item else { return };
-            let fb = if self.stop.is_cancelled() {
+            // While the ledger refuses writes, no new call is started.
+            let fb = if self.stop.is_cancelled() || !self.wait_ledger_up().await {
                 Feedback::Done
             } else {
                 match self.process(item).await {
@@ -90,12 +92,16 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let result = self.attempt(&item, &claim, reupload).await;
+            let mut queued = Duration::ZERO;
+            let result = self.attempt(&item, &claim, reupload, &mut queued).await;
             if let Some(load) = load_of(&result) {
+                // Waiting for the portal's rate limit is not latency of the links in flight: left out, it would
+                // read as queueing and lower the limit while the uploads it governs are fine.
                 let elapsed = started.elapsed();
+                let queued = queued.min(elapsed);
                 self.limit.record(Sample {
-                    started,
-                    elapsed,
+                    started: started + queued,
+                    elapsed: elapsed - queued,
                     load,
                 });
             }
@@ -103,8 +109,21 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
                 Ok(done) => done,
                 Err(AttemptError::Final(outcome)) => (outcome, Sent::NOTHING),
                 Err(AttemptError::LostLease) => return Ok(Feedback::Done),
+                Err(AttemptError::Ledger(e)) => {
+                    // The `uploading` mark failed, so the stream was abandoned before its end: nothing stored, and
+                    // no attempt of the call's. Wait for the ledger (renewing the claim probes it), then go again.
+                    self.ledger_down(&e);
+                    let renewed = self
+                        .ledger_op(Until::Stop, || self.store.renew(&claim, self.config.lease))
+                        .await;
+                    if !matches!(renewed, Ok(true)) {
+                        return Ok(Feedback::Done);
+                    }
+                    continue;
+                }
                 Err(AttemptError::Fallback) => {
-                    self.store.release(&claim).await?;
+                    self.ledger_op(Until::Stop, || self.store.release(&claim))
+                        .await?;
                     let mut item = item;
                     item.url = None;
                     item.via_disk = true;
@@ -218,15 +237,68 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         outcome: Outcome,
         sent: Sent,
     ) -> Result<Feedback, EngineError> {
-        if !self.store.finish(claim, &outcome).await? {
-            tracing::warn!(
-                call = call.id,
-                "lease was taken over before the commit; the other worker reports this call"
-            );
-            return Ok(Feedback::Done);
+        let mut failures = 0u32;
+        loop {
+            let done = match self.store.finish(claim, &outcome).await {
+                Ok(true) => Ok(true),
+                // After a failure the outcome may have been written all the same (the answer was lost), or the
+                // lease may have lapsed meanwhile: a known talk ID is written over any unfinished row.
+                Ok(false) if failures > 0 => self.commit_after_failure(claim, &outcome).await,
+                other => other,
+            };
+            match done {
+                Ok(true) => {
+                    self.ledger_up();
+                    if failures > 0 {
+                        self.took(call);
+                    }
+                    self.report(call, outcome, sent);
+                    return Ok(Feedback::Done);
+                }
+                Ok(false) => {
+                    self.took(call);
+                    tracing::warn!(
+                        call = call.id,
+                        "lease was taken over before the commit; the other worker reports this call"
+                    );
+                    return Ok(Feedback::Done);
+                }
+                Err(e) if !e.may_pass_later() => return Err(e.into()),
+                Err(e) => {
+                    if failures == 0 {
+                        self.hold(claim, &outcome);
+                    }
+                    failures += 1;
+                    self.ledger_down(&e);
+                    if !self.ledger_pause(failures, Until::Hard).await {
+                        // Given up, or abandoned at the end of a shutdown: the outcome stays held, in the journal.
+                        return Ok(Feedback::Done);
+                    }
+                }
+            }
         }
-        self.report(call, outcome, sent);
-        Ok(Feedback::Done)
+    }
+
+    /// `finish` answered "not this claim's" after an earlier try failed: true when the ledger has the outcome now
+    /// (the failed try was written after all, or the held entry was just written unfenced: a talk ID is a fact).
+    async fn commit_after_failure(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+    ) -> Result<bool, b24sense_store::Error> {
+        if let Some(entry) = self.held_entry(claim.call_id) {
+            if entry.talk_id().is_some() && self.store.record_recovered(&entry).await? {
+                return Ok(true);
+            }
+        }
+        let now = self.store.entry(&claim.portal, claim.call_id).await?;
+        Ok(now.is_some_and(|e| {
+            e.state == outcome.state()
+                && match outcome {
+                    Outcome::Uploaded { talk_id, .. } => e.talk_id.as_deref() == Some(talk_id),
+                    _ => e.reason.as_deref() == outcome.reason(),
+                }
+        }))
     }
 }
 

@@ -2,15 +2,19 @@
 //! answer delayed so that calls in flight, not the machine, set the pace. The emulator counts the upload streams
 //! open at once, so the limit is seen from the server's side.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use b24sense_core::CallFilter;
 use b24sense_emulators::speechsense::{Code, SpeechSenseConfig};
 use b24sense_engine::concurrency::DEFAULT_INITIAL;
+use b24sense_engine::report::no_progress;
 use b24sense_engine::retry::Backoff;
-use b24sense_engine::Concurrency;
+use b24sense_engine::{run_export, Concurrency, ExportConfig};
+use tokio_util::sync::CancellationToken;
 
 use crate::e2e::Env;
+use crate::fakes::{Download, FakeSink, FakeSource};
 use crate::support::test_store;
 
 /// Enough recordings for several rounds of the workers (about 250 of 300 calls have one).
@@ -94,4 +98,42 @@ async fn pinned_concurrency_never_opens_more_streams() {
         (1..=3).contains(&streams),
         "{streams} upload streams at once"
     );
+}
+
+/// Time a download waits for the portal's rate limit is not latency of the calls in flight: when later calls queue
+/// behind the limiter (Disk downloads on a busy bucket), the limit must not fall as if SpeechSense were overloaded.
+#[tokio::test]
+async fn waiting_for_the_portals_rate_limit_does_not_lower_the_limit() {
+    let source = FakeSource::portal(400);
+    for id in 120..=400u64 {
+        let url = FakeSource::rec_url(id);
+        let found = source.downloads.lock().unwrap().get(&url).cloned();
+        if let Some(Download::Bytes(b)) = found {
+            source.set_download(&url, Download::Queued(b, Duration::from_millis(400)));
+        }
+    }
+    let source = Arc::new(source);
+    let sink = Arc::new(FakeSink {
+        delay: Duration::from_millis(40),
+        ..FakeSink::default()
+    });
+    let (store, _dir) = test_store().await;
+    let config = ExportConfig::new("fake.bitrix24.test", "conn-1");
+    let summary = run_export(
+        source.clone(),
+        sink.clone(),
+        store,
+        config,
+        no_progress(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.uploaded, 320, "{summary:?}");
+    // Counted in, the waits would read as latency rising tenfold, window after window, and drive the limit to the
+    // floor. Left out, the limit climbs; one decrease is tolerated for a scheduler stall on a loaded machine.
+    let limit = summary.concurrency;
+    assert!(limit.decreases <= 1, "{limit:?}");
+    assert!(limit.peak > DEFAULT_INITIAL, "{limit:?}");
+    assert!(limit.last >= DEFAULT_INITIAL, "{limit:?}");
 }

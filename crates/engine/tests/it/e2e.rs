@@ -92,6 +92,19 @@ impl Env {
         Ok(Ran::new(summary, &calls))
     }
 
+    /// [`Env::export`] with the caller's progress callback and shutdown, answering what the engine answered.
+    pub(crate) async fn export_with(
+        &self,
+        store: &Store,
+        config: ExportConfig,
+        progress: b24sense_engine::ProgressFn,
+        shutdown: CancellationToken,
+    ) -> Result<b24sense_engine::Summary, EngineError> {
+        let source = Arc::new(Bitrix24Source::new(self.bitrix.clone()));
+        let sink = self.sink(&self.api_key);
+        run_export(source, sink, store.clone(), config, progress, shutdown).await
+    }
+
     /// The portal's calls as the engine parses them.
     fn calls(&self) -> Vec<Call> {
         let msk = FixedOffset::east_opt(3 * 3600).unwrap();

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use b24sense_core::{
     Call, CallFilter, Container, CrmEntityType, CrmInfo, CrmRef, ErrorClass, TalkFields, UserInfo,
@@ -73,6 +74,8 @@ pub enum Download {
     Dead,
     /// Yields the first half, then an error — the first `n` times.
     BreaksMidway(Vec<u8>, u32),
+    /// Waits this long before it starts, as behind a rate limiter, and says so (`Recording::queued`).
+    Queued(Vec<u8>, Duration),
 }
 
 #[derive(Default)]
@@ -127,7 +130,9 @@ impl FakeSource {
 
     pub fn audio_of(&self, url: &str) -> Vec<u8> {
         match self.downloads.lock().unwrap().get(url) {
-            Some(Download::Bytes(b)) | Some(Download::BreaksMidway(b, _)) => b.clone(),
+            Some(Download::Bytes(b))
+            | Some(Download::BreaksMidway(b, _))
+            | Some(Download::Queued(b, _)) => b.clone(),
             _ => panic!("no audio for {url}"),
         }
     }
@@ -229,11 +234,22 @@ impl CallSource for FakeSource {
     }
 
     async fn download(&self, url: &Url) -> Result<Recording, FakeError> {
+        let queued = match self.downloads.lock().unwrap().get(url.as_str()) {
+            Some(Download::Queued(b, wait)) => Some((b.clone(), *wait)),
+            _ => None,
+        };
+        if let Some((b, wait)) = queued {
+            tokio::time::sleep(wait).await;
+            let mut recording = self.download_bytes(b)?;
+            recording.queued = wait;
+            return Ok(recording);
+        }
         let mut map = self.downloads.lock().unwrap();
         let d = map.get_mut(url.as_str()).cloned();
         match d {
             None | Some(Download::Dead) => Err(err(ErrorClass::Permanent, "HTTP 404")),
             Some(Download::Bytes(b)) => self.download_bytes(b),
+            Some(Download::Queued(..)) => unreachable!("answered above"),
             Some(Download::BreaksMidway(b, n)) => {
                 if n == 0 {
                     map.insert(url.to_string(), Download::Bytes(b.clone()));
@@ -247,6 +263,7 @@ impl CallSource for FakeSource {
                 Ok(Recording {
                     content_length: Some(b.len() as u64),
                     bytes: stream::iter(items).boxed(),
+                    queued: Duration::ZERO,
                 })
             }
         }
@@ -263,6 +280,7 @@ impl FakeSource {
                     .collect::<Vec<_>>(),
             )
             .boxed(),
+            queued: Duration::ZERO,
         })
     }
 }

@@ -93,31 +93,26 @@ pub(super) async fn finish(
     }
 }
 
-/// The run's final progress, its journal status and the summary to store.
+/// The run's final progress, its journal status and the summary to store. `fatal`: the page's one message
+/// for a run that stopped early on its own (wrong key, refused access, …), already translated.
 pub(super) fn end_of_run(
     state: &RunState,
     result: &Result<b24sense_engine::Summary, EngineError>,
     cancel: &CancellationToken,
     by_shutdown: bool,
     lang: Lang,
+    fatal: Option<String>,
 ) -> (&'static str, serde_json::Value, Progress) {
     let (stopped, summary) = match result {
         Ok(s) => (
-            s.stopped.clone(),
+            s.stopped.is_some(),
             serde_json::to_value(s).unwrap_or_default(),
         ),
-        Err(EngineError::Stopped { reason, summary }) => (
-            Some(reason.clone()),
-            serde_json::to_value(summary).unwrap_or_default(),
-        ),
-        Err(e) => (
-            Some(e.to_string()),
-            serde_json::json!({"error": e.to_string()}),
-        ),
+        Err(EngineError::Stopped { summary, .. }) => {
+            (true, serde_json::to_value(summary).unwrap_or_default())
+        }
+        Err(e) => (true, serde_json::json!({"error": e.to_string()})),
     };
-    if let (Some(reason), false) = (&stopped, by_shutdown) {
-        state.push_error(reason.clone());
-    }
     let mut p = state.snapshot();
     p.running = false;
     p.finished = true;
@@ -128,19 +123,20 @@ pub(super) fn end_of_run(
     } else {
         0.0
     };
-    p.eta_secs = Some(0);
+    p.eta_secs = None;
     let status = if by_shutdown {
         p.interrupted = true;
-        p.eta_secs = None;
         p.stopped = Some(Msg::Interrupted.text(lang).to_string());
         run_status::SHUTDOWN
     } else {
         p.stopped = if cancel.is_cancelled() {
             Some(Msg::StoppedByUser.text(lang).to_string())
+        } else if stopped {
+            Some(fatal.unwrap_or_else(|| crate::i18n::run_stopped(lang, &crate::i18n::Stop::Other)))
         } else {
-            stopped.clone()
+            None
         };
-        if stopped.is_some() {
+        if p.stopped.is_some() {
             "stopped"
         } else {
             "finished"

@@ -1,13 +1,19 @@
 //! Export runs per portal: one at a time per portal, started from the page, by a call-end event, by the
 //! periodic catch-up pass or by a restart that interrupted one, each with live progress the page polls.
 //!
-//! Parts: [`progress`] (what the page shows and how engine events update it), [`journal`] (the progress and
-//! the end written to the store's `runs` row, so they survive a restart), [`clients`] (one REST client per
-//! portal). This file keeps the registry of runs and starts them.
+//! Parts: [`progress`] (what the page shows and how engine events update it; `eta`: the time left from the
+//! recent pace), [`journal`] (the progress and the end written to the store's `runs` row, so they survive a
+//! restart), `preflight` (the SpeechSense check before a run, the one message for a run stopped early, the
+//! portal's count of the calls), `sync_totals` (what continuous sync delivered), [`clients`] (one REST client
+//! per portal). This file keeps the registry of runs and starts them.
 
 mod clients;
+mod eta;
 mod journal;
+mod ledger_health;
+mod preflight;
 mod progress;
+mod sync_totals;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,14 +22,14 @@ use std::time::Duration;
 
 use b24sense_bitrix24::RatePlan;
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::{run_export, ExportConfig, LateRecordings};
+use b24sense_engine::{run_export, EngineError, ExportConfig, LateRecordings};
 use b24sense_store::{Portal, PortalSettings, SecretKey, Store};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::check::speech_client;
-use crate::i18n::{Lang, Msg};
+use crate::i18n::{self, Lang, Msg};
 use crate::metrics::Metrics;
 use crate::oauth::{OAuthClient, RefreshLocks, StoreTokenSource};
 use crate::settings::plan;
@@ -31,6 +37,7 @@ use crate::trigger::Trigger;
 use progress::{progress_callback, RunState};
 
 pub use progress::Progress;
+pub use sync_totals::{Delivered, SyncTotals};
 
 struct Handle {
     cancel: CancellationToken,
@@ -202,8 +209,13 @@ impl Runner {
     ) -> Result<(), String> {
         let plan = plan(&settings, lang)
             .map_err(|errs| errs.into_values().collect::<Vec<_>>().join(" "))?;
-        let speech = speech_client(&env.speechsense_endpoint, api_key)?;
-        let bitrix = self.portal_client(&env, &portal)?;
+        // Not the administrator's to fix: logged, and the page says to try again.
+        let cannot_start = |e: String| {
+            tracing::error!(member_id = %portal.member_id, error = %e, "cannot start the export");
+            Msg::CannotStart.text(lang).to_string()
+        };
+        let speech = speech_client(&env.speechsense_endpoint, api_key).map_err(cannot_start)?;
+        let bitrix = self.portal_client(&env, &portal).map_err(cannot_start)?;
 
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         if runs
@@ -235,6 +247,8 @@ impl Runner {
         drop(runs);
 
         let mut config = ExportConfig::new(portal.member_id.clone(), settings.connection_id.trim());
+        // A full run counts its calls first, for the time left while the listing goes on.
+        let count_filter = (!trigger.is_incremental()).then(|| plan.filter.clone());
         config.filter = plan.filter;
         config.mono_policy = plan.mono;
         config.language = settings.language.trim().to_string();
@@ -252,6 +266,8 @@ impl Runner {
         let env2 = env.clone();
         let settings2 = settings.clone();
         tokio::spawn(async move {
+            state.lock().sync =
+                preflight::sync_totals(&env.store, &member, &settings2, env.stale_after).await;
             let params =
                 serde_json::json!({"trigger": trigger, "connection_id": config.connection_id});
             let first = serde_json::to_value(state.snapshot()).unwrap_or_default();
@@ -272,18 +288,55 @@ impl Runner {
                     journal_done.clone(),
                 ))
             });
-            let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
-            let sink = Arc::new(SpeechSenseSink::new(speech, plan.search));
             let before = bitrix.stats();
-            let result = run_export(
-                source,
-                sink,
-                env.store.clone(),
-                config,
-                progress_fn,
-                cancel.clone(),
-            )
-            .await;
+            let counting = count_filter.map(|filter| {
+                let (bitrix, state) = (bitrix.clone(), state.clone());
+                tokio::spawn(async move {
+                    let total = preflight::count_calls(&bitrix, &filter).await;
+                    state.lock().expected = total;
+                })
+            });
+            let connection_id = config.connection_id.clone();
+            let (result, fatal) = match preflight::probe(&speech, &connection_id).await {
+                // Nothing is touched: the key or the connection is wrong, or SpeechSense is out of reach.
+                Err(stop) => (
+                    Err(EngineError::Stopped {
+                        reason: format!("SpeechSense check before the run: {stop:?}"),
+                        summary: Box::default(),
+                    }),
+                    Some(i18n::run_stopped(lang, &stop)),
+                ),
+                Ok(()) => {
+                    let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
+                    let sink = Arc::new(SpeechSenseSink::new(speech.clone(), plan.search));
+                    let result = run_export(
+                        source,
+                        sink,
+                        env.store.clone(),
+                        config,
+                        progress_fn,
+                        cancel.clone(),
+                    )
+                    .await;
+                    let fatal = match &result {
+                        _ if cancel.is_cancelled() => None,
+                        Ok(_) => None,
+                        Err(EngineError::Stopped { reason, .. }) => {
+                            let stop =
+                                preflight::classify_stop(&speech, &connection_id, reason).await;
+                            Some(i18n::run_stopped(lang, &stop))
+                        }
+                        Err(e) => {
+                            tracing::warn!(member_id = %member, error = %e, "the export failed");
+                            Some(i18n::run_stopped(lang, &i18n::Stop::Other))
+                        }
+                    };
+                    (result, fatal)
+                }
+            };
+            if let Some(c) = counting {
+                c.abort();
+            }
             let after = bitrix.stats();
             metrics
                 .rest_requests
@@ -297,8 +350,12 @@ impl Runner {
                 let _ = j.await;
             }
             let by_shutdown = shutdown.load(Ordering::Relaxed);
-            let (status, summary, last) =
-                journal::end_of_run(&state, &result, &cancel, by_shutdown, lang);
+            let (status, summary, mut last) =
+                journal::end_of_run(&state, &result, &cancel, by_shutdown, lang, fatal);
+            let pass = Delivered::of(&last);
+            if let (Some(totals), true) = (last.sync.as_mut(), trigger.is_incremental()) {
+                totals.add_pass(pass, chrono::Utc::now(), bitrix.portal_offset());
+            }
             if let Some(id) = run_id {
                 journal::finish(&env.store, id, status, &summary, &last).await;
             }

@@ -10,6 +10,8 @@ use b24sense_core::Outcome;
 use b24sense_engine::{CallReport, ProgressEvent};
 use serde::{Deserialize, Serialize};
 
+use super::eta::{eta_secs, RecentRate};
+use super::sync_totals::SyncTotals;
 use crate::i18n::{self, Lang, Msg};
 use crate::metrics::Metrics;
 use crate::trigger::{self, Trigger};
@@ -23,17 +25,23 @@ pub struct Progress {
     #[serde(with = "trigger::or_empty")]
     pub trigger: Option<Trigger>,
     pub found: u64,
+    /// How many calls the portal counted for the filters when the run started (a full run only): the total
+    /// the time left is estimated from before the listing is done.
+    pub expected: Option<u64>,
     pub listing_done: bool,
     pub settled: u64,
     pub uploaded: u64,
     /// Calls without a recording yet, waiting in the ledger for the next check.
     pub awaiting_recording: u64,
     pub skipped: BTreeMap<String, u64>,
+    /// By reason; `interrupted`: calls a stop left unfinished (taken up again by the next run).
     pub failed: BTreeMap<String, u64>,
+    /// Calls found and not done yet: `found = uploaded + skipped + failed + awaiting_recording + remaining`.
+    pub remaining: u64,
     pub bytes: u64,
-    /// Calls per second since the start.
+    /// Calls per second over the recent calls (the whole run's once it ended).
     pub rate: f64,
-    /// Seconds left at the current rate (when the total is known).
+    /// Seconds left at the recent rate (when the total is known or estimated).
     pub eta_secs: Option<u64>,
     pub elapsed_secs: u64,
     /// The newest last, in words a person understands.
@@ -45,6 +53,8 @@ pub struct Progress {
     pub interrupted: bool,
     /// A note for the page (this run resumes one that a restart interrupted).
     pub notice: Option<String>,
+    /// With continuous sync on: what it delivered so far.
+    pub sync: Option<SyncTotals>,
 }
 
 impl Progress {
@@ -57,23 +67,44 @@ impl Progress {
         self.stopped = Some(Msg::Interrupted.text(lang).to_string());
         self
     }
+
+    /// Calls that failed (not counting those a stop left unfinished).
+    pub fn failed_calls(&self) -> u64 {
+        self.failed
+            .iter()
+            .filter(|(reason, _)| reason.as_str() != INTERRUPTED)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Calls found and not done yet, from the counts.
+    fn not_done(&self) -> u64 {
+        self.found
+            .saturating_sub(self.settled + self.awaiting_recording)
+    }
 }
+
+/// The failure reason of calls a stop left unfinished.
+const INTERRUPTED: &str = "interrupted";
 
 /// The live state of one run in this process.
 pub(super) struct RunState {
     pub(super) progress: Mutex<Progress>,
     pub(super) started: Instant,
     errors: Mutex<VecDeque<String>>,
+    recent: Mutex<RecentRate>,
     /// Bumped by every progress event: the journal writes only when it moved (or for the heartbeat).
     pub(super) changes: AtomicU64,
 }
 
 impl RunState {
     pub(super) fn new(progress: Progress) -> RunState {
+        let started = Instant::now();
         RunState {
             progress: Mutex::new(progress),
-            started: Instant::now(),
+            started,
             errors: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(RecentRate::new(started)),
             changes: AtomicU64::new(0),
         }
     }
@@ -85,18 +116,25 @@ impl RunState {
     /// The progress with rate, ETA and the last errors filled in.
     pub(super) fn snapshot(&self) -> Progress {
         let mut p = self.lock().clone();
-        let elapsed = self.started.elapsed().as_secs_f64();
+        p.remaining = p.not_done();
         if !p.finished {
+            let now = Instant::now();
+            p.elapsed_secs = now.duration_since(self.started).as_secs();
+            let rate = self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .rate(now);
+            p.rate = rate.unwrap_or(0.0);
+            // The total: the listed calls once the listing is done, else what the portal counted at the start.
+            let total = if p.listing_done {
+                Some(p.found)
+            } else {
+                p.expected.map(|e| e.max(p.found))
+            };
             // A call left waiting for its recording is done for this run.
             let done = p.settled + p.awaiting_recording;
-            p.elapsed_secs = elapsed as u64;
-            p.rate = if elapsed > 0.0 {
-                done as f64 / elapsed
-            } else {
-                0.0
-            };
-            p.eta_secs = (p.listing_done && p.rate > 0.0)
-                .then(|| (p.found.saturating_sub(done) as f64 / p.rate).ceil() as u64);
+            p.eta_secs = total.and_then(|t| eta_secs(t.saturating_sub(done), rate));
         }
         p.last_errors = self
             .errors
@@ -110,6 +148,14 @@ impl RunState {
 
     pub(super) fn finished(&self) -> bool {
         self.lock().finished
+    }
+
+    /// One more call done (settled, or left waiting for its recording).
+    fn call_done(&self) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Instant::now());
     }
 
     pub(super) fn push_error(&self, msg: String) {
@@ -137,6 +183,7 @@ pub(super) fn progress_callback(
                 p.found = p.found.max(*total);
             }
             ProgressEvent::Settled(r) => {
+                st.call_done();
                 p.settled += 1;
                 p.bytes += r.bytes;
                 m.upload_bytes.inc_by(r.bytes);
@@ -161,22 +208,30 @@ pub(super) fn progress_callback(
                     }
                 }
             }
-            ProgressEvent::AwaitingRecording { .. } => p.awaiting_recording += 1,
-            ProgressEvent::BadRow { detail } => st.push_error(i18n::unreadable_row(lang, detail)),
+            ProgressEvent::AwaitingRecording { .. } => {
+                st.call_done();
+                p.awaiting_recording += 1;
+            }
+            ProgressEvent::BadRow { detail } => {
+                tracing::warn!(%detail, "unreadable call row");
+                st.push_error(i18n::unreadable_row(lang).to_string());
+            }
+            ProgressEvent::Ledger(h) => super::ledger_health::apply(&st, &mut p, h, lang),
         }
         drop(p);
         st.changes.fetch_add(1, Ordering::Relaxed);
     })
 }
 
+/// A failed call in the page's words (the technical detail is in the report and the log). Calls a stop left
+/// unfinished are not listed: the stop's own message says why, once.
 fn describe(report: &CallReport, lang: Lang) -> Option<String> {
     let Outcome::Failed { reason, detail } = &report.outcome else {
         return None;
     };
-    Some(i18n::call_not_uploaded(
-        lang,
-        report.call_id,
-        reason.as_str(),
-        detail,
-    ))
+    if *reason == b24sense_core::FailReason::Interrupted {
+        return None;
+    }
+    tracing::debug!(call = report.call_id, %reason, %detail, "call not uploaded");
+    Some(i18n::call_not_uploaded(lang, report.call_id, *reason))
 }

@@ -57,6 +57,8 @@ pub fn web_config(
         speech.endpoint(),
     );
     config.allow_http_portals = true;
+    // The emulator's stand-in for the Bitrix24 JS SDK: pages opened in a browser load nothing from outside.
+    config.bitrix24_sdk = emu.sdk_url();
     config.oauth_servers = oauth_of
         .iter()
         .map(|e| format!("127.0.0.1:{}", e.addr().port()))
@@ -272,10 +274,18 @@ impl App {
         also_allowed: &[&Bitrix24Emulator],
         adjust: impl FnOnce(&mut WebConfig),
     ) -> App {
+        App::start_full(portal, SpeechSenseConfig::default(), also_allowed, adjust).await
+    }
+
+    /// A fixture for the portal `portal` and a SpeechSense emulator configured as `speech`.
+    pub async fn start_full(
+        portal: PortalConfig,
+        speech: SpeechSenseConfig,
+        also_allowed: &[&Bitrix24Emulator],
+        adjust: impl FnOnce(&mut WebConfig),
+    ) -> App {
         let emu = Bitrix24Emulator::start(portal).await.unwrap();
-        let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
-            .await
-            .unwrap();
+        let speech = SpeechSenseEmulator::start(speech).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite:{}/b.db", dir.path().display()))
             .await
@@ -361,4 +371,31 @@ impl App {
             .await
             .unwrap()
     }
+}
+
+/// Sample lines of a Prometheus text exposition: `name{labels}` → value. Panics on a line that is neither a
+/// comment nor a sample.
+pub fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// The value of the sample `name` (with its labels) in `samples`.
+pub fn sample(samples: &[(String, f64)], name: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no sample {name}: {samples:?}"))
+        .1
 }

@@ -55,15 +55,46 @@ pub(crate) async fn app_frame(
          <body style=\"margin:0;background:#eef2f4;font:14px Arial,sans-serif\">\
          <div style=\"height:48px;background:#2fc6f6;color:#fff;display:flex;align-items:center;padding:0 20px;font-size:18px\">\
          Bitrix24 · {domain} · b24sense</div>\
-         <iframe name=\"app\" id=\"app\" style=\"width:100%;height:1500px;border:0;display:block\"></iframe>\
+         <iframe name=\"app\" id=\"app\" style=\"width:100%;height:600px;border:0;display:block\"></iframe>\
          <form id=\"open\" method=\"POST\" target=\"app\" action=\"{action}\">{inputs}</form>\
-         <script>document.getElementById('open').submit();</script></body></html>",
+         <script>{FRAME_HOST}document.getElementById('open').submit();</script></body></html>",
         domain = esc(&domain(&inner)),
         action = esc(&req.url(&handler)),
     );
     Response::builder()
         .header("content-type", "text/html; charset=utf-8")
         .body(Body::from(html))
+        .unwrap_or_default()
+}
+
+/// The portal page's side of the SDK stand-in ([`SDK_STUB`]): the frame's messages are recorded in
+/// `window.bx24Calls` (for browser tests) and `resizeWindow` sets the frame's height, as Bitrix24 does.
+const FRAME_HOST: &str = "window.bx24Calls=[];window.addEventListener('message',function(e){\
+var f=document.getElementById('app');if(e.source!==f.contentWindow||!e.data||!e.data.bx24){return;}\
+window.bx24Calls.push(e.data);if(e.data.bx24==='resizeWindow'&&e.data.height>0){f.style.height=e.data.height+'px';}});";
+
+/// A stand-in for the Bitrix24 JS SDK (`//api.bitrix24.com/api/v1/`), served at `/_emulator/bx24.js`: `init`,
+/// `installFinish`, `resizeWindow`, `fitWindow` and `getScrollSize` post to the portal page that framed the
+/// application ([`FRAME_HOST`] acts on them), so nothing is loaded from outside the machine.
+const SDK_STUB: &str = r#"(function () {
+  "use strict";
+  function send(cmd, params) { if (window.parent !== window) { window.parent.postMessage({ bx24: cmd, params: params || {}, height: params && params.height }, "*"); } }
+  function scrollSize() { return { scrollWidth: document.documentElement.scrollWidth, scrollHeight: document.documentElement.scrollHeight }; }
+  window.BX24 = {
+    init: function (cb) { setTimeout(function () { if (cb) { cb(); } }, 0); },
+    installFinish: function () { send("installFinish"); },
+    getScrollSize: scrollSize,
+    resizeWindow: function (width, height, cb) { send("resizeWindow", { width: width, height: height }); if (cb) { cb({ width: width, height: height }); } },
+    fitWindow: function (cb) { var s = scrollSize(); window.BX24.resizeWindow(s.scrollWidth, s.scrollHeight, cb); }
+  };
+})();
+"#;
+
+/// `GET /_emulator/bx24.js`: [`SDK_STUB`].
+pub(crate) async fn sdk_stub() -> Response<Body> {
+    Response::builder()
+        .header("content-type", "text/javascript; charset=utf-8")
+        .body(Body::from(SDK_STUB))
         .unwrap_or_default()
 }
 
@@ -139,6 +170,11 @@ impl Bitrix24Emulator {
     /// a fresh token pair for `user_id`.
     pub fn app_frame_request(&self, user_id: u64, lang: &str) -> FrameRequest {
         frame_request(&self.inner, user_id, lang)
+    }
+
+    /// `{base}_emulator/bx24.js`: the stand-in for the Bitrix24 JS SDK the application's pages may load.
+    pub fn sdk_url(&self) -> String {
+        format!("{}_emulator/bx24.js", self.inner.base)
     }
 
     /// `{base}_emulator/app_frame?handler=…&lang=…`: the portal page that opens the application in an iframe.

@@ -21,7 +21,7 @@ mod methods;
 mod oauth;
 mod state;
 
-pub(crate) use frame::app_frame;
+pub(crate) use frame::{app_frame, sdk_stub};
 pub use frame::{AppInstall, FrameRequest};
 pub(crate) use methods::dispatch;
 pub(crate) use oauth::oauth_token;

@@ -39,6 +39,8 @@ pub struct PortalData {
     pub files: HashMap<u64, usize>,
     /// CALL_ID → index into `calls`.
     pub by_call_id: HashMap<String, usize>,
+    /// Open Lines sessions ([`crate::bitrix24::openlines`]).
+    pub open_lines: crate::bitrix24::openlines::OpenLinesData,
 }
 
 impl PortalData {
@@ -73,6 +75,13 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let people = people_gen::generate(cfg, &mut rng);
     let calls = call_gen::generate(cfg, &mut rng, &people);
+    let crm_counts = [
+        people.contacts.len(),
+        people.companies.len(),
+        people.leads.len(),
+        people.deals.len(),
+    ];
+    let open_lines = crate::bitrix24::openlines::generate(cfg, &people.users, crm_counts);
     PortalData {
         calls: calls.calls,
         users: people.users,
@@ -82,5 +91,6 @@ pub fn generate(cfg: &PortalConfig) -> PortalData {
         deals: people.deals,
         files: calls.files,
         by_call_id: calls.by_call_id,
+        open_lines,
     }
 }
