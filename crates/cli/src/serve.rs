@@ -124,7 +124,9 @@ pub async fn run(a: ServeArgs) -> Result<u8, Failure> {
             ),
         ));
     }
-    let store = open_store(&a.database).await?;
+    // Outcomes a failing ledger could not take are journaled (PostgreSQL: in the data directory) and imported by
+    // the portal's next run.
+    let store = crate::ledger::with_recovery(open_store(&a.database).await?);
     let mut config = WebConfig::new(
         a.public_url.clone(),
         a.client_id,

@@ -16,9 +16,9 @@ pub mod report;
 pub mod retry;
 pub mod runtime;
 
+pub use chats::{run_chat_export, ChatExportConfig, ChatSummary};
 pub use concurrency::{Concurrency, LimitTrace};
 pub use config::{ExportConfig, LateRecordings};
-pub use chats::{run_chat_export, ChatExportConfig, ChatSummary};
 pub use pipeline::run_export;
 pub use report::{
     CallReport, DownloadAccounting, DryRunTotals, LedgerFault, LedgerHealth, LedgerStats,

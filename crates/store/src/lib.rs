@@ -46,11 +46,11 @@ use std::sync::Arc;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Sqlite, SqlitePool};
 
+pub use chat_ledger::{ChatClaim, ChatEntry, ChatVerdict, ListedSession};
 pub use error::{Error, LedgerFault};
 pub use faults::{InjectedFault, LedgerFaults};
 pub use journal::{run_status, RunProgress, RunRecord};
 pub use key_rotation::{Reseal, RotationReport, SecretCensus, StoredSecret};
-pub use chat_ledger::{ChatClaim, ChatEntry, ChatVerdict, ListedSession};
 pub use ledger::{Claim, LedgerEntry, StateCount};
 pub use open::OpenOptions;
 pub use portal_lease::{PortalHolder, PortalLease};
