@@ -289,13 +289,12 @@ impl Runner {
                 ))
             });
             let before = bitrix.stats();
-            let counting = count_filter.map(|filter| {
-                let (bitrix, state) = (bitrix.clone(), state.clone());
-                tokio::spawn(async move {
-                    let total = preflight::count_calls(&bitrix, &filter).await;
-                    state.lock().expected = total;
-                })
-            });
+            // Counted before the export, not beside it: one request with the portal's tokens at a time, so an
+            // expired access token is refreshed by one request, not raced by two.
+            if let Some(filter) = count_filter {
+                let total = preflight::count_calls(&bitrix, &filter).await;
+                state.lock().expected = total;
+            }
             let connection_id = config.connection_id.clone();
             let (result, fatal) = match preflight::probe(&speech, &connection_id).await {
                 // Nothing is touched: the key or the connection is wrong, or SpeechSense is out of reach.
@@ -334,9 +333,6 @@ impl Runner {
                     (result, fatal)
                 }
             };
-            if let Some(c) = counting {
-                c.abort();
-            }
             let after = bitrix.stats();
             metrics
                 .rest_requests

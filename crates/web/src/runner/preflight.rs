@@ -17,8 +17,8 @@ use crate::i18n::Stop;
 
 /// How long the check before a run may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long counting the calls may take (the estimate waits for nothing).
-const COUNT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long counting the calls may take before the export starts without an estimate.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Before a run (and after an early stop): SpeechSense's answer to the metadata-only probe, `Ok` when the key
 /// and the connection are accepted.
