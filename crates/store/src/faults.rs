@@ -4,7 +4,9 @@
 //! is handed to [`crate::OpenOptions::faults`].
 //!
 //! Tests use it where the machine cannot mount a size-limited or read-only filesystem (they say so when they
-//! do); where it can, they fill or freeze a real one instead.
+//! do); where it can, they fill or freeze a real one instead. [`InjectedFault::AnswerLost`] makes every statement
+//! take effect and then fail as a connection cut mid-answer does (a database server that went away after it
+//! committed): the case a retry must not mistake for someone else's work.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,6 +21,11 @@ pub enum InjectedFault {
     DiskFull,
     /// `SQLITE_READONLY` (8): "attempt to write a readonly database".
     ReadOnly,
+    /// The statement runs (and commits), then its answer is lost: the connection reset.
+    AnswerLost,
+    /// [`InjectedFault::AnswerLost`] for claims only (the statements that take leases on calls), the other
+    /// statements unharmed: the moment of a cut that matters most, made certain.
+    ClaimAnswerLost,
 }
 
 /// A switch shared by the test and the store it opened.
@@ -36,21 +43,41 @@ impl LedgerFaults {
             None => 0,
             Some(InjectedFault::DiskFull) => 1,
             Some(InjectedFault::ReadOnly) => 2,
+            Some(InjectedFault::AnswerLost) => 3,
+            Some(InjectedFault::ClaimAnswerLost) => 4,
         };
         self.0.store(v, Ordering::Relaxed);
     }
 
+    /// The error a statement fails with before it runs.
     pub(crate) fn error(&self) -> Option<Error> {
         let (code, message) = match self.0.load(Ordering::Relaxed) {
-            0 => return None,
             1 => ("13", "database or disk is full"),
-            _ => ("8", "attempt to write a readonly database"),
+            2 => ("8", "attempt to write a readonly database"),
+            _ => return None,
         };
         Some(Error::Database(sqlx::Error::Database(Box::new(Injected {
             code,
             message,
         }))))
     }
+
+    /// The error a statement that ran fails with afterwards.
+    pub(crate) fn lost_answer(&self) -> Option<Error> {
+        (self.0.load(Ordering::Relaxed) == 3).then(connection_reset)
+    }
+
+    /// The error a claim that ran fails with afterwards.
+    pub(crate) fn lost_claim_answer(&self) -> Option<Error> {
+        (self.0.load(Ordering::Relaxed) == 4).then(connection_reset)
+    }
+}
+
+fn connection_reset() -> Error {
+    Error::Database(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "connection reset by peer (injected: the statement ran, its answer was lost)",
+    )))
 }
 
 impl std::fmt::Debug for LedgerFaults {

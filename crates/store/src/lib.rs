@@ -51,7 +51,7 @@ pub use error::{Error, LedgerFault};
 pub use faults::{InjectedFault, LedgerFaults};
 pub use journal::{run_status, RunProgress, RunRecord};
 pub use key_rotation::{Reseal, RotationReport, SecretCensus, StoredSecret};
-pub use ledger::{Claim, LedgerEntry, StateCount};
+pub use ledger::{claim_owner, Claim, LedgerEntry, StateCount};
 pub use open::OpenOptions;
 pub use portal_lease::{PortalHolder, PortalLease};
 pub use portal_settings::{PortalSettings, StoredSettings};
@@ -155,6 +155,19 @@ impl Store {
     /// An injected fault's error, if one is switched on (tests; see [`LedgerFaults`]).
     fn injected(&self) -> Option<Error> {
         self.place.faults.as_ref().and_then(LedgerFaults::error)
+    }
+
+    /// An injected lost answer, for a statement that ran (tests; see [`LedgerFaults`]).
+    fn lost_answer(&self) -> Option<Error> {
+        self.place.faults.as_ref().and_then(LedgerFaults::lost_answer)
+    }
+
+    /// An injected lost answer, for a claim that ran (tests; see [`LedgerFaults`]).
+    fn lost_claim_answer(&self) -> Result<(), Error> {
+        match self.place.faults.as_ref().and_then(LedgerFaults::lost_claim_answer) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -55,7 +55,7 @@ macro_rules! on_db {
         if let Some(e) = $self.injected() {
             return Err(e);
         }
-        match &$self.db {
+        let out = match &$self.db {
             $crate::Db::Sqlite(sqlite) => {
                 let mut held = sqlite.connection.lock().await;
                 sqlite.heal(&mut held).await?;
@@ -72,7 +72,11 @@ macro_rules! on_db {
                 let $d = &$crate::sql::Dialect::POSTGRES;
                 $body
             }
+        };
+        if let Some(e) = $self.lost_answer() {
+            return Err(e);
         }
+        out
     }};
 }
 

@@ -343,15 +343,21 @@ async fn claim_holds_until_the_lease_expires(fx: &Fx) {
         store.claim(P, 7, "b", LEASE).await.unwrap().is_none(),
         "held by a"
     );
-    assert!(
-        store.claim(P, 7, "a", LEASE).await.unwrap().is_none(),
-        "not even a may claim twice"
-    );
+    // An owner names one claim: its retry (the first answer lost on the way) takes the row back, with a new
+    // fence that leaves the first answer's claim stale.
+    let again = store
+        .claim(P, 7, "a", LEASE)
+        .await
+        .unwrap()
+        .expect("the claim's retry");
+    assert_eq!(again.fence, 2);
+    assert!(!store.renew(&a, LEASE).await.unwrap(), "fenced out");
+    assert!(store.renew(&again, LEASE).await.unwrap());
 
     let b = claim_after_expiry(&store, 7, "b").await;
     assert_eq!(
         (b.fence, b.previous, b.in_doubt),
-        (2, LedgerState::Pending, false)
+        (3, LedgerState::Pending, false)
     );
 
     // Renewing keeps b's lease alive past the original expiry.
@@ -585,6 +591,10 @@ async fn release_gives_the_row_back(fx: &Fx) {
     );
 }
 
+async fn e_owner(store: &Store, id: u64) -> Option<String> {
+    store.entry(P, id).await.unwrap().unwrap().lease_owner
+}
+
 async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
     let store = fx.store().await;
     let calls: Vec<Call> = (1..=6).map(|id| call(id, None)).collect();
@@ -610,6 +620,16 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
         store.claim(P, 1, "x", LEASE).await.unwrap().is_none(),
         "a claim taken in a batch holds like one taken alone"
     );
+    let retried = store
+        .claim_many(P, &[5, 4, 99, 3, 2, 1, 5], "w", LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried.iter().map(|c| (c.call_id, c.fence)).collect::<Vec<_>>(),
+        claims.iter().map(|c| (c.call_id, c.fence + 1)).collect::<Vec<_>>(),
+        "the batch's retry (its answer lost) takes its own rows back, and only those"
+    );
+    let claims = retried;
     assert!(store
         .claim_many(P, &[1, 4, 5], "x", LEASE)
         .await
@@ -622,8 +642,16 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
     // Each batch claim works as a claim: 5 is finished, the rest stays held by w.
     assert!(store.finish(&claims[2], &uploaded("t5")).await.unwrap());
 
-    // The run ends: what w still holds is given back (an in-doubt row stays in doubt); others' leases stay.
-    assert_eq!(store.release_held(P, "w").await.unwrap(), 2);
+    // Claims of the run `w` made as `w/N` (one owner per claim), and of a run whose name only starts with `w`.
+    store.register(P, &[call(7, None), call(8, None)]).await.unwrap();
+    claimed(&store, 7, &b24sense_store::claim_owner("w", 7), LEASE).await;
+    claimed(&store, 8, "w2/1", Duration::from_secs(30)).await;
+
+    // The run ends: what w still holds, under any of its claims, is given back (an in-doubt row stays in doubt);
+    // others' leases stay.
+    assert_eq!(store.release_held(P, "w").await.unwrap(), 3);
+    assert_eq!(e_owner(&store, 7).await, None);
+    assert_eq!(e_owner(&store, 8).await.as_deref(), Some("w2/1"));
     let e = |id| {
         let store = store.clone();
         async move {

@@ -141,6 +141,12 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         }
     }
 
+    /// A lease owner for one claim (see [`b24sense_store::claim_owner`]).
+    pub(super) fn claim_owner(&self) -> String {
+        let n = self.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b24sense_store::claim_owner(&self.config.worker_id, n)
+    }
+
     fn poll(&self) -> Duration {
         self.config
             .poll
@@ -153,14 +159,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     pub(super) async fn claim_or_wait(&self, call: &Call) -> Result<Option<Claim>, EngineError> {
         let deadline = Instant::now() + self.config.lease * 2 + self.config.portal_lease;
         loop {
+            // One owner for the claim and its retries: a claim that took effect though its answer was lost is
+            // taken back by the retry rather than waited for as another worker's.
+            let owner = self.claim_owner();
             let claim = self
                 .ledger_op(Until::Stop, || {
-                    self.store.claim(
-                        &self.config.portal,
-                        call.id,
-                        &self.config.worker_id,
-                        self.config.lease,
-                    )
+                    self.store
+                        .claim(&self.config.portal, call.id, &owner, self.config.lease)
                 })
                 .await?;
             if claim.is_some() {

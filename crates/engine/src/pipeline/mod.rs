@@ -148,6 +148,8 @@ struct Run<S, K> {
     limit: AdaptiveLimit,
     /// The ledger's health and the outcomes it could not take yet (`guard`).
     ledger: guard::LedgerGuard,
+    /// Claims made so far: each claim's lease owner is [`b24sense_store::claim_owner`] of the worker ID and this.
+    claims: std::sync::atomic::AtomicU64,
 }
 
 /// Runs one export to completion (or until `shutdown` is cancelled, after which in-flight uploads finish).
@@ -182,6 +184,7 @@ pub async fn run_export<S: CallSource, K: TalkSink>(
         fatal: Mutex::new(None),
         summary: Mutex::new(Summary::default()),
         ledger: guard::LedgerGuard::new(),
+        claims: Default::default(),
     });
 
     if !run.config.dry_run {

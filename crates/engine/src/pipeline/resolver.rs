@@ -103,14 +103,11 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         while items.peek().is_some() {
             let mut chunk: Vec<WorkItem> = items.by_ref().take(self.workers()).collect();
             let ids: Vec<u64> = chunk.iter().map(|i| i.call.id).collect();
+            let owner = self.claim_owner();
             let claims = self
                 .ledger_op(Until::Stop, || {
-                    self.store.claim_many(
-                        &self.config.portal,
-                        &ids,
-                        &self.config.worker_id,
-                        self.config.lease,
-                    )
+                    self.store
+                        .claim_many(&self.config.portal, &ids, &owner, self.config.lease)
                 })
                 .await?;
             let at = Instant::now();

@@ -83,6 +83,22 @@ async fn read_only_ledger_mid_run_holds_outcomes_and_goes_on_by_itself() {
     ride_out_injected(InjectedFault::ReadOnly, LedgerFault::ReadOnly).await;
 }
 
+/// Every statement takes effect and then fails, as when the connection to a database server is cut after it
+/// committed (the PostgreSQL outage of `ledger_faults_pg`): an outcome committed without an answer is not
+/// uploaded again, and the run goes on by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_whose_answer_was_lost_are_not_done_twice() {
+    ride_out_injected(InjectedFault::AnswerLost, LedgerFault::Unreachable).await;
+}
+
+/// Claims take effect and then fail (the cut at the moment that made `ledger_faults_pg`'s outage test hang now and
+/// then): the retry of a claim must take its calls back, not wait a whole lease (60 s here) for them as another
+/// worker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_whose_answer_was_lost_are_taken_back_not_waited_for() {
+    ride_out_injected(InjectedFault::ClaimAnswerLost, LedgerFault::Unreachable).await;
+}
+
 /// The disk under a SQLite ledger fills up mid-run: a real tmpfs filled by a ballast file (a reader keeps the WAL
 /// from being reset, so every commit needs new space), freed after 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

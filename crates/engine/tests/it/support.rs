@@ -83,7 +83,7 @@ pub async fn store_taken_over_from(loser: &str, winner: &str) -> (Store, tempfil
                UPDATE {schema}.ledger SET lease_owner = '{winner}', lease_until = now() + interval '1 hour', \
                fence = fence + 1 WHERE portal = NEW.portal AND call_id = NEW.call_id; RETURN NULL; END $$; \
              CREATE TRIGGER take_over AFTER UPDATE OF lease_owner ON {schema}.ledger FOR EACH ROW \
-               WHEN (NEW.lease_owner = '{loser}') EXECUTE FUNCTION {schema}.take_over();"
+               WHEN (NEW.lease_owner LIKE '{loser}/%') EXECUTE FUNCTION {schema}.take_over();"
         );
         sqlx::raw_sql(&trigger).execute(&db).await.unwrap();
         return (store, dir);
@@ -92,7 +92,7 @@ pub async fn store_taken_over_from(loser: &str, winner: &str) -> (Store, tempfil
     let store = Store::open(&url).await.unwrap();
     let db = sqlx::SqlitePool::connect(&url).await.unwrap();
     let trigger = format!(
-        "CREATE TRIGGER take_over AFTER UPDATE OF lease_owner ON ledger WHEN NEW.lease_owner = '{loser}' BEGIN \
+        "CREATE TRIGGER take_over AFTER UPDATE OF lease_owner ON ledger WHEN NEW.lease_owner LIKE '{loser}/%' BEGIN \
            UPDATE ledger SET lease_owner = '{winner}', \
            lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour'), fence = fence + 1 \
            WHERE portal = NEW.portal AND call_id = NEW.call_id; END"

@@ -1,6 +1,10 @@
 //! Taking leases on calls: one call ([`Store::claim`]), the next free ones in some states
 //! ([`Store::claim_next`]), or a given list ([`Store::claim_many`]). A claim bumps the row's fence; the state
 //! is not changed.
+//!
+//! A claim also takes rows whose lease `owner` itself holds: `owner` names one claim (the engine makes a new one
+//! for each, see [`claim_owner`]), so when a claim took effect but its answer was lost (the connection cut after
+//! the commit), its retry with the same `owner` gets those rows back instead of waiting a whole lease for them.
 
 use std::time::Duration;
 
@@ -11,6 +15,12 @@ use super::register::REGISTER_CHUNK;
 use super::Claim;
 use crate::sql::{state_list, to_i64, to_u64};
 use crate::{Error, Store};
+
+/// The lease owner of one claim of run `run` (its worker ID): `run/n`, a new `n` for each claim (a retry of the
+/// same claim keeps it). [`Store::release_held`] gives back every claim of the run.
+pub fn claim_owner(run: &str, n: u64) -> String {
+    format!("{run}/{n}")
+}
 
 impl Store {
     /// Takes the lease on one call for `owner` until now + `lease`, if the call is not `uploaded` and its lease
@@ -23,12 +33,12 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Claim>, Error> {
         let id = to_i64(call_id)?;
-        on_db!(self, |conn, d| {
+        let claim = on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE ledger SET lease_owner = $4, lease_until = {lease_until}, fence = fence + 1, \
                  updated_at = {now} \
                  WHERE portal = $2 AND call_id = $3 AND state <> 'uploaded' \
-                 AND (lease_until IS NULL OR lease_until <= {now}) \
+                 AND (lease_until IS NULL OR lease_until <= {now} OR lease_owner = $4) \
                  RETURNING fence, state, attempts, created_at",
             );
             let row = sqlx::query(&sql)
@@ -39,10 +49,12 @@ impl Store {
                 .fetch_optional(&mut *conn)
                 .await?;
             match row {
-                Some(row) => Ok(Some(claim_from_row!(row, portal, call_id, owner))),
-                None => Ok(None),
+                Some(row) => Some(claim_from_row!(row, portal, call_id, owner)),
+                None => None,
             }
-        })
+        });
+        self.lost_claim_answer()?;
+        Ok(claim)
     }
 
     /// Claims up to `limit` calls of `portal` in `states` (never `uploaded`) whose lease is free or expired,
@@ -66,7 +78,8 @@ impl Store {
         let mut claims = on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
                 "WITH pick AS (SELECT call_id AS pick_id FROM ledger \
-                 WHERE portal = $2 AND state IN ({states}) AND (lease_until IS NULL OR lease_until <= {{now}}) \
+                 WHERE portal = $2 AND state IN ({states}) \
+                 AND (lease_until IS NULL OR lease_until <= {{now}} OR lease_owner = $3) \
                  ORDER BY call_id LIMIT $4 {{skip_locked}}) \
                  UPDATE ledger SET lease_owner = $3, lease_until = {{lease_until}}, fence = fence + 1, \
                  updated_at = {{now}} \
@@ -88,6 +101,7 @@ impl Store {
             }
             claims
         });
+        self.lost_claim_answer()?;
         claims.sort_by_key(|c| c.call_id);
         Ok(claims)
     }
@@ -120,8 +134,11 @@ impl Store {
                     list.push_bind(*id);
                 }
                 qb.push(d.sql(
-                    ") AND state <> 'uploaded' AND (lease_until IS NULL OR lease_until <= {now}) \
-                     ORDER BY call_id {skip_locked}) \
+                    ") AND state <> 'uploaded' AND (lease_until IS NULL OR lease_until <= {now} \
+                     OR lease_owner = ",
+                ));
+                qb.push_bind(owner).push(d.sql(
+                    ") ORDER BY call_id {skip_locked}) \
                      UPDATE ledger SET lease_owner = ",
                 ));
                 qb.push_bind(owner).push(", lease_until = ");
@@ -141,6 +158,7 @@ impl Store {
                 }
             });
         }
+        self.lost_claim_answer()?;
         claims.sort_by_key(|c| c.call_id);
         Ok(claims)
     }

@@ -272,13 +272,15 @@ impl Store {
         .await
     }
 
-    /// [`Store::release`] for every call of `portal` that `owner` still holds: the end of a run gives back what it
-    /// claimed and did not finish (calls claimed ahead of the workers when it stopped). Only for the holder of the
-    /// portal's lease, which is the only one claiming this portal's calls. Returns how many were released.
+    /// [`Store::release`] for every call of `portal` that run `owner` still holds (as `owner` or through its
+    /// [`crate::claim_owner`]s): the end of a run gives back what it claimed and did not finish (calls claimed
+    /// ahead of the workers when it stopped). Only for the holder of the portal's lease, which is the only one
+    /// claiming this portal's calls. Returns how many were released.
     pub async fn release_held(&self, portal: &str, owner: &str) -> Result<u64, Error> {
         on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
-                "{RELEASE} WHERE portal = $1 AND lease_owner = $2 AND state <> 'uploaded'"
+                "{RELEASE} WHERE portal = $1 AND state <> 'uploaded' \
+                 AND (lease_owner = $2 OR substr(lease_owner, 1, length($2) + 1) = $2 || '/')"
             ));
             let done = sqlx::query(&sql)
                 .bind(portal)
