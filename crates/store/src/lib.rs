@@ -85,6 +85,8 @@ struct Place {
     key: String,
     /// Injected faults (tests), see [`LedgerFaults`].
     faults: Option<LedgerFaults>,
+    /// PostgreSQL: see [`OpenOptions::answer_timeout`].
+    answer_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]

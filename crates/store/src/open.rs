@@ -30,6 +30,12 @@ pub struct OpenOptions {
     pub acquire_timeout: Duration,
     /// How long a SQLite statement waits for the write lock before failing with "database is locked".
     pub busy_timeout: Duration,
+    /// PostgreSQL: how long a statement waits for its answer (its connection included) before it is given up as
+    /// "unreachable" and its connection dropped. Without it, a statement sent into a network that drops packets,
+    /// or to a server that failed over, would wait for TCP to give up (many minutes); with it, such a fault is
+    /// met like a server that is down (the engine holds its outcomes and retries; a statement that took effect
+    /// though its answer was lost is safe to retry).
+    pub answer_timeout: Duration,
     /// PostgreSQL only: keep the tables in this schema (created if missing).
     pub schema: Option<String>,
     /// A fault-injecting layer for tests (see [`LedgerFaults`]); `None` in production.
@@ -45,6 +51,9 @@ impl Default for OpenOptions {
             // Short enough that a write lock held elsewhere is reported within seconds (the engine then holds its
             // outcomes and retries); long enough for any ordinary write of another process to finish.
             busy_timeout: Duration::from_secs(3),
+            // Far above any ledger statement's time on a live server, yet short enough for the user to be told
+            // within 5 s when the server stops answering.
+            answer_timeout: Duration::from_secs(4),
             schema: None,
             faults: None,
         }
@@ -148,6 +157,7 @@ async fn open_sqlite(path: &str, options: &OpenOptions) -> Result<Store, Error> 
         recovery: (!memory).then(|| crate::recovery::beside(&file)),
         key: String::new(),
         faults: options.faults.clone(),
+        answer_timeout: options.answer_timeout,
     };
     Ok(Store::with_db(
         Db::Sqlite(Arc::new(SqliteDb {
@@ -255,6 +265,7 @@ async fn open_postgres(url: &str, options: &OpenOptions) -> Result<Store, Error>
         shown,
         recovery: None,
         faults: options.faults.clone(),
+        answer_timeout: options.answer_timeout,
     };
     Ok(Store::with_db(Db::Postgres(pool), place))
 }

@@ -129,6 +129,7 @@ impl Store {
                 recovery: Some(dir.join(format!("recovery-{hash}.jsonl"))),
                 key: self.place.key.clone(),
                 faults: self.place.faults.clone(),
+                answer_timeout: self.place.answer_timeout,
             });
         }
         self

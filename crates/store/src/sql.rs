@@ -67,10 +67,21 @@ macro_rules! on_db {
                 $body
             }
             $crate::Db::Postgres(pool) => {
-                let mut held = pool.acquire().await?;
-                let $conn: &mut sqlx::PgConnection = &mut *held;
-                let $d = &$crate::sql::Dialect::POSTGRES;
-                $body
+                // Bounded (`OpenOptions::answer_timeout`); given up, the statement's connection is dropped.
+                let limit = $self.place.answer_timeout;
+                let answered = tokio::time::timeout(limit, async {
+                    let mut held = pool.acquire().await?;
+                    let $conn: &mut sqlx::PgConnection = &mut *held;
+                    let $d = &$crate::sql::Dialect::POSTGRES;
+                    $body
+                })
+                .await;
+                match answered {
+                    Ok(out) => out,
+                    Err(_) => return Err($crate::Error::Unreachable(format!(
+                        "the database did not answer within {limit:?}"
+                    ))),
+                }
             }
         };
         if let Some(e) = $self.lost_answer() {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use b24sense_engine::{LedgerFault, LedgerHealth};
 use b24sense_store::{OpenOptions, Store};
 
-use crate::ledger_harness::{PgProxy, Watched};
+use crate::ledger_harness::Watched;
+use crate::pg_proxy::PgProxy;
 use crate::support::postgres_url;
 
 fn pg_addr() -> SocketAddr {
@@ -86,11 +87,19 @@ async fn postgres_connections_terminated_mid_run() {
     w.check(&store).await;
 }
 
-/// PostgreSQL unreachable mid-run (the proxy cut): told within 5 s, outcomes held, the run goes on once it is
-/// back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// How PostgreSQL becomes unreachable.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// The server is down: connections closed, new ones refused.
+    Down,
+    /// The network drops everything: statements in flight never answered, new connections never served, and
+    /// those of the partition stay silent after it heals.
+    Partition,
+}
 
-async fn postgres_unreachable_mid_run_then_back() {
+/// PostgreSQL unreachable mid-run for `B24SENSE_TEST_PG_OUTAGE_SECS`: told within 5 s, outcomes held, the run goes
+/// on by itself once it is back.
+async fn unreachable_mid_run_then_back(kind: Outage) {
     let outage = Duration::from_secs(
         std::env::var("B24SENSE_TEST_PG_OUTAGE_SECS")
             .ok()
@@ -103,9 +112,12 @@ async fn postgres_unreachable_mid_run_then_back() {
     let run = w.spawn(&store, w.config());
     w.settled_at_least(40).await;
     let at = Instant::now();
-    proxy.cut();
+    match kind {
+        Outage::Down => proxy.cut(),
+        Outage::Partition => proxy.partition(),
+    }
     let (told, event) = w.told_down(at, Duration::from_secs(5)).await;
-    println!("unreachable: told after {told:?}: {event:?}");
+    println!("{kind:?}: told after {told:?}: {event:?}");
     assert!(
         matches!(
             event,
@@ -119,14 +131,22 @@ async fn postgres_unreachable_mid_run_then_back() {
     let during = w.settled.load(Ordering::Relaxed);
     tokio::time::sleep(outage.saturating_sub(at.elapsed())).await;
     let after = w.settled.load(Ordering::Relaxed);
-    println!("settled {during} when told, {after} at the end of the {outage:?} outage");
-    proxy.restore().await;
+    println!("{kind:?}: settled {during} when told, {after} at the end of the {outage:?} outage");
+    let back = Instant::now();
+    match kind {
+        Outage::Down => proxy.restore().await,
+        Outage::Partition => proxy.heal(),
+    }
     let summary = tokio::time::timeout(Duration::from_secs(40), run)
         .await
         .expect("the run went on by itself and finished")
         .unwrap()
         .unwrap();
-    println!("unreachable for {outage:?}: {:?}", summary.ledger);
+    println!(
+        "{kind:?} for {outage:?}: finished {:?} after it was back: {:?}",
+        back.elapsed(),
+        summary.ledger
+    );
     assert!(w.saw(|h| matches!(h, LedgerHealth::Up { .. })));
     assert!(summary.stopped.is_none(), "{summary:?}");
     assert!(summary.ledger.outages >= 1 && summary.ledger.journaled == 0);
@@ -135,4 +155,17 @@ async fn postgres_unreachable_mid_run_then_back() {
         store.pending_recovery().unwrap().is_none(),
         "the journal is cleared"
     );
+}
+
+/// The server down mid-run (the proxy cut and restored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_mid_run_then_back() {
+    unreachable_mid_run_then_back(Outage::Down).await;
+}
+
+/// The network to the server partitioned mid-run, its connections never answering again: statements that wait
+/// for an answer are given up after the store's statement timeout, as a server that is down would fail them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_partitioned_mid_run_then_back() {
+    unreachable_mid_run_then_back(Outage::Partition).await;
 }

@@ -17,7 +17,6 @@ use b24sense_engine::{
     EngineError, ExportConfig, LedgerHealth, ProgressEvent, ProgressFn, Summary,
 };
 use b24sense_store::Store;
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::e2e::Env;
@@ -227,82 +226,5 @@ impl Drop for SmallFs {
             .arg("-l")
             .arg(self.dir.path())
             .status();
-    }
-}
-
-/// A TCP proxy on loopback in front of PostgreSQL that can be cut (its listener closed, so new connections are
-/// refused, and every connection through it closed: the server is unreachable) and restored on the same port,
-/// while the real server runs on.
-pub struct PgProxy {
-    pub addr: SocketAddr,
-    upstream: SocketAddr,
-    /// Bumped at each cut: connections of an earlier generation end.
-    generation: Arc<AtomicU64>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl PgProxy {
-    pub async fn start(upstream: SocketAddr) -> PgProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = PgProxy {
-            addr: listener.local_addr().unwrap(),
-            upstream,
-            generation: Arc::default(),
-            task: Mutex::new(None),
-        };
-        proxy.serve(listener);
-        proxy
-    }
-
-    fn serve(&self, listener: TcpListener) {
-        let (g, upstream) = (self.generation.clone(), self.upstream);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                let (g, born) = (g.clone(), g.load(Ordering::SeqCst));
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let pump = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    let watch = async {
-                        while g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = pump => {}
-                        _ = watch => {}
-                    }
-                });
-            }
-        });
-        *self.task.lock().unwrap() = Some(task);
-    }
-
-    pub fn cut(&self) {
-        if let Some(task) = self.task.lock().unwrap().take() {
-            task.abort();
-        }
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub async fn restore(&self) {
-        // The aborted task drops its listener shortly; bind again until the port is free (bounded).
-        for _ in 0..100 {
-            if let Ok(listener) = TcpListener::bind(self.addr).await {
-                return self.serve(listener);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("could not listen on {} again", self.addr);
-    }
-}
-
-impl Drop for PgProxy {
-    fn drop(&mut self) {
-        self.cut();
     }
 }

@@ -11,5 +11,6 @@ mod faults;
 mod ledger_faults;
 mod ledger_faults_pg;
 mod ledger_harness;
+mod pg_proxy;
 mod pipeline;
 mod support;

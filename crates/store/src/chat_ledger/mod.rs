@@ -167,7 +167,8 @@ impl Store {
                 }
             }
             tx.commit().await?;
-        });
+            Ok::<(), Error>(())
+        })?;
         sessions
             .iter()
             .map(|s| {

@@ -49,10 +49,10 @@ impl Store {
                 .fetch_optional(&mut *conn)
                 .await?;
             match row {
-                Some(row) => Some(claim_from_row!(row, portal, call_id, owner)),
-                None => None,
+                Some(row) => Ok::<_, Error>(Some(claim_from_row!(row, portal, call_id, owner))),
+                None => Ok(None),
             }
-        });
+        })?;
         self.lost_claim_answer()?;
         Ok(claim)
     }
@@ -99,8 +99,8 @@ impl Store {
                 let call_id = to_u64(row.try_get("call_id")?)?;
                 claims.push(claim_from_row!(row, portal, call_id, owner));
             }
-            claims
-        });
+            Ok::<_, Error>(claims)
+        })?;
         self.lost_claim_answer()?;
         claims.sort_by_key(|c| c.call_id);
         Ok(claims)
@@ -156,7 +156,8 @@ impl Store {
                     let call_id = to_u64(row.try_get("call_id")?)?;
                     claims.push(claim_from_row!(row, portal, call_id, owner));
                 }
-            });
+                Ok::<(), Error>(())
+            })?;
         }
         self.lost_claim_answer()?;
         claims.sort_by_key(|c| c.call_id);

@@ -78,7 +78,8 @@ impl Store {
                 }
             }
             tx.commit().await?;
-        });
+            Ok::<(), Error>(())
+        })?;
         // Each entry is moved out, unless the page lists its call more than once.
         let repeated = unique.len() != calls.len();
         calls
