@@ -1,11 +1,13 @@
 //! b24sense-bench — benchmark scenarios for the export path.
 //!
 //! It owns the scenarios (portal size, REST and upload latencies, bucket, recordings), running one of them through
-//! the real clients and `run_export` against both emulators on loopback, and measuring the run: portal requests by
+//! the real clients and `run_export` (or, for the chat scenarios, `run_chat_export`: [`chats`]) against both
+//! emulators on loopback, and measuring the run: portal requests by
 //! kind, rate-limit rejections, throughput, peak memory, CPU, and the lower bound the run is compared with.
 //! The binary runs the emulators itself and each scenario's export in a child process of its own, so that the
 //! peak RSS and CPU are the export's alone.
 
+pub mod chats;
 mod counting;
 pub mod measure;
 pub mod report;

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 )]
 struct Args {
     /// Comma-separated scenarios, or `all`: smoke, issue3-10k, big-recording, scale-1k, scale-10k, scale-100k,
-    /// cpu-10k, realistic-2k, realistic-2k-counted.
+    /// cpu-10k, realistic-2k, realistic-2k-counted, chats-1k, chats-10k (Open Lines sessions to a chat connection).
     #[arg(long, default_value = "smoke", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// One scenario (with --child: run it in this process and print its row as one JSON line).
@@ -45,7 +45,8 @@ struct Args {
     /// Seconds between progress lines on stderr.
     #[arg(long, default_value = "10")]
     progress_secs: u64,
-    /// Pin the calls in flight in every scenario (as the CLI's `--concurrency N`) instead of the scenario's setting.
+    /// Pin the calls (or chat uploads) in flight in every scenario (as the CLI's `--concurrency N`) instead of the
+    /// scenario's setting.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
 }

@@ -151,14 +151,68 @@ pub struct RunRow {
     pub loopback_mb_per_s: f64,
     pub bound: Bound,
     pub wall_over_bound: f64,
+    /// A chat scenario's counts (`calls` is then the portal's sessions); its row is printed in the chat table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::chats::ChatMeasure>,
 }
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// The rows as a fixed-width table, then each scenario's settings and a legend.
+/// The rows as fixed-width tables (calls, then chats), then each scenario's settings and a legend.
 pub fn render_table(rows: &[RunRow]) -> String {
+    let (chats, calls): (Vec<RunRow>, Vec<RunRow>) =
+        rows.iter().cloned().partition(|r| r.chat.is_some());
+    let mut out = if calls.is_empty() {
+        String::new()
+    } else {
+        render_calls(&calls)
+    };
+    if !chats.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&crate::chats::render_chats(&chats));
+    }
+    out
+}
+
+/// Fixed-width columns: the first left-aligned, the others right-aligned, a rule under the header.
+pub(crate) fn columns(cells: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..cells[0].len())
+        .map(|c| {
+            cells
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, row) in cells.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, w))| {
+                if c == 0 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if i == 0 {
+            let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+            let _ = writeln!(out, "{}", "-".repeat(total));
+        }
+    }
+    out
+}
+
+fn render_calls(rows: &[RunRow]) -> String {
     let header = [
         "scenario",
         "calls",
@@ -209,35 +263,7 @@ pub fn render_table(rows: &[RunRow]) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|c| {
-            cells
-                .iter()
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, row) in cells.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (cell, w))| {
-                if c == 0 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        if i == 0 {
-            let total = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-            let _ = writeln!(out, "{}", "-".repeat(total));
-        }
-    }
+    let mut out = columns(&cells);
     out.push('\n');
     for r in rows {
         let _ = writeln!(out, "{}: {}", r.scenario, r.settings);

@@ -13,7 +13,9 @@ use b24sense_bitrix24::{
     WebhookUrl,
 };
 use b24sense_emulators::bitrix24::Bitrix24Emulator;
-use b24sense_emulators::speechsense::{SpeechSenseConfig as EmulatorConfig, SpeechSenseEmulator};
+use b24sense_emulators::speechsense::{
+    ConnectionKind, SpeechSenseConfig as EmulatorConfig, SpeechSenseEmulator,
+};
 use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
 use b24sense_engine::{run_export, EngineError, ExportConfig, ProgressEvent, ProgressFn, Summary};
 use b24sense_speechsense::{
@@ -26,10 +28,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::chats::{chat_bound, ChatMeasure};
 use crate::counting::{CountingSource, SourceCounters};
 use crate::measure;
 use crate::report::{Bound, BoundInputs, RunRow};
-use crate::scenario::Scenario;
+use crate::scenario::{Kind, Scenario};
 use crate::BenchError;
 
 /// How a scenario is run.
@@ -76,7 +79,7 @@ fn progress_fn(live: Arc<Live>) -> ProgressFn {
     })
 }
 
-const PORTAL_KEY: &str = "bench.bitrix24.local";
+pub(crate) const PORTAL_KEY: &str = "bench.bitrix24.local";
 
 /// Where the export connects: the emulators' addresses and credentials (handed to a child process on its stdin).
 #[derive(Clone, Serialize, Deserialize)]
@@ -116,11 +119,19 @@ impl Emulators {
             upload_latency: scenario.upload_latency,
             ..EmulatorConfig::default()
         };
+        let kind = match scenario.kind {
+            Kind::Calls => ConnectionKind::TwoChannelAudio,
+            Kind::Chats => ConnectionKind::Chat,
+        };
+        let connection_id = speech_config
+            .connection_id(kind)
+            .ok_or_else(|| BenchError::Setup(format!("no {kind:?} connection")))?
+            .to_string();
         let target = Target {
             webhook_url: portal.webhook_url(),
             speechsense_endpoint: String::new(),
             api_key: speech_config.api_keys[0].clone(),
-            connection_id: speech_config.connections[0].id.clone(),
+            connection_id,
         };
         let speech = SpeechSenseEmulator::start(speech_config)
             .await
@@ -170,6 +181,9 @@ pub struct ExportMeasure {
     pub concurrency_trace: String,
     /// The summary's download accounting at the end of the run (`counted`, `uncounted`, or "" when none).
     pub download_accounting: String,
+    /// A chat scenario's own counts.
+    #[serde(default)]
+    pub chat: Option<ChatMeasure>,
 }
 
 /// Runs the export against `target` as `b24sense export` does and measures it; progress goes to stderr.
@@ -178,6 +192,9 @@ pub async fn run_export_side(
     target: &Target,
     opts: &RunOptions,
 ) -> Result<ExportMeasure, BenchError> {
+    if scenario.kind == Kind::Chats {
+        return crate::chats::run_chat_side(scenario, target, opts).await;
+    }
     let name = scenario.name.clone();
     let dir = tempfile::tempdir()?;
     let store = Store::open(&format!(
@@ -332,6 +349,7 @@ pub async fn run_export_side(
             .and_then(|a| serde_json::to_value(a).ok())
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
+        chat: None,
     })
 }
 
@@ -383,14 +401,20 @@ pub fn make_row(
     let ps = emulators.portal.stats();
     let ss = emulators.speech.stats();
     let batch_requests = ps.by_method.get("batch").copied().unwrap_or(0);
-    let calls = scenario.portal.calls as u64;
+    let calls = match scenario.kind {
+        Kind::Calls => scenario.portal.calls,
+        Kind::Chats => scenario.portal.open_lines.sessions,
+    } as u64;
     let loopback_bytes = ps.bytes_sent + ss.bytes_received;
-    let bound = Bound::compute(&bound_inputs(
-        scenario,
-        m,
-        loopback_bytes,
-        loopback_bytes_per_s,
-    ));
+    let bound = match &m.chat {
+        Some(chat) => chat_bound(scenario, chat),
+        None => Bound::compute(&bound_inputs(
+            scenario,
+            m,
+            loopback_bytes,
+            loopback_bytes_per_s,
+        )),
+    };
     let wall_s = m.wall_s.max(1e-9);
     let per_1000 = |x: f64| {
         if calls > 0 {
@@ -449,6 +473,7 @@ pub fn make_row(
             0.0
         },
         bound,
+        chat: m.chat.clone(),
     }
 }
 

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use b24sense_emulators::bitrix24::PortalConfig;
-use b24sense_engine::{Concurrency, ExportConfig};
+use b24sense_emulators::bitrix24::{OpenLinesConfig, PortalConfig};
+use b24sense_engine::{ChatExportConfig, Concurrency, ExportConfig};
 
 /// Every scenario name, in the order `--scenarios all` runs them.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 11] = [
     "smoke",
     "issue3-10k",
     "big-recording",
@@ -16,15 +16,27 @@ pub const NAMES: [&str; 9] = [
     "cpu-10k",
     "realistic-2k",
     "realistic-2k-counted",
+    "chats-1k",
+    "chats-10k",
 ];
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
+/// What a scenario exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Calls (`run_export`, a two-channel audio connection).
+    Calls,
+    /// Open Lines sessions (`run_chat_export`, a chat connection): the portal's `open_lines` are the work.
+    Chats,
+}
+
 /// One benchmark setting.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
+    pub kind: Kind,
     pub portal: PortalConfig,
     /// SpeechSense emulator's delay before answering each upload.
     pub upload_latency: Duration,
@@ -36,16 +48,20 @@ impl Scenario {
     fn new(name: &str, portal: PortalConfig, upload_latency: Duration) -> Scenario {
         Scenario {
             name: name.to_string(),
+            kind: Kind::Calls,
             portal,
             upload_latency,
             concurrency: None,
         }
     }
 
-    /// The export's concurrency setting: pinned, or the default (adaptive).
+    /// The export's concurrency setting: pinned, or the default of the export (calls' or chats').
     pub fn concurrency_setting(&self) -> Concurrency {
         self.concurrency.map_or_else(
-            || ExportConfig::new("", "").concurrency,
+            || match self.kind {
+                Kind::Calls => ExportConfig::new("", "").concurrency,
+                Kind::Chats => ChatExportConfig::new("", "").concurrency,
+            },
             Concurrency::Pinned,
         )
     }
@@ -59,6 +75,9 @@ impl Scenario {
     /// The settings in one line, printed with the results.
     pub fn describe(&self) -> String {
         let p = &self.portal;
+        if self.kind == Kind::Chats {
+            return self.describe_chats();
+        }
         let cap = match p.max_recording_bytes {
             Some(b) if b >= MIB => format!("≤{} MB", b / MIB),
             Some(b) => format!("≤{} KB", b / KIB),
@@ -186,6 +205,8 @@ pub fn scenario(name: &str) -> Option<Scenario> {
         ),
         "realistic-2k" => realistic_2k(name, false),
         "realistic-2k-counted" => realistic_2k(name, true),
+        "chats-1k" => chats(name, 1_000),
+        "chats-10k" => chats(name, 10_000),
         _ => return None,
     };
     Some(s)
@@ -218,6 +239,58 @@ fn realistic_2k(name: &str, counted: bool) -> Scenario {
     )
 }
 
+/// Issue 17's chat setting: `sessions` Open Lines sessions of about 20 messages (5–9 client–operator exchanges
+/// plus the line's notices and greetings: 16–26 messages, 10 % of the sessions still open), at the portal's pace of
+/// `realistic-2k` (150 ms per REST answer, the standard bucket), 100 ms per `UploadText`, the chat export's
+/// default settings. No calls on the portal: the run exports chats only.
+fn chats(name: &str, sessions: usize) -> Scenario {
+    let ms = Duration::from_millis;
+    Scenario {
+        kind: Kind::Chats,
+        ..Scenario::new(
+            name,
+            PortalConfig {
+                calls: 0,
+                latency: ms(150),
+                rate: (50, 2),
+                open_lines: OpenLinesConfig {
+                    sessions,
+                    exchanges: (5, 10),
+                    ..OpenLinesConfig::default()
+                },
+                ..PortalConfig::default()
+            },
+            ms(100),
+        )
+    }
+}
+
+impl Scenario {
+    fn describe_chats(&self) -> String {
+        let p = &self.portal;
+        let ol = &p.open_lines;
+        let concurrency = match self.concurrency_setting() {
+            Concurrency::Pinned(n) => format!("pinned {n}"),
+            Concurrency::Adaptive { initial, ceiling } => {
+                format!("adaptive {initial}→≤{ceiling}")
+            }
+        };
+        format!(
+            "{} Open Lines sessions ({}–{} exchanges, ≈{} messages; {:.0}% open), REST latency {} ms, bucket {}/{}, \
+             UploadText latency {} ms, uploads {concurrency}",
+            ol.sessions,
+            ol.exchanges.0,
+            ol.exchanges.1 - 1,
+            6 + ol.exchanges.0 + ol.exchanges.1 - 1,
+            ol.open_share * 100.0,
+            p.latency.as_millis(),
+            p.rate.0,
+            p.rate.1,
+            self.upload_latency.as_millis(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,7 +300,11 @@ mod tests {
         for name in NAMES {
             let s = scenario(name).expect(name);
             assert_eq!(s.name, name);
-            assert!(s.describe().contains("calls"));
+            let noun = match s.kind {
+                Kind::Calls => "calls",
+                Kind::Chats => "sessions",
+            };
+            assert!(s.describe().contains(noun), "{name}");
         }
         assert!(scenario("nope").is_none());
     }

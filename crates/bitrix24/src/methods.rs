@@ -46,6 +46,39 @@ impl CallChunk {
     }
 }
 
+/// What a chained keyset listing collects its pages into ([`Bitrix24Client::list_chained`]).
+pub(crate) trait ChainedRows: Default {
+    /// Adds one page's rows; every row's `ID` moves [`last_id`](Self::last_id) on, readable or not.
+    fn read_rows(&mut self, rows: &[&Value], offset: FixedOffset);
+    /// The highest `ID` read so far.
+    fn last_id(&self) -> Option<u64>;
+    /// A page came back short: nothing after `last_id` right now.
+    fn set_exhausted(&mut self);
+}
+
+impl ChainedRows for CallChunk {
+    fn read_rows(&mut self, rows: &[&Value], offset: FixedOffset) {
+        self.read(rows, offset);
+    }
+    fn last_id(&self) -> Option<u64> {
+        self.last_id
+    }
+    fn set_exhausted(&mut self) {
+        self.exhausted = true;
+    }
+}
+
+/// One listing method's chained keyset pages: the method, the first page's query (its filter with `>ID`), the later
+/// pages' query (the same filter without it), the filter's parameter name (`FILTER` or `filter`), and what it lists
+/// (for errors and logs).
+pub(crate) struct ChainedListing<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) first_query: String,
+    pub(crate) rest_query: String,
+    pub(crate) filter_key: &'a str,
+    pub(crate) what: &'a str,
+}
+
 /// Names for the mapping. IDs the portal did not return are absent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Lookup {
@@ -88,35 +121,59 @@ impl Bitrix24Client {
         after_id: u64,
         pages: usize,
     ) -> Result<CallChunk, Error> {
-        let pages = pages.clamp(1, PAGE);
         let first = filter.to_bitrix_filter(after_id);
         let mut rest = first.clone();
         rest.remove(">ID");
+        let query = |f: &Value| {
+            encode_php_query(&json!({"FILTER": f, "SORT": "ID", "ORDER": "ASC", "start": -1}))
+        };
+        let listing = ChainedListing {
+            method: "voximplant.statistic.get",
+            first_query: query(&json!(first)),
+            rest_query: query(&json!(rest)),
+            filter_key: "FILTER",
+            what: "call-history",
+        };
+        self.list_chained(&listing, after_id, pages).await
+    }
+
+    /// One HTTP request: a `batch` of up to 50 (`pages`, 1..=50) chained keyset pages of a listing method, named
+    /// `p00`…`p49` so that their order survives any JSON map ordering. Page 0 runs `first_query` (its filter holds
+    /// `>ID` = `after_id`); page i runs `rest_query` with `{filter_key}[>ID]=$result[p{i-1}][49][ID]`, a reference
+    /// the portal substitutes with page i-1's last ID before running it. Stops at the first page with < 50 rows
+    /// (`exhausted`) and ignores later pages (their unresolved reference makes the portal return odd rows), and at a
+    /// page that does not continue the one before it. A failed page 0 fails the call; a later one keeps the pages
+    /// before it. Shared by the call history and the Open Lines session listing.
+    pub(crate) async fn list_chained<T: ChainedRows>(
+        &self,
+        listing: &ChainedListing<'_>,
+        after_id: u64,
+        pages: usize,
+    ) -> Result<T, Error> {
+        let pages = pages.clamp(1, PAGE);
         let name = |i: usize| format!("p{i:02}");
-        let mut cmds = Vec::with_capacity(pages);
-        for i in 0..pages {
-            let q = if i == 0 {
-                encode_php_query(
-                    &json!({"FILTER": first, "SORT": "ID", "ORDER": "ASC", "start": -1}),
-                )
-            } else {
-                // The reference is left literal: the portal substitutes it with page i-1's last ID before running.
-                let base = encode_php_query(
-                    &json!({"FILTER": rest, "SORT": "ID", "ORDER": "ASC", "start": -1}),
-                );
-                format!(
-                    "{base}&FILTER[%3EID]=$result[{}][{}][ID]",
-                    name(i - 1),
-                    PAGE - 1
-                )
-            };
-            cmds.push((name(i), format!("voximplant.statistic.get?{q}")));
-        }
+        let cmds: Vec<(String, String)> = (0..pages)
+            .map(|i| {
+                let q = if i == 0 {
+                    listing.first_query.clone()
+                } else {
+                    // The reference is left literal: the portal substitutes it before running the command.
+                    format!(
+                        "{}&{}[%3EID]=$result[{}][{}][ID]",
+                        listing.rest_query,
+                        listing.filter_key,
+                        name(i - 1),
+                        PAGE - 1
+                    )
+                };
+                (name(i), format!("{}?{q}", listing.method))
+            })
+            .collect();
         let resp = self.batch(&cmds, false).await?;
         let offset = self
             .portal_offset()
             .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
-        let mut chunk = CallChunk::default();
+        let mut out = T::default();
         let mut prev_last = after_id;
         for i in 0..pages {
             let n = name(i);
@@ -124,14 +181,15 @@ impl Bitrix24Client {
                 if i == 0 {
                     return Err(Error::Api(e.clone()));
                 }
-                tracing::warn!(page = i, error = %e, "call-history page failed; keeping the pages before it");
+                tracing::warn!(page = i, listing = listing.what, error = %e, "listing page failed; keeping the pages before it");
                 break;
             }
             let Some(v) = resp.results.get(&n) else {
                 if i == 0 {
-                    return Err(Error::Malformed(
-                        "batch answer has no first call-history page".into(),
-                    ));
+                    return Err(Error::Malformed(format!(
+                        "batch answer has no first {} page",
+                        listing.what
+                    )));
                 }
                 break;
             };
@@ -141,18 +199,19 @@ impl Bitrix24Client {
             if i > 0 && first_id.is_some_and(|id| id <= prev_last) {
                 tracing::warn!(
                     page = i,
-                    "call-history page does not continue the previous one; ignoring it"
+                    listing = listing.what,
+                    "listing page does not continue the previous one; ignoring it"
                 );
                 break;
             }
-            chunk.read(&page, offset);
-            prev_last = prev_last.max(chunk.last_id.unwrap_or(0));
+            out.read_rows(&page, offset);
+            prev_last = prev_last.max(out.last_id().unwrap_or(0));
             if page.len() < PAGE {
-                chunk.exhausted = true;
+                out.set_exhausted();
                 break;
             }
         }
-        Ok(chunk)
+        Ok(out)
     }
 
     /// Reads calls again by statistic `ID` (to see whether a recording was attached since): `voximplant.statistic.get`

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::client::Bitrix24Client;
 use crate::error::{ApiError, Error};
-use crate::methods::rows;
+use crate::methods::{rows, ChainedListing, ChainedRows};
 use crate::php::encode_php_query;
 
 /// Rows per list page (fixed by Bitrix24), commands per batch, sessions per history request.
@@ -53,6 +53,18 @@ pub struct SessionPage {
     pub exhausted: bool,
     /// Rows that could not be read, with the reason.
     pub bad_rows: Vec<String>,
+}
+
+impl ChainedRows for SessionPage {
+    fn read_rows(&mut self, rows: &[&Value], offset: FixedOffset) {
+        self.read(rows, offset);
+    }
+    fn last_id(&self) -> Option<u64> {
+        self.last_id
+    }
+    fn set_exhausted(&mut self) {
+        self.exhausted = true;
+    }
 }
 
 impl SessionPage {
@@ -108,65 +120,17 @@ impl Bitrix24Client {
         after_id: u64,
         pages: usize,
     ) -> Result<SessionPage, Error> {
-        let pages = pages.clamp(1, PAGE);
         let first = filter.to_bitrix_filter(after_id);
         let mut rest = first.clone();
         rest.remove(">ID");
-        let name = |i: usize| format!("p{i:02}");
-        let cmds: Vec<(String, String)> = (0..pages)
-            .map(|i| {
-                let q = if i == 0 {
-                    list_query(&first)
-                } else {
-                    // Left literal: the portal puts in page i-1's last ID before running it.
-                    format!(
-                        "{}&filter[%3EID]=$result[{}][{}][ID]",
-                        list_query(&rest),
-                        name(i - 1),
-                        PAGE - 1
-                    )
-                };
-                (name(i), format!("crm.activity.list?{q}"))
-            })
-            .collect();
-        let resp = self.batch(&cmds, false).await?;
-        let offset = self.offset_or_utc();
-        let mut out = SessionPage::default();
-        let mut prev_last = after_id;
-        for i in 0..pages {
-            let n = name(i);
-            if let Some(e) = resp.errors.get(&n) {
-                if i == 0 {
-                    return Err(Error::Api(e.clone()));
-                }
-                tracing::warn!(page = i, error = %e, "session page failed; keeping the pages before it");
-                break;
-            }
-            let Some(v) = resp.results.get(&n) else {
-                if i == 0 {
-                    return Err(Error::Malformed(
-                        "batch answer has no first session page".into(),
-                    ));
-                }
-                break;
-            };
-            let page = rows(Some(v));
-            let first_id = page.first().and_then(|r| r.get("ID")).and_then(lenient::id);
-            if i > 0 && first_id.is_some_and(|id| id <= prev_last) {
-                tracing::warn!(
-                    page = i,
-                    "session page does not continue the previous one; ignoring it"
-                );
-                break;
-            }
-            out.read(&page, offset);
-            prev_last = prev_last.max(out.last_id.unwrap_or(0));
-            if page.len() < PAGE {
-                out.exhausted = true;
-                break;
-            }
-        }
-        Ok(out)
+        let listing = ChainedListing {
+            method: "crm.activity.list",
+            first_query: list_query(&first),
+            rest_query: list_query(&rest),
+            filter_key: "filter",
+            what: "session",
+        };
+        self.list_chained(&listing, after_id, pages).await
     }
 
     /// Session activities read again by activity ID, open or closed (no other filter): `crm.activity.list` with

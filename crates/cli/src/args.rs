@@ -35,9 +35,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Export qualifying calls from a Bitrix24 portal into a SpeechSense connection.
+    /// Export qualifying calls (and, with --chat-connection-id, Open Lines chats) from a Bitrix24 portal into
+    /// SpeechSense.
     Export(Box<ExportArgs>),
-    /// Check a SpeechSense API key and connection ID without uploading anything.
+    /// Check a SpeechSense API key and connection IDs (calls, chats) and their types without uploading anything.
     Check(CheckArgs),
     /// Show the ledger: calls by state and reason, the last run, calls in doubt.
     Status(StatusArgs),
@@ -75,23 +76,58 @@ pub struct SpeechSenseArgs {
     /// SpeechSense gRPC endpoint; an http:// address is used without TLS (local emulator).
     #[arg(long, env = "B24SENSE_SPEECHSENSE_ENDPOINT", default_value = DEFAULT_SPEECHSENSE_ENDPOINT, value_parser = parse_endpoint)]
     pub speechsense_endpoint: String,
-    /// ID of the SpeechSense connection (two-channel audio) the talks go to.
+    /// ID of the SpeechSense connection (two-channel audio) the calls go to. Without it, give
+    /// --chat-connection-id: only chats are exported. Empty = not given.
     #[arg(long, env = "B24SENSE_CONNECTION_ID", value_parser = parse_connection_id)]
-    pub connection_id: String,
+    pub connection_id: Option<String>,
+    /// ID of the SpeechSense chat connection: also export finished Open Lines chat sessions, in the same run
+    /// (alone, without --connection-id: only chats). Empty = not given.
+    #[arg(long, env = "B24SENSE_CHAT_CONNECTION_ID", value_parser = parse_connection_id)]
+    pub chat_connection_id: Option<String>,
     /// Secret part of the service account's API key (scope yc.speech-sense.use).
     #[arg(long, env = "B24SENSE_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
     pub api_key: String,
 }
 
+/// The connections an export or a check is given: calls, chats, or both.
+pub struct Connections {
+    pub calls: Option<String>,
+    pub chats: Option<String>,
+}
+
+impl SpeechSenseArgs {
+    /// The connection IDs given (empty ones are not); at least one is needed.
+    pub fn connections(&self) -> Result<Connections, crate::Failure> {
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let c = Connections {
+            calls: given(&self.connection_id),
+            chats: given(&self.chat_connection_id),
+        };
+        if c.calls.is_none() && c.chats.is_none() {
+            return Err(crate::Failure::new(
+                crate::exit::USAGE,
+                crate::lang::pick(
+                    "--connection-id: не указан. Укажите ID подключения SpeechSense для звонков (--connection-id), \
+                     для чатов Открытых линий (--chat-connection-id) или оба.",
+                    "--connection-id: missing. Give the ID of a SpeechSense connection for calls (--connection-id), \
+                     for Open Lines chats (--chat-connection-id), or both.",
+                ),
+            ));
+        }
+        Ok(c)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FilterArgs {
-    /// Load calls since this date (YYYY-MM-DD, read in the portal's time zone, or RFC 3339). Empty = all calls.
+    /// Load calls (and chat sessions, by their start) since this date (YYYY-MM-DD, read in the portal's time zone,
+    /// or RFC 3339). Empty = all calls.
     #[arg(long, env = "B24SENSE_SINCE", value_name = "DATE", value_parser = |s: &str| parse_bound("--since", s))]
     pub since: Option<DateBound>,
     /// Load calls up to and including this date (YYYY-MM-DD or RFC 3339). Empty = no upper bound.
     #[arg(long, env = "B24SENSE_UNTIL", value_name = "DATE", value_parser = |s: &str| parse_bound("--until", s))]
     pub until: Option<DateBound>,
-    /// Bitrix24 user IDs of the operators whose calls to load, e.g. 1,5,7. Empty = all users.
+    /// Bitrix24 user IDs of the operators whose calls (and chat sessions) to load, e.g. 1,5,7. Empty = all users.
     #[arg(long, env = "B24SENSE_USERS", value_name = "IDS", value_parser = |s: &str| parse_users("--users", s), default_value = "")]
     pub users: UserList,
     /// Minimal conversation length in seconds (30 or more recommended).
@@ -103,6 +139,10 @@ pub struct FilterArgs {
     /// Call directions to load (repeatable or comma-separated): outgoing, incoming, redirected, callback. Default: all.
     #[arg(long, value_name = "DIRECTION", value_delimiter = ',', value_parser = parse_direction)]
     pub direction: Vec<CallType>,
+    /// Chats: skip sessions in which the client wrote fewer than N messages (reason too_few_client_messages).
+    #[arg(long, env = "B24SENSE_MIN_CLIENT_MESSAGES", value_name = "N", default_value = "1",
+          value_parser = parse_min_client_messages)]
+    pub min_client_messages: u32,
 }
 
 /// A parsed `--since`/`--until`: a date, or `None` when given empty (no bound, as when not given at all).
@@ -255,6 +295,9 @@ pub struct DemoArgs {
     /// Operators (Bitrix24 users) in the emulated portal.
     #[arg(long, default_value = "12", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub operators: u32,
+    /// Open Lines chat sessions in the emulated portal, exported to the emulated chat connection (0: calls only).
+    #[arg(long, default_value = "24", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub chats: u32,
     /// Seed of the generated portal.
     #[arg(long, default_value = "2026")]
     pub seed: u64,
@@ -344,11 +387,9 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
     }
 }
 
+/// A connection ID; empty (a blank environment variable) = not given, which [`SpeechSenseArgs::connections`] sorts out.
 fn parse_connection_id(s: &str) -> Result<String, String> {
     let t = s.trim();
-    if t.is_empty() {
-        return Err("must not be empty".into());
-    }
     if !t
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -356,6 +397,15 @@ fn parse_connection_id(s: &str) -> Result<String, String> {
         return Err("may contain only letters, digits, '-' and '_'".into());
     }
     Ok(t.to_string())
+}
+
+fn parse_min_client_messages(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a whole number ≥ 1 (a session without a client message is never uploaded)"
+        )),
+    }
 }
 
 fn parse_api_key(s: &str) -> Result<String, String> {
@@ -483,7 +533,11 @@ mod tests {
         assert!(!parse_api_key("se cret").unwrap_err().contains("se cret"));
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_database("mysql://x").is_err());
-        assert!(parse_connection_id("").is_err());
+        assert_eq!(parse_connection_id(" "), Ok(String::new()));
+        assert!(parse_connection_id("a b").is_err());
+        assert_eq!(parse_min_client_messages("3"), Ok(3));
+        assert!(parse_min_client_messages("0").is_err());
+        assert!(parse_min_client_messages("-1").is_err());
         for empty in ["", "  "] {
             assert!(parse_bound("--since", empty).unwrap().0.is_none());
             assert!(parse_users("--users", empty).unwrap().0.is_empty());

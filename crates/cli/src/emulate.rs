@@ -76,12 +76,16 @@ fn print_bitrix24(emu: &Bitrix24Emulator) {
     let webhook = emu.webhook_url();
     let (client_id, client_secret) = emu.app_credentials();
     let oauth = format!("127.0.0.1:{}", emu.addr().port());
-    let (calls, users, seed) = (c.calls, c.users, c.seed);
+    let (calls, chats, users, seed) = (c.calls, c.open_lines.sessions, c.users, c.seed);
     out!(
         "{}",
         pick(
-            format!("Эмулятор Bitrix24: {calls} звонков, {users} операторов, seed {seed}"),
-            format!("Bitrix24 emulator: {calls} calls, {users} operators, seed {seed}"),
+            format!(
+                "Эмулятор Bitrix24: звонков {calls}, сессий Открытых линий {chats}, операторов {users}, seed {seed}"
+            ),
+            format!(
+                "Bitrix24 emulator: {calls} calls, {chats} Open Lines chat sessions, {users} operators, seed {seed}"
+            ),
         )
     );
     out!("  {} {base}", pick("адрес:          ", "address:       "));
@@ -113,9 +117,12 @@ fn print_bitrix24(emu: &Bitrix24Emulator) {
     let connection = speech
         .connection_id(ConnectionKind::TwoChannelAudio)
         .unwrap_or("conn-two-channel");
+    let chat = speech
+        .connection_id(ConnectionKind::Chat)
+        .unwrap_or("conn-chat");
     out!(
         "  b24sense export --bitrix24-webhook {webhook} --speechsense-endpoint http://127.0.0.1:{SPEECHSENSE_PORT} \
-         --connection-id {connection} --api-key {key}",
+         --connection-id {connection} --chat-connection-id {chat} --api-key {key}",
         key = speech.api_keys[0]
     );
     out!(
@@ -172,6 +179,10 @@ fn print_speechsense(emu: &SpeechSenseEmulator) {
         .connection_id(ConnectionKind::TwoChannelAudio)
         .unwrap_or("conn-two-channel")
         .to_string();
+    let chat = config
+        .connection_id(ConnectionKind::Chat)
+        .unwrap_or("conn-chat")
+        .to_string();
     out!("");
     out!(
         "{}",
@@ -181,7 +192,8 @@ fn print_speechsense(emu: &SpeechSenseEmulator) {
         )
     );
     out!(
-        "  b24sense check --speechsense-endpoint {endpoint} --connection-id {connection} --api-key {key}"
+        "  b24sense check --speechsense-endpoint {endpoint} --connection-id {connection} --chat-connection-id {chat} \
+         --api-key {key}"
     );
     out!(
         "{}",
@@ -192,7 +204,7 @@ fn print_speechsense(emu: &SpeechSenseEmulator) {
     );
     out!(
         "  b24sense export --bitrix24-webhook WEBHOOK_URL --speechsense-endpoint {endpoint} \
-         --connection-id {connection} --api-key {key}"
+         --connection-id {connection} --chat-connection-id {chat} --api-key {key}"
     );
     out!("{}", pick("Остановить: Ctrl-C.", "Stop: Ctrl-C."));
 }

@@ -140,6 +140,7 @@ pub async fn status(a: StatusArgs) -> Result<u8, Failure> {
     let portal = a.portal.as_deref();
     let recovery = store.pending_recovery();
     let counts = store.counts(portal).await.map_err(db_error)?;
+    let chat_counts = store.chat_counts(portal).await.map_err(db_error)?;
     let last = store.last_run(portal).await.map_err(db_error)?;
     let in_doubt = match portal {
         Some(p) => store
@@ -161,6 +162,7 @@ pub async fn status(a: StatusArgs) -> Result<u8, Failure> {
             "ledger": store.describe(),
             "recovery_journal": journal,
             "counts": counts.iter().map(|c| json!({"state": c.state.as_str(), "reason": c.reason, "count": c.count})).collect::<Vec<_>>(),
+            "chat_counts": chat_counts.iter().map(|c| json!({"state": c.state.as_str(), "reason": c.reason, "count": c.count})).collect::<Vec<_>>(),
             "last_run": last.as_ref().map(|r| json!({
                 "id": r.id, "portal": r.portal, "started_at": r.started_at, "finished_at": r.finished_at,
                 "status": r.status, "summary": r.summary,
@@ -207,14 +209,25 @@ pub async fn status(a: StatusArgs) -> Result<u8, Failure> {
             )
         ),
     }
-    if counts.is_empty() {
+    if counts.is_empty() && chat_counts.is_empty() {
         println!(
             "the ledger is empty{}",
             portal.map(|p| format!(" for {p}")).unwrap_or_default()
         );
-    } else {
+    } else if !counts.is_empty() {
         println!("{:<10} {:<24} {:>8}", "state", "reason", "calls");
         for c in &counts {
+            println!(
+                "{:<10} {:<24} {:>8}",
+                c.state.as_str(),
+                c.reason.as_deref().unwrap_or("-"),
+                c.count
+            );
+        }
+    }
+    if !chat_counts.is_empty() {
+        println!("{:<10} {:<24} {:>8}", "state", "reason", "chats");
+        for c in &chat_counts {
             println!(
                 "{:<10} {:<24} {:>8}",
                 c.state.as_str(),

@@ -5,10 +5,12 @@
 #[macro_use]
 mod hygiene;
 mod args;
+mod chats;
 mod completions;
 mod demo;
 mod demo_serve;
 mod emulate;
+mod export;
 mod keys;
 mod lang;
 mod ledger;
@@ -19,26 +21,20 @@ mod progress;
 mod serve;
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use b24sense_bitrix24::{
-    Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan,
-};
-use b24sense_core::CallFilter;
-use b24sense_engine::adapters::{Bitrix24Source, SpeechSenseSink};
-use b24sense_engine::{run_export, EngineError, ExportConfig, ProgressEvent, ProgressFn, Summary};
 use b24sense_store::Store;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Cli, Command, FilterArgs, RatePlanArg, RunArgs};
+use crate::args::{Cli, Command};
+
+pub use crate::export::{export_command, DemoStats, ExportTarget};
 
 /// Exit codes, documented in the README.
 pub mod exit {
     /// Everything qualifying was exported (or skipped for a reason).
     pub const OK: u8 = 0;
-    /// The run finished but some calls failed (see the summary / report).
+    /// The run finished but some calls or chat sessions failed (see the summary / report).
     pub const SOME_FAILED: u8 = 1;
     /// Bad input: a flag, a setting or the ledger location is wrong.
     pub const USAGE: u8 = 2;
@@ -116,29 +112,7 @@ fn runtime(serving: bool) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Export(a) => {
-            let a = *a;
-            let search = match search_scope(&a.search, &a.speechsense.connection_id) {
-                Ok(s) => s,
-                Err(f) => {
-                    hygiene::print_failure(&f);
-                    return ExitCode::from(f.code);
-                }
-            };
-            let target = ExportTarget {
-                search,
-                portal_key: a
-                    .run
-                    .portal_key
-                    .clone()
-                    .unwrap_or_else(|| a.bitrix24_webhook.host().to_string()),
-                webhook: a.bitrix24_webhook,
-                endpoint: a.speechsense.speechsense_endpoint,
-                connection_id: a.speechsense.connection_id,
-                api_key: a.speechsense.api_key,
-            };
-            export_command(target, &a.filter, &a.run, None).await
-        }
+        Command::Export(a) => export(*a).await,
         Command::Check(a) => preflight::check_command(a).await,
         Command::Status(a) => ledger::status(a).await,
         Command::Retry(a) => ledger::retry(a).await,
@@ -157,6 +131,30 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `export`: the flags made into a target (the connections given, the search scope), then [`export_command`].
+async fn export(a: args::ExportArgs) -> Result<u8, Failure> {
+    let connections = a.speechsense.connections()?;
+    let searched = connections
+        .calls
+        .as_deref()
+        .or(connections.chats.as_deref());
+    let search = export::search_scope(&a.search, searched.unwrap_or_default())?;
+    let target = ExportTarget {
+        search,
+        portal_key: a
+            .run
+            .portal_key
+            .clone()
+            .unwrap_or_else(|| a.bitrix24_webhook.host().to_string()),
+        webhook: a.bitrix24_webhook,
+        endpoint: a.speechsense.speechsense_endpoint,
+        connection_id: connections.calls,
+        chat_connection_id: connections.chats,
+        api_key: a.speechsense.api_key,
+    };
+    export_command(target, &a.filter, &a.run, None).await
 }
 
 fn init_tracing(verbose: u8) {
@@ -180,72 +178,6 @@ fn init_tracing(verbose: u8) {
             .fmt_fields(log_escape::EscapedFields::default())
             .init();
     }
-}
-
-/// Where an export reads from and writes to.
-pub struct ExportTarget {
-    /// SpeechSense search scope for duplicate checks of in-doubt uploads, when configured.
-    pub search: Option<b24sense_speechsense::SearchScope>,
-    pub webhook: b24sense_bitrix24::WebhookUrl,
-    pub portal_key: String,
-    pub endpoint: String,
-    pub connection_id: String,
-    pub api_key: String,
-}
-
-pub fn call_filter(f: &FilterArgs) -> Result<CallFilter, Failure> {
-    let filter = CallFilter {
-        since: f.since.and_then(|b| b.0),
-        until: f.until.and_then(|b| b.0),
-        users: f.users.0.clone(),
-        min_duration: f.min_duration,
-        max_duration: f.max_duration,
-        call_types: f.direction.clone(),
-    };
-    filter.validate().map_err(|e| {
-        let flag = match e.field {
-            "max_duration" => "--max-duration",
-            "until" => "--until",
-            other => other,
-        };
-        Failure::new(exit::USAGE, format!("{flag}: {}", e.message))
-    })?;
-    Ok(filter)
-}
-
-/// All three IDs, or none: a partial scope cannot search.
-fn search_scope(
-    a: &args::SearchArgs,
-    connection_id: &str,
-) -> Result<Option<b24sense_speechsense::SearchScope>, Failure> {
-    let ids = [
-        ("--organization-id", &a.organization_id),
-        ("--space-id", &a.space_id),
-        ("--project-id", &a.project_id),
-    ];
-    let given: Vec<_> = ids
-        .iter()
-        .filter(|(_, v)| v.as_deref().is_some_and(|v| !v.trim().is_empty()))
-        .collect();
-    if given.is_empty() {
-        return Ok(None);
-    }
-    if let Some((flag, _)) = ids
-        .iter()
-        .find(|(_, v)| v.as_deref().is_none_or(|v| v.trim().is_empty()))
-    {
-        return Err(Failure::new(
-            exit::USAGE,
-            format!("{flag}: missing; duplicate checks need --organization-id, --space-id and --project-id together"),
-        ));
-    }
-    let get = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
-    Ok(Some(b24sense_speechsense::SearchScope {
-        organization_id: get(&a.organization_id),
-        space_id: get(&a.space_id),
-        project_id: get(&a.project_id),
-        connection_id: connection_id.to_string(),
-    }))
 }
 
 pub async fn open_store(database: &Option<String>) -> Result<Store, Failure> {
@@ -281,7 +213,7 @@ pub fn default_database() -> Result<String, Failure> {
 
 /// Shutdown on SIGINT/SIGTERM: the first signal stops taking new calls and lets in-flight uploads finish; a second
 /// one exits at once (the ledger stays consistent either way: it is written before and after each upload).
-fn shutdown_on_signals() -> CancellationToken {
+pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
@@ -306,7 +238,7 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -320,190 +252,4 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Extra numbers the demo prints (from its emulators).
-pub type DemoStats = Box<dyn FnOnce(&mut serde_json::Value) + Send>;
-
-/// The `export` command; the demo calls exactly this with its emulators' addresses.
-pub async fn export_command(
-    target: ExportTarget,
-    filter_args: &FilterArgs,
-    run: &RunArgs,
-    extra_stats: Option<DemoStats>,
-) -> Result<u8, Failure> {
-    let filter = call_filter(filter_args)?;
-    let store = match run
-        .database_schema
-        .as_deref()
-        .filter(|s| !s.trim().is_empty())
-    {
-        None => open_store(&run.database).await?,
-        Some(schema) => {
-            let url = run.database.clone().unwrap_or_default();
-            Store::open_postgres_schema(&url, schema.trim())
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        exit::UNAVAILABLE,
-                        format!("--database-schema: cannot open the ledger: {e}"),
-                    )
-                })?
-        }
-    };
-    // A PostgreSQL ledger's recovery journal lives in the data directory (docs/ledger-faults.md).
-    let store = ledger::with_recovery(store);
-
-    let rate = match run.rate_plan {
-        RatePlanArg::Standard => RatePlan::STANDARD,
-        RatePlanArg::Enterprise => RatePlan::ENTERPRISE,
-    };
-    let bitrix = Bitrix24Client::new(
-        Bitrix24Credentials::Webhook(target.webhook.clone()),
-        Bitrix24Config {
-            rate,
-            ..Bitrix24Config::default()
-        },
-    )
-    .map_err(|e| Failure::new(exit::USAGE, format!("--bitrix24-webhook: {e}")))?;
-    let speech = preflight::speechsense_client(target.endpoint.clone(), target.api_key)?;
-
-    let mut config = ExportConfig::new(target.portal_key, target.connection_id);
-    config.filter = filter;
-    config.mono_policy = run.mono_policy.clone();
-    config.language = run.language.clone();
-    config.concurrency = run.concurrency.setting();
-    config.dry_run = run.dry_run;
-    if let Some(give_up) = run.ledger_give_up {
-        config.ledger_give_up = give_up;
-    }
-    if let Some(secs) = run.lease_seconds {
-        config.lease = Duration::from_secs_f64(secs);
-        config.portal_lease = Duration::from_secs_f64(secs);
-    }
-
-    // Refuse early and clearly (wrong key, wrong connection, endpoint down) before touching the portal; then one
-    // cheap request to the portal (down, webhook refused, scopes missing) before listing anything.
-    if !run.dry_run {
-        preflight::speechsense(&speech, &target.endpoint, &config.connection_id).await?;
-    }
-    preflight::portal(&target.webhook).await?;
-
-    let report = match &run.report {
-        Some(path) => Some(Arc::new(output::ReportFile::create(path).map_err(|e| {
-            Failure::new(exit::USAGE, format!("--report {}: {e}", path.display()))
-        })?)),
-        None => None,
-    };
-    let quiet = run.json;
-    let progress = progress::Progress::new(quiet);
-    let callback = {
-        let bar = progress.callback(quiet);
-        let report = report.clone();
-        let f: ProgressFn = Arc::new(move |event: &ProgressEvent| {
-            bar(event);
-            if let (Some(file), ProgressEvent::Settled(r)) = (&report, event) {
-                file.write(r);
-            }
-        });
-        f
-    };
-    let shutdown = shutdown_on_signals();
-    let portal = config.portal.clone();
-    let params = serde_json::json!({
-        "filter": config.filter, "connection_id": config.connection_id, "dry_run": config.dry_run,
-        "concurrency": config.concurrency, "language": config.language,
-    });
-    let run_id = match run.dry_run {
-        true => None,
-        false => store
-            .start_run(&portal, &params)
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "could not record the run"))
-            .ok(),
-    };
-    let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
-    let sink = Arc::new(SpeechSenseSink::new(speech, target.search));
-    let result = run_export(
-        source,
-        sink,
-        store.clone(),
-        config,
-        callback,
-        shutdown.clone(),
-    )
-    .await;
-    progress.finish(quiet);
-    if let Some(id) = run_id {
-        let (status, summary) = match &result {
-            Ok(s) if s.stopped.is_some() => {
-                ("stopped", serde_json::to_value(s).unwrap_or_default())
-            }
-            Ok(s) => ("finished", serde_json::to_value(s).unwrap_or_default()),
-            Err(EngineError::Stopped { summary, .. }) => {
-                ("failed", serde_json::to_value(summary).unwrap_or_default())
-            }
-            Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
-        };
-        if let Err(e) = store.finish_run(id, status, &summary).await {
-            tracing::warn!(error = %e, "could not record the run");
-        }
-    }
-
-    let (summary, fatal) = match result {
-        Ok(s) => (s, None),
-        Err(EngineError::Stopped { reason, summary }) => (*summary, Some(reason)),
-        Err(e @ EngineError::Config(_)) => return Err(Failure::new(exit::USAGE, e.to_string())),
-        Err(e) => return Err(output::stopped(exit::UNAVAILABLE, &e.to_string())),
-    };
-    if let (Some(path), Some(file)) = (&run.report, &report) {
-        file.finish().map_err(|e| {
-            Failure::new(
-                exit::UNAVAILABLE,
-                format!("--report {}: {e}", path.display()),
-            )
-        })?;
-    }
-    let mut stats = output::stats_json(&summary, &bitrix.stats());
-    if let Some(extra) = extra_stats {
-        extra(&mut stats);
-    }
-    output::print_summary(&summary, &stats, run.json, run.dry_run, fatal.is_some());
-
-    Ok(exit_code(
-        &summary,
-        fatal.as_deref(),
-        shutdown.is_cancelled(),
-    ))
-    .and_then(|code| match fatal {
-        Some(reason) => Err(output::stopped(code, &reason)),
-        None => Ok(code),
-    })
-}
-
-fn exit_code(summary: &Summary, fatal: Option<&str>, interrupted: bool) -> u8 {
-    match fatal {
-        Some(reason) if is_refusal(reason) => exit::REFUSED,
-        Some(_) => exit::UNAVAILABLE,
-        None if interrupted => exit::INTERRUPTED,
-        // Calls another process kept holding are not done either.
-        None if summary.failed_total() > 0 || summary.unsettled > 0 => exit::SOME_FAILED,
-        None => exit::OK,
-    }
-}
-
-/// Whether a fatal reason is a refusal of credentials or connection (rather than an outage).
-fn is_refusal(reason: &str) -> bool {
-    let r = reason.to_ascii_lowercase();
-    [
-        "api key",
-        "credentials",
-        "access",
-        "connection id",
-        "not found",
-        "permission",
-        "unauthenticated",
-    ]
-    .iter()
-    .any(|k| r.contains(k))
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use b24sense_bitrix24::ClientStats;
+use b24sense_engine::chats::{ChatOutcome, ChatReport};
 use b24sense_engine::{CallReport, DownloadAccounting, Summary};
 use serde_json::{json, Value};
 
@@ -15,7 +16,13 @@ use crate::{exit, Failure};
 /// The summary as JSON, with the REST client's counters.
 pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
     let mut v = serde_json::to_value(summary).unwrap_or_else(|_| json!({}));
-    v["rest"] = json!({
+    v["rest"] = rest_json(rest)["rest"].take();
+    v
+}
+
+/// Only the REST client's counters (a run without calls), under `rest`.
+pub fn rest_json(rest: &ClientStats) -> Value {
+    json!({ "rest": {
         "requests": rest.requests,
         "rate_limited": rest.rate_limited,
         "retries": rest.retries,
@@ -23,12 +30,13 @@ pub fn stats_json(summary: &Summary, rest: &ClientStats) -> Value {
         "download_bytes": rest.download_bytes,
         "portal_downloads_counted": rest.portal_downloads,
         "portal_downloads_uncounted": rest.uncounted_portal_downloads,
-    });
-    v
+    }})
 }
 
-/// The `--report` file: one JSON object per call (call ID, outcome, reason, talk ID, seconds, bytes), written as
-/// each call settles, so a run of any size keeps none of them in memory and a killed run leaves the lines so far.
+/// The `--report` file: one JSON object per call (`"kind": "call"`, call ID, outcome, reason, talk ID, seconds,
+/// bytes) and, with chats, per Open Lines session (`"kind": "chat"`, session ID, outcome, reason, talk IDs,
+/// messages), written as each settles, so a run of any size keeps none of them in memory and a killed run leaves
+/// the lines so far.
 pub struct ReportFile {
     state: Mutex<ReportState>,
 }
@@ -51,12 +59,29 @@ impl ReportFile {
     }
 
     pub fn write(&self, report: &CallReport) {
+        // The call's object with `"kind":"call"` put first (no intermediate `Value`).
+        let line = serde_json::to_vec(report).map(|object| {
+            let mut line = Vec::with_capacity(object.len() + 16);
+            line.extend_from_slice(b"{\"kind\":\"call\",");
+            line.extend_from_slice(object.get(1..).unwrap_or_default());
+            line
+        });
+        self.write_line(line);
+    }
+
+    /// One chat session's line.
+    pub fn write_chat(&self, report: &ChatReport) {
+        self.write_line(serde_json::to_vec(&chat_line(report)));
+    }
+
+    fn write_line(&self, line: serde_json::Result<Vec<u8>>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.error.is_some() {
             return;
         }
-        let written = serde_json::to_writer(&mut s.out, report)
+        let written = line
             .map_err(std::io::Error::from)
+            .and_then(|l| s.out.write_all(&l))
             .and_then(|()| s.out.write_all(b"\n"));
         if let Err(e) = written {
             s.error = Some(e);
@@ -73,13 +98,44 @@ impl ReportFile {
     }
 }
 
+/// A chat session's report line: `kind`, `session_id`, `outcome` (`uploaded`, `already_uploaded`, `waiting`,
+/// `skipped`, `failed`), `reason` and `detail` when not uploaded, `talk_ids`, `messages`, `reuploaded_after_crash`.
+pub fn chat_line(r: &ChatReport) -> Value {
+    let mut v = json!({ "kind": "chat", "session_id": r.session_id, "messages": r.messages });
+    match &r.outcome {
+        ChatOutcome::Uploaded {
+            talk_ids,
+            reuploaded_after_crash,
+        } => {
+            v["outcome"] = json!("uploaded");
+            v["talk_ids"] = json!(talk_ids);
+            v["reuploaded_after_crash"] = json!(reuploaded_after_crash);
+        }
+        ChatOutcome::AlreadyUploaded => v["outcome"] = json!("already_uploaded"),
+        ChatOutcome::Skipped { reason } => {
+            v["outcome"] = json!("skipped");
+            v["reason"] = json!(reason);
+        }
+        ChatOutcome::Waiting { reason } => {
+            v["outcome"] = json!("waiting");
+            v["reason"] = json!(reason);
+        }
+        ChatOutcome::Failed { reason, detail } => {
+            v["outcome"] = json!("failed");
+            v["reason"] = json!(reason);
+            v["detail"] = json!(detail);
+        }
+    }
+    v
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.1} {}", bytes as f64 / 1_000_000.0, pick("МБ", "MB"))
 }
 
 /// A skip or failure reason as the run's language names it (English: the ledger's own code, as `retry --reason`
 /// takes it).
-fn reason_text(code: &str) -> &str {
+pub fn reason_text(code: &str) -> &str {
     if !crate::lang::is_ru() {
         return code;
     }
@@ -96,6 +152,9 @@ fn reason_text(code: &str) -> &str {
         "portal_error" => "ошибка портала",
         "in_doubt" => "исход выгрузки неизвестен",
         "interrupted" => "прервано",
+        "session_open" => "сессия ещё открыта — выгрузится, когда закроется",
+        "no_client_message" => "клиент не написал ни одного сообщения",
+        "too_few_client_messages" => "меньше сообщений клиента, чем --min-client-messages",
         other => other,
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use b24sense_bitrix24::{ApiErrorKind, Error as PortalError, WebhookUrl};
 use b24sense_speechsense::{
-    ClientConfig as SpeechSenseConfig, ConnectionCheck, Credentials as SpeechSenseCredentials,
-    SpeechSenseClient,
+    ClientConfig as SpeechSenseConfig, ConnectionCheck, ConnectionKind,
+    Credentials as SpeechSenseCredentials, SpeechSenseClient,
 };
 use secrecy::SecretString;
 
@@ -18,8 +18,33 @@ use crate::{exit, Failure};
 /// How long each side has to answer its check (connecting included).
 pub const LIMIT: Duration = Duration::from_secs(10);
 
-/// The scopes an export needs (`user` may come as `user_basic`/`user_brief`).
-const NEEDED_SCOPES: [&str; 4] = ["telephony", "crm", "user", "disk"];
+/// The scopes an export of calls needs (`user` may come as `user_basic`/`user_brief`).
+const CALL_SCOPES: [&str; 4] = ["telephony", "crm", "user", "disk"];
+/// The scopes an export of Open Lines chats needs (the sessions are CRM activities).
+const CHAT_SCOPES: [&str; 2] = ["crm", "imopenlines"];
+
+/// The scopes the webhook needs for what this run exports.
+pub fn needed_scopes(calls: bool, chats: bool) -> Vec<&'static str> {
+    let mut needed: Vec<&'static str> = Vec::new();
+    let lists: [&[&'static str]; 2] = [
+        if calls { &CALL_SCOPES } else { &[] },
+        if chats { &CHAT_SCOPES } else { &[] },
+    ];
+    for scope in lists.into_iter().flatten() {
+        if !needed.contains(scope) {
+            needed.push(scope);
+        }
+    }
+    needed
+}
+
+/// The flag that gives a connection of this purpose.
+pub fn flag_of(needed: ConnectionKind) -> &'static str {
+    match needed {
+        ConnectionKind::Chat => "--chat-connection-id",
+        _ => "--connection-id",
+    }
+}
 
 /// A SpeechSense client whose connection check gives up after [`LIMIT`].
 pub fn speechsense_client(endpoint: String, api_key: String) -> Result<SpeechSenseClient, Failure> {
@@ -33,32 +58,106 @@ pub fn speechsense_client(endpoint: String, api_key: String) -> Result<SpeechSen
         .map_err(|e| Failure::new(exit::USAGE, format!("--speechsense-endpoint: {e}")))
 }
 
-/// The SpeechSense half: the key and the connection are accepted (and the connection is of the right type).
+/// The SpeechSense half: the key and the connection are accepted, and the connection is of the type `needed`
+/// (two-channel audio for calls, chat for chats). A refusal about the connection names its flag.
 pub async fn speechsense(
     client: &SpeechSenseClient,
     endpoint: &str,
     connection_id: &str,
+    needed: ConnectionKind,
 ) -> Result<(), Failure> {
     let check = tokio::time::timeout(
         LIMIT + Duration::from_secs(2),
-        client.check_connection(connection_id),
+        client.check_connection_as(connection_id, needed),
     )
     .await;
+    let flag = flag_of(needed);
     match check {
         Ok(Ok(ConnectionCheck::Ok)) => Ok(()),
-        Ok(Ok(refused)) => Err(refusal(refused.message(lang::current()))),
+        Ok(Ok(refused @ ConnectionCheck::WrongKind { found, .. })) => {
+            let text = refused.message(lang::current());
+            Err(Failure::new(
+                exit::REFUSED,
+                format!("{flag}: {text} {}", wrong_kind_hint(found, needed)),
+            ))
+        }
+        Ok(Ok(refused @ ConnectionCheck::BadKey(_))) => {
+            Err(refusal(refused.message(lang::current())))
+        }
+        Ok(Ok(refused)) => Err(refusal(format!(
+            "{flag}: {}",
+            refused.message(lang::current())
+        ))),
         Ok(Err(e)) => Err(unreachable_speechsense(endpoint, &e.to_string())),
         Err(_) => Err(unreachable_speechsense(endpoint, "timed out")),
     }
 }
 
-/// `b24sense check`: the SpeechSense half on its own, its verdict on stdout.
+/// What to do with a connection of type `found` given where `needed` is.
+fn wrong_kind_hint(found: ConnectionKind, needed: ConnectionKind) -> &'static str {
+    match (needed, found) {
+        (ConnectionKind::Chat, ConnectionKind::OneChannelAudio) => pick(
+            "Одноканальное подключение принимает моно-записи звонков (--mono-policy route:ID), а не чаты.",
+            "A one-channel connection takes mono call recordings (--mono-policy route:ID), not chats.",
+        ),
+        (ConnectionKind::Chat, _) => pick(
+            "Подключение для звонков передайте в --connection-id, а в --chat-connection-id — подключение для \
+             чатов.",
+            "Pass a connection for calls as --connection-id, and a chat connection as --chat-connection-id.",
+        ),
+        (_, ConnectionKind::Chat) => pick(
+            "Подключение для чатов передайте в --chat-connection-id, а в --connection-id — подключение для \
+             двухканального аудио.",
+            "Pass a chat connection as --chat-connection-id, and a two-channel audio connection as \
+             --connection-id.",
+        ),
+        _ => pick(
+            "Одноканальное подключение принимает моно-записи: --mono-policy route:ID.",
+            "A one-channel connection takes mono recordings: --mono-policy route:ID.",
+        ),
+    }
+}
+
+/// `b24sense check`: the SpeechSense half on its own — each connection given (calls, chats) with the type it
+/// needs —, each verdict on its own line; every refusal is printed, the last one ends the command.
 pub async fn check_command(a: crate::args::CheckArgs) -> Result<u8, Failure> {
+    let connections = a.speechsense.connections()?;
     let endpoint = a.speechsense.speechsense_endpoint;
     let client = speechsense_client(endpoint.clone(), a.speechsense.api_key)?;
-    speechsense(&client, &endpoint, &a.speechsense.connection_id).await?;
-    out!("{}", ConnectionCheck::Ok.message(lang::current()));
-    Ok(exit::OK)
+    let both = connections.calls.is_some() && connections.chats.is_some();
+    let wanted = [
+        (connections.calls, ConnectionKind::TwoChannelAudio),
+        (connections.chats, ConnectionKind::Chat),
+    ];
+    let mut refused: Option<Failure> = None;
+    for (id, needed) in wanted {
+        let Some(id) = id else { continue };
+        match speechsense(&client, &endpoint, &id, needed).await {
+            Ok(()) if both => out!(
+                "{}: {} ({id}, {})",
+                flag_of(needed),
+                ConnectionCheck::Ok.message(lang::current()),
+                crate::emulate::kind_name(needed)
+            ),
+            Ok(()) => out!("{}", ConnectionCheck::Ok.message(lang::current())),
+            // Unreachable, or the key refused: the other connection cannot say more.
+            Err(f) if f.code != exit::REFUSED || !f.message.starts_with("--") => {
+                if let Some(earlier) = refused.take() {
+                    crate::hygiene::print_failure(&earlier);
+                }
+                return Err(f);
+            }
+            Err(f) => {
+                if let Some(earlier) = refused.replace(f) {
+                    crate::hygiene::print_failure(&earlier);
+                }
+            }
+        }
+    }
+    match refused {
+        Some(f) => Err(f),
+        None => Ok(exit::OK),
+    }
 }
 
 /// A refusal's sentence; in Russian, the server's own English words (in trailing parentheses) go on their own line.
@@ -172,27 +271,29 @@ fn unreachable_speechsense(endpoint: &str, detail: &str) -> Failure {
     .with_detail(detail)
 }
 
-/// The portal half: the portal answers, accepts the webhook, and the webhook has the scopes an export needs.
-pub async fn portal(webhook: &WebhookUrl) -> Result<(), Failure> {
+/// The portal half: the portal answers, accepts the webhook, and the webhook has the scopes `needed`
+/// ([`needed_scopes`]).
+pub async fn portal(webhook: &WebhookUrl, needed: &[&'static str]) -> Result<(), Failure> {
     let probe = tokio::time::timeout(LIMIT + Duration::from_secs(2), webhook.probe(LIMIT)).await;
     match probe {
         Err(_) => Err(unreachable_portal(webhook, "timed out")),
         Ok(Ok(None)) => Ok(()),
-        Ok(Ok(Some(scopes))) => match missing(&scopes) {
+        Ok(Ok(Some(scopes))) => match missing(needed, &scopes) {
             m if m.is_empty() => Ok(()),
-            m => Err(missing_scopes(webhook, &m.join(", "))),
+            m => Err(missing_scopes(webhook, &m.join(", "), needed)),
         },
         Ok(Err(PortalError::Transport { message, .. })) => {
             Err(unreachable_portal(webhook, &message))
         }
-        Ok(Err(e)) => Err(portal_refusal(webhook, e)),
+        Ok(Err(e)) => Err(portal_refusal(webhook, e, needed)),
     }
 }
 
-/// The scopes an export needs that `granted` lacks.
-fn missing(granted: &[String]) -> Vec<&'static str> {
-    NEEDED_SCOPES
-        .into_iter()
+/// The scopes of `needed` that `granted` lacks.
+fn missing(needed: &[&'static str], granted: &[String]) -> Vec<&'static str> {
+    needed
+        .iter()
+        .copied()
         .filter(|need| {
             !granted
                 .iter()
@@ -221,38 +322,49 @@ fn unreachable_portal(webhook: &WebhookUrl, detail: &str) -> Failure {
     .with_detail(detail)
 }
 
-/// How to make a new webhook.
-fn new_webhook() -> String {
+/// How to make a new webhook with the scopes `needed`.
+fn new_webhook(needed: &[&str]) -> String {
+    let scopes = needed.join(", ");
     pick(
-        "Новый вебхук: в Bitrix24 под администратором откройте Разработчикам → Другое → Входящий вебхук, отметьте \
-         права telephony, crm, user, disk, сохраните и передайте его адрес в --bitrix24-webhook."
-            .into(),
-        "To make a new one: in Bitrix24, as an administrator, open Developer resources → Other → Incoming webhook, \
-         tick the scopes telephony, crm, user, disk, save, and pass its URL in --bitrix24-webhook."
-            .into(),
+        format!(
+            "Новый вебхук: в Bitrix24 под администратором откройте Разработчикам → Другое → Входящий вебхук, \
+             отметьте права {scopes}, сохраните и передайте его адрес в --bitrix24-webhook."
+        ),
+        format!(
+            "To make a new one: in Bitrix24, as an administrator, open Developer resources → Other → Incoming \
+             webhook, tick the scopes {scopes}, save, and pass its URL in --bitrix24-webhook."
+        ),
     )
 }
 
-fn missing_scopes(webhook: &WebhookUrl, missing: &str) -> Failure {
-    let how = new_webhook();
+fn missing_scopes(webhook: &WebhookUrl, missing: &str, needed: &[&str]) -> Failure {
+    let how = new_webhook(needed);
+    let (what_ru, what_en) = match (
+        needed.contains(&"telephony"),
+        needed.contains(&"imopenlines"),
+    ) {
+        (true, true) => ("звонки и чаты", "the calls and chats"),
+        (false, true) => ("чаты", "the chats"),
+        _ => ("звонки", "the calls"),
+    };
     Failure::new(
         exit::REFUSED,
         pick(
             format!(
-                "У вебхука {webhook} нет прав {missing}: без них звонки не прочитать. Добавьте эти права вебхуку \
+                "У вебхука {webhook} нет прав {missing}: без них {what_ru} не прочитать. Добавьте эти права вебхуку \
                  (Разработчикам → Интеграции → вебхук → Редактировать) или сделайте новый. {how}"
             ),
             format!(
-                "The webhook {webhook} lacks the scopes {missing}: without them the calls cannot be read. Add them \
+                "The webhook {webhook} lacks the scopes {missing}: without them {what_en} cannot be read. Add them \
                  to the webhook (Developer resources → Integrations → the webhook → Edit) or make a new one. {how}"
             ),
         ),
     )
 }
 
-fn portal_refusal(webhook: &WebhookUrl, e: PortalError) -> Failure {
+fn portal_refusal(webhook: &WebhookUrl, e: PortalError, needed: &[&str]) -> Failure {
     let uid = webhook.user_id();
-    let how = new_webhook();
+    let how = new_webhook(needed);
     let detail = e.to_string();
     let (code, ru, en) = match &e {
         PortalError::Api(api) => match api.kind() {
@@ -281,7 +393,7 @@ fn portal_refusal(webhook: &WebhookUrl, e: PortalError) -> Failure {
                 ),
             ),
             ApiErrorKind::InsufficientScope => {
-                return missing_scopes(webhook, "telephony, crm, user, disk").with_detail(detail)
+                return missing_scopes(webhook, &needed.join(", "), needed).with_detail(detail)
             }
             ApiErrorKind::AuthorizationError | ApiErrorKind::UserAccessError => (
                 exit::REFUSED,
@@ -401,10 +513,33 @@ mod tests {
     #[test]
     fn missing_scopes_are_named() {
         let granted = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(missing(&granted(&["crm", "disk", "im", "telephony", "user"])).is_empty());
-        assert!(missing(&granted(&["crm", "disk", "telephony", "user_brief"])).is_empty());
-        assert_eq!(missing(&granted(&["crm", "user"])), ["telephony", "disk"]);
-        assert_eq!(missing(&[]), NEEDED_SCOPES);
+        let calls = needed_scopes(true, false);
+        assert!(missing(
+            &calls,
+            &granted(&["crm", "disk", "im", "telephony", "user"])
+        )
+        .is_empty());
+        assert!(missing(
+            &calls,
+            &granted(&["crm", "disk", "telephony", "user_brief"])
+        )
+        .is_empty());
+        assert_eq!(
+            missing(&calls, &granted(&["crm", "user"])),
+            ["telephony", "disk"]
+        );
+        assert_eq!(missing(&calls, &[]), CALL_SCOPES);
+        let chats = needed_scopes(false, true);
+        assert_eq!(chats, CHAT_SCOPES);
+        assert_eq!(missing(&chats, &granted(&["crm"])), ["imopenlines"]);
+        assert_eq!(
+            needed_scopes(true, true),
+            ["telephony", "crm", "user", "disk", "imopenlines"]
+        );
+        assert_eq!(
+            missing(&needed_scopes(true, true), &granted(&CALL_SCOPES)),
+            ["imopenlines"]
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Progress display: a bar on a terminal (calls done/total, rate, ETA), plain log lines otherwise.
+//! Progress display: a bar on a terminal (calls done/total, rate, ETA), plain log lines otherwise. With chats, a
+//! second line of its own (a spinner with the sessions settled so far on a terminal, its own log lines
+//! otherwise): the chat run goes on beside the call run and never moves the calls' bar.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use b24sense_core::Outcome;
+use b24sense_engine::chats::{ChatOutcome, ChatProgressFn, ChatReport};
 use b24sense_engine::{ProgressEvent, ProgressFn};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::lang::pick;
 
@@ -21,45 +24,137 @@ struct Counts {
     failed: AtomicU64,
 }
 
+/// Chat sessions settled so far, by outcome.
+#[derive(Default)]
+struct ChatCounts {
+    done: AtomicU64,
+    uploaded: AtomicU64,
+    already: AtomicU64,
+    waiting: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+}
+
 pub struct Progress {
+    /// The calls' bar (none without calls, or off a terminal).
     bar: Option<ProgressBar>,
+    /// The chats' line (none without chats, or off a terminal).
+    chat_bar: Option<ProgressBar>,
     counts: Arc<Counts>,
+    chat_counts: Arc<ChatCounts>,
     last_line: Arc<Mutex<Instant>>,
+    last_chat_line: Arc<Mutex<Instant>>,
     started: Instant,
+    calls: bool,
+    chats: bool,
 }
 
 impl Progress {
     /// A bar when stderr is a terminal (and `quiet` is off), log lines otherwise; in colour unless `NO_COLOR`.
-    pub fn new(quiet: bool) -> Progress {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(8));
-            let (spinner, bar_style) = match crate::hygiene::stderr_colour() {
-                true => ("{spinner:.green}", "{bar:32.cyan/blue}"),
-                false => ("{spinner}", "{bar:32}"),
-            };
-            let rest = pick(
-                "{pos}/{len} звонков · {per_sec} · осталось {eta} · {msg}",
-                "{pos}/{len} calls · {per_sec} · ETA {eta} · {msg}",
-            );
-            bar.set_style(
-                ProgressStyle::with_template(&format!(
-                    "{spinner} [{{elapsed_precise}}] {bar_style} {rest}"
-                ))
-                .expect("valid template")
-                .progress_chars("█▉▊▋▌▍▎▏ "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
+    /// `calls`, `chats`: what this run exports (each gets its own line).
+    pub fn new(quiet: bool, calls: bool, chats: bool) -> Progress {
+        let terminal = !quiet && std::io::stderr().is_terminal();
+        let multi =
+            (terminal && calls && chats).then(|| MultiProgress::with_draw_target(draw_target()));
+        let add = |bar: ProgressBar| match &multi {
+            Some(m) => m.add(bar),
+            None => bar,
+        };
+        let bar = (terminal && calls).then(|| add(call_bar(multi.is_some())));
+        let chat_bar = (terminal && chats).then(|| add(chat_spinner(multi.is_some())));
         Progress {
             bar,
+            chat_bar,
             counts: Arc::default(),
+            chat_counts: Arc::default(),
             last_line: Arc::new(Mutex::new(Instant::now())),
+            last_chat_line: Arc::new(Mutex::new(Instant::now())),
             started: Instant::now(),
+            calls,
+            chats,
         }
     }
+}
 
-    /// The callback handed to the engine.
+fn draw_target() -> ProgressDrawTarget {
+    ProgressDrawTarget::stderr_with_hz(8)
+}
+
+/// The calls' bar; `in_multi`: drawn by a [`MultiProgress`] (which owns the draw target).
+fn call_bar(in_multi: bool) -> ProgressBar {
+    let bar = match in_multi {
+        true => ProgressBar::new(0),
+        false => ProgressBar::with_draw_target(Some(0), draw_target()),
+    };
+    let (spinner, bar_style) = match crate::hygiene::stderr_colour() {
+        true => ("{spinner:.green}", "{bar:32.cyan/blue}"),
+        false => ("{spinner}", "{bar:32}"),
+    };
+    let rest = pick(
+        "{pos}/{len} звонков · {per_sec} · осталось {eta} · {msg}",
+        "{pos}/{len} calls · {per_sec} · ETA {eta} · {msg}",
+    );
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{spinner} [{{elapsed_precise}}] {bar_style} {rest}"
+        ))
+        .expect("valid template")
+        .progress_chars("█▉▊▋▌▍▎▏ "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// The chats' line: a spinner and the sessions settled so far (their total is not known in advance).
+fn chat_spinner(in_multi: bool) -> ProgressBar {
+    let bar = match in_multi {
+        true => ProgressBar::new_spinner(),
+        false => ProgressBar::with_draw_target(None, draw_target()),
+    };
+    let spinner = match crate::hygiene::stderr_colour() {
+        true => "{spinner:.green}",
+        false => "{spinner}",
+    };
+    let label = pick("чаты", "chats");
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{spinner} [{{elapsed_precise}}] {label}: {{msg}}"))
+            .expect("valid template"),
+    );
+    bar.set_message(pick("список сессий…", "listing sessions…"));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+impl Progress {
+    /// The callback handed to the chat run.
+    pub fn chat_callback(&self, quiet: bool) -> ChatProgressFn {
+        let bar = self.chat_bar.clone();
+        let counts = self.chat_counts.clone();
+        let last_line = self.last_chat_line.clone();
+        let started = self.started;
+        Arc::new(move |r: &ChatReport| {
+            counts.done.fetch_add(1, Ordering::Relaxed);
+            let slot = match r.outcome {
+                ChatOutcome::Uploaded { .. } => &counts.uploaded,
+                ChatOutcome::AlreadyUploaded => &counts.already,
+                ChatOutcome::Waiting { .. } => &counts.waiting,
+                ChatOutcome::Skipped { .. } => &counts.skipped,
+                ChatOutcome::Failed { .. } => &counts.failed,
+            };
+            slot.fetch_add(1, Ordering::Relaxed);
+            if let Some(bar) = &bar {
+                bar.set_message(chat_counts_text(&counts));
+            } else if !quiet {
+                let mut last = last_line.lock().unwrap();
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    err!("{}", chat_line(&counts, started));
+                }
+            }
+        })
+    }
+
+    /// The callback handed to the call run.
     pub fn callback(&self, quiet: bool) -> ProgressFn {
         let bar = self.bar.clone();
         let counts = self.counts.clone();
@@ -135,10 +230,43 @@ impl Progress {
     pub fn finish(&self, quiet: bool) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
-        } else if !quiet {
+        } else if !quiet && self.calls {
             err!("{}", line(&self.counts, self.started));
         }
+        if let Some(bar) = &self.chat_bar {
+            bar.finish_and_clear();
+        } else if !quiet && self.chats {
+            err!("{}", chat_line(&self.chat_counts, self.started));
+        }
     }
+}
+
+fn chat_counts_text(c: &ChatCounts) -> String {
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (done, u, a, w, s, f) = (
+        get(&c.done),
+        get(&c.uploaded),
+        get(&c.already),
+        get(&c.waiting),
+        get(&c.skipped),
+        get(&c.failed),
+    );
+    pick(
+        format!(
+            "обработано сессий {done} (выгружено {u}, уже выгружено {a}, ждут закрытия {w}, пропущено {s}, ошибок {f})"
+        ),
+        format!(
+            "{done} sessions settled (uploaded {u}, already uploaded {a}, waiting to close {w}, skipped {s}, failed {f})"
+        ),
+    )
+}
+
+fn chat_line(c: &ChatCounts, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64();
+    pick(
+        format!("ход выгрузки чатов: {} · {secs:.1} с", chat_counts_text(c)),
+        format!("chat progress: {} · {secs:.1} s", chat_counts_text(c)),
+    )
 }
 
 fn line(c: &Counts, started: Instant) -> String {

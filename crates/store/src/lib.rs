@@ -161,12 +161,20 @@ impl Store {
 
     /// An injected lost answer, for a statement that ran (tests; see [`LedgerFaults`]).
     fn lost_answer(&self) -> Option<Error> {
-        self.place.faults.as_ref().and_then(LedgerFaults::lost_answer)
+        self.place
+            .faults
+            .as_ref()
+            .and_then(LedgerFaults::lost_answer)
     }
 
     /// An injected lost answer, for a claim that ran (tests; see [`LedgerFaults`]).
     fn lost_claim_answer(&self) -> Result<(), Error> {
-        match self.place.faults.as_ref().and_then(LedgerFaults::lost_claim_answer) {
+        match self
+            .place
+            .faults
+            .as_ref()
+            .and_then(LedgerFaults::lost_claim_answer)
+        {
             Some(e) => Err(e),
             None => Ok(()),
         }

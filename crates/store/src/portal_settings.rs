@@ -14,6 +14,9 @@ use crate::{Error, SecretKey, Store};
 #[serde(default)]
 pub struct PortalSettings {
     pub connection_id: String,
+    /// The SpeechSense **chat** connection Open Lines sessions go to; `None` = chats are not exported. Settings
+    /// saved before chats existed read as `None` (the settings are one JSON value: no schema change).
+    pub chat_connection_id: Option<String>,
     /// Recognition language, e.g. `ru-RU`.
     pub language: String,
     /// `YYYY-MM-DD` or an RFC 3339 time; `None` = all calls.
@@ -39,6 +42,7 @@ impl Default for PortalSettings {
     fn default() -> Self {
         PortalSettings {
             connection_id: String::new(),
+            chat_connection_id: None,
             language: "ru-RU".into(),
             since: None,
             users: Vec::new(),

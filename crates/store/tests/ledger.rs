@@ -625,8 +625,14 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
         .await
         .unwrap();
     assert_eq!(
-        retried.iter().map(|c| (c.call_id, c.fence)).collect::<Vec<_>>(),
-        claims.iter().map(|c| (c.call_id, c.fence + 1)).collect::<Vec<_>>(),
+        retried
+            .iter()
+            .map(|c| (c.call_id, c.fence))
+            .collect::<Vec<_>>(),
+        claims
+            .iter()
+            .map(|c| (c.call_id, c.fence + 1))
+            .collect::<Vec<_>>(),
         "the batch's retry (its answer lost) takes its own rows back, and only those"
     );
     let claims = retried;
@@ -643,7 +649,10 @@ async fn claim_many_takes_what_is_free_and_release_held_gives_it_back(fx: &Fx) {
     assert!(store.finish(&claims[2], &uploaded("t5")).await.unwrap());
 
     // Claims of the run `w` made as `w/N` (one owner per claim), and of a run whose name only starts with `w`.
-    store.register(P, &[call(7, None), call(8, None)]).await.unwrap();
+    store
+        .register(P, &[call(7, None), call(8, None)])
+        .await
+        .unwrap();
     claimed(&store, 7, &b24sense_store::claim_owner("w", 7), LEASE).await;
     claimed(&store, 8, "w2/1", Duration::from_secs(30)).await;
 

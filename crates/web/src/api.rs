@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::{PageSession, WriteSession};
-use crate::check::check_connection;
+use crate::check::{check_connections, FieldCheck};
 use crate::i18n::{self, Lang, Msg};
 use crate::runner::Progress;
 use crate::settings::{check_form, read_form, SettingsForm};
@@ -83,17 +83,28 @@ pub async fn save(
                 Msg::EnterApiKey.text(lang),
             )
         })?;
-    let (verified, check) = check_connection(
+    let checks = check_connections(
         &state.config.speechsense_endpoint,
         key,
         &settings.connection_id,
+        settings.chat_connection_id.as_deref(),
         lang,
     )
     .await;
+    let (verified, check) = summed(&checks);
     if !verified && !form.save_anyway {
+        // Next to the field the first refusal is about (the key, the check itself, or one of the connections).
+        let (field, words) = checks
+            .iter()
+            .find(|c| !c.ok)
+            .map(|c| match c.not_about_connection {
+                true => (refused_field(&c.message, lang), c.message.clone()),
+                false => (c.field, c.message.clone()),
+            })
+            .unwrap_or(("connection", check.clone()));
         return Err(ApiError::Unverified {
-            field: refused_field(&check, lang),
-            check,
+            field,
+            check: words,
             message: Msg::UnverifiedSave.text(lang).to_string(),
         });
     }
@@ -145,16 +156,28 @@ pub async fn check(
     } else {
         None
     };
-    let (connection_id, key) =
-        check_form(&form, session.lang, stored_key).map_err(ApiError::Fields)?;
-    let (ok, message) = check_connection(
+    let form = check_form(&form, session.lang, stored_key).map_err(ApiError::Fields)?;
+    let checks = check_connections(
         &state.config.speechsense_endpoint,
-        key,
-        &connection_id,
+        form.key,
+        &form.connection_id,
+        form.chat_connection_id.as_deref(),
         session.lang,
     )
     .await;
-    Ok(Json(json!({"ok": ok, "message": message})))
+    let (ok, message) = summed(&checks);
+    let each: Vec<Value> = checks
+        .iter()
+        .map(|c| json!({"field": c.field, "ok": c.ok, "message": c.message}))
+        .collect();
+    Ok(Json(json!({"ok": ok, "message": message, "checks": each})))
+}
+
+/// Whether every connection checked passed, and the checks' words together.
+fn summed(checks: &[FieldCheck]) -> (bool, String) {
+    let ok = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    let words: Vec<&str> = checks.iter().map(|c| c.message.as_str()).collect();
+    (ok, words.join(" · "))
 }
 
 /// A fresh session token (and its CSRF token) for the same installation, user and language, with a new idle

@@ -23,6 +23,7 @@ pub fn speech_client(endpoint: &str, api_key: SecretString) -> Result<SpeechSens
     .map_err(|e| e.to_string())
 }
 
+#[cfg(test)]
 /// «Проверить подключение» for the call connection (two-channel audio): `(ok, message)`. A chat or one-channel
 /// connection is refused with a message naming its type and the type needed.
 pub async fn check_connection(
@@ -41,6 +42,7 @@ pub async fn check_connection(
     .await
 }
 
+#[cfg(test)]
 /// «Проверить подключение» for a connection that must be of type `needed` (e.g. [`ConnectionKind::Chat`] for the
 /// chat connection, [`ConnectionKind::OneChannelAudio`] for the mono route): `(ok, message)`.
 pub async fn check_connection_kind(
@@ -50,17 +52,95 @@ pub async fn check_connection_kind(
     needed: ConnectionKind,
     lang: Lang,
 ) -> (bool, String) {
+    let (ok, message, _) = probe_kind(endpoint, api_key, connection_id, needed, lang).await;
+    (ok, message)
+}
+
+/// The check and SpeechSense's verdict (`None`: no verdict, SpeechSense was out of reach or too slow).
+async fn probe_kind(
+    endpoint: &str,
+    api_key: SecretString,
+    connection_id: &str,
+    needed: ConnectionKind,
+    lang: Lang,
+) -> (bool, String, Option<ConnectionCheck>) {
     let client = match speech_client(endpoint, api_key) {
         Ok(c) => c,
-        Err(e) => return (false, e),
+        Err(e) => return (false, e, None),
     };
     let check = client.check_connection_as(connection_id, needed);
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(ConnectionCheck::Ok)) => (true, ConnectionCheck::Ok.message(lang)),
-        Ok(Ok(refused)) => (false, refused.message(lang)),
-        Ok(Err(e)) => (false, i18n::speechsense_unreachable(lang, &e.to_string())),
-        Err(_) => (false, Msg::SpeechSenseTimeout.text(lang).to_string()),
+        Ok(Ok(ConnectionCheck::Ok)) => (
+            true,
+            ConnectionCheck::Ok.message(lang),
+            Some(ConnectionCheck::Ok),
+        ),
+        Ok(Ok(refused)) => (false, refused.message(lang), Some(refused)),
+        Ok(Err(e)) => (
+            false,
+            i18n::speechsense_unreachable(lang, &e.to_string()),
+            None,
+        ),
+        Err(_) => (false, Msg::SpeechSenseTimeout.text(lang).to_string(), None),
     }
+}
+
+/// One field's check: the field a refusal is about (`connection_id`, `chat_connection_id`), SpeechSense's answer in
+/// words, and whether the key was refused or SpeechSense out of reach (then the other connection is not checked).
+pub struct FieldCheck {
+    pub field: &'static str,
+    pub ok: bool,
+    pub message: String,
+    /// The key was refused or SpeechSense could not be reached: nothing about the connection is known.
+    pub not_about_connection: bool,
+}
+
+/// «Проверить подключение» for the settings: the call connection (two-channel audio) and, when given, the chat
+/// connection (a chat one), each refusal naming its field. A connection of the other kind in either field is
+/// refused with the field's name, the kind found and the kind needed. The chat connection is checked only when the
+/// key was accepted.
+pub async fn check_connections(
+    endpoint: &str,
+    key: SecretString,
+    connection_id: &str,
+    chat_connection_id: Option<&str>,
+    lang: Lang,
+) -> Vec<FieldCheck> {
+    let mut out = Vec::new();
+    let lanes = [
+        (
+            "connection_id",
+            Some(connection_id),
+            ConnectionKind::TwoChannelAudio,
+        ),
+        (
+            "chat_connection_id",
+            chat_connection_id,
+            ConnectionKind::Chat,
+        ),
+    ];
+    for (field, id, needed) in lanes {
+        let Some(id) = id else { continue };
+        let (ok, message, verdict) = probe_kind(endpoint, key.clone(), id, needed, lang).await;
+        let not_about_connection = matches!(verdict, None | Some(ConnectionCheck::BadKey(_)));
+        let wrong_kind = matches!(verdict, Some(ConnectionCheck::WrongKind { .. }));
+        // With two fields checked every answer says which field it is about; alone, a wrong kind does.
+        let message = if chat_connection_id.is_some() && !not_about_connection || wrong_kind {
+            format!("{}: {message}", i18n::field_label(lang, field))
+        } else {
+            message
+        };
+        out.push(FieldCheck {
+            field,
+            ok,
+            message,
+            not_about_connection,
+        });
+        if not_about_connection {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ pub enum Msg {
     EnterApiKey,
     EnterConnectionId,
     BadConnectionId,
+    BadChatConnectionId,
+    ChatSameAsCalls,
     BadUsers,
     BadMinDuration,
     MinDurationTooLong,
@@ -118,6 +120,14 @@ impl Msg {
             Msg::BadConnectionId => (
                 "ID подключения содержит недопустимые символы.",
                 "The connection ID contains characters an ID never has.",
+            ),
+            Msg::BadChatConnectionId => (
+                "ID подключения для чатов содержит недопустимые символы. Скопируйте ID подключения для чатов из SpeechSense или оставьте поле пустым.",
+                "The chat connection ID contains characters an ID never has. Copy the chat connection's ID from SpeechSense, or leave the field empty.",
+            ),
+            Msg::ChatSameAsCalls => (
+                "ID подключения для чатов совпадает с ID подключения для звонков. Чатам нужно отдельное подключение для чатов: укажите его ID или оставьте поле пустым.",
+                "The chat connection ID is the same as the call connection ID. Chats need a chat connection of their own: give its ID, or leave the field empty.",
             ),
             Msg::BadUsers => (
                 "ID пользователей Битрикс24 через запятую, например 1, 5, 7.",
@@ -268,6 +278,46 @@ pub fn unreadable_row(lang: Lang) -> &'static str {
     match lang {
         Lang::Ru => "Битрикс24 вернул строку звонка, которую не удалось прочитать; подробности — в журнале сервера.",
         Lang::En => "Bitrix24 returned a call row that could not be read; details are in the server log.",
+    }
+}
+
+/// The label of a settings field a message is about (`connection_id`, `chat_connection_id`), as the page shows it.
+pub fn field_label(lang: Lang, field: &str) -> &'static str {
+    match (field, lang) {
+        ("chat_connection_id", Lang::Ru) => "ID подключения для чатов",
+        ("chat_connection_id", Lang::En) => "Chat connection ID",
+        (_, Lang::Ru) => "ID подключения SpeechSense",
+        (_, Lang::En) => "SpeechSense connection ID",
+    }
+}
+
+/// The chat export stopped early; `why`: the one message of [`run_stopped`] or the check's own words.
+pub fn chats_stopped(lang: Lang, why: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Выгрузка чатов остановлена: {why}"),
+        Lang::En => format!("The chat export stopped: {why}"),
+    }
+}
+
+/// Bitrix24 refused the Open Lines sessions (the listing or the histories), with what to do.
+pub fn chats_refused_by_bitrix24(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Битрикс24 отказал в доступе к Открытым линиям. Проверьте, что у приложения есть права crm и \
+                     imopenlines (переустановите его, если права добавлены позже), затем запустите выгрузку снова.",
+        Lang::En => "Bitrix24 refused access to Open Lines. Check that the application has the crm and imopenlines \
+                     scopes (reinstall it if they were added later), then start the export again.",
+    }
+}
+
+/// An Open Lines session the run could not upload (`reason`: the ledger's word for why).
+pub fn session_not_uploaded(lang: Lang, session_id: u64, reason: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Сессия Открытых линий {session_id} не выгружена ({reason}). Подробности — в отчёте."
+        ),
+        Lang::En => {
+            format!("Open Lines session {session_id} was not uploaded ({reason}). Details are in the report.")
+        }
     }
 }
 

@@ -176,7 +176,7 @@ pub async fn install(
     ))
 }
 
-/// Binds the call-end and uninstall events to `/events` and, for an iframe install (`with_install`),
+/// Binds the call-end, CRM activity update (Open Lines sessions closing) and uninstall events to `/events` and, for an iframe install (`with_install`),
 /// `ONAPPINSTALL` to `/install`: the portal sends it after `BX24.installFinish()` with the application token.
 /// Re-binding an existing handler is an idempotent error.
 async fn bind_events(state: &AppState, member_id: &str, with_install: bool) {
@@ -200,6 +200,8 @@ async fn bind_events(state: &AppState, member_id: &str, with_install: bool) {
     };
     let mut bindings = vec![
         ("ONVOXIMPLANTCALLEND", handler("events")),
+        // Open Lines sessions closing (their CRM activity goes `COMPLETED=Y`): scope `crm`.
+        ("ONCRMACTIVITYUPDATE", handler("events")),
         ("ONAPPUNINSTALL", handler("events")),
     ];
     if with_install {
@@ -226,11 +228,12 @@ pub async fn events(
     let g = |k: &str| f.raw(k).unwrap_or("").to_string();
     let member_id = g("auth[member_id]");
     let token = g("auth[application_token]");
-    // A stale call-end event (a replay, or one held up for minutes) is acknowledged without work: the catch-up
-    // pass covers its call anyway.
-    if g("event").eq_ignore_ascii_case("ONVOXIMPLANTCALLEND")
-        && sync::is_stale(f.raw("ts"), state.config.event_max_age)
-    {
+    // A stale call-end or activity event (a replay, or one held up for minutes) is acknowledged without work: the
+    // catch-up pass covers its call or session anyway.
+    let nudge = ["ONVOXIMPLANTCALLEND", "ONCRMACTIVITYUPDATE"]
+        .iter()
+        .any(|e| g("event").eq_ignore_ascii_case(e));
+    if nudge && sync::is_stale(f.raw("ts"), state.config.event_max_age) {
         tracing::debug!(member_id = ?member_id, "stale call-end event acknowledged without work");
         return Ok((StatusCode::OK, "OK").into_response());
     }
@@ -274,6 +277,13 @@ pub async fn events(
             // The event carries no statistic ID or recording: a run reads the call back (and the ledger skips
             // what is done); passes are coalesced per portal.
             sync::on_call_end(&state, portal).await;
+        }
+        "ONCRMACTIVITYUPDATE" => {
+            // Any CRM activity changed, maybe an Open Lines session that closed. Only a nudge: the pass reads the
+            // sessions from the portal's REST (the ones the ledger holds open by ID, then those after the mark),
+            // never from the event's fields; passes are coalesced per portal as for calls.
+            tracing::debug!(member_id = ?member_id, activity = ?g("data[FIELDS][ID]"), "activity update");
+            sync::on_activity_update(&state, portal).await;
         }
         other => tracing::debug!(event = ?other, "event ignored"),
     }

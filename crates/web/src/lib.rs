@@ -2,8 +2,9 @@
 //! Bitrix24 local or Market application (the product rules are in `docs/mapping.md`).
 //!
 //! This file keeps the configuration ([`WebConfig`]), the server ([`AppServer`]) and its routes. The parts:
-//! - [`install`]: install (stores the portal, its tokens and application token, binds `OnVoximplantCallEnd` and
-//!   `OnAppUninstall`, answers with `BX24.installFinish()`), uninstall and call-end events;
+//! - [`install`]: install (stores the portal, its tokens and application token, binds `OnVoximplantCallEnd`,
+//!   `OnCrmActivityUpdate` and `OnAppUninstall`, answers with `BX24.installFinish()`), uninstall, call-end and
+//!   activity-update (an Open Lines session closed) events;
 //! - [`frame`]: what Bitrix24 posts (forms, the user's token) and the framing policy of the answers;
 //! - [`settings_page`] and [`page`]: the settings page opened in the portal's iframe (signed session token in the
 //!   page, CSP `frame-ancestors` limited to the portal); [`api`]: its JSON API, with [`auth`] (session and CSRF
@@ -13,7 +14,7 @@
 //!   ([`resume`]); [`sync`]: continuous sync (events, a periodic catch-up pass, rechecks of late recordings);
 //! - [`oauth`]: token refresh against the installation's `server_endpoint`; [`keepalive`]: refresh of idle
 //!   installations;
-//! - [`report`]: the per-call CSV report from the ledger; [`metrics`]: `/metrics`;
+//! - [`report`]: the CSV report from the ledgers (calls, then Open Lines sessions); [`metrics`]: `/metrics`;
 //! - [`i18n`]: the page language and every sentence in Russian and English; [`trigger`]: what started a run;
 //!   [`session`]: signed session and CSRF tokens;
 //! - [`conn`]: the HTTP server under the router, with header, body and idle timeouts and a connection cap.
@@ -22,7 +23,8 @@
 //! no-store` (the page holds a session token, the API and the report a portal's data). Request-supplied values
 //! are logged with `?` (Debug), which escapes control characters, so a newline cannot forge a log line.
 //!
-//! Exports themselves are the engine's `run_export`; the store keeps portals, settings and the ledger.
+//! Exports themselves are the engine's `run_export` and, when the settings name a chat connection, its
+//! `run_chat_export` beside it ([`runner::chats`]); the store keeps portals, settings and the ledgers.
 
 mod api;
 mod api_error;

@@ -17,6 +17,8 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("cancel", "Отмена", "Cancel"),
     ("connection_id", "ID подключения SpeechSense", "SpeechSense connection ID"),
     ("connection_id_hint", "Идентификатор подключения для аудио (двухканальное) из интерфейса SpeechSense.", "The ID of the (two-channel) audio connection in SpeechSense."),
+    ("chat_connection_id", "ID подключения для чатов", "Chat connection ID"),
+    ("chat_connection_id_hint", "Необязательно. Подключение SpeechSense для чатов: в него выгружаются завершённые диалоги Открытых линий (онлайн-чат на сайте, Телеграм, ВКонтакте…), каждый один раз. Пусто — чаты не выгружаются.", "Optional. A SpeechSense chat connection: finished Open Lines dialogs (website chat, Telegram, WhatsApp, VK…) go there, each once. Empty = chats are not exported."),
     ("api_key", "API-ключ", "API key"),
     ("api_key_hint", "Секретный ключ сервисного аккаунта speechsense. Хранится зашифрованным и больше не показывается.", "The secret key of the speechsense service account. Stored encrypted and never shown again."),
     ("api_key_saved", "ключ сохранён — оставьте пустым, чтобы не менять", "saved — leave empty to keep it"),
@@ -105,6 +107,12 @@ const TEXTS: &[(&str, &str, &str)] = &[
     ("d_failed", "ошибок", "failed"),
     ("d_awaiting", "ждут записи", "awaiting recording"),
     ("failed_detail", "Ошибки", "Failed"),
+    ("chats", "Чаты Открытых линий", "Open Lines chats"),
+    ("c_waiting", "Ещё открыты", "Still open"),
+    ("c_running", "выгружаются…", "exporting…"),
+    ("reason_session_open", "диалог ещё открыт (выгрузим после закрытия)", "the dialog is still open (exported once it closes)"),
+    ("reason_no_client_message", "клиент ничего не написал", "the client wrote nothing"),
+    ("reason_too_few_client_messages", "мало сообщений клиента", "too few client messages"),
 ];
 
 /// The words of the failure reasons (`fail_<reason>`), for the page's detail line.
@@ -170,6 +178,7 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str, sdk: &str) ->
         .collect::<String>();
     let form = [
         field(lang, "connection_id", "<input id=\"f-connection_id\" name=\"connection_id\" autocomplete=\"off\" spellcheck=\"false\">", Some("connection_id_hint")),
+        field(lang, "chat_connection_id", "<input id=\"f-chat_connection_id\" name=\"chat_connection_id\" autocomplete=\"off\" spellcheck=\"false\">", Some("chat_connection_id_hint")),
         field(lang, "api_key", "<input id=\"f-api_key\" name=\"api_key\" type=\"password\" autocomplete=\"new-password\" spellcheck=\"false\">", Some("api_key_hint")),
         format!("<div class=\"field\" id=\"fld-connection\"><button type=\"button\" id=\"check\" class=\"secondary\">{}</button> <span id=\"check-result\" role=\"status\"></span><p class=\"error\" id=\"err-connection\" role=\"alert\"></p></div>", l("check")),
         field(lang, "language", &format!("<select id=\"f-language\" name=\"language\"><option value=\"ru-RU\">ru-RU — {}</option><option value=\"en-US\">en-US — {}</option><option value=\"kk-KZ\">kk-KZ — {}</option></select>", l("lang_ru"), l("lang_en"), l("lang_kk")), None),
@@ -232,6 +241,16 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str, sdk: &str) ->
     <p class="hint"><span id="p-skipped-detail"></span></p>
     <p class="hint"><span id="p-failed-detail"></span></p>
     <p class="hint">{rate}: <span id="p-rate">—</span> · <span id="p-eta-label">{eta}</span>: <span id="p-eta">—</span></p>
+    <div id="p-chats" class="chats" hidden><h3>{chats} <span id="c-state" class="hint"></span></h3>
+      <div class="stats">
+        <div><span class="num ok" id="c-uploaded">0</span><span class="lbl">{uploaded}</span></div>
+        <div><span class="num" id="c-skipped">0</span><span class="lbl">{skipped}</span></div>
+        <div><span class="num" id="c-waiting">0</span><span class="lbl">{c_waiting}</span></div>
+        <div><span class="num bad" id="c-failed">0</span><span class="lbl">{failed}</span></div>
+      </div>
+      <p class="hint"><span id="c-detail"></span></p>
+      <p class="error" id="c-stopped" role="alert"></p>
+    </div>
     <div id="p-sync" class="sync" hidden><h3>{sync_title}</h3><dl id="p-sync-rows"></dl></div>
     <div id="p-errors-box" hidden><h3>{last_errors}</h3><ul id="p-errors"></ul></div>
     <p><a href="#" id="report" hidden>{report}</a></p>
@@ -247,6 +266,8 @@ pub fn render(lang: Lang, session: &str, csrf: &str, domain: &str, sdk: &str) ->
         awaiting = l("awaiting"),
         remaining = l("remaining"),
         sync_title = l("sync_title"),
+        chats = l("chats"),
+        c_waiting = l("c_waiting"),
         title = l("title"),
         domain = esc(domain),
         settings = l("settings"),

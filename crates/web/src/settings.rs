@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use b24sense_core::chat::ChatFilter;
 use b24sense_core::{CallFilter, CallType, MonoPolicy, TimeBound};
 use b24sense_speechsense::SearchScope;
 use b24sense_store::PortalSettings;
@@ -21,6 +22,8 @@ pub type FieldErrors = BTreeMap<String, String>;
 #[serde(default)]
 pub struct SettingsForm {
     pub connection_id: String,
+    /// The chat connection (Open Lines sessions); empty = chats are not exported.
+    pub chat_connection_id: String,
     /// Empty = keep the stored key.
     pub api_key: String,
     pub language: String,
@@ -73,6 +76,7 @@ pub fn read_form(
     };
     let settings = PortalSettings {
         connection_id: f.connection_id.trim().to_string(),
+        chat_connection_id: opt(&f.chat_connection_id),
         language: opt(&f.language).unwrap_or_else(|| "ru-RU".into()),
         since: opt(&f.since),
         users,
@@ -113,20 +117,37 @@ pub fn read_form(
     }
 }
 
-/// What "Check connection" needs from the form: the connection ID, and a key (typed, else `stored_key`).
+/// What "Check connection" needs from the form.
+pub struct CheckForm {
+    pub connection_id: String,
+    /// Checked too when filled.
+    pub chat_connection_id: Option<String>,
+    /// Typed, else the stored one.
+    pub key: SecretString,
+}
+
+/// What "Check connection" needs from the form: the connection IDs, and a key (typed, else `stored_key`).
 pub fn check_form(
     f: &SettingsForm,
     lang: Lang,
     stored_key: Option<SecretString>,
-) -> Result<(String, SecretString), FieldErrors> {
+) -> Result<CheckForm, FieldErrors> {
     let mut errors = FieldErrors::new();
     let connection_id = f.connection_id.trim().to_string();
     if connection_id.is_empty() {
         add(&mut errors, "connection_id", Msg::EnterConnectionId, lang);
     }
+    let chat_connection_id = opt(&f.chat_connection_id);
+    if let Some(msg) = chat_id_problem(&connection_id, chat_connection_id.as_deref()) {
+        add(&mut errors, "chat_connection_id", msg, lang);
+    }
     let key = opt(&f.api_key).map(SecretString::from).or(stored_key);
     match key {
-        Some(key) if errors.is_empty() => Ok((connection_id, key)),
+        Some(key) if errors.is_empty() => Ok(CheckForm {
+            connection_id,
+            chat_connection_id,
+            key,
+        }),
         Some(_) => Err(errors),
         None => {
             add(&mut errors, "api_key", Msg::EnterApiKey, lang);
@@ -140,6 +161,27 @@ pub struct Plan {
     pub filter: CallFilter,
     pub mono: MonoPolicy,
     pub search: Option<SearchScope>,
+    /// The chat connection and which sessions qualify (the calls' period and operators); `None`: no chats.
+    pub chats: Option<(String, ChatFilter)>,
+}
+
+/// Whether a connection ID has only the characters an ID has.
+fn id_chars_ok(id: &str) -> bool {
+    id.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && id.len() <= 100
+}
+
+/// What is wrong with the chat connection ID, if anything (`None` also when it is not given).
+fn chat_id_problem(connection_id: &str, chat: Option<&str>) -> Option<Msg> {
+    let chat = chat.map(str::trim).filter(|c| !c.is_empty())?;
+    if !id_chars_ok(chat) {
+        Some(Msg::BadChatConnectionId)
+    } else if chat == connection_id.trim() {
+        Some(Msg::ChatSameAsCalls)
+    } else {
+        None
+    }
 }
 
 /// Field-level validation of stored settings, and the engine's view of them.
@@ -148,13 +190,11 @@ pub fn plan(s: &PortalSettings, lang: Lang) -> Result<Plan, FieldErrors> {
     let mut err = |field: &str, msg: Msg| add(&mut errors, field, msg, lang);
     if s.connection_id.trim().is_empty() {
         err("connection_id", Msg::EnterConnectionId);
-    } else if !s
-        .connection_id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        || s.connection_id.len() > 100
-    {
+    } else if !id_chars_ok(&s.connection_id) {
         err("connection_id", Msg::BadConnectionId);
+    }
+    if let Some(msg) = chat_id_problem(&s.connection_id, s.chat_connection_id.as_deref()) {
+        err("chat_connection_id", msg);
     }
     let lang_ok = {
         let l = s.language.trim();
@@ -209,7 +249,21 @@ pub fn plan(s: &PortalSettings, lang: Lang) -> Result<Plan, FieldErrors> {
         return Err(errors);
     }
     let get = |v: &Option<String>| v.as_deref().unwrap_or_default().trim().to_string();
+    let chats = s
+        .chat_connection_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let filter = ChatFilter {
+                since,
+                operators: s.users.clone(),
+                ..ChatFilter::default()
+            };
+            (c.to_string(), filter)
+        });
     Ok(Plan {
+        chats,
         filter: CallFilter {
             since,
             users: s.users.clone(),

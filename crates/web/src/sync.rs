@@ -1,7 +1,9 @@
 //! Continuous sync's schedule: a run with the portal's stored settings ([`start_for`], also what a resumption
-//! starts), call-end events ([`on_call_end`]: replays are cheap — passes per portal are coalesced and stale
-//! events do nothing), the periodic catch-up pass over idle portals with sync on (a missed event loses
-//! nothing), and the rechecks of late recordings the ledger says are due.
+//! starts; with a chat connection it exports the Open Lines sessions too), call-end events ([`on_call_end`]) and
+//! CRM activity updates ([`on_activity_update`]: maybe an Open Lines session closed) — replays are cheap: passes
+//! per portal are coalesced and stale events do nothing —, the periodic catch-up pass over idle portals with sync
+//! on (a missed event loses nothing; it runs the chats too), and the rechecks of late recordings the ledger says
+//! are due.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -137,6 +139,23 @@ pub async fn on_call_end(state: &Arc<AppState>, portal: Portal) {
             _ => {}
         }
     });
+}
+
+/// `ONCRMACTIVITYUPDATE` of an installed portal (its application token checked): some CRM activity changed, maybe
+/// an Open Lines session that closed. When the portal exports chats with continuous sync on, it starts (or asks
+/// for) an incremental pass like a call-end event; otherwise it does nothing (the event comes for every activity).
+pub async fn on_activity_update(state: &Arc<AppState>, portal: Portal) {
+    let chats = match state.store.settings(&state.key, &portal.member_id).await {
+        Ok(Some(st)) => st.settings.sync_enabled && st.settings.chat_connection_id.is_some(),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(member_id = %portal.member_id, error = %e, "activity event: cannot read the settings");
+            false
+        }
+    };
+    if chats {
+        on_call_end(state, portal).await;
+    }
 }
 
 async fn event_pass(state: &AppState, portal: Portal) {

@@ -36,6 +36,7 @@
     var s = state.settings;
     var rows = [
       [T.connection_id, s.connection_id],
+      [T.chat_connection_id, s.chat_connection_id || T.not_set],
       [T.api_key, state.api_key_set ? "••••••••" : T.not_set],
       [T.language, s.language],
       [T.since, s.since || T.all],
@@ -56,6 +57,7 @@
   function fillForm() {
     var s = state.settings;
     $("f-connection_id").value = s.connection_id || "";
+    $("f-chat_connection_id").value = s.chat_connection_id || "";
     $("f-api_key").value = "";
     $("f-api_key").placeholder = state.api_key_set ? "•••••••• (" + T.api_key_saved + ")" : "";
     $("f-language").value = s.language || "ru-RU";
@@ -81,7 +83,7 @@
     var dirs = [];
     ["outgoing", "incoming", "redirected", "callback"].forEach(function (d) { if ($("f-dir-" + d).checked) { dirs.push(d); } });
     return {
-      connection_id: $("f-connection_id").value, api_key: $("f-api_key").value, language: $("f-language").value,
+      connection_id: $("f-connection_id").value, chat_connection_id: $("f-chat_connection_id").value, api_key: $("f-api_key").value, language: $("f-language").value,
       since: $("f-since").value, users: $("f-users").value, min_duration: $("f-min_duration").value,
       direction: dirs, mono_policy: $("f-mono_policy").value, mono_route: $("f-mono_route").value,
       organization_id: $("f-organization_id").value, space_id: $("f-space_id").value, project_id: $("f-project_id").value,
@@ -94,7 +96,7 @@
   function clearFieldError(name) {
     var e = $("err-" + name); if (e) { text(e, ""); }
     var f = $("fld-" + name); if (f) { f.classList.remove("invalid"); }
-    if (name === "api_key" || name === "connection_id") {
+    if (name === "api_key" || name === "connection_id" || name === "chat_connection_id") {
       clearFieldError("connection");
       $("save-anyway").hidden = true;
       text($("check-result"), "");
@@ -174,8 +176,30 @@
     });
   }
 
+  // Open Lines sessions, counted apart from the calls: uploaded, skipped, still open, failed.
+  function renderChats(p) {
+    var c = p && p.chats;
+    $("p-chats").hidden = !c;
+    if (!c) { return; }
+    var failed = sum(c.failed) - ((c.failed || {}).interrupted || 0);
+    text($("c-uploaded"), c.uploaded || 0);
+    text($("c-skipped"), sum(c.skipped));
+    text($("c-waiting"), sum(c.waiting));
+    text($("c-failed"), failed);
+    text($("c-state"), c.running ? T.c_running : "");
+    var parts = [];
+    [c.skipped, c.waiting].forEach(function (m) {
+      Object.keys(m || {}).forEach(function (k) { parts.push(reasonName(k) + ": " + m[k]); });
+    });
+    Object.keys(c.failed || {}).filter(function (k) { return k !== "interrupted"; })
+      .forEach(function (k) { parts.push(T.failed_detail + " — " + (T["fail_" + k] || k) + ": " + c.failed[k]); });
+    text($("c-detail"), parts.join(", "));
+    text($("c-stopped"), c.stopped || "");
+  }
+
   function renderProgress(p) {
     renderSync(p);
+    renderChats(p);
     if (!p) { return; }
     var done = p.finished, sync = p.trigger && p.trigger !== "page" && p.trigger !== "resume";
     // An interrupted run's message says it all (the server restarted); a stop says once why, and what to do.
@@ -213,7 +237,7 @@
     var ul = $("p-errors"); ul.innerHTML = "";
     (p.last_errors || []).forEach(function (e) { var li = document.createElement("li"); text(li, e); ul.appendChild(li); });
     $("p-errors-box").hidden = !(p.last_errors || []).length;
-    $("report").hidden = p.settled === 0;
+    $("report").hidden = p.settled === 0 && !(p.chats && p.chats.settled);
     $("start").disabled = !done;
     $("stop").disabled = done;
     if (done && pollTimer) { clearInterval(pollTimer); pollTimer = null; }

@@ -190,8 +190,8 @@ async fn install_settings_export_events_uninstall() {
         .call("POST", "check", Some(good_settings(&fx.speech)))
         .await;
     assert_eq!(
-        v,
-        json!({"ok": true, "message": "Успешный запрос к SpeechSense"})
+        (&v["ok"], &v["message"]),
+        (&json!(true), &json!("Успешный запрос к SpeechSense"))
     );
 
     // Save; the key is write-only.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::App;
+use common::{call_talk_count, chat_connection, chat_talks, App};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -228,6 +228,38 @@ async fn settings_page_in_chromium() {
     fill(&c, "#f-since", "").await;
     fill(&c, "#f-users", "").await;
     fill(&c, "#f-min_duration", "0").await;
+
+    // The chat connection field: an audio connection there is refused by the check, naming the field; the chat
+    // connection passes, and both checks are shown.
+    let chat = chat_connection(speech);
+    let mono = speech
+        .config()
+        .connection_id(b24sense_speechsense::ConnectionKind::OneChannelAudio)
+        .unwrap()
+        .to_string();
+    fill(&c, "#f-chat_connection_id", &mono).await;
+    click(&c, "#check").await;
+    let msg = wait_text(
+        &c,
+        "#check-result",
+        |t| t.contains("ID подключения для чатов:"),
+        "the chat field's refusal",
+    )
+    .await;
+    assert!(msg.contains("нужно подключение для чатов"), "{msg}");
+    fill(&c, "#f-chat_connection_id", &chat).await;
+    click(&c, "#check").await;
+    let msg = wait_text(
+        &c,
+        "#check-result",
+        |t| t.contains("ID подключения для чатов: Успешный запрос к SpeechSense"),
+        "both checks passing",
+    )
+    .await;
+    assert!(
+        msg.starts_with("ID подключения SpeechSense: Успешный запрос к SpeechSense"),
+        "{msg}"
+    );
     std::fs::write(
         screenshots().join("settings-form.png"),
         c.screenshot().await.unwrap(),
@@ -265,7 +297,13 @@ async fn settings_page_in_chromium() {
     assert!(!has_class(&c, "#fld-users", "invalid").await);
     fill(&c, "#f-users", "").await;
     click(&c, "#save").await;
-    wait_text(&c, "#summary", |t| t.contains(&conn), "the saved settings").await;
+    wait_text(
+        &c,
+        "#summary",
+        |t| t.contains(&chat),
+        "the saved settings with the chat connection",
+    )
+    .await;
 
     click(&c, "#start").await;
     wait_text(
@@ -280,7 +318,19 @@ async fn settings_page_in_chromium() {
         .parse()
         .unwrap();
     assert!(uploaded > 0);
-    assert_eq!(speech.talk_count(), uploaded);
+    assert_eq!(call_talk_count(speech), uploaded);
+    // The chats, counted apart: each session once, the open ones waiting.
+    let chat_uploaded: usize = wait_text(&c, "#c-uploaded", |t| t != "0", "chats uploaded")
+        .await
+        .parse()
+        .unwrap();
+    let talks = chat_talks(speech);
+    let sessions: std::collections::BTreeSet<&str> = talks.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(chat_uploaded, sessions.len());
+    let open = emu.chat_sessions().iter().filter(|x| !x.completed).count();
+    assert_eq!(inner_text(&c, "#c-waiting").await, open.to_string());
+    assert_eq!(inner_text(&c, "#c-failed").await, "0");
+    assert!(visible(&c, "#p-chats").await);
     // The tiles add up.
     let mut tiles = Vec::new();
     for id in [
@@ -304,7 +354,7 @@ async fn settings_page_in_chromium() {
         "found = the other tiles: {tiles:?}"
     );
     let ru = inner_text(&c, "body").await;
-    let foreign = latin_words(&ru, &[&conn, &fx.emu.app_domain()]);
+    let foreign = latin_words(&ru, &[&conn, &chat, &fx.emu.app_domain()]);
     assert!(
         foreign.is_empty(),
         "the Russian page shows only Russian: {foreign:?} in {ru}"
@@ -346,7 +396,7 @@ async fn settings_page_in_chromium() {
         "the sync pass",
     )
     .await;
-    let delivered = speech.talk_count() - uploaded;
+    let delivered = call_talk_count(speech) - uploaded;
     assert!(delivered > 0);
     let today = inner_text(&c, "#p-sync-1").await;
     assert!(today.contains(&format!("uploaded {delivered}")), "{today}");

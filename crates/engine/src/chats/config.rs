@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use b24sense_core::chat::{ChatFilter, ChatOptions};
 
+use crate::concurrency::{Concurrency, LimitTrace};
 use crate::holder::Holder;
 use crate::retry::Backoff;
 
@@ -27,8 +28,9 @@ pub struct ChatExportConfig {
     pub incremental: bool,
     /// List, read and map only; upload nothing and write nothing.
     pub dry_run: bool,
-    /// Sessions uploaded at once (each a unary `UploadText`).
-    pub concurrency: usize,
+    /// Sessions uploaded at once (each a unary `UploadText`): adaptive by default, as calls
+    /// ([`crate::concurrency`]), or pinned (`--concurrency N`).
+    pub concurrency: Concurrency,
     /// Attempts per session for retryable failures, the first included.
     pub max_attempts: u32,
     pub backoff: Backoff,
@@ -55,7 +57,7 @@ impl ChatExportConfig {
             options: ChatOptions::default(),
             incremental: false,
             dry_run: false,
-            concurrency: 4,
+            concurrency: Concurrency::default(),
             max_attempts: 5,
             backoff: Backoff::default(),
             lease: Duration::from_secs(60),
@@ -135,6 +137,8 @@ pub struct ChatSummary {
     pub bad_rows: Vec<String>,
     /// A dry run: sessions that would be uploaded.
     pub would_upload: u64,
+    /// How the limit on uploads in flight moved.
+    pub concurrency: LimitTrace,
     pub wall_time: Duration,
     /// Why the run stopped early: a fatal error (wrong key or connection, the portal refusing the listing), or a
     /// shutdown. `None`: it ran to the end.

@@ -1,27 +1,40 @@
-//! One chat run: the lane's lease, then (continuous sync) the sessions the ledger holds unfinished, then the
-//! listing page by page; each page is registered in the ledger in one transaction, its finished sessions' histories
-//! read 50 per request, and the sessions uploaded a few at a time ([`super::session`]).
+//! One chat run: the lane's lease, then two stages side by side. The reading stage ([`super::reader`]) takes up
+//! (continuous sync) the sessions the ledger holds unfinished, then the listing page by page: each page registered
+//! in the ledger in one transaction, the CRM names of its finished sessions read in one request, their histories 50
+//! per request, each session mapped. The upload stage takes the mapped sessions off a bounded queue and uploads them
+//! under the adaptive limit the calls use ([`crate::concurrency`]), each under its lease ([`super::session`]).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use b24sense_core::chat::{chat_talks, session_crm, ChatActivity, ChatSession};
-use b24sense_core::{CrmInfo, CrmRef, ErrorClass, LedgerState};
-use b24sense_store::{ListedSession, PortalLease, Store};
+use b24sense_core::chat::{ChatSkip, ChatTalk};
+use b24sense_store::{PortalLease, Store};
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ChatExportConfig, ChatOutcome, ChatProgressFn, ChatReport, ChatSummary};
-use super::ports::{ChatSource, SessionPage, TextSink};
+use super::ports::{ChatSource, TextSink};
+use crate::concurrency::AdaptiveLimit;
 use crate::holder::{Holder, Liveness};
 use crate::ports::Classified;
 use crate::EngineError;
 
-/// Histories per request (the portal's batch limit).
-pub(super) const HISTORY_BATCH: usize = 50;
-/// Unfinished ledger rows read per page, and activities read again by ID per request (50 × 50).
-const UNFINISHED_PAGE: u32 = 2_500;
+/// Sessions read and mapped that may wait for an upload place: two history requests' worth. Together with the
+/// uploads in flight and the batch being read, this is all of the histories a run holds at once.
+const QUEUE: usize = 2 * super::reader::HISTORY_BATCH;
+
+/// A session's mapping: its talks, or why it is skipped; `Err` when its history could not be read.
+pub(super) type Mapped = Result<Result<Vec<ChatTalk>, ChatSkip>, String>;
+
+/// One unit of work for the upload stage.
+pub(super) enum Work {
+    /// A session still open: recorded as waiting.
+    Open(u64),
+    /// A finished session, read and mapped.
+    Mapped { session_id: u64, mapped: Mapped },
+}
 
 pub(super) struct ChatRun<S, K> {
     pub(super) source: Arc<S>,
@@ -30,8 +43,10 @@ pub(super) struct ChatRun<S, K> {
     pub(super) config: ChatExportConfig,
     progress: ChatProgressFn,
     pub(super) stop: CancellationToken,
+    /// Uploads in flight (one place per session, held from its claim to its verdict).
+    pub(super) limit: AdaptiveLimit,
     fatal: Mutex<Option<String>>,
-    summary: Mutex<ChatSummary>,
+    pub(super) summary: Mutex<ChatSummary>,
 }
 
 /// Exports the finished Open Lines sessions `config` selects to its SpeechSense chat connection, each once: to
@@ -60,9 +75,10 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
             "chat_connection_id: must not be empty".into(),
         ));
     }
-    if config.concurrency == 0 || config.max_attempts == 0 {
+    config.concurrency.validate().map_err(EngineError::Config)?;
+    if config.max_attempts == 0 {
         return Err(EngineError::Config(
-            "concurrency and max_attempts: must be at least 1".into(),
+            "max_attempts: must be at least 1".into(),
         ));
     }
     let started = Instant::now();
@@ -70,6 +86,7 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
         source,
         sink,
         store,
+        limit: AdaptiveLimit::new(config.concurrency),
         config,
         progress,
         stop: shutdown.child_token(),
@@ -102,6 +119,7 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
     result?;
     let mut summary = std::mem::take(&mut *run.summary.lock().unwrap());
     summary.wall_time = started.elapsed();
+    summary.concurrency = run.limit.trace();
     if let Some(reason) = run.fatal.lock().unwrap().clone() {
         summary.stopped = Some(reason);
         summary.fatal = true;
@@ -112,134 +130,68 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
 }
 
 impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
+    /// The reading stage ([`super::reader`]: listing, CRM names, histories, mapping) and the upload stage side by
+    /// side, a bounded queue between them: uploads overlap the next history reads, and at most [`QUEUE`] read
+    /// sessions wait. The first ledger error of either stops both (uploads in flight finish).
     async fn export(&self) -> Result<(), EngineError> {
-        if self.config.incremental && !self.config.dry_run {
-            self.take_up_unfinished().await?;
-        }
-        let key = self.config.cursor_key();
-        let mut after = match self.config.incremental {
-            true => self
-                .store
-                .cursor(&self.config.portal, &key)
-                .await?
-                .unwrap_or(0),
-            false => 0,
+        let (tx, rx) = mpsc::channel::<Work>(QUEUE);
+        let read = async move {
+            let r = self.read_all(&tx).await;
+            if r.is_err() {
+                self.stop.cancel();
+            }
+            r
         };
-        let mut filter = self.config.filter.clone();
-        filter.include_open = true;
-        while !self.stop.is_cancelled() {
-            let page = self
-                .with_retry("listing Open Lines sessions", || {
-                    self.source.list_sessions(&filter, after)
-                })
-                .await;
-            let page = match page {
-                Ok(p) => p,
-                Err(e) => {
-                    self.fail_run(format!("Bitrix24: listing Open Lines sessions: {e}"));
-                    break;
-                }
-            };
-            let next = page.last_id.unwrap_or(after);
-            let exhausted = page.exhausted || next <= after;
-            self.take_page(page).await?;
-            if self.stop.is_cancelled() {
-                break;
-            }
-            after = next;
-            if self.config.incremental && !self.config.dry_run {
-                self.store
-                    .set_cursor(&self.config.portal, &key, after)
-                    .await?;
-            }
-            if exhausted {
-                break;
-            }
-        }
-        Ok(())
+        let (read, upload) = tokio::join!(read, self.upload_all(rx));
+        read.and(upload)
     }
 
-    /// Continuous sync: the sessions the ledger holds `pending` (open ones waiting to close, released ones) or
-    /// `uploading` (in doubt), read again by activity ID and taken through like listed ones.
-    async fn take_up_unfinished(&self) -> Result<(), EngineError> {
-        let states = [LedgerState::Pending, LedgerState::Uploading];
-        let mut after = 0;
+    /// Takes work off the queue as places free up under the limit on uploads in flight, until the reading stage is
+    /// done and everything taken has settled.
+    async fn upload_all(&self, mut rx: mpsc::Receiver<Work>) -> Result<(), EngineError> {
+        let mut running = FuturesUnordered::new();
+        let mut failed: Option<EngineError> = None;
         loop {
-            let rows = self
-                .store
-                .chat_entries(&self.config.portal, &states, after, UNFINISHED_PAGE)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.session_id;
-            let ids: Vec<u64> = rows.iter().map(|r| r.activity_id).collect();
-            match self
-                .with_retry("reading sessions again", || {
-                    self.source.sessions_by_id(&ids)
-                })
-                .await
-            {
-                Ok(page) => self.take_page(page).await?,
-                Err(e) => {
-                    self.fail_run(format!("Bitrix24: reading Open Lines sessions again: {e}"));
-                    break;
+            tokio::select! {
+                biased;
+                Some(done) = running.next(), if !running.is_empty() => {
+                    if let Err(e) = done {
+                        self.stop.cancel();
+                        failed.get_or_insert(e);
+                    }
                 }
-            }
-            if rows.len() < UNFINISHED_PAGE as usize || self.stop.is_cancelled() {
-                break;
+                next = async { (self.limit.acquire().await, rx.recv().await) } => match next {
+                    (place, Some(work)) => running.push(async move {
+                        let _place = place;
+                        self.take(work).await
+                    }),
+                    (_, None) => break,
+                },
             }
         }
-        Ok(())
+        while let Some(done) = running.next().await {
+            if let Err(e) = done {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
-    /// One page: registered in one transaction; uploaded rows reported, open sessions recorded as waiting, the
-    /// others read 50 histories per request and uploaded.
-    async fn take_page(&self, page: SessionPage) -> Result<(), EngineError> {
-        {
-            let mut s = self.summary.lock().unwrap();
-            s.listed += page.sessions.len() as u64;
-            s.bad_rows.extend(page.bad_rows);
+    async fn take(&self, work: Work) -> Result<(), EngineError> {
+        match work {
+            Work::Open(session_id) => self.wait_open(session_id).await,
+            Work::Mapped { session_id, mapped } => self.take_session(session_id, mapped).await,
         }
-        let sessions = page.sessions;
-        let entries = if self.config.dry_run {
-            vec![None; sessions.len()]
-        } else {
-            let listed: Vec<ListedSession> = sessions
-                .iter()
-                .map(|a| ListedSession {
-                    session_id: a.session_id,
-                    activity_id: a.activity_id,
-                })
-                .collect();
-            let rows = self
-                .store
-                .register_chats(&self.config.portal, &listed)
-                .await?;
-            rows.into_iter().map(Some).collect()
-        };
-        let mut closed = Vec::new();
-        for (activity, entry) in sessions.into_iter().zip(entries) {
-            if entry.is_some_and(|e| e.state == LedgerState::Uploaded) {
-                self.report(activity.session_id, ChatOutcome::AlreadyUploaded, 0);
-            } else if !activity.completed {
-                self.wait_open(&activity).await?;
-            } else {
-                closed.push(activity);
-            }
-        }
-        for batch in closed.chunks(HISTORY_BATCH) {
-            if self.stop.is_cancelled() {
-                break;
-            }
-            self.take_batch(batch).await?;
-        }
-        Ok(())
     }
 
     /// An open session: recorded as waiting (`session_open`) without reading its history.
-    async fn wait_open(&self, activity: &ChatActivity) -> Result<(), EngineError> {
+    async fn wait_open(&self, session_id: u64) -> Result<(), EngineError> {
+        if self.stop.is_cancelled() {
+            return Ok(());
+        }
         let reason = "session_open".to_string();
         if !self.config.dry_run {
-            let Some(claim) = self.claim_or_wait(activity.session_id).await? else {
+            let Some(claim) = self.claim_or_wait(session_id).await? else {
                 return Ok(());
             };
             let verdict = b24sense_store::ChatVerdict::Waiting { reason: &reason };
@@ -248,80 +200,15 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                 return Ok(());
             }
         }
-        self.report(activity.session_id, ChatOutcome::Waiting { reason }, 0);
+        self.report(session_id, ChatOutcome::Waiting { reason }, 0);
         Ok(())
     }
 
-    /// Up to 50 finished sessions: their histories in one request, their CRM names in one more, then uploaded a
-    /// few at a time.
-    async fn take_batch(&self, batch: &[ChatActivity]) -> Result<(), EngineError> {
-        let histories = match self
-            .with_retry("reading session histories", || self.source.histories(batch))
-            .await
-        {
-            Ok(h) => h,
-            Err(e) if matches!(e.class(), ErrorClass::Fatal) => {
-                self.fail_run(format!("Bitrix24: reading session histories: {e}"));
-                return Ok(());
-            }
-            Err(e) => {
-                let detail = e.to_string();
-                BTreeMap::from_iter(batch.iter().map(|a| (a.session_id, Err(detail.clone()))))
-            }
-        };
-        let crm: Vec<CrmRef> = histories
-            .values()
-            .filter_map(|h| h.as_ref().ok().and_then(session_crm))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let names: HashMap<CrmRef, CrmInfo> = if crm.is_empty() {
-            HashMap::new()
-        } else {
-            // Names are a nicety: without them the client's name comes from the chat.
-            self.with_retry("looking up CRM names", || self.source.crm_names(&crm))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "CRM names could not be read; using the chat's");
-                    HashMap::new()
-                })
-        };
-        let mut histories = histories;
-        let work: Vec<(u64, Result<ChatSession, String>)> = batch
-            .iter()
-            .map(|a| {
-                let h = histories
-                    .remove(&a.session_id)
-                    .unwrap_or_else(|| Err("the portal returned no history".into()));
-                (a.session_id, h)
-            })
-            .collect();
-        let results: Vec<Result<(), EngineError>> = futures::stream::iter(work)
-            .map(|(id, history)| {
-                let client = history
-                    .as_ref()
-                    .ok()
-                    .and_then(session_crm)
-                    .and_then(|r| names.get(&r));
-                self.take_session(id, history, client)
-            })
-            .buffer_unordered(self.config.concurrency)
-            .collect()
-            .await;
-        results.into_iter().collect()
-    }
-
-    /// One session: mapped, then uploaded (or its skip or failure recorded).
-    async fn take_session(
-        &self,
-        session_id: u64,
-        history: Result<ChatSession, String>,
-        client: Option<&CrmInfo>,
-    ) -> Result<(), EngineError> {
+    /// One finished session, mapped: uploaded (or its skip or failure recorded); in a dry run, counted.
+    async fn take_session(&self, session_id: u64, mapped: Mapped) -> Result<(), EngineError> {
         if self.stop.is_cancelled() {
             return Ok(());
         }
-        let mapped = history.map(|s| chat_talks(&s, None, client, &self.config.options));
         if self.config.dry_run {
             let outcome = match mapped {
                 Ok(Ok(talks)) => {
@@ -373,28 +260,18 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         self.stop.cancel();
     }
 
-    /// Retries a portal operation that failed with a retryable error.
-    async fn with_retry<T, E: Classified, F, Fut>(&self, what: &str, mut op: F) -> Result<T, E>
+    /// Retries a portal operation that failed with a retryable error ([`crate::retry::retry`], as calls do).
+    pub(super) async fn with_retry<T, E: Classified, F, Fut>(
+        &self,
+        what: &str,
+        op: F,
+    ) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => match e.class() {
-                    ErrorClass::Retryable { after }
-                        if attempt < self.config.max_attempts && !self.stop.is_cancelled() =>
-                    {
-                        tracing::warn!(error = %e, attempt, "{what} failed; retrying");
-                        self.pause(attempt, after).await;
-                        attempt += 1;
-                    }
-                    _ => return Err(e),
-                },
-            }
-        }
+        let c = &self.config;
+        crate::retry::retry(what, &c.backoff, c.max_attempts, &self.stop, op).await
     }
 
     pub(super) async fn pause(&self, attempt: u32, hint: Option<Duration>) {

@@ -7,13 +7,16 @@
 //! found (after the search settles): sent again. Without a search it is sent again and the session reported
 //! `reuploaded_after_crash`: a duplicate is never silent, a loss never happens.
 
-use b24sense_core::chat::{ChatSkip, ChatTalk};
+use std::time::Instant;
+
+use b24sense_core::chat::ChatTalk;
 use b24sense_core::ErrorClass;
 use b24sense_store::{ChatClaim, ChatVerdict};
 
 use super::config::ChatOutcome;
 use super::ports::{ChatSource, TextSink};
-use super::run::{skip_outcome, ChatRun};
+use super::run::{skip_outcome, ChatRun, Mapped};
+use crate::concurrency::{Load, Sample};
 use crate::ports::Classified;
 use crate::EngineError;
 
@@ -66,11 +69,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
     }
 
     /// Drives a claimed session to its verdict and records it, fenced.
-    pub(super) async fn drive(
-        &self,
-        claim: ChatClaim,
-        mapped: Result<Result<Vec<ChatTalk>, ChatSkip>, String>,
-    ) -> Result<(), EngineError> {
+    pub(super) async fn drive(&self, claim: ChatClaim, mapped: Mapped) -> Result<(), EngineError> {
         let talks = match mapped {
             Ok(Ok(talks)) => talks,
             Ok(Err(skip)) => {
@@ -151,10 +150,29 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             {
                 return Ok(None);
             }
+            let started = Instant::now();
             let sent = self
                 .sink
                 .upload_text(&c.connection_id, &talk.fields, &talk.messages)
                 .await;
+            // Each `UploadText` is a sample for the limit on uploads in flight, as each try at a call is; a
+            // refusal (permanent or fatal) says nothing about load and is none.
+            let load = match &sent {
+                Ok(_) => Some(Load::Done {
+                    bytes: talk.messages.iter().map(|m| m.text.len() as u64).sum(),
+                }),
+                Err(e) => match e.class() {
+                    ErrorClass::Retryable { .. } | ErrorClass::InDoubt => Some(Load::Overloaded),
+                    ErrorClass::Permanent | ErrorClass::Fatal => None,
+                },
+            };
+            if let Some(load) = load {
+                self.limit.record(Sample {
+                    started,
+                    elapsed: started.elapsed(),
+                    load,
+                });
+            }
             let error = match sent {
                 Ok(id) => {
                     ids.push(id);

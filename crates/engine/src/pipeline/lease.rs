@@ -143,7 +143,9 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
 
     /// A lease owner for one claim (see [`b24sense_store::claim_owner`]).
     pub(super) fn claim_owner(&self) -> String {
-        let n = self.claims.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         b24sense_store::claim_owner(&self.config.worker_id, n)
     }
 

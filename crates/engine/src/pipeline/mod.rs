@@ -45,7 +45,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use b24sense_core::{Call, CrmInfo, ErrorClass, FailReason, Outcome, UserInfo};
+use b24sense_core::{Call, CrmInfo, FailReason, Outcome, UserInfo};
 use b24sense_store::{Claim, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -308,31 +308,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// Retries a portal operation that failed with a retryable error (the client already retried the HTTP layer).
-    async fn with_retry<T, E: Classified, F, Fut>(&self, what: &str, mut op: F) -> Result<T, E>
+    async fn with_retry<T, E: Classified, F, Fut>(&self, what: &str, op: F) -> Result<T, E>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => match e.class() {
-                    ErrorClass::Retryable { after }
-                        if attempt < self.config.max_attempts && !self.stop.is_cancelled() =>
-                    {
-                        let delay = self.config.backoff.delay(attempt, after);
-                        tracing::warn!(error = %e, ?delay, attempt, "{what} failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = self.stop.cancelled() => return Err(e),
-                        }
-                        attempt += 1;
-                    }
-                    _ => return Err(e),
-                },
-            }
-        }
+        let c = &self.config;
+        crate::retry::retry(what, &c.backoff, c.max_attempts, &self.stop, op).await
     }
 }
 

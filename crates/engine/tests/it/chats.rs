@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::test_store;
 
+/// A session whose parts were stored under another cut.
+mod cuts;
+/// The run's pace: requests per session and uploads in flight.
+mod pace;
+
 const PORTAL: &str = "chats.bitrix24.ru";
 const CONNECTION: &str = "chat-connection";
 
@@ -44,7 +49,7 @@ fn start() -> DateTime<FixedOffset> {
 }
 
 /// Session `id` (activity `id + 1000`): the operator 5 and, unless `client_messages` is 0, the client 900.
-fn session(id: u64, completed: bool, client_messages: usize) -> ChatSession {
+pub(crate) fn session(id: u64, completed: bool, client_messages: usize) -> ChatSession {
     let activity = ChatActivity {
         activity_id: id + 1000,
         session_id: id,
@@ -107,12 +112,14 @@ fn user(id: u64, name: &str, connector: bool) -> ChatUser {
 #[derive(Default)]
 pub struct FakeChats {
     sessions: Mutex<BTreeMap<u64, ChatSession>>,
-    history_requests: AtomicU32,
+    pub(crate) history_requests: AtomicU32,
     histories_read: AtomicU32,
+    /// The records asked for, one entry per `crm_names` call.
+    pub(crate) names_asked: Mutex<Vec<Vec<CrmRef>>>,
 }
 
 impl FakeChats {
-    fn with(sessions: Vec<ChatSession>) -> Arc<FakeChats> {
+    pub(crate) fn with(sessions: Vec<ChatSession>) -> Arc<FakeChats> {
         let f = FakeChats::default();
         for s in sessions {
             f.sessions.lock().unwrap().insert(s.activity.activity_id, s);
@@ -181,8 +188,21 @@ impl ChatSource for FakeChats {
             .collect())
     }
 
-    async fn crm_names(&self, _: &[CrmRef]) -> Result<HashMap<CrmRef, CrmInfo>, FakeError> {
-        Ok(HashMap::new())
+    /// Every contact is called `Контакт <id>`.
+    async fn crm_names(&self, crm: &[CrmRef]) -> Result<HashMap<CrmRef, CrmInfo>, FakeError> {
+        self.names_asked.lock().unwrap().push(crm.to_vec());
+        Ok(crm
+            .iter()
+            .map(|r| {
+                let info = CrmInfo {
+                    entity: r.clone(),
+                    title: None,
+                    name: Some("Контакт".into()),
+                    last_name: Some(r.id.to_string()),
+                };
+                (r.clone(), info)
+            })
+            .collect())
     }
 }
 
@@ -206,7 +226,7 @@ pub struct FakeText {
 }
 
 impl FakeText {
-    fn new(searchable: bool, script: &[Next]) -> Arc<FakeText> {
+    pub(crate) fn new(searchable: bool, script: &[Next]) -> Arc<FakeText> {
         Arc::new(FakeText {
             searchable,
             script: Mutex::new(script.iter().copied().collect()),
@@ -276,7 +296,7 @@ impl TextSink for FakeText {
     }
 }
 
-fn config() -> ChatExportConfig {
+pub(crate) fn config() -> ChatExportConfig {
     let mut c = ChatExportConfig::new(PORTAL, CONNECTION);
     c.backoff = Backoff {
         base: Duration::from_millis(5),
@@ -287,7 +307,7 @@ fn config() -> ChatExportConfig {
     c
 }
 
-fn collector() -> (ChatProgressFn, Arc<Mutex<Vec<ChatReport>>>) {
+pub(crate) fn collector() -> (ChatProgressFn, Arc<Mutex<Vec<ChatReport>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let keep = seen.clone();
     (
@@ -296,7 +316,7 @@ fn collector() -> (ChatProgressFn, Arc<Mutex<Vec<ChatReport>>>) {
     )
 }
 
-async fn run(
+pub(crate) async fn run(
     source: &Arc<FakeChats>,
     sink: &Arc<FakeText>,
     store: &Store,
@@ -425,7 +445,7 @@ async fn a_lost_answer_without_search_is_sent_again_and_flagged() {
 }
 
 /// A run killed after marking a session `uploading`: its talk may or may not be stored.
-async fn crashed_mid_upload(store: &Store, sink: &FakeText, stored: bool) {
+pub(crate) async fn crashed_mid_upload(store: &Store, sink: &FakeText, stored: bool) {
     store
         .register_chats(
             PORTAL,
@@ -557,36 +577,4 @@ async fn a_refused_talk_fails_with_its_reason_and_a_dry_run_writes_nothing() {
         (LedgerState::Failed, Some("invalid_data"), 1)
     );
     assert_eq!(sink.talks.lock().unwrap().len(), 1);
-}
-
-#[tokio::test]
-async fn parts_stored_under_another_cut_are_reported_not_mixed() {
-    let (store, _dir) = test_store().await;
-    let source = FakeChats::with(vec![session(1, true, 1)]);
-    let sink = FakeText::new(false, &[]);
-    // An earlier run cut the session into 3 parts and stored the first; now it maps to one.
-    crashed_mid_upload(&store, &sink, false).await;
-    let claim = store
-        .claim_chat(PORTAL, 1, "old", Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(store
-        .mark_chat_uploading(&claim, 3, Duration::from_secs(5))
-        .await
-        .unwrap());
-    assert!(store
-        .record_chat_parts(&claim, &["old-1".into()])
-        .await
-        .unwrap());
-    assert!(store.release_chat(&claim).await.unwrap());
-    let s = run(&source, &sink, &store, config()).await;
-    assert_eq!((s.uploaded, s.failed_total()), (0, 1));
-    assert!(sink.talks.lock().unwrap().is_empty(), "nothing sent");
-    let row = store.chat_entry(PORTAL, 1).await.unwrap().unwrap();
-    assert_eq!(
-        (row.state, row.talk_ids.clone()),
-        (LedgerState::Failed, vec!["old-1".to_string()])
-    );
-    assert!(row.detail.unwrap().contains("now maps to 1 parts"));
 }

@@ -185,3 +185,90 @@ async fn sessions_go_out_once_beside_calls_and_an_open_one_after_it_closes() {
     assert_eq!(third.uploaded, 0);
     assert_eq!(env.chat_talks().len(), talks.len());
 }
+
+/// The fewest REST requests the API allows for a chat run, and the export's allowance on top: the listing (one
+/// request per 2,500 sessions, and keyset paging ends on a short page), one history per finished session, 50 per
+/// request, and one CRM-names request per listing request (the activities name their CRM owners).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_asks_the_portal_about_once_per_fifty_sessions() {
+    let portal = Bitrix24Emulator::start(PortalConfig {
+        seed: 17,
+        calls: 0,
+        rate: (100_000, 100_000),
+        open_lines: OpenLinesConfig {
+            sessions: 200,
+            ..OpenLinesConfig::default()
+        },
+        ..PortalConfig::default()
+    })
+    .await
+    .unwrap();
+    let speech = SpeechSenseEmulator::start(SpeechSenseConfig::default())
+        .await
+        .unwrap();
+    let key = speech.config().api_keys[0].clone();
+    let webhook = WebhookUrl::parse(&portal.webhook_url()).unwrap();
+    let bitrix =
+        Bitrix24Client::new(Credentials::Webhook(webhook), ClientConfig::default()).unwrap();
+    let client = SpeechSenseClient::new(SsConfig::new(
+        speech.endpoint(),
+        SsCredentials::ApiKey(SecretString::from(key)),
+    ))
+    .unwrap();
+    let (store, _dir) = test_store().await;
+    let oracle = portal.chat_sessions();
+    let finished = oracle.iter().filter(|s| s.completed).count() as u64;
+    assert!(finished > 150, "{finished} finished sessions");
+    portal.reset_stats();
+
+    let summary = run_chat_export(
+        Arc::new(Bitrix24Source::new(bitrix)),
+        Arc::new(SpeechSenseTextSink::new(client, None)),
+        store,
+        ChatExportConfig::new(PORTAL, CHAT),
+        Arc::new(|_| {}),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(!summary.fatal, "{:?}", summary.stopped);
+    let skipped: u64 = summary.skipped.values().sum();
+    assert_eq!(
+        summary.uploaded + skipped,
+        finished,
+        "every finished session taken through"
+    );
+
+    let stats = portal.stats();
+    let listing = oracle.len() as u64 / 2_500 + 1;
+    let minimum = listing + finished.div_ceil(50);
+    let names = listing;
+    assert!(
+        stats.http_requests <= minimum + names,
+        "{} requests for {} sessions: the API's minimum is {minimum} (+{names} for CRM names); {:?}",
+        stats.http_requests,
+        oracle.len(),
+        stats.by_method
+    );
+    assert_eq!(stats.rate_limited, 0);
+
+    // Names read once per page still name the client: the CRM record's title, or the chat's name when the record
+    // was deleted.
+    let by_session: std::collections::HashMap<
+        String,
+        &b24sense_emulators::bitrix24::ChatSessionInfo,
+    > = oracle
+        .iter()
+        .map(|s| (s.session_id.to_string(), s))
+        .collect();
+    let talks = speech.talks();
+    assert_eq!(talks.len() as u64, summary.talks);
+    for t in &talks {
+        let s = by_session[&t.fields["id"]];
+        let want = match portal.crm_title(&s.owner.0, s.owner.1) {
+            Some(title) if !s.owner_deleted => title,
+            _ => s.client_name.clone(),
+        };
+        assert_eq!(t.fields["client_name"], want, "session {}", s.session_id);
+    }
+}

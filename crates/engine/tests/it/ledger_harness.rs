@@ -3,7 +3,6 @@
 //! write lock held by another connection, a TCP proxy to PostgreSQL that can be cut, backends terminated.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -56,8 +56,12 @@ impl PgProxy {
                     held.lock().unwrap().push(client);
                     continue;
                 }
-                let (g, silent, held, born) =
-                    (g.clone(), silent.clone(), held.clone(), g.load(Ordering::SeqCst));
+                let (g, silent, held, born) = (
+                    g.clone(),
+                    silent.clone(),
+                    held.clone(),
+                    g.load(Ordering::SeqCst),
+                );
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(upstream).await else {
                         return;

@@ -238,6 +238,34 @@ impl Store {
         })
     }
 
+    /// Up to `limit` chat ledger rows of `portal`, whatever their state, with a session ID above `after` (all when
+    /// `None`), ascending: a keyset page for the report, so any number of sessions is read in bounded pieces.
+    pub async fn chat_ledger_page(
+        &self,
+        portal: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ChatEntry>, Error> {
+        let after = after.map(to_i64).transpose()?.unwrap_or(-1);
+        on_db!(self, |conn, _d| {
+            let sql = format!(
+                "SELECT {CHAT_COLUMNS} FROM chat_ledger WHERE portal = $1 AND session_id > $2 \
+                 ORDER BY session_id LIMIT $3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(portal)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(chat_entry_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
     /// Sessions by (state, reason), for one portal or all, ordered by state name then reason (none first).
     pub async fn chat_counts(&self, portal: Option<&str>) -> Result<Vec<StateCount>, Error> {
         on_db!(self, |conn, _d| {

@@ -18,8 +18,8 @@ use sqlx::Row;
 use crate::sql::{parse_state, state_list, to_i64, to_u64};
 use crate::{Error, Store};
 
-pub(crate) use commit::FencedWrite;
 pub use claim::claim_owner;
+pub(crate) use commit::FencedWrite;
 
 /// A lease on one ledger row. Every fenced operation checks `fence`: once another worker claims the row
 /// (after this lease expired), the fence moves on and this claim can change nothing.

@@ -5,8 +5,10 @@
 //! recent pace), [`journal`] (the progress and the end written to the store's `runs` row, so they survive a
 //! restart), `preflight` (the SpeechSense check before a run, the one message for a run stopped early, the
 //! portal's count of the calls), `sync_totals` (what continuous sync delivered), [`clients`] (one REST client
-//! per portal). This file keeps the registry of runs and starts them.
+//! per portal), [`chats`] (the chat lane: Open Lines sessions beside the calls when the settings name a chat
+//! connection). This file keeps the registry of runs and starts them.
 
+pub mod chats;
 mod clients;
 mod eta;
 mod journal;
@@ -36,6 +38,7 @@ use crate::settings::plan;
 use crate::trigger::Trigger;
 use progress::{progress_callback, RunState};
 
+pub use chats::ChatProgress;
 pub use progress::Progress;
 pub use sync_totals::{Delivered, SyncTotals};
 
@@ -224,7 +227,18 @@ impl Runner {
         {
             return Err(Msg::AlreadyRunning.text(lang).to_string());
         }
+        let chat_job = chats::ChatJob::new(
+            &portal.member_id,
+            plan.chats.clone(),
+            &settings.language,
+            trigger.is_incremental(),
+            plan.search.clone(),
+        );
         let state = Arc::new(RunState::new(Progress {
+            chats: chat_job.as_ref().map(|_| ChatProgress {
+                running: true,
+                ..ChatProgress::default()
+            }),
             running: true,
             trigger: Some(trigger),
             notice: (trigger == Trigger::Resume).then(|| Msg::Resumed.text(lang).to_string()),
@@ -268,8 +282,8 @@ impl Runner {
         tokio::spawn(async move {
             state.lock().sync =
                 preflight::sync_totals(&env.store, &member, &settings2, env.stale_after).await;
-            let params =
-                serde_json::json!({"trigger": trigger, "connection_id": config.connection_id});
+            let params = serde_json::json!({"trigger": trigger, "connection_id": config.connection_id,
+                "chat_connection_id": chat_job.as_ref().map(|j| j.connection_id().to_string())});
             let first = serde_json::to_value(state.snapshot()).unwrap_or_default();
             let run_id = match env.store.start_web_run(&member, &params, &first).await {
                 Ok(id) => Some(id),
@@ -294,45 +308,68 @@ impl Runner {
             if let Some(filter) = count_filter {
                 let total = preflight::count_calls(&bitrix, &filter).await;
                 state.lock().expected = total;
+            } else if chat_job.is_some() {
+                // The same for an incremental run with chats: one request first, then the two lanes side by side.
+                let _ = preflight::count_calls(&bitrix, &config.filter).await;
             }
-            let connection_id = config.connection_id.clone();
-            let (result, fatal) = match preflight::probe(&speech, &connection_id).await {
-                // Nothing is touched: the key or the connection is wrong, or SpeechSense is out of reach.
-                Err(stop) => (
-                    Err(EngineError::Stopped {
-                        reason: format!("SpeechSense check before the run: {stop:?}"),
-                        summary: Box::default(),
-                    }),
-                    Some(i18n::run_stopped(lang, &stop)),
-                ),
-                Ok(()) => {
-                    let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
-                    let sink = Arc::new(SpeechSenseSink::new(speech.clone(), plan.search));
-                    let result = run_export(
-                        source,
-                        sink,
-                        env.store.clone(),
-                        config,
-                        progress_fn,
-                        cancel.clone(),
-                    )
-                    .await;
-                    let fatal = match &result {
-                        _ if cancel.is_cancelled() => None,
-                        Ok(_) => None,
-                        Err(EngineError::Stopped { reason, .. }) => {
-                            let stop =
-                                preflight::classify_stop(&speech, &connection_id, reason).await;
-                            Some(i18n::run_stopped(lang, &stop))
-                        }
-                        Err(e) => {
-                            tracing::warn!(member_id = %member, error = %e, "the export failed");
-                            Some(i18n::run_stopped(lang, &i18n::Stop::Other))
-                        }
-                    };
-                    (result, fatal)
+            let chat_lane = chat_job.map(|job| {
+                job.run(
+                    bitrix.clone(),
+                    speech.clone(),
+                    env.store.clone(),
+                    state.clone(),
+                    cancel.clone(),
+                    lang,
+                )
+            });
+            let chat_lane = async move {
+                match chat_lane {
+                    Some(lane) => Some(lane.await),
+                    None => None,
                 }
             };
+            let connection_id = config.connection_id.clone();
+            let calls = async {
+                match preflight::probe(&speech, &connection_id).await {
+                    // Nothing is touched: the key or the connection is wrong, or SpeechSense is out of reach.
+                    Err(stop) => (
+                        Err(EngineError::Stopped {
+                            reason: format!("SpeechSense check before the run: {stop:?}"),
+                            summary: Box::default(),
+                        }),
+                        Some(i18n::run_stopped(lang, &stop)),
+                    ),
+                    Ok(()) => {
+                        let source = Arc::new(Bitrix24Source::new(bitrix.clone()));
+                        let sink = Arc::new(SpeechSenseSink::new(speech.clone(), plan.search));
+                        let result = run_export(
+                            source,
+                            sink,
+                            env.store.clone(),
+                            config,
+                            progress_fn,
+                            cancel.clone(),
+                        )
+                        .await;
+                        let fatal = match &result {
+                            _ if cancel.is_cancelled() => None,
+                            Ok(_) => None,
+                            Err(EngineError::Stopped { reason, .. }) => {
+                                let stop =
+                                    preflight::classify_stop(&speech, &connection_id, reason).await;
+                                Some(i18n::run_stopped(lang, &stop))
+                            }
+                            Err(e) => {
+                                tracing::warn!(member_id = %member, error = %e, "the export failed");
+                                Some(i18n::run_stopped(lang, &i18n::Stop::Other))
+                            }
+                        };
+                        (result, fatal)
+                    }
+                }
+            };
+            // The calls and the chats side by side, on the one Bitrix24 client (one request bucket).
+            let ((result, fatal), chat_summary) = tokio::join!(calls, chat_lane);
             let after = bitrix.stats();
             metrics
                 .rest_requests
@@ -346,8 +383,11 @@ impl Runner {
                 let _ = j.await;
             }
             let by_shutdown = shutdown.load(Ordering::Relaxed);
-            let (status, summary, mut last) =
+            let (status, mut summary, mut last) =
                 journal::end_of_run(&state, &result, &cancel, by_shutdown, lang, fatal);
+            if let (Some(chats), Some(s)) = (chat_summary, summary.as_object_mut()) {
+                s.insert("chats".into(), chats);
+            }
             let pass = Delivered::of(&last);
             if let (Some(totals), true) = (last.sync.as_mut(), trigger.is_incremental()) {
                 totals.add_pass(pass, chrono::Utc::now(), bitrix.portal_offset());

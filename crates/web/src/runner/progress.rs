@@ -10,6 +10,7 @@ use b24sense_core::Outcome;
 use b24sense_engine::{CallReport, ProgressEvent};
 use serde::{Deserialize, Serialize};
 
+use super::chats::ChatProgress;
 use super::eta::{eta_secs, RecentRate};
 use super::sync_totals::SyncTotals;
 use crate::i18n::{self, Lang, Msg};
@@ -55,6 +56,8 @@ pub struct Progress {
     pub notice: Option<String>,
     /// With continuous sync on: what it delivered so far.
     pub sync: Option<SyncTotals>,
+    /// Open Lines sessions, when the settings name a chat connection (the counts above are calls only).
+    pub chats: Option<ChatProgress>,
 }
 
 impl Progress {
@@ -65,6 +68,9 @@ impl Progress {
         self.interrupted = true;
         self.eta_secs = None;
         self.stopped = Some(Msg::Interrupted.text(lang).to_string());
+        if let Some(c) = self.chats.as_mut() {
+            c.running = false;
+        }
         self
     }
 

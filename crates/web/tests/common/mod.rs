@@ -399,3 +399,37 @@ pub fn sample(samples: &[(String, f64)], name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}: {samples:?}"))
         .1
 }
+
+/// [`good_settings`] plus the emulator's chat connection, so Open Lines sessions go out beside the calls.
+pub fn chat_settings(speech: &SpeechSenseEmulator) -> Value {
+    let mut s = good_settings(speech);
+    s["chat_connection_id"] = json!(chat_connection(speech));
+    s
+}
+
+/// The SpeechSense emulator's chat connection.
+pub fn chat_connection(speech: &SpeechSenseEmulator) -> String {
+    let kind = b24sense_speechsense::ConnectionKind::Chat;
+    speech.config().connection_id(kind).unwrap().to_string()
+}
+
+/// `(session id, part)` of every talk on the chat connection, in the order they were stored.
+pub fn chat_talks(speech: &SpeechSenseEmulator) -> Vec<(String, String)> {
+    let chat = chat_connection(speech);
+    speech
+        .talks()
+        .into_iter()
+        .filter(|t| t.connection_id == chat)
+        .map(|t| (t.fields["id"].clone(), t.fields["part"].clone()))
+        .collect()
+}
+
+/// How many talks are on connections other than the chat one (the calls').
+pub fn call_talk_count(speech: &SpeechSenseEmulator) -> usize {
+    let chat = chat_connection(speech);
+    speech
+        .talks()
+        .iter()
+        .filter(|t| t.connection_id != chat)
+        .count()
+}

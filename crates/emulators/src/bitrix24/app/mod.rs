@@ -21,6 +21,7 @@ mod methods;
 mod oauth;
 mod state;
 
+pub(crate) use events::{activity_update_data, send_event_in};
 pub(crate) use frame::{app_frame, sdk_stub};
 pub use frame::{AppInstall, FrameRequest};
 pub(crate) use methods::dispatch;

@@ -1,10 +1,12 @@
 //! What tests read and steer: every session as the portal knows it ([`ChatSessionInfo`], the oracle the client
-//! is checked against) and closing an open session while a run goes on.
+//! is checked against) and closing an open session while a run goes on (which sends `ONCRMACTIVITYUPDATE` to the
+//! application's handlers, as the portal does).
 
 use chrono::{DateTime, FixedOffset};
 
 use super::render::role;
 use super::script;
+use crate::bitrix24::app::{activity_update_data, send_event_in};
 use crate::bitrix24::Bitrix24Emulator;
 
 /// One session as the portal knows it now.
@@ -84,9 +86,45 @@ impl Bitrix24Emulator {
     }
 
     /// Closes an open session now (`COMPLETED=Y`, `END_TIME` and `LAST_UPDATED` = now, the closing notice
-    /// appears), as when an operator finishes a dialog during a run. False when unknown or already closed.
+    /// appears), as when an operator finishes a dialog during a run, and sends `ONCRMACTIVITYUPDATE` for its
+    /// activity to the application's bound handlers from a task of its own (inside a Tokio runtime; the portal's
+    /// event queue does not wait either). False when unknown or already closed.
+    /// [`Bitrix24Emulator::close_chat_session_notify`] waits for the handlers instead.
     pub fn close_chat_session(&self, session_id: u64) -> bool {
+        let Some(activity_id) = self.close_session(session_id) else {
+            return false;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                send_event_in(
+                    inner,
+                    "ONCRMACTIVITYUPDATE",
+                    &activity_update_data(activity_id),
+                )
+                .await
+            });
+        }
+        true
+    }
+
+    /// [`Bitrix24Emulator::close_chat_session`], then `ONCRMACTIVITYUPDATE` for the session's activity to every
+    /// bound handler (with the application token, as the portal sends it); their HTTP statuses. `None` when the
+    /// session is unknown or already closed.
+    pub async fn close_chat_session_notify(&self, session_id: u64) -> Option<Vec<u16>> {
+        let activity_id = self.close_session(session_id)?;
+        Some(self.send_activity_update(activity_id).await)
+    }
+
+    /// Closes the session; its activity's ID, `None` when unknown or already closed.
+    fn close_session(&self, session_id: u64) -> Option<u64> {
         let now = super::now(&self.inner);
-        self.inner.data.open_lines.close(session_id, now)
+        let data = &self.inner.data.open_lines;
+        let activity_id = data
+            .sessions
+            .iter()
+            .find(|r| r.session_id == session_id)?
+            .activity_id;
+        data.close(session_id, now).then_some(activity_id)
     }
 }
