@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use b24sense_bitrix24::{
     Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan,
@@ -213,20 +213,7 @@ pub async fn run_chat_side(
         })
     };
     let export = run_chat_export(source, sink, store, config, progress, shutdown.clone());
-    tokio::pin!(export);
-    let mut timed_out = false;
-    let result = tokio::select! {
-        r = &mut export => r,
-        _ = tokio::time::sleep(opts.timeout) => {
-            timed_out = true;
-            eprintln!("[{name}] timeout after {:?}: stopping", opts.timeout);
-            shutdown.cancel();
-            match tokio::time::timeout(Duration::from_secs(120), &mut export).await {
-                Ok(r) => r,
-                Err(_) => return Err(BenchError::Timeout(opts.timeout)),
-            }
-        }
-    };
+    let (result, timed_out) = crate::run::within(&name, opts.timeout, &shutdown, export).await?;
     let wall = started.elapsed();
     ticker.abort();
     let cpu = measure::cpu_seconds().unwrap_or(0.0) - cpu_before;

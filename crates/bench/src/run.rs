@@ -287,20 +287,7 @@ pub async fn run_export_side(
         progress_fn(live.clone()),
         shutdown.clone(),
     );
-    tokio::pin!(export);
-    let mut timed_out = false;
-    let result = tokio::select! {
-        r = &mut export => r,
-        _ = tokio::time::sleep(opts.timeout) => {
-            timed_out = true;
-            eprintln!("[{name}] timeout after {:?}: stopping (in-flight uploads finish)", opts.timeout);
-            shutdown.cancel();
-            match tokio::time::timeout(Duration::from_secs(120), &mut export).await {
-                Ok(r) => r,
-                Err(_) => return Err(BenchError::Timeout(opts.timeout)),
-            }
-        }
-    };
+    let (result, timed_out) = within(&name, opts.timeout, &shutdown, export).await?;
     let wall = started.elapsed();
     ticker.abort();
     let cpu = measure::cpu_seconds().unwrap_or(0.0) - cpu_before;
@@ -511,6 +498,28 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         Placement::Shared,
         loopback_bps,
     ))
+}
+
+/// Runs an export for at most `limit`; past it, stops it (`shutdown`: in-flight uploads finish) and waits up to
+/// two minutes more. Returns the export's result and whether it timed out.
+pub(crate) async fn within<T>(
+    name: &str,
+    limit: Duration,
+    shutdown: &CancellationToken,
+    export: impl std::future::Future<Output = T>,
+) -> Result<(T, bool), BenchError> {
+    tokio::pin!(export);
+    tokio::select! {
+        r = &mut export => Ok((r, false)),
+        _ = tokio::time::sleep(limit) => {
+            eprintln!("[{name}] timeout after {limit:?}: stopping (in-flight uploads finish)");
+            shutdown.cancel();
+            match tokio::time::timeout(Duration::from_secs(120), &mut export).await {
+                Ok(r) => Ok((r, true)),
+                Err(_) => Err(BenchError::Timeout(limit)),
+            }
+        }
+    }
 }
 
 fn log_summary(name: &str, summary: &Summary, wall: Duration) {
