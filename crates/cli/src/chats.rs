@@ -55,6 +55,9 @@ pub fn config(
     };
     c.dry_run = run.dry_run;
     c.concurrency = run.concurrency.setting();
+    if let Some(give_up) = run.ledger_give_up {
+        c.ledger_give_up = give_up;
+    }
     if let Some(secs) = run.lease_seconds {
         c.lease = Duration::from_secs_f64(secs);
         c.portal_lease = Duration::from_secs_f64(secs);
@@ -181,12 +184,12 @@ pub fn print(s: &ChatSummary, stats: &Value, dry_run: bool, fatal: bool, calls_r
                 ),
             )
         );
-        out!(
-            "{}{:>7}",
-            pick("  уже выгружено       ", "  already uploaded  "),
-            s.already_uploaded
-        );
     }
+    out!(
+        "{}{:>7}",
+        pick("  уже выгружено       ", "  already uploaded  "),
+        s.already_uploaded
+    );
     if s.reuploaded_after_crash > 0 {
         out!(
             "{}",

@@ -99,7 +99,8 @@ impl ReportFile {
 }
 
 /// A chat session's report line: `kind`, `session_id`, `outcome` (`uploaded`, `already_uploaded`, `waiting`,
-/// `skipped`, `failed`), `reason` and `detail` when not uploaded, `talk_ids`, `messages`, `reuploaded_after_crash`.
+/// `skipped`, `failed`; in a dry run `would_upload` with its `parts`), `reason` and `detail` when not uploaded,
+/// `talk_ids`, `messages`, `reuploaded_after_crash`.
 pub fn chat_line(r: &ChatReport) -> Value {
     let mut v = json!({ "kind": "chat", "session_id": r.session_id, "messages": r.messages });
     match &r.outcome {
@@ -124,6 +125,10 @@ pub fn chat_line(r: &ChatReport) -> Value {
             v["outcome"] = json!("failed");
             v["reason"] = json!(reason);
             v["detail"] = json!(detail);
+        }
+        ChatOutcome::WouldUpload { parts } => {
+            v["outcome"] = json!("would_upload");
+            v["parts"] = json!(parts);
         }
     }
     v

@@ -135,13 +135,17 @@ impl Progress {
         Arc::new(move |r: &ChatReport| {
             counts.done.fetch_add(1, Ordering::Relaxed);
             let slot = match r.outcome {
-                ChatOutcome::Uploaded { .. } => &counts.uploaded,
-                ChatOutcome::AlreadyUploaded => &counts.already,
-                ChatOutcome::Waiting { .. } => &counts.waiting,
-                ChatOutcome::Skipped { .. } => &counts.skipped,
-                ChatOutcome::Failed { .. } => &counts.failed,
+                ChatOutcome::Uploaded { .. } => Some(&counts.uploaded),
+                ChatOutcome::AlreadyUploaded => Some(&counts.already),
+                ChatOutcome::Waiting { .. } => Some(&counts.waiting),
+                ChatOutcome::Skipped { .. } => Some(&counts.skipped),
+                ChatOutcome::Failed { .. } => Some(&counts.failed),
+                // A dry run: only counted as done (the summary says how many would go).
+                ChatOutcome::WouldUpload { .. } => None,
             };
-            slot.fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = slot {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(bar) = &bar {
                 bar.set_message(chat_counts_text(&counts));
             } else if !quiet {

@@ -23,8 +23,8 @@ pub enum InjectedFault {
     ReadOnly,
     /// The statement runs (and commits), then its answer is lost: the connection reset.
     AnswerLost,
-    /// [`InjectedFault::AnswerLost`] for claims only (the statements that take leases on calls), the other
-    /// statements unharmed: the moment of a cut that matters most, made certain.
+    /// [`InjectedFault::AnswerLost`] for claims only (the statements that take leases on calls and chat
+    /// sessions), the other statements unharmed: the moment of a cut that matters most, made certain.
     ClaimAnswerLost,
 }
 

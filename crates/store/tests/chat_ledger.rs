@@ -284,6 +284,47 @@ async fn a_run_gives_back_what_it_held(fx: &Fx) {
     assert!(store.record_chat_parts(&c1, &["a,b".into()]).await.is_err());
 }
 
+/// Each claim has an owner of its own (`<run>/<n>`): a claim whose answer was lost is taken back by its retry under
+/// the same owner, never by another; the end of the run gives back every claim of the run (by prefix), none of a
+/// run whose ID merely starts alike. A dry run reads rows without registering them.
+async fn a_claim_is_taken_back_by_its_owner_and_a_run_gives_back_its_claims(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register_chats(P, &[listed(1, 1), listed(2, 2), listed(3, 3)])
+        .await
+        .unwrap();
+    let first = claim(&store, 1, "run/0", LEASE).await;
+    let again = claim(&store, 1, "run/0", LEASE).await;
+    assert_eq!(again.fence, first.fence + 1, "the retry takes it back");
+    assert!(store
+        .claim_chat(P, 1, "run/1", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    let two = claim(&store, 2, "run/1", LEASE).await;
+    assert!(store.mark_chat_uploading(&two, 1, LEASE).await.unwrap());
+    claim(&store, 3, "runner/0", LEASE).await;
+    assert_eq!(store.release_held_chats(P, "run").await.unwrap(), 2);
+    let rows = store.chat_entries_of(P, &[2, 9, 1, 3]).await.unwrap();
+    let seen: Vec<Option<(u64, LedgerState, Option<String>)>> = rows
+        .into_iter()
+        .map(|e| e.map(|e| (e.session_id, e.state, e.lease_owner)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            Some((2, LedgerState::Uploading, None)),
+            None,
+            Some((1, LedgerState::Pending, None)),
+            Some((3, LedgerState::Pending, Some("runner/0".into()))),
+        ]
+    );
+    assert!(
+        store.chat_entry(P, 9).await.unwrap().is_none(),
+        "nothing registered"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -311,4 +352,5 @@ suite!(
     registering_again_keeps_the_state_and_follows_the_activity,
     a_part_left_uploading_is_in_doubt_and_the_old_holder_is_fenced_off,
     a_run_gives_back_what_it_held,
+    a_claim_is_taken_back_by_its_owner_and_a_run_gives_back_its_claims,
 );

@@ -26,7 +26,8 @@ pub struct ChatExportConfig {
     /// crashed run left), then list only the sessions after the high-water mark. `false`: list every qualifying
     /// session from the start.
     pub incremental: bool,
-    /// List, read and map only; upload nothing and write nothing.
+    /// List, read and map only; upload nothing and write nothing (the ledger is read, so that sessions uploaded
+    /// already are reported as such; each session that would go out is reported [`ChatOutcome::WouldUpload`]).
     pub dry_run: bool,
     /// Sessions uploaded at once (each a unary `UploadText`): adaptive by default, as calls
     /// ([`crate::concurrency`]), or pinned (`--concurrency N`).
@@ -44,6 +45,9 @@ pub struct ChatExportConfig {
     pub search_settle: Duration,
     /// Identifies this run in leases.
     pub worker_id: String,
+    /// How long the run rides out a ledger that refuses writes (each operation retried with backoff) before it
+    /// ends ([`super::ledger`]).
+    pub ledger_give_up: Duration,
     /// This process, recorded with the lane's lease (a run that finds it dead on this machine takes over at once).
     pub holder: Option<Holder>,
 }
@@ -65,6 +69,7 @@ impl ChatExportConfig {
             poll: Duration::from_secs(1),
             search_settle: Duration::from_secs(2),
             worker_id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            ledger_give_up: Duration::from_secs(600),
             holder: Holder::this_process(),
         }
     }
@@ -99,6 +104,8 @@ pub enum ChatOutcome {
     Waiting { reason: String },
     /// Given up on in this run (`upload_failed`, `invalid_data`, `in_doubt`, `portal_error`, `interrupted`).
     Failed { reason: String, detail: String },
+    /// A dry run: would be uploaded, in `parts` talks (the report's `messages` says how many messages).
+    WouldUpload { parts: u32 },
 }
 
 /// One session's result, as progress.
@@ -137,6 +144,10 @@ pub struct ChatSummary {
     pub bad_rows: Vec<String>,
     /// A dry run: sessions that would be uploaded.
     pub would_upload: u64,
+    /// Times the ledger refused an operation that was then tried again ([`super::ledger`]).
+    pub ledger_retries: u64,
+    /// Spells of ledger trouble the run rode out (or ended in).
+    pub ledger_outages: u64,
     /// How the limit on uploads in flight moved.
     pub concurrency: LimitTrace,
     pub wall_time: Duration,
@@ -165,6 +176,10 @@ impl ChatSummary {
             ChatOutcome::Skipped { reason } => bump(&mut self.skipped, reason),
             ChatOutcome::Waiting { reason } => bump(&mut self.waiting, reason),
             ChatOutcome::Failed { reason, .. } => bump(&mut self.failed, reason),
+            ChatOutcome::WouldUpload { .. } => {
+                self.would_upload += 1;
+                self.messages += r.messages;
+            }
         }
     }
 

@@ -17,10 +17,12 @@
 //!
 //! The parts: [`ports`] (the traits), [`config`] (settings and reports), `run` (the run, its two stages, the upload
 //! stage), `reader` (listing, names, histories, mapping), `session` (one session under its lease, the in-doubt
-//! rule), [`adapters`] (the real clients).
+//! rule), `ledger` (a ledger that fails: operations retried, claims under owners of their own), [`adapters`] (the
+//! real clients).
 
 pub mod adapters;
 pub mod config;
+mod ledger;
 pub mod ports;
 mod reader;
 mod run;

@@ -16,6 +16,7 @@ use b24sense_store::ListedSession;
 use tokio::sync::mpsc;
 
 use super::config::ChatOutcome;
+use super::ledger::Until;
 use super::ports::{ChatSource, SessionPage, TextSink};
 use super::run::{ChatRun, Work};
 use crate::ports::Classified;
@@ -49,10 +50,10 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             }
         }
         let key = self.config.cursor_key();
+        let portal = &self.config.portal;
         let mut after = match self.config.incremental {
             true => self
-                .store
-                .cursor(&self.config.portal, &key)
+                .ledger(Until::Stop, || self.store.cursor(portal, &key))
                 .await?
                 .unwrap_or(0),
             false => 0,
@@ -72,18 +73,26 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                     break;
                 }
             };
+            let mut page = page;
             let next = page.last_id.unwrap_or(after);
             let exhausted = page.exhausted || next <= after;
+            {
+                // Sessions taken up by ID at the start of this run are handled (and reported) already.
+                let taken = self.taken_up.lock().unwrap();
+                if !taken.is_empty() {
+                    page.sessions.retain(|a| !taken.contains(&a.session_id));
+                }
+            }
             let flow = self.take_page(page, tx).await?;
             if self.stop.is_cancelled() || matches!(flow, Flow::Stop) {
                 break;
             }
             after = next;
-            // Every session of the page is in the ledger now (uploaded or not yet): a run that stops before their
-            // uploads end takes them up by ID, so the cursor may move past them.
-            if self.config.incremental && !self.config.dry_run {
-                self.store
-                    .set_cursor(&self.config.portal, &key, after)
+            // Every session of the page is in the ledger now (uploaded or not yet: `pending` rows, open ones
+            // waiting among them): an incremental run takes those up by ID, so the mark may move past them. A
+            // full run moves it too, so that the next incremental run lists only sessions after it.
+            if !self.config.dry_run {
+                self.ledger(Until::Stop, || self.store.set_cursor(portal, &key, after))
                     .await?;
             }
             if exhausted {
@@ -100,8 +109,10 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         let mut after = 0;
         loop {
             let rows = self
-                .store
-                .chat_entries(&self.config.portal, &states, after, UNFINISHED_PAGE)
+                .ledger(Until::Stop, || {
+                    self.store
+                        .chat_entries(&self.config.portal, &states, after, UNFINISHED_PAGE)
+                })
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.session_id;
@@ -113,6 +124,10 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                 .await
             {
                 Ok(page) => {
+                    self.taken_up
+                        .lock()
+                        .unwrap()
+                        .extend(page.sessions.iter().map(|a| a.session_id));
                     if let Flow::Stop = self.take_page(page, tx).await? {
                         return Ok(Flow::Stop);
                     }
@@ -143,8 +158,12 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             s.bad_rows.extend(page.bad_rows);
         }
         let sessions = page.sessions;
+        let portal = &self.config.portal;
         let entries = if self.config.dry_run {
-            vec![None; sessions.len()]
+            // Read only: a dry run writes nothing, but says which sessions are uploaded already.
+            let ids: Vec<u64> = sessions.iter().map(|a| a.session_id).collect();
+            self.ledger(Until::Stop, || self.store.chat_entries_of(portal, &ids))
+                .await?
         } else {
             let listed: Vec<ListedSession> = sessions
                 .iter()
@@ -154,8 +173,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                 })
                 .collect();
             let rows = self
-                .store
-                .register_chats(&self.config.portal, &listed)
+                .ledger(Until::Stop, || self.store.register_chats(portal, &listed))
                 .await?;
             rows.into_iter().map(Some).collect()
         };

@@ -4,6 +4,8 @@
 //! per request, each session mapped. The upload stage takes the mapped sessions off a bounded queue and uploads them
 //! under the adaptive limit the calls use ([`crate::concurrency`]), each under its lease ([`super::session`]).
 
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ChatExportConfig, ChatOutcome, ChatProgressFn, ChatReport, ChatSummary};
+use super::ledger::Until;
 use super::ports::{ChatSource, TextSink};
 use crate::concurrency::AdaptiveLimit;
 use crate::holder::{Holder, Liveness};
@@ -47,6 +50,13 @@ pub(super) struct ChatRun<S, K> {
     pub(super) limit: AdaptiveLimit,
     fatal: Mutex<Option<String>>,
     pub(super) summary: Mutex<ChatSummary>,
+    /// Claims made so far: each claim's lease owner is [`b24sense_store::claim_owner`] of the worker ID and this.
+    pub(super) claims: AtomicU64,
+    /// Since when the ledger refuses operations (`None`: it takes them), see [`super::ledger`].
+    pub(super) ledger_down_since: Mutex<Option<Instant>>,
+    /// Sessions this run took up again by ID (continuous sync): the listing skips them when it reaches them, so
+    /// that each session is handled and reported once per run.
+    pub(super) taken_up: Mutex<HashSet<u64>>,
 }
 
 /// Exports the finished Open Lines sessions `config` selects to its SpeechSense chat connection, each once: to
@@ -92,6 +102,9 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
         stop: shutdown.child_token(),
         fatal: Mutex::new(None),
         summary: Mutex::new(ChatSummary::default()),
+        claims: AtomicU64::new(0),
+        ledger_down_since: Mutex::new(None),
+        taken_up: Mutex::new(HashSet::new()),
     });
     let result = if run.config.dry_run {
         run.export().await
@@ -99,6 +112,7 @@ pub async fn run_chat_export<S: ChatSource, K: TextSink>(
         let held = CancellationToken::new();
         let holder = tokio::spawn(run.clone().hold_lane(lease.clone(), held.clone()));
         let result = run.export().await;
+        // Every claim of this run (`<worker_id>/<n>`) that is still held.
         let owner = &run.config.worker_id;
         if let Err(e) = run
             .store
@@ -195,7 +209,10 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                 return Ok(());
             };
             let verdict = b24sense_store::ChatVerdict::Waiting { reason: &reason };
-            if !self.store.finish_chat(&claim, verdict).await? {
+            let done = self
+                .ledger(Until::GiveUp, || self.store.finish_chat(&claim, verdict))
+                .await?;
+            if !done {
                 self.summary.lock().unwrap().unsettled += 1;
                 return Ok(());
             }
@@ -204,7 +221,8 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         Ok(())
     }
 
-    /// One finished session, mapped: uploaded (or its skip or failure recorded); in a dry run, counted.
+    /// One finished session, mapped: uploaded (or its skip or failure recorded); in a dry run, reported as it would
+    /// go.
     async fn take_session(&self, session_id: u64, mapped: Mapped) -> Result<(), EngineError> {
         if self.stop.is_cancelled() {
             return Ok(());
@@ -213,9 +231,8 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             let outcome = match mapped {
                 Ok(Ok(talks)) => {
                     let n: usize = talks.iter().map(|t| t.messages.len()).sum();
-                    let mut s = self.summary.lock().unwrap();
-                    s.would_upload += 1;
-                    s.messages += n as u64;
+                    let parts = talks.len() as u32;
+                    self.report(session_id, ChatOutcome::WouldUpload { parts }, n as u64);
                     return Ok(());
                 }
                 Ok(Err(skip)) => skip_outcome(skip.reason.as_str()),
@@ -288,6 +305,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         let lane = self.config.lane();
         let me = self.config.holder.as_ref().map(Holder::to_string);
         let (owner, span) = (&self.config.worker_id, self.config.portal_lease);
+        // The lane is claimed before any session: a ledger that refuses it ends the run here, nothing uploaded.
         loop {
             if let Some(l) = self
                 .store

@@ -14,6 +14,7 @@ use b24sense_core::ErrorClass;
 use b24sense_store::{ChatClaim, ChatVerdict};
 
 use super::config::ChatOutcome;
+use super::ledger::Until;
 use super::ports::{ChatSource, TextSink};
 use super::run::{skip_outcome, ChatRun, Mapped};
 use crate::concurrency::{Load, Sample};
@@ -38,14 +39,22 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         let c = &self.config;
         let deadline = std::time::Instant::now() + c.lease * 2 + c.portal_lease;
         loop {
-            if let Some(claim) = self
-                .store
-                .claim_chat(&c.portal, session_id, &c.worker_id, c.lease)
-                .await?
-            {
+            // One owner for the claim and its retries: a claim that took effect though its answer was lost is
+            // taken back by the retry rather than waited for as another worker's.
+            let owner = self.claim_owner();
+            let claim = self
+                .ledger(Until::Stop, || {
+                    self.store
+                        .claim_chat(&c.portal, session_id, &owner, c.lease)
+                })
+                .await?;
+            if let Some(claim) = claim {
                 return Ok(Some(claim));
             }
-            match self.store.chat_entry(&c.portal, session_id).await? {
+            let entry = self
+                .ledger(Until::Stop, || self.store.chat_entry(&c.portal, session_id))
+                .await?;
+            match entry {
                 Some(e) if e.state == b24sense_core::LedgerState::Uploaded => {
                     self.report(session_id, ChatOutcome::AlreadyUploaded, 0);
                     return Ok(None);
@@ -126,7 +135,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                 Found::Talk(id) => {
                     self.count_found();
                     ids.push(id);
-                    if !self.store.record_chat_parts(claim, &ids).await? {
+                    if !self.record_parts(claim, &ids).await? {
                         return Ok(None);
                     }
                 }
@@ -138,16 +147,18 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
         while ids.len() < talks.len() {
             if self.stop.is_cancelled() {
                 // Shutdown: given back (a part in doubt stays so), taken up by the next run.
-                self.store.release_chat(claim).await?;
+                self.ledger(Until::GiveUp, || self.store.release_chat(claim))
+                    .await?;
                 return Ok(None);
             }
             let part = ids.len() as u32 + 1;
             let talk = &talks[ids.len()];
-            if !self
-                .store
-                .mark_chat_uploading(claim, parts, c.lease)
-                .await?
-            {
+            let marked = self
+                .ledger(Until::GiveUp, || {
+                    self.store.mark_chat_uploading(claim, parts, c.lease)
+                })
+                .await?;
+            if !marked {
                 return Ok(None);
             }
             let started = Instant::now();
@@ -176,7 +187,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             let error = match sent {
                 Ok(id) => {
                     ids.push(id);
-                    if !self.store.record_chat_parts(claim, &ids).await? {
+                    if !self.record_parts(claim, &ids).await? {
                         return Ok(None);
                     }
                     attempt = 1;
@@ -203,7 +214,7 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
                         Found::Talk(id) => {
                             self.count_found();
                             ids.push(id);
-                            if !self.store.record_chat_parts(claim, &ids).await? {
+                            if !self.record_parts(claim, &ids).await? {
                                 return Ok(None);
                             }
                             attempt = 1;
@@ -232,6 +243,13 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             talk_ids: ids,
             reuploaded_after_crash: reupload,
         }))
+    }
+
+    /// Records the talk IDs of the parts stored so far (fenced), riding out a ledger that refuses the write: the
+    /// IDs SpeechSense returned are kept here until the ledger takes them. False when the claim is stale.
+    async fn record_parts(&self, claim: &ChatClaim, ids: &[String]) -> Result<bool, EngineError> {
+        self.ledger(Until::GiveUp, || self.store.record_chat_parts(claim, ids))
+            .await
     }
 
     /// Searches for a part that may have been stored; "not stored" is asked again over `search_settle` (a talk
@@ -285,8 +303,12 @@ impl<S: ChatSource, K: TextSink> ChatRun<S, K> {
             ChatOutcome::AlreadyUploaded => ChatVerdict::Uploaded {
                 reuploaded_after_crash: false,
             },
+            ChatOutcome::WouldUpload { .. } => unreachable!("a dry run claims no session"),
         };
-        if !self.store.finish_chat(claim, verdict).await? {
+        let done = self
+            .ledger(Until::GiveUp, || self.store.finish_chat(claim, verdict))
+            .await?;
+        if !done {
             tracing::warn!(
                 session = claim.session_id,
                 "lease was taken over before the commit; the other worker reports this session"

@@ -24,7 +24,12 @@ const FENCE: &str = " WHERE portal = $2 AND session_id = $3 AND fence = $4 AND l
 
 impl Store {
     /// Takes the lease on one session for `owner` until now + `lease`, if the session is not `uploaded` and its
-    /// lease is free or expired. Bumps the fence. `None` when someone else holds it, or it is uploaded or unknown.
+    /// lease is free, expired or `owner`'s own. Bumps the fence. `None` when someone else holds it, or it is
+    /// uploaded or unknown.
+    ///
+    /// `owner` names one claim (the engine makes a new one for each, [`crate::claim_owner`]), so a claim that took
+    /// effect though its answer was lost (the connection cut after the commit) is taken back by its retry under the
+    /// same `owner` instead of being waited for a whole lease as another worker's.
     pub async fn claim_chat(
         &self,
         portal: &str,
@@ -33,12 +38,12 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<ChatClaim>, Error> {
         let id = to_i64(session_id)?;
-        on_db!(self, |conn, d| {
+        let claim = on_db!(self, |conn, d| {
             let sql = d.sql(
                 "UPDATE chat_ledger SET lease_owner = $4, lease_until = {lease_until}, fence = fence + 1, \
                  updated_at = {now} \
                  WHERE portal = $2 AND session_id = $3 AND state <> 'uploaded' \
-                 AND (lease_until IS NULL OR lease_until <= {now}) \
+                 AND (lease_until IS NULL OR lease_until <= {now} OR lease_owner = $4) \
                  RETURNING fence, state, attempts, talk_ids, parts",
             );
             let row = sqlx::query(&sql)
@@ -48,7 +53,9 @@ impl Store {
                 .bind(owner)
                 .fetch_optional(&mut *conn)
                 .await?;
-            let Some(row) = row else { return Ok(None) };
+            let Some(row) = row else {
+                return Ok::<_, Error>(None);
+            };
             let previous = parse_state(row.try_get("state")?)?;
             Ok(Some(ChatClaim {
                 portal: portal.to_owned(),
@@ -61,7 +68,9 @@ impl Store {
                 talk_ids: split_ids(&row.try_get::<String, _>("talk_ids")?),
                 parts: to_u32(row.try_get("parts")?)?,
             }))
-        })
+        })?;
+        self.lost_claim_answer()?;
+        Ok(claim)
     }
 
     /// A fenced statement: `$1` seconds (for `{lease_until}` = now + `$1`), then the fence's binds, then `extra`.
@@ -192,11 +201,14 @@ impl Store {
         self.chat_fenced(claim, Duration::ZERO, RELEASE, &[]).await
     }
 
-    /// [`Store::release_chat`] for every session of `portal` that `owner` still holds (the end of a run).
+    /// [`Store::release_chat`] for every session of `portal` that run `owner` still holds (the end of a run, or
+    /// a dead run's leftovers): leases owned by `owner` itself or by one of its claims (`owner/n`,
+    /// [`crate::claim_owner`]).
     pub async fn release_held_chats(&self, portal: &str, owner: &str) -> Result<u64, Error> {
         on_db!(self, |conn, d| {
             let sql = d.sql(&format!(
-                "{RELEASE} WHERE portal = $1 AND lease_owner = $2 AND state <> 'uploaded'"
+                "{RELEASE} WHERE portal = $1 AND state <> 'uploaded' \
+                 AND (lease_owner = $2 OR substr(lease_owner, 1, length($2) + 1) = $2 || '/')"
             ));
             let done = sqlx::query(&sql)
                 .bind(portal)

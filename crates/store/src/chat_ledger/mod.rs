@@ -205,6 +205,39 @@ impl Store {
         })
     }
 
+    /// The rows of these sessions that exist, read only (a dry run): in input order, `None` for a session the
+    /// ledger does not know.
+    pub async fn chat_entries_of(
+        &self,
+        portal: &str,
+        session_ids: &[u64],
+    ) -> Result<Vec<Option<ChatEntry>>, Error> {
+        let ids = session_ids
+            .iter()
+            .map(|&s| to_i64(s))
+            .collect::<Result<Vec<i64>, Error>>()?;
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            on_db!(self, |conn, _d| {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {CHAT_COLUMNS} FROM chat_ledger WHERE portal = "
+                ));
+                qb.push_bind(portal).push(" AND session_id IN (");
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().persistent(false).fetch_all(&mut *conn).await? {
+                    let entry = chat_entry_from_row!(row);
+                    found.insert(entry.session_id, entry);
+                }
+                Ok::<(), Error>(())
+            })?;
+        }
+        Ok(session_ids.iter().map(|s| found.get(s).cloned()).collect())
+    }
+
     /// Rows of `portal` in `states` with a session ID above `after`, ascending, at most `limit`: a keyset page
     /// (a report, or the unfinished sessions a continuous sync takes up again).
     pub async fn chat_entries(

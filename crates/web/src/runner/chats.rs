@@ -197,6 +197,8 @@ fn callback(st: Arc<RunState>, lang: Lang) -> ChatProgressFn {
                 c.messages += r.messages;
             }
             ChatOutcome::AlreadyUploaded => bump(&mut c.skipped, "already_uploaded"),
+            // The page runs no dry run; counted as settled only.
+            ChatOutcome::WouldUpload { .. } => {}
             ChatOutcome::Skipped { reason } => bump(&mut c.skipped, reason),
             ChatOutcome::Waiting { reason } => bump(&mut c.waiting, reason),
             ChatOutcome::Failed { reason, detail } => {
