@@ -46,6 +46,10 @@ pub struct Metrics {
     pub runs_started: Counter,
     /// Runs started again after a restart interrupted them.
     pub runs_resumed: Counter,
+    /// Times a run's ledger began refusing writes (`docs/ledger-faults.md`).
+    pub ledger_outages: Counter,
+    /// Runs whose ledger refuses writes now (they hold their outcomes and wait).
+    pub ledger_down: Gauge,
 }
 
 impl Default for Metrics {
@@ -126,6 +130,17 @@ impl Default for Metrics {
             "b24sense_export_runs_resumed",
             "Export runs resumed after a restart interrupted them",
         );
+        let ledger_outages = counter(
+            &mut registry,
+            "b24sense_ledger_outages",
+            "Times a run's ledger began refusing writes (disk full, read-only, locked, unreachable)",
+        );
+        let ledger_down = Gauge::default();
+        registry.register(
+            "b24sense_ledger_down",
+            "Export runs whose ledger refuses writes now (outcomes held, no new calls taken)",
+            ledger_down.clone(),
+        );
         let queue_depth = Gauge::default();
         registry.register(
             "b24sense_queue_depth",
@@ -149,6 +164,8 @@ impl Default for Metrics {
             token_keepalives,
             runs_started,
             runs_resumed,
+            ledger_outages,
+            ledger_down,
         }
     }
 }

@@ -180,6 +180,7 @@ pub(super) fn progress_callback(
     m: Arc<Metrics>,
     lang: Lang,
 ) -> b24sense_engine::ProgressFn {
+    let gauge = super::ledger_health::LedgerDown::new(m.clone());
     Arc::new(move |ev: &ProgressEvent| {
         let mut p = st.lock();
         match ev {
@@ -222,7 +223,7 @@ pub(super) fn progress_callback(
                 tracing::warn!(%detail, "unreadable call row");
                 st.push_error(i18n::unreadable_row(lang).to_string());
             }
-            ProgressEvent::Ledger(h) => super::ledger_health::apply(&st, &mut p, h, lang),
+            ProgressEvent::Ledger(h) => super::ledger_health::apply(&st, &mut p, &gauge, h, lang),
         }
         drop(p);
         st.changes.fetch_add(1, Ordering::Relaxed);
