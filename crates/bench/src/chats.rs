@@ -9,10 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use b24sense_bitrix24::{
-    Bitrix24Client, ClientConfig as Bitrix24Config, Credentials as Bitrix24Credentials, RatePlan,
-    WebhookUrl,
-};
 use b24sense_core::chat::{ChatActivity, ChatFilter, ChatSession};
 use b24sense_core::{CrmInfo, CrmRef};
 use b24sense_engine::adapters::Bitrix24Source;
@@ -20,12 +16,7 @@ use b24sense_engine::chats::adapters::SpeechSenseTextSink;
 use b24sense_engine::chats::{
     run_chat_export, ChatExportConfig, ChatOutcome, ChatProgressFn, ChatSource, SessionPage,
 };
-use b24sense_speechsense::{
-    ClientConfig as SpeechSenseConfig, ConnectionCheck, ConnectionKind,
-    Credentials as SpeechSenseCredentials, SpeechSenseClient,
-};
-use b24sense_store::Store;
-use secrecy::SecretString;
+use b24sense_speechsense::{ConnectionCheck, ConnectionKind};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -124,31 +115,8 @@ pub async fn run_chat_side(
     opts: &RunOptions,
 ) -> Result<ExportMeasure, BenchError> {
     let name = scenario.name.clone();
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&format!(
-        "sqlite:{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
-    let webhook = WebhookUrl::parse(&target.webhook_url)
-        .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?;
-    let bitrix = Bitrix24Client::new(
-        Bitrix24Credentials::Webhook(webhook),
-        Bitrix24Config {
-            rate: RatePlan {
-                capacity: scenario.portal.rate.0,
-                per_second: scenario.portal.rate.1,
-            },
-            ..Bitrix24Config::default()
-        },
-    )
-    .map_err(|e| BenchError::Setup(format!("Bitrix24 client: {e}")))?;
-    let speech_client = SpeechSenseClient::new(SpeechSenseConfig::new(
-        target.speechsense_endpoint.clone(),
-        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key.clone())),
-    ))
-    .map_err(|e| BenchError::Setup(format!("SpeechSense client: {e}")))?;
+    let (_dir, store) = crate::run::bench_ledger().await?;
+    let (bitrix, speech_client) = crate::run::bench_clients(scenario, target)?;
     match speech_client
         .check_connection_as(&target.connection_id, ConnectionKind::Chat)
         .await

@@ -196,36 +196,13 @@ pub async fn run_export_side(
         return crate::chats::run_chat_side(scenario, target, opts).await;
     }
     let name = scenario.name.clone();
-    let dir = tempfile::tempdir()?;
-    let store = Store::open(&format!(
-        "sqlite:{}",
-        dir.path().join("ledger.db").display()
-    ))
-    .await
-    .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
+    let (_dir, store) = bench_ledger().await?;
 
     // The same clients `export_command` builds, with the rate plan matching the emulated portal's bucket.
-    let webhook = WebhookUrl::parse(&target.webhook_url)
-        .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?;
     let portal_origin = Url::parse(&target.webhook_url)
         .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?
         .origin();
-    let bitrix = Bitrix24Client::new(
-        Bitrix24Credentials::Webhook(webhook),
-        Bitrix24Config {
-            rate: RatePlan {
-                capacity: scenario.portal.rate.0,
-                per_second: scenario.portal.rate.1,
-            },
-            ..Bitrix24Config::default()
-        },
-    )
-    .map_err(|e| BenchError::Setup(format!("Bitrix24 client: {e}")))?;
-    let speech_client = SpeechSenseClient::new(SpeechSenseConfig::new(
-        target.speechsense_endpoint.clone(),
-        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key.clone())),
-    ))
-    .map_err(|e| BenchError::Setup(format!("SpeechSense client: {e}")))?;
+    let (bitrix, speech_client) = bench_clients(scenario, target)?;
     match speech_client.check_connection(&target.connection_id).await {
         Ok(ConnectionCheck::Ok) => {}
         Ok(other) => {
@@ -498,6 +475,44 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions) -> Result<RunR
         Placement::Shared,
         loopback_bps,
     ))
+}
+
+/// A fresh SQLite ledger in a temporary directory (kept alive by the returned guard).
+pub(crate) async fn bench_ledger() -> Result<(tempfile::TempDir, Store), BenchError> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&format!(
+        "sqlite:{}",
+        dir.path().join("ledger.db").display()
+    ))
+    .await
+    .map_err(|e| BenchError::Setup(format!("ledger: {e}")))?;
+    Ok((dir, store))
+}
+
+/// The clients `export_command` builds, with the rate plan matching the emulated portal's bucket.
+pub(crate) fn bench_clients(
+    scenario: &Scenario,
+    target: &Target,
+) -> Result<(Bitrix24Client, SpeechSenseClient), BenchError> {
+    let webhook = WebhookUrl::parse(&target.webhook_url)
+        .map_err(|e| BenchError::Setup(format!("webhook: {e}")))?;
+    let bitrix = Bitrix24Client::new(
+        Bitrix24Credentials::Webhook(webhook),
+        Bitrix24Config {
+            rate: RatePlan {
+                capacity: scenario.portal.rate.0,
+                per_second: scenario.portal.rate.1,
+            },
+            ..Bitrix24Config::default()
+        },
+    )
+    .map_err(|e| BenchError::Setup(format!("Bitrix24 client: {e}")))?;
+    let speech = SpeechSenseClient::new(SpeechSenseConfig::new(
+        target.speechsense_endpoint.clone(),
+        SpeechSenseCredentials::ApiKey(SecretString::from(target.api_key.clone())),
+    ))
+    .map_err(|e| BenchError::Setup(format!("SpeechSense client: {e}")))?;
+    Ok((bitrix, speech))
 }
 
 /// Runs an export for at most `limit`; past it, stops it (`shutdown`: in-flight uploads finish) and waits up to
