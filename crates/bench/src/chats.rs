@@ -180,7 +180,15 @@ pub async fn run_chat_side(
             }
         })
     };
-    let export = run_chat_export(source, sink, store, config, progress, shutdown.clone());
+    let statements_before = store.statements();
+    let export = run_chat_export(
+        source,
+        sink,
+        store.clone(),
+        config,
+        progress,
+        shutdown.clone(),
+    );
     let (result, timed_out) = crate::run::within(&name, opts.timeout, &shutdown, export).await?;
     let wall = started.elapsed();
     ticker.abort();
@@ -213,6 +221,7 @@ pub async fn run_chat_side(
         rss_baseline_bytes: rss_baseline,
         peak_rss_bytes: peak,
         cpu_s: cpu,
+        ledger_statements: store.statements() - statements_before,
         concurrency_trace: concurrency_trace(&summary),
         chat: Some(ChatMeasure {
             listed: summary.listed,

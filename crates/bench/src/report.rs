@@ -140,6 +140,8 @@ pub struct RunRow {
     pub export_in_child: bool,
     /// CPU seconds (user + system) of the export's process during the export.
     pub cpu_s: f64,
+    /// Statements the export's ledger sent to its database.
+    pub ledger_statements: u64,
     /// How the limit on calls in flight moved during the run, in words.
     pub concurrency_trace: String,
     /// Whether the export counted downloads from the portal's host at the end (`counted`/`uncounted`).
@@ -295,11 +297,12 @@ fn render_calls(rows: &[RunRow]) -> String {
         );
         let _ = writeln!(
             out,
-            "  skipped {:?} · failed {:?} · external downloads {} · CPU {:.1} s{}{}",
+            "  skipped {:?} · failed {:?} · external downloads {} · CPU {:.2} s · ledger statements {}{}{}",
             r.skipped_by_reason,
             r.failed_by_reason,
             r.external_downloads,
             r.cpu_s,
+            r.ledger_statements,
             if r.timed_out { " · TIMED OUT" } else { "" },
             r.stopped
                 .as_deref()

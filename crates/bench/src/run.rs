@@ -177,6 +177,9 @@ pub struct ExportMeasure {
     pub rss_baseline_bytes: u64,
     pub peak_rss_bytes: u64,
     pub cpu_s: f64,
+    /// Statements the ledger sent to its database during the export.
+    #[serde(default)]
+    pub ledger_statements: u64,
     /// How the limit on calls in flight moved (the summary's trace), in words.
     pub concurrency_trace: String,
     /// The summary's download accounting at the end of the run (`counted`, `uncounted`, or "" when none).
@@ -256,10 +259,11 @@ pub async fn run_export_side(
         })
     };
 
+    let statements_before = store.statements();
     let export = run_export(
         source,
         sink,
-        store,
+        store.clone(),
         config,
         progress_fn(live.clone()),
         shutdown.clone(),
@@ -301,6 +305,7 @@ pub async fn run_export_side(
         rss_baseline_bytes: rss_baseline,
         peak_rss_bytes: peak,
         cpu_s: cpu,
+        ledger_statements: store.statements() - statements_before,
         concurrency_trace: {
             let t = &summary.concurrency;
             format!(
@@ -425,6 +430,7 @@ pub fn make_row(
         peak_rss_mb: m.peak_rss_bytes as f64 / 1048576.0,
         export_in_child: matches!(placement, Placement::Child { .. }),
         cpu_s: m.cpu_s,
+        ledger_statements: m.ledger_statements,
         concurrency_trace: m.concurrency_trace.clone(),
         download_accounting: m.download_accounting.clone(),
         cpu_s_per_1000_calls: per_1000(m.cpu_s),

@@ -6,7 +6,7 @@
 //! - `ledger` — one row per (portal, call `ID`) with its state (`pending` → `uploading` → `uploaded` |
 //!   `skipped` | `failed`), the stored call, and a *lease* with a *fence* so that only the worker holding the
 //!   current lease can commit an outcome (`docs/mapping.md`, "Once and only once");
-//!   `group` writes coinciding fenced writes as one statement;
+//!   `group` writes coinciding writes (fenced marks and outcomes; settlements of unheld calls) as one statement;
 //! - `cursors` — the listing cursors (keyset high-water marks per portal and filter);
 //! - `download_accounting` — per portal, whether it counts recording downloads against its request bucket;
 //! - `journal` — the runs journal: the CLI's runs, and the application server's with live progress and heartbeat;
@@ -41,6 +41,7 @@ mod secret_key;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
@@ -60,7 +61,7 @@ pub use recovery::{read_recovery_journal, RecoveryEntry, RecoveryImport};
 pub use secret_key::SecretKey;
 
 use group::Group;
-use ledger::FencedWrite;
+use ledger::{FencedWrite, UnheldWrite};
 
 /// The ledger store. Cheap to clone (it shares its connections); share one per process.
 #[derive(Clone)]
@@ -69,6 +70,10 @@ pub struct Store {
     /// The writes every upload makes (its `uploading` mark and its outcome), grouped when they coincide
     /// ([`group`]).
     fenced: Arc<Group<FencedWrite>>,
+    /// Outcomes of calls nobody holds ([`Store::settle_unheld`]), grouped when they coincide.
+    unheld: Arc<Group<UnheldWrite>>,
+    /// Statements sent to the database ([`Store::statements`]).
+    statements: Arc<AtomicU64>,
     /// Where the ledger is, as shown to people, and its recovery journal ([`recovery`]).
     place: Arc<Place>,
 }
@@ -145,6 +150,8 @@ impl Store {
         Store {
             db,
             fenced: Arc::new(Group::new()),
+            unheld: Arc::new(Group::new()),
+            statements: Arc::default(),
             place: Arc::new(place),
         }
     }
@@ -178,6 +185,16 @@ impl Store {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// How many statements this store (and its clones) has sent to the database: what the ledger costs a run,
+    /// for benchmarks and for tests that keep it low.
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+
+    fn count_statement(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn backend(&self) -> Backend {

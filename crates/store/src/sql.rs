@@ -55,6 +55,7 @@ macro_rules! on_db {
         if let Some(e) = $self.injected() {
             return Err(e);
         }
+        $self.count_statement();
         let out = match &$self.db {
             $crate::Db::Sqlite(sqlite) => {
                 let mut held = sqlite.connection.lock().await;

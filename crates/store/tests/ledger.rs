@@ -1396,6 +1396,55 @@ async fn calls_awaiting_a_recording_wait_their_turn(fx: &Fx) {
     assert_eq!(ids(store.due(P, 0, 5, 100).await.unwrap()), vec![2]);
 }
 
+/// Settlements made at the same moment (a listing page of calls without recordings) share one statement, and
+/// each still gets its own answer: the free rows are settled, the held, uploaded and unknown ones are not.
+async fn coinciding_settlements_share_a_statement(fx: &Fx) {
+    let store = fx.store().await;
+    store
+        .register(P, &(1..=40).map(|id| call(id, None)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let held = claimed(&store, 7, "w", Duration::from_secs(30)).await;
+    settle(&store, P, 8, uploaded("t8")).await;
+    let no_recording = Outcome::Skipped {
+        reason: SkipReason::NoRecording,
+    };
+    let before = store.statements();
+    let answers = futures::future::join_all(
+        (1..=40)
+            .chain([99])
+            .map(|id| store.settle_unheld(P, id, &no_recording)),
+    )
+    .await;
+    let statements = store.statements() - before;
+    assert!(
+        statements <= 3,
+        "41 coinciding settlements took {statements} statements"
+    );
+    for (id, answer) in (1..=40).chain([99]).zip(answers) {
+        let expected = !matches!(id, 7 | 8 | 99);
+        assert_eq!(answer.unwrap(), expected, "call {id}");
+    }
+    let e = store.entry(P, 1).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.reason.as_deref(), e.attempts, e.lease_owner),
+        (LedgerState::Skipped, Some("no_recording"), 1, None)
+    );
+    let e = store.entry(P, 7).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.lease_owner.as_deref()),
+        (LedgerState::Pending, Some("w")),
+        "the held call is its holder's"
+    );
+    assert!(store.finish(&held, &uploaded("t7")).await.unwrap());
+    let e = store.entry(P, 8).await.unwrap().unwrap();
+    assert_eq!(
+        (e.state, e.talk_id.as_deref()),
+        (LedgerState::Uploaded, Some("t8"))
+    );
+    assert!(store.entry(P, 99).await.unwrap().is_none());
+}
+
 /// Claim and commit in one statement, for outcomes reached without an upload: only for a call nobody holds.
 async fn settling_a_call_nobody_holds_takes_one_statement(fx: &Fx) {
     let store = fx.store().await;
@@ -1642,6 +1691,7 @@ suite!(
     the_upload_mark_needs_the_fence_not_an_unexpired_lease,
     coinciding_writes_are_each_answered_for_their_own_claim,
     settling_a_call_nobody_holds_takes_one_statement,
+    coinciding_settlements_share_a_statement,
     counts_entries_and_reset_failed,
     cursor_only_moves_forward,
     runs_are_journaled,

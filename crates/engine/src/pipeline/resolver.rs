@@ -18,6 +18,16 @@ use crate::ports::{CallSource, Classified, TalkSink};
 use crate::report::ProgressEvent;
 use crate::EngineError;
 
+/// Where [`Run::route`] sent a call.
+enum Route {
+    /// To a worker: its recording's URL is known.
+    Ready(WorkItem),
+    /// Kept: for the next Disk batch, or waiting in the ledger for its recording.
+    Held,
+    /// To be skipped: no recording and none to wait for.
+    Unrecorded(WorkItem),
+}
+
 impl<S: CallSource, K: TalkSink> Run<S, K> {
     pub(super) async fn resolver(
         self: Arc<Self>,
@@ -54,17 +64,22 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             tokio::select! {
                 item = input.recv(), if input_open => match item {
                     Some(item) => {
-                        // Take what else is queued (up to a worker each) so that one ledger statement claims it all.
+                        // Take what else is queued (up to a worker each) so that one ledger statement claims it all,
+                        // and one settles the calls without a recording among them.
                         let mut ready = Vec::new();
+                        let mut unrecorded = Vec::new();
                         let mut next = Some(item);
                         while let Some(item) = next.take() {
-                            if let Some(item) = self.route(item, &mut via_disk).await? {
-                                ready.push(item);
+                            match self.route(item, &mut via_disk).await? {
+                                Route::Ready(item) => ready.push(item),
+                                Route::Unrecorded(item) => unrecorded.push(item.call),
+                                Route::Held => {}
                             }
                             if ready.len() < self.workers() {
                                 next = input.try_recv().ok();
                             }
                         }
+                        self.skip_unrecorded(&unrecorded).await?;
                         outstanding += ready.len();
                         if !self.dispatch(ready, &work).await? {
                             return Ok(());
@@ -125,12 +140,13 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
         Ok(true)
     }
 
-    /// Sends a call with a direct URL on; keeps a Disk-only call for the next batch; settles a call with no recording.
+    /// Sends a call with a direct URL on; keeps a Disk-only call for the next batch; hands back a call with no
+    /// recording to be skipped, or lets it wait for its recording (continuous sync).
     async fn route(
         &self,
         mut item: WorkItem,
         via_disk: &mut Vec<WorkItem>,
-    ) -> Result<Option<WorkItem>, EngineError> {
+    ) -> Result<Route, EngineError> {
         if let Some(url) = item
             .call
             .call_record_url
@@ -138,24 +154,30 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
             .and_then(|u| Url::parse(u).ok())
         {
             item.url = Some(url);
-            return Ok(Some(item));
+            return Ok(Route::Ready(item));
         }
         if item.call.record_file_id.is_some() {
             via_disk.push(item);
-            return Ok(None);
+            return Ok(Route::Held);
         }
         match self.config.await_recordings {
             Some(late) if item.call.may_get_recording() => {
-                self.await_recording(&item.call, late).await?
+                self.await_recording(&item.call, late).await?;
+                Ok(Route::Held)
             }
-            _ => {
-                let outcome = Outcome::Skipped {
-                    reason: SkipReason::NoRecording,
-                };
-                self.settle_directly(&item.call, outcome).await?
-            }
+            _ => Ok(Route::Unrecorded(item)),
         }
-        Ok(None)
+    }
+
+    /// Skips calls without a recording as `no_recording`, all at once: their settlements coincide and reach the
+    /// ledger as one statement (a listing page of them used to cost a statement each).
+    async fn skip_unrecorded(&self, calls: &[Call]) -> Result<(), EngineError> {
+        let skip = || Outcome::Skipped {
+            reason: SkipReason::NoRecording,
+        };
+        futures::future::try_join_all(calls.iter().map(|call| self.settle_directly(call, skip())))
+            .await?;
+        Ok(())
     }
 
     /// A call without a recording yet (the portal may attach it minutes or hours later): it waits in the ledger

@@ -311,6 +311,30 @@ async fn a_header_spread_over_many_pieces_is_probed_and_uploaded_whole() {
     assert_eq!(talk.audio, audio);
 }
 
+/// Calls without a recording are skipped without a lease each: the ones that arrive together are settled in one
+/// ledger statement (they were a statement per call, a third of the ledger's work on a typical portal).
+#[tokio::test]
+async fn calls_without_a_recording_are_skipped_a_page_at_a_time() {
+    let (store, _dir) = test_store().await;
+    let source = Arc::new(FakeSource {
+        calls: (1..=500).map(|id| call(id, None, None)).collect(),
+        ..FakeSource::default()
+    });
+    let sink = Arc::new(FakeSink::default());
+    let before = store.statements();
+    let s = run(&source, &sink, &store, config()).await;
+    let statements = store.statements() - before;
+    assert_eq!(s.skipped.get("no_recording").copied(), Some(500));
+    assert_eq!(s.calls.len(), 500, "each call reported once");
+    let counts = store.counts(None).await.unwrap();
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(counts[0].state, LedgerState::Skipped);
+    assert!(
+        statements < 100,
+        "500 calls without a recording took {statements} ledger statements"
+    );
+}
+
 #[tokio::test]
 async fn mono_policies() {
     for (policy, expect_uploaded, expect_conn) in [

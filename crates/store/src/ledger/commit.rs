@@ -1,7 +1,6 @@
 //! What the holder of a call's lease writes, each fenced (it changes nothing once the fence has moved on): the
 //! `uploading` mark, lease renewals, the outcome, a wait for the recording, the release. Marks and outcomes are
-//! grouped into one statement when they coincide ([`crate::group`]). Also [`Store::settle_unheld`], which claims
-//! and commits at once.
+//! grouped into one statement when they coincide ([`crate::group`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -70,7 +69,7 @@ const FENCED_WHERE: &str = ") AS v WHERE ledger.portal = v.column1 AND ledger.ca
      RETURNING ledger.portal, ledger.call_id, ledger.fence";
 
 /// An outcome's own columns: talk ID, detail, mono, re-uploaded after a crash.
-fn outcome_columns(outcome: &Outcome) -> (Option<&str>, Option<&str>, bool, bool) {
+pub(super) fn outcome_columns(outcome: &Outcome) -> (Option<&str>, Option<&str>, bool, bool) {
     match outcome {
         Outcome::Uploaded {
             talk_id,
@@ -83,41 +82,6 @@ fn outcome_columns(outcome: &Outcome) -> (Option<&str>, Option<&str>, bool, bool
 }
 
 impl Store {
-    /// Claims and commits at once: records `outcome` for a call nobody holds, in one statement (the fence moves on,
-    /// as with a claim, so no earlier claim can commit afterwards). For outcomes reached without an upload. False,
-    /// and nothing changed, when the call is `uploaded`, unknown or leased to someone: then take the usual way
-    /// ([`Store::claim`], then [`Store::finish`]).
-    pub async fn settle_unheld(
-        &self,
-        portal: &str,
-        call_id: u64,
-        outcome: &Outcome,
-    ) -> Result<bool, Error> {
-        let id = to_i64(call_id)?;
-        let (talk_id, detail, mono, reuploaded) = outcome_columns(outcome);
-        on_db!(self, |conn, d| {
-            let sql = d.sql(
-                "UPDATE ledger SET state = $3, reason = $4, detail = $5, talk_id = COALESCE($6, talk_id), \
-                 mono = $7, reuploaded_after_crash = $8, attempts = attempts + 1, fence = fence + 1, \
-                 lease_owner = NULL, lease_until = NULL, retry_at = NULL, updated_at = {now} \
-                 WHERE portal = $1 AND call_id = $2 AND state <> 'uploaded' \
-                 AND (lease_until IS NULL OR lease_until <= {now})",
-            );
-            let done = sqlx::query(&sql)
-                .bind(portal)
-                .bind(id)
-                .bind(outcome.state().as_str())
-                .bind(outcome.reason())
-                .bind(detail)
-                .bind(talk_id)
-                .bind(mono)
-                .bind(reuploaded)
-                .execute(&mut *conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
     /// Fenced: the row becomes `uploading` and the lease runs until now + `lease`. Written at the upload's fence,
     /// right before the half-close: SpeechSense stores a talk only once the client half-closes the stream, and an
     /// abandoned stream stores nothing, so a talk can exist only for rows marked here. False when the claim is

@@ -5,11 +5,13 @@
 //! - [`register`] — new calls in, stored calls refreshed;
 //! - [`claim`] — taking leases on calls, one or many;
 //! - [`commit`] — what a lease holder writes: the upload mark, renewals, outcomes, releases;
+//! - [`settle`] — outcomes for calls nobody holds, claimed and committed at once;
 //! - this file — the row types and the reads (single rows, pages, counts, what is due).
 
 mod claim;
 mod commit;
 mod register;
+mod settle;
 
 use b24sense_core::{Call, LedgerState};
 use chrono::{DateTime, Utc};
@@ -20,6 +22,7 @@ use crate::{Error, Store};
 
 pub use claim::claim_owner;
 pub(crate) use commit::FencedWrite;
+pub(crate) use settle::UnheldWrite;
 
 /// A lease on one ledger row. Every fenced operation checks `fence`: once another worker claims the row
 /// (after this lease expired), the fence moves on and this claim can change nothing.
