@@ -1,5 +1,5 @@
-//! Group commit: writes of one kind (the store's fenced marks and outcomes) that callers make at the same time reach
-//! the database together, as one statement.
+//! Group commit: writes of one kind (the store's fenced marks and outcomes; settlements of calls nobody holds) that
+//! callers make at the same time reach the database together, as one statement.
 //!
 //! Why: a statement's own work is small next to what surrounds it — on SQLite the hop to sqlx's connection thread
 //! and back and a transaction (the `-shm` locks, WAL frames), on PostgreSQL a round trip — about 0.2 ms of CPU each
