@@ -170,14 +170,16 @@ impl<S: CallSource, K: TalkSink> Run<S, K> {
     }
 
     /// Skips calls without a recording as `no_recording`, all at once: their settlements coincide and reach the
-    /// ledger as one statement (a listing page of them used to cost a statement each).
+    /// ledger as one statement (a listing page of them used to cost a statement each). Each settlement runs to its
+    /// end and is reported, even when another one fails; then the first error is the run's.
     async fn skip_unrecorded(&self, calls: &[Call]) -> Result<(), EngineError> {
         let skip = || Outcome::Skipped {
             reason: SkipReason::NoRecording,
         };
-        futures::future::try_join_all(calls.iter().map(|call| self.settle_directly(call, skip())))
-            .await?;
-        Ok(())
+        futures::future::join_all(calls.iter().map(|call| self.settle_directly(call, skip())))
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// A call without a recording yet (the portal may attach it minutes or hours later): it waits in the ledger
