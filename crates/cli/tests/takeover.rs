@@ -32,6 +32,9 @@ async fn a_run_killed_with_kill_9_is_taken_over_at_once() {
     let killed_pid = killed.id();
     killed.kill().unwrap(); // SIGKILL
     killed.wait().unwrap();
+    // A stream the killed run half-closed just before the kill is still stored (SpeechSense answers after its
+    // 200 ms): let it land, so that the first talk counted below is the restarted run's own.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let talks_before = w.speech.talk_count();
     assert!(talks_before < w.recorded_calls().len(), "killed mid-export");
 
